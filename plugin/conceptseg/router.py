@@ -1,0 +1,169 @@
+"""Picks the cheapest route whose verification on held-out demonstrations passes.
+
+Each route is verified by leaving one demonstration out at a time and scoring its mask
+with IoU. Routes are tried cheapest first; the first whose mean held-out IoU reaches
+``threshold`` is taken. When none passes, the best-verified one runs and its results
+are flagged unverified. With a single demonstration nothing can be held out: the
+verification is "unavailable" (None, never 0) and the cheapest route runs, unverified.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+
+from conceptseg.errors import ConceptSegError, DemonstrationError
+from conceptseg.routes import ROUTES, Route
+from conceptseg.types import Demonstration, Target, TargetResult, Verification
+
+DEFAULT_THRESHOLD = 0.5
+
+
+@dataclass
+class RouteChoice:
+    """What the router decided, and why.
+
+    Attributes:
+        route: the route that segments the targets (fitted on all demonstrations)
+        verifications: every route tried, in order, with its held-out scores
+        verified: whether ``route`` passed the threshold
+        reason: one sentence a user can read
+        fit_seconds: time spent verifying and fitting
+    """
+
+    route: Route
+    verifications: list[Verification] = field(default_factory=list)
+    verified: bool = False
+    reason: str = ""
+    fit_seconds: float = 0.0
+
+    @property
+    def verification(self) -> float | None:
+        """The chosen route's held-out IoU, None when unavailable."""
+        for v in self.verifications:
+            if v.route == self.route.name:
+                return v.score
+        return None
+
+
+def check_demonstrations(demonstrations: Sequence[Demonstration]) -> None:
+    """Raises DemonstrationError unless every demonstration can teach the concept."""
+    if not demonstrations:
+        raise DemonstrationError(
+            "No demonstrations: select at least one sample whose mask shows the concept "
+            "(two or more let the router verify its rule)."
+        )
+    for d in demonstrations:
+        if d.mask is None:
+            raise DemonstrationError(f"Demonstration {d.id} has no mask; give it one or deselect it.")
+        if d.mask.shape != d.image.shape[:2]:
+            raise DemonstrationError(
+                f"Demonstration {d.id}: mask is {d.mask.shape[1]}x{d.mask.shape[0]} but the image "
+                f"is {d.image.shape[1]}x{d.image.shape[0]}; the mask must cover the image pixel for pixel."
+            )
+        if not d.mask.any():
+            raise DemonstrationError(
+                f"Demonstration {d.id} has an empty mask: it shows no concept. "
+                "Draw the concept in its mask or deselect it."
+            )
+        if d.mask.all():
+            raise DemonstrationError(
+                f"Demonstration {d.id}: the mask covers the whole image, so nothing tells the "
+                "concept apart from its background. Use a sample with background."
+            )
+
+
+class Router:
+    """Chooses a route for a set of demonstrations and segments targets with it."""
+
+    def __init__(self, routes: Sequence[Route] | None = None, threshold: float = DEFAULT_THRESHOLD):
+        if not 0.0 <= threshold <= 1.0:
+            raise ConceptSegError(f"threshold must be an IoU in [0, 1], got {threshold}.")
+        self.routes = list(routes) if routes is not None else [cls() for cls in ROUTES.values()]
+        if not self.routes:
+            raise ConceptSegError("The router needs at least one route.")
+        self.threshold = threshold
+
+    def choose(self, demonstrations: Sequence[Demonstration]) -> RouteChoice:
+        """Verifies routes cheapest first, then fits the chosen one on all demonstrations."""
+        check_demonstrations(demonstrations)
+        start = time.perf_counter()
+        if len(demonstrations) < 2:
+            route = self.routes[0]
+            choice = RouteChoice(
+                route,
+                [Verification(route.name)],
+                verified=False,
+                reason=f"one demonstration leaves none to hold out: verification unavailable, "
+                f"{route.name} runs unverified",
+            )
+        else:
+            choice = self._choose_verified(demonstrations)
+        choice.route.fit(demonstrations)
+        choice.fit_seconds = time.perf_counter() - start
+        return choice
+
+    def _choose_verified(self, demonstrations: Sequence[Demonstration]) -> RouteChoice:
+        verifications = []
+        for route in self.routes:
+            t = time.perf_counter()
+            v = Verification(route.name, route.verify(demonstrations))
+            v.seconds = time.perf_counter() - t
+            verifications.append(v)
+            if v.score >= self.threshold:
+                return RouteChoice(
+                    route,
+                    verifications,
+                    verified=True,
+                    reason=f"{route.name} re-found held-out demonstrations with IoU "
+                    f"{v.score:.3f} >= {self.threshold:.2f}",
+                )
+        best = max(range(len(verifications)), key=lambda i: verifications[i].score)
+        v = verifications[best]
+        return RouteChoice(
+            self.routes[best],
+            verifications,
+            verified=False,
+            reason=f"no route reached IoU {self.threshold:.2f} on held-out demonstrations; "
+            f"best was {v.route} with {v.score:.3f}, results flagged unverified",
+        )
+
+    def segment(self, choice: RouteChoice, targets: Iterable[Target]) -> Iterator[TargetResult]:
+        """Segments each target with the chosen route; a failing target yields an error result."""
+        route = choice.route
+        for target in targets:
+            start = time.perf_counter()
+            try:
+                probability = route.segment(target.image)
+                mask = probability > route.threshold
+                error = None
+            except ConceptSegError as e:
+                probability, mask, error = None, None, str(e)
+            yield TargetResult(
+                id=target.id,
+                mask=mask,
+                probability=probability,
+                route=route.name,
+                verification=choice.verification,
+                verified=choice.verified,
+                seconds=time.perf_counter() - start,
+                error=error,
+            )
+
+
+def make_router(route: str = "auto", threshold: float = DEFAULT_THRESHOLD) -> Router:
+    """A router over every known route (``auto``) or over the one named route."""
+    if route == "auto":
+        return Router(threshold=threshold)
+    if route not in ROUTES:
+        raise ConceptSegError(f"Unknown route {route!r}; choose auto or one of: {', '.join(ROUTES)}.")
+    return Router([ROUTES[route]()], threshold=threshold)
+
+
+def mean_or_none(values: Sequence[float | None]) -> float | None:
+    """Mean of the values that exist, None when none do."""
+    present = [v for v in values if v is not None]
+    return float(np.mean(present)) if present else None

@@ -1,0 +1,48 @@
+"""What every route offers the router: fit, verify, segment."""
+
+from __future__ import annotations
+
+import abc
+from typing import ClassVar, Sequence
+
+import numpy as np
+
+from conceptseg.types import Demonstration
+
+
+def mask_iou(pred: np.ndarray, gt: np.ndarray) -> float:
+    """Foreground IoU of two bool masks in [0, 1]; two empty masks agree perfectly (1.0)."""
+    union = np.logical_or(pred, gt).sum()
+    if union == 0:
+        return 1.0
+    return float(np.logical_and(pred, gt).sum() / union)
+
+
+class Route(abc.ABC):
+    """A way to segment a concept taught by demonstrations.
+
+    ``threshold`` (on the config) turns ``segment``'s probabilities into a mask.
+    """
+
+    name: ClassVar[str]
+
+    @abc.abstractmethod
+    def fit(self, demonstrations: Sequence[Demonstration]) -> None:
+        """Learns the concept from the demonstrations."""
+
+    @abc.abstractmethod
+    def segment(self, image: np.ndarray) -> np.ndarray:
+        """HxWx3 float image → HxW float32 probability of the concept."""
+
+    @abc.abstractmethod
+    def verify(self, demonstrations: Sequence[Demonstration]) -> dict[str, float]:
+        """Leave-one-out: IoU on each demonstration when fitted on the others."""
+
+    @abc.abstractmethod
+    def rule(self) -> str:
+        """The learned rule in words, shown next to the masks."""
+
+    @property
+    def threshold(self) -> float:
+        """Probability above which a pixel belongs to the concept."""
+        return self.config.threshold
