@@ -1,0 +1,1 @@
+"""One operator per module; each parses its form and calls one engine function."""

@@ -1,0 +1,1 @@
+"""Python panels (one per module); none is registered yet."""

