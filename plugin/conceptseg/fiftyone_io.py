@@ -106,13 +106,9 @@ def read_demonstrations(collection, mask_field: str) -> list[Demonstration]:
     return [read_demonstration(s, mask_field) for s in collection.select_fields(mask_field)]
 
 
-def iter_targets(collection, autosave: bool = True) -> Iterator[tuple[object, Target | None, str | None]]:
-    """Yields (sample, Target or None, error) for each sample; unreadable images don't stop it.
-
-    Samples are saved about once a second when ``autosave``, so an interrupted run keeps
-    what it finished.
-    """
-    for sample in collection.iter_samples(autosave=autosave, batch_size=1.0):
+def iter_targets(collection) -> Iterator[tuple[object, Target | None, str | None]]:
+    """Yields (sample, Target or None, error) per sample; unreadable images don't stop it."""
+    for sample in collection.iter_samples():
         try:
             yield sample, Target(image=load_rgb(sample.filepath), id=sample.id), None
         except ConceptSegError as e:
@@ -142,7 +138,8 @@ def mask_to_detections(
     """Splits a mask into connected instances: box-cropped masks, confidence = mean probability.
 
     Components smaller than ``min_area`` pixels are specks, not instances, and are left
-    out of the Detections (they stay in the Segmentation).
+    out of the Detections (they stay in the Segmentation). ``attributes`` (route, rule,
+    run_key, ...) go on the Detections container once, not on every instance.
     """
     count, components, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
     height, width = mask.shape
@@ -159,7 +156,6 @@ def mask_to_detections(
                 bounding_box=[x / width, y / height, w / width, h / height],
                 mask=crop,
                 confidence=confidence,
-                **attributes,
             )
         )
-    return fo.Detections(detections=detections)
+    return fo.Detections(detections=detections, **attributes)

@@ -35,7 +35,7 @@ def default_output_dir(dataset: fo.Dataset, pred_field: str) -> str:
     return os.path.join(fo.config.default_dataset_dir, "conceptseg", dataset.name, pred_field)
 
 
-def _check_output_field(targets, field: str, label_type, mask_field: str, overwrite: bool, run_key: str) -> None:
+def _check_output_field(targets, field: str, label_type, mask_field: str, overwrite: bool, resume: bool, run_key: str) -> None:
     if field == mask_field:
         raise FieldError(
             f"The output field {field!r} is the demonstrations' mask field; choose another output field."
@@ -49,11 +49,15 @@ def _check_output_field(targets, field: str, label_type, mask_field: str, overwr
             f"Field {field!r} already holds {getattr(doc_type, '__name__', 'non-label values')}; "
             f"predictions need a {label_type.__name__} field, so choose another output field."
         )
-    foreign = targets.exists(field).match(F(f"{field}.run_key") != run_key).count()
-    if foreign and not overwrite:
+    existing = targets.exists(field)
+    if resume:  # labels this run wrote are skipped; anything else still needs overwrite
+        existing = existing.match(F(f"{field}.run_key") != run_key)
+    count = existing.count()
+    if count and not overwrite:
         raise FieldError(
-            f"Field {field!r} already has labels on {foreign} target sample(s) that this run did not "
-            "write. Pass overwrite (--overwrite) to replace them, or choose another output field."
+            f"Field {field!r} already has labels on {count} target sample(s). Pass overwrite "
+            "(--overwrite) to replace them, resume (--resume) to finish an interrupted run, or "
+            "choose another output field."
         )
 
 
@@ -99,9 +103,9 @@ def segment_by_demonstration(
             "The target view is empty (demonstrations are not targets): choose a view with "
             "samples to segment."
         )
-    _check_output_field(targets, pred_field, fo.Segmentation, mask_field, overwrite, run_key)
+    _check_output_field(targets, pred_field, fo.Segmentation, mask_field, overwrite, resume, run_key)
     if inst_field:
-        _check_output_field(targets, inst_field, fo.Detections, mask_field, overwrite, run_key)
+        _check_output_field(targets, inst_field, fo.Detections, mask_field, overwrite, resume, run_key)
     if resume and run_key in dataset.list_runs():
         started = dataset.get_run_info(run_key).config.demonstration_ids
         if sorted(started) != sorted(demo_ids):
@@ -148,20 +152,24 @@ def segment_by_demonstration(
         run_key=run_key,
     )
     failures, seconds, total = [], [], len(todo)
-    for done, (sample, target, error) in enumerate(fio.iter_targets(todo), 1):
-        if target is not None:
-            result = next(router.segment(choice, [target]))
-            error = result.error
-        if error is not None:
-            failures.append({"sample_id": sample.id, "filepath": sample.filepath, "error": error})
-        else:
-            seconds.append(result.seconds)
-            path = os.path.join(out_dir, f"{sample.id}.png")
-            sample[pred_field] = fio.mask_to_segmentation(result.mask, path, cost=result.seconds, **attrs)
-            if inst_field:
-                sample[inst_field] = fio.mask_to_detections(result.mask, result.probability, concept, **attrs)
-        if progress is not None:
-            progress(done, total)
+    # Saved in batches about once a second; a run stopped by an exception still saves
+    # every target it labelled, and a killed one loses at most the last second.
+    with todo.save_context(batch_size=1.0) as saver:
+        for done, (sample, target, error) in enumerate(fio.iter_targets(todo), 1):
+            if target is not None:
+                result = next(router.segment(choice, [target]))
+                error = result.error
+            if error is not None:
+                failures.append({"sample_id": sample.id, "filepath": sample.filepath, "error": error})
+            else:
+                seconds.append(result.seconds)
+                path = os.path.join(out_dir, f"{sample.id}.png")
+                sample[pred_field] = fio.mask_to_segmentation(result.mask, path, cost=result.seconds, **attrs)
+                if inst_field:
+                    sample[inst_field] = fio.mask_to_detections(result.mask, result.probability, concept, **attrs)
+                saver.save(sample)
+            if progress is not None:
+                progress(done, total)
 
     summary = dict(
         run_key=run_key,

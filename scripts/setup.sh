@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Sets up everything in .venv (idempotent): packages, sam2, MongoDB, plugin links.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+if ! command -v "$PYTHON" >/dev/null || ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+  echo "error: Python 3.11 or newer is needed; install it or set PYTHON=/path/to/python3.11" >&2
+  exit 1
+fi
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv || {
+    echo "error: could not create .venv; on Debian/Ubuntu run: sudo apt install python3-venv" >&2
+    exit 1
+  }
+fi
+
+# Reinstall only when the dependency list or this script changed.
+stamp=.venv/.conceptseg-setup
+want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  .venv/bin/python -m pip install -q -e ".[test]"
+  # The `sam2` package builds from source: without build isolation and with its CUDA
+  # extension off, it neither pulls a second torch into a build env nor needs nvcc
+  # (the extension only speeds up hole filling on GPU).
+  SAM2_BUILD_CUDA=0 .venv/bin/python -m pip install -q --no-build-isolation --no-deps sam2==1.1.0
+  echo "$want" > "$stamp"
+fi
+
+.venv/bin/conceptseg setup-db
+.venv/bin/conceptseg install-plugin

@@ -1,0 +1,80 @@
+"""Every test runs against a private FiftyOne: its own database, plugins, zoo and media dirs.
+
+The environment is set before anything imports fiftyone, which reads it once.
+"""
+
+import os
+import shutil
+import tempfile
+import uuid
+
+import pytest
+
+_ROOT = tempfile.mkdtemp(prefix="conceptseg-tests-")
+_ENV = {
+    "FIFTYONE_PLUGINS_DIR": os.path.join(_ROOT, "plugins"),
+    "FIFTYONE_MODEL_ZOO_DIR": os.path.join(_ROOT, "zoo"),
+    "FIFTYONE_DEFAULT_DATASET_DIR": os.path.join(_ROOT, "datasets"),
+    "FIFTYONE_DO_NOT_TRACK": "true",
+    "FIFTYONE_DATABASE_VALIDATION": "false",
+    "FIFTYONE_SHOW_PROGRESS_BARS": "false",
+    "HF_HUB_OFFLINE": "1",
+}
+if os.environ.get("FIFTYONE_DATABASE_URI"):
+    # An external MongoDB: stay out of the user's data with a database of our own.
+    _ENV["FIFTYONE_DATABASE_NAME"] = f"conceptseg-tests-{uuid.uuid4().hex[:8]}"
+else:
+    _ENV["FIFTYONE_DATABASE_DIR"] = os.path.join(_ROOT, "db")
+os.environ.update(_ENV)
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(_ROOT, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def demo_files():
+    """The real demo files (nuclei + quokka), downloaded once per machine."""
+    from conceptseg import demo_data
+
+    return demo_data.fetch_demo_files()
+
+
+@pytest.fixture(scope="session")
+def nuclei_tiles(demo_files):
+    """16 tiles of 128x128: (name, HxWx3 float image, bool mask), normalised like the demo."""
+    from conceptseg import demo_data
+    from conceptseg.imaging import to_rgb_float, to_uint8
+
+    image, labels = demo_data.nuclei(demo_files)
+    image8 = to_uint8(to_rgb_float(image))
+    out = []
+    for name, _, tile_labels in demo_data.nuclei_tiles(demo_files):
+        r, c = (int(p[1:]) for p in name.split("_")[1:])
+        tile = image8[r : r + 128, c : c + 128]
+        out.append((name, to_rgb_float(tile), tile_labels > 0))
+    return out
+
+
+@pytest.fixture(scope="session")
+def plugin_installed():
+    """The plugin and zoo source linked into the private FiftyOne dirs."""
+    from conceptseg.install import install_plugin
+
+    install_plugin()
+    return _ENV["FIFTYONE_PLUGINS_DIR"]
+
+
+@pytest.fixture
+def nuclei_dataset(demo_files, tmp_path):
+    """A fresh copy of the demo dataset (16 nuclei tiles, 3 tagged demo, + the quokka)."""
+    import fiftyone as fo
+
+    from conceptseg import demo
+
+    name = f"nuclei-{uuid.uuid4().hex[:8]}"
+    dataset = demo.build_dataset(name, media_dir=str(tmp_path / "media"))
+    yield dataset
+    if fo.dataset_exists(name):
+        fo.delete_dataset(name)
+
