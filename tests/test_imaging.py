@@ -17,8 +17,9 @@ def write_png(path, image: np.ndarray) -> str:
     return str(path)
 
 
-def write_tiff(path, image: np.ndarray) -> str:
-    tifffile.imwrite(str(path), image)
+def write_tiff(path, image: np.ndarray, **kwargs) -> str:
+    """Writes ``image`` with tifffile (``kwargs`` go to ``imwrite``) and returns the path."""
+    tifffile.imwrite(str(path), image, **kwargs)
     return str(path)
 
 
@@ -182,17 +183,14 @@ class TestFloatTiff:
         assert np.isfinite(gray).all()
         np.testing.assert_array_equal(gray, 0.0)
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="bug in imaging.to_rgb_float: np.percentile returns NaN when any pixel is NaN, "
-        "so one NaN (a masked pixel in a float TIFF) turns the whole image into NaN",
-    )
     def test_nan_pixel_does_not_spread_to_the_whole_image(self, tmp_path):
         stored = fluorescence_like(np.float32)
         stored[0, 0] = np.nan
         gray = load_rgb(write_tiff(tmp_path / "nan.tif", stored))[..., 0]
 
-        assert np.isfinite(gray[1:]).all()
+        assert np.isfinite(gray).all()
+        assert gray[0, 0] == 0.0  # a masked pixel reads as the darkest value
+        assert gray.max() == 1.0
 
 
 class TestSingleChannelLastAxis:
@@ -205,13 +203,16 @@ class TestSingleChannelLastAxis:
             np.testing.assert_array_equal(rgb[..., channel], image[..., 0] / np.float32(255))
 
     def test_tiff_stored_hxwx1_is_read_and_converted(self, tmp_path):
-        stored = np.arange(20, dtype=np.uint8).reshape(4, 5, 1) * 10
-        path = write_tiff(tmp_path / "one_channel.tif", stored)
+        stored = np.arange(42, dtype=np.uint8).reshape(6, 7, 1) * 5
+        # One grey sample per pixel; tifffile records the trailing axis and restores it.
+        path = write_tiff(tmp_path / "one_channel.tif", stored, photometric="minisblack")
 
-        assert read_image(path).shape == (4, 5, 1)
+        image = read_image(path)
+        assert image.shape == (6, 7, 1)
+        np.testing.assert_array_equal(image, stored)
         rgb = load_rgb(path)
-        assert rgb.shape == (4, 5, 3)
-        assert rgb[3, 4, 2] == pytest.approx(190 / 255)
+        assert rgb.shape == (6, 7, 3)
+        assert tuple(rgb[5, 6]) == pytest.approx((205 / 255,) * 3)
 
     def test_16bit_hxwx1_is_stretched_like_2d(self):
         image = fluorescence_like()

@@ -52,6 +52,20 @@ def label_to_mask(label, frame_size: tuple[int, int]) -> np.ndarray | None:
     return out
 
 
+def frame_size(sample, *fields: str) -> tuple[int, int]:
+    """(width, height) of a sample's image: from its metadata, a Segmentation mask, or the file."""
+    if sample.metadata is not None and sample.metadata.width:
+        return sample.metadata.width, sample.metadata.height
+    for field in fields:
+        label = sample[field]
+        if isinstance(label, fo.Segmentation) and (label.mask is not None or label.mask_path):
+            height, width = label.get_mask().shape[:2]
+            return width, height
+    # Read the header only; the sample is left as it is (no metadata written).
+    meta = fo.ImageMetadata.build_for(sample.filepath)
+    return meta.width, meta.height
+
+
 def _box_mask(box, frame_size) -> np.ndarray:
     width, height = frame_size
     x, y, w, h = box

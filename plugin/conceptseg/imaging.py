@@ -9,8 +9,8 @@ import numpy as np
 
 from conceptseg.errors import ImageReadError
 
-# Below this share of the dtype's range, an integer image is treated as low-dynamic-range
-# (fluorescence, 12-bit sensors) and stretched by percentiles instead of divided by the max.
+# Wider-than-8-bit and float images are stretched between these percentiles: robust to a
+# few hot pixels, and it fills [0, 1] for low-dynamic-range fluorescence or 12-bit sensors.
 _PERCENTILES = (1.0, 99.8)
 
 
@@ -56,6 +56,8 @@ def to_rgb_float(image: np.ndarray) -> np.ndarray:
         out = image.astype(np.float32) / (1.0 if image.dtype == bool else 255.0)
     else:
         out = image.astype(np.float32)
+        # NaN pixels (masked areas of float TIFFs) would turn every percentile into NaN.
+        out = np.nan_to_num(out, nan=float(np.nanmin(out)) if np.isfinite(out).any() else 0.0)
         lo, hi = np.percentile(out, _PERCENTILES)
         if hi <= lo:
             hi = lo + 1.0

@@ -225,12 +225,11 @@ def evaluate(
         raise EmptyViewError("Nothing to evaluate: the view is empty.")
     eval_key = eval_key or "eval_" + re.sub(r"\W", "_", pred_field)
     dataset = collection._dataset
-    collection.compute_metadata()  # frame sizes for Detections ground truth
     samples, missing_gt, missing_pred = {}, [], []
-    view = collection.select_fields([pred_field, gt_field])
+    view = collection.select_fields([pred_field, gt_field, "metadata"])
     total = len(view)
     for done, sample in enumerate(view.iter_samples(), 1):
-        frame = (sample.metadata.width, sample.metadata.height)
+        frame = fio.frame_size(sample, gt_field, pred_field)
         gt = fio.label_to_mask(sample[gt_field], frame)
         pred = fio.label_to_mask(sample[pred_field], frame)
         if gt is None:

@@ -87,7 +87,7 @@ class AppearanceRoute(Route):
             sigma_max=c.sigma_max,
             num_sigma=c.num_sigma,
             channel_axis=None if self._gray else -1,
-        ).astype(np.float32)
+        ).astype(np.float32, copy=False)
 
     def fit_features(self, pairs: list[tuple[np.ndarray, np.ndarray]]) -> None:
         """Trains the forest on (features, full-size bool mask) pairs."""

@@ -1,0 +1,135 @@
+"""The plugin as FiftyOne sees it: links, registry, forms, immediate and delegated runs."""
+
+import os
+
+import fiftyone as fo
+import fiftyone.operators as foo
+import pytest
+from fiftyone.operators.delegated import DelegatedOperationService
+from fiftyone.operators.executor import ExecutionError
+from fiftyone.operators.registry import OperatorRegistry
+
+from conceptseg.errors import SetupError
+from conceptseg.install import PLUGIN_NAME, install_plugin, repo_root, setup_database
+
+SEGMENT = f"{PLUGIN_NAME}/segment_by_demonstration"
+EVALUATE = f"{PLUGIN_NAME}/evaluate_concept_segmentation"
+
+
+class TestInstallPlugin:
+    def test_links_plugin_and_zoo_idempotently(self, tmp_path):
+        plugins, zoo = tmp_path / "plugins", tmp_path / "zoo"
+        first = install_plugin(str(plugins), str(zoo))
+        second = install_plugin(str(plugins), str(zoo))
+        link = plugins / "@conceptseg" / "conceptseg-r1"
+        assert os.path.realpath(link) == os.path.realpath(repo_root())
+        assert os.path.isfile(zoo / "conceptseg" / "conceptseg-models" / "manifest.json")
+        assert all(m.startswith("linked") for m in first)
+        assert all("already links" in m for m in second)
+
+    def test_never_replaces_a_foreign_directory(self, tmp_path):
+        foreign = tmp_path / "plugins" / "@conceptseg" / "conceptseg-r1"
+        foreign.mkdir(parents=True)
+        (foreign / "keep.txt").write_text("someone else's")
+        with pytest.raises(SetupError, match="not a link made by conceptseg"):
+            install_plugin(str(tmp_path / "plugins"), str(tmp_path / "zoo"))
+        assert (foreign / "keep.txt").read_text() == "someone else's"
+
+    def test_other_plugins_are_untouched(self, tmp_path):
+        other = tmp_path / "plugins" / "@someone" / "other"
+        other.mkdir(parents=True)
+        (other / "fiftyone.yml").write_text("name: '@someone/other'\n")
+        install_plugin(str(tmp_path / "plugins"), str(tmp_path / "zoo"))
+        assert (other / "fiftyone.yml").read_text() == "name: '@someone/other'\n"
+
+    def test_database_is_usable(self):
+        assert "mongod" in setup_database() or "FIFTYONE_DATABASE_URI" in setup_database()
+
+
+class TestRegistry:
+    def test_every_listed_operator_registers_without_errors(self, plugin_installed):
+        registry = OperatorRegistry()
+        uris = {op.uri for op in registry.list_operators() if op.uri.startswith(PLUGIN_NAME)}
+        assert uris == {SEGMENT, EVALUATE}
+        assert registry.list_errors() == []
+
+    def test_plugin_import_loads_no_heavy_packages(self):
+        import subprocess
+        import sys
+
+        # Whatever FiftyOne itself imports is not ours to avoid; compare against it.
+        code = (
+            "import sys, importlib.util, fiftyone.operators;"
+            "before = set(sys.modules);"
+            f"spec = importlib.util.spec_from_file_location('cs_plugin', {os.path.join(repo_root(), '__init__.py')!r},"
+            f" submodule_search_locations=[{repo_root()!r}]);"
+            "m = importlib.util.module_from_spec(spec); sys.modules['cs_plugin'] = m; spec.loader.exec_module(m);"
+            "new = {k.split('.')[0] for k in set(sys.modules) - before};"
+            "print(sorted(new & {'torch', 'sklearn', 'skimage', 'transformers', 'sam2', 'peft', 'conceptseg'}))"
+        )
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        assert out.stdout.strip() == "[]"
+
+
+class TestSegmentOperator:
+    def _params(self, **extra):
+        return {"demo_source": "selected", "mask_field": "ground_truth", "pred_field": "op_pred", **extra}
+
+    def test_immediate_run_on_selected_samples(self, plugin_installed, nuclei_dataset):
+        nuclei = nuclei_dataset.load_saved_view("nuclei")
+        demo_ids = nuclei.match_tags("demo").values("id")
+        result = foo.execute_operator(
+            SEGMENT, dataset=nuclei_dataset, view=nuclei, selected=demo_ids,
+            params=self._params(view_target="CURRENT_VIEW", concept="nucleus"),
+        )
+        assert result.error is None
+        assert result.result["route"] == "appearance" and result.result["segmented"] == 13
+        requests = result.executor.to_json()["requests"]
+        assert any(r.get("operator_uri") == "reload_dataset" for r in requests)
+        assert len(nuclei_dataset.exists("op_pred")) == 13
+        assert nuclei_dataset.match({"concept": "animal"}).first().op_pred is None
+
+    def test_delegated_run_by_tag_reports_progress(self, plugin_installed, nuclei_dataset):
+        nuclei_dataset.persistent = True
+        nuclei = nuclei_dataset.load_saved_view("nuclei")
+        queued = foo.execute_operator(
+            SEGMENT, dataset=nuclei_dataset, view=nuclei, request_delegation=True,
+            params=self._params(demo_source="tag", demo_tag="demo", view_target="CURRENT_VIEW"),
+        )
+        assert queued.delegated is True
+        service = DelegatedOperationService()
+        service.execute_queued_operations(operator=SEGMENT, dataset_name=nuclei_dataset.name, limit=1)
+        doc = service.get(queued.result["id"])
+        assert doc.run_state == "completed", doc.run_state
+        assert doc.result.result["segmented"] == 13
+        assert doc.status.progress == pytest.approx(1.0)
+        assert len(nuclei_dataset.exists("op_pred")) == 13
+
+    def test_form_flags_an_existing_output_field(self, plugin_installed, nuclei_dataset):
+        nuclei_dataset.add_sample_field("op_pred", fo.EmbeddedDocumentField, embedded_doc_type=fo.Segmentation)
+        ctx = dict(dataset=nuclei_dataset, selected=nuclei_dataset.match_tags("demo").values("id"))
+        with pytest.raises(ExecutionError, match="'op_pred' exists: tick overwrite or resume"):
+            foo.execute_operator(SEGMENT, **ctx, params=self._params(view_target="DATASET"))
+        assert len(nuclei_dataset.exists("op_pred")) == 0
+
+    def test_form_without_selection_asks_for_one(self, plugin_installed, nuclei_dataset):
+        with pytest.raises(ExecutionError, match="demo_count"):
+            foo.execute_operator(SEGMENT, dataset=nuclei_dataset, params=self._params(view_target="DATASET"))
+        assert not nuclei_dataset.has_field("op_pred")
+
+
+class TestEvaluateOperator:
+    def test_scores_and_stores(self, plugin_installed, nuclei_dataset):
+        nuclei = nuclei_dataset.load_saved_view("nuclei")
+        foo.execute_operator(
+            SEGMENT, dataset=nuclei_dataset, view=nuclei, selected=nuclei.match_tags("demo").values("id"),
+            params=dict(demo_source="selected", mask_field="ground_truth", pred_field="p", view_target="CURRENT_VIEW"),
+        )
+        result = foo.execute_operator(
+            EVALUATE, dataset=nuclei_dataset, view=nuclei,
+            params=dict(pred_field="p", gt_field="ground_truth", eval_key="ev", view_target="CURRENT_VIEW"),
+        )
+        assert result.error is None
+        assert result.result["scored"] == 13 and result.result["missing_pred"] == 3
+        assert result.result["metrics"]["iou"] >= 0.8
+        assert len(nuclei_dataset.exists("ev_wfm")) == 13
