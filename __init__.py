@@ -5,10 +5,20 @@ operator modules; the engine (and torch, scikit-learn) loads inside ``execute``.
 """
 
 from .operators.evaluate_concept_segmentation import EvaluateConceptSegmentation
+from .operators.evaluation_metrics import ConceptDice, ConceptIoU, SMeasure, WeightedFMeasure
 from .operators.segment_by_demonstration import SegmentByDemonstration
+
+OPERATORS = (
+    SegmentByDemonstration,
+    EvaluateConceptSegmentation,
+    ConceptIoU,
+    ConceptDice,
+    WeightedFMeasure,
+    SMeasure,
+)
 
 
 def register(p):
     """Called by FiftyOne with the plugin context."""
-    p.register(SegmentByDemonstration)
-    p.register(EvaluateConceptSegmentation)
+    for operator in OPERATORS:
+        p.register(operator)

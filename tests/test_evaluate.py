@@ -143,3 +143,22 @@ class TestProtocolAndMissing:
             jobs.evaluate(ab_dataset, "name", "gt")
         with pytest.raises(EmptyViewError):
             jobs.evaluate(ab_dataset.limit(0), "pred", "gt")
+
+
+class TestEvaluationKeyIsSafe:
+    def test_key_of_another_run_is_refused(self, ab_dataset):
+        ab_dataset.register_run("mine", ab_dataset.init_run(method="someone.else"))
+        with pytest.raises(FieldError, match="belongs to another run"):
+            jobs.evaluate(ab_dataset, "pred", "gt", eval_key="mine")
+        assert ab_dataset.get_run_info("mine").config.method == "someone.else"
+
+    def test_foreign_fields_with_the_same_names_are_refused(self, ab_dataset):
+        ab_dataset.set_values("k_iou", ["note", "note"])
+        with pytest.raises(FieldError, match="k_iou"):
+            jobs.evaluate(ab_dataset, "pred", "gt", eval_key="k")
+        assert ab_dataset.values("k_iou") == ["note", "note"]
+
+    def test_rerun_replaces_its_own_fields(self, ab_dataset):
+        jobs.evaluate(ab_dataset, "pred", "gt", eval_key="k")
+        jobs.evaluate(ab_dataset, "pred", "gt", eval_key="k", size=600)
+        assert ab_dataset.get_run_info("k").config.size == 600

@@ -50,7 +50,8 @@ class TestRegistry:
     def test_every_listed_operator_registers_without_errors(self, plugin_installed):
         registry = OperatorRegistry()
         uris = {op.uri for op in registry.list_operators() if op.uri.startswith(PLUGIN_NAME)}
-        assert uris == {SEGMENT, EVALUATE}
+        metrics = {f"{PLUGIN_NAME}/concept_{m}" for m in ("iou", "dice", "wfm", "sm")}
+        assert uris == {SEGMENT, EVALUATE} | metrics
         assert registry.list_errors() == []
 
     def test_plugin_import_loads_no_heavy_packages(self):
@@ -133,3 +134,23 @@ class TestEvaluateOperator:
         assert result.result["scored"] == 13 and result.result["missing_pred"] == 3
         assert result.result["metrics"]["iou"] >= 0.8
         assert len(nuclei_dataset.exists("ev_wfm")) == 13
+
+
+class TestCustomEvaluationMetrics:
+    def test_fiftyone_evaluation_gains_true_iou_and_dice(self, plugin_installed, nuclei_dataset):
+        from conceptseg.jobs import evaluate
+
+        nuclei = nuclei_dataset.load_saved_view("nuclei")
+        foo.execute_operator(
+            SEGMENT, dataset=nuclei_dataset, view=nuclei, selected=nuclei.match_tags("demo").values("id"),
+            params=dict(demo_source="selected", mask_field="ground_truth", pred_field="p", view_target="CURRENT_VIEW"),
+        )
+        targets = nuclei.exists("p")
+        uris = [f"{PLUGIN_NAME}/concept_{m}" for m in ("iou", "dice", "wfm", "sm")]
+        results = targets.evaluate_segmentations("p", gt_field="ground_truth", eval_key="fo", custom_metrics=uris)
+        ours = evaluate(targets, "p", "ground_truth", eval_key="cs")["metrics"]
+        for uri, name in zip(uris, ("iou", "dice", "wfm", "sm")):
+            assert results.custom_metrics[uri]["value"] == pytest.approx(ours[name], abs=1e-9)
+        assert targets.values("fo_iou") == pytest.approx(targets.values("cs_iou"))
+        # FiftyOne's own per-sample accuracy on binary masks is foreground IoU too (metrics.md §4)
+        assert targets.values("fo_accuracy") == pytest.approx(targets.values("cs_iou"), abs=1e-9)

@@ -17,8 +17,8 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from .errors import DemonstrationError
-from .types import Demonstration
+from conceptseg.errors import DemonstrationError
+from conceptseg.types import Demonstration
 
 TARGET_SIZE = 600
 TILE_SIZE = 300

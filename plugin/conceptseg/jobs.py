@@ -199,6 +199,48 @@ def segment_by_demonstration(
 METRIC_NAMES = ("iou", "wfm", "sm", "em", "mae", "dice", "ber", "miou")
 
 
+def score_samples(
+    collection: fo.core.collections.SampleCollection,
+    pred_field: str,
+    gt_field: str,
+    size: int | None = None,
+    progress: Progress | None = None,
+) -> tuple[dict[str, dict], list[str], list[str]]:
+    """Per-sample scores of every sample with both masks, and the ids missing either."""
+    from conceptseg import metrics
+
+    samples, missing_gt, missing_pred = {}, [], []
+    view = collection.select_fields([pred_field, gt_field, "metadata"])
+    total = len(view)
+    for done, sample in enumerate(view.iter_samples(), 1):
+        frame = fio.frame_size(sample, gt_field, pred_field)
+        gt = fio.label_to_mask(sample[gt_field], frame)
+        pred = fio.label_to_mask(sample[pred_field], frame)
+        if gt is None:
+            missing_gt.append(sample.id)
+        elif pred is None:
+            missing_pred.append(sample.id)
+        else:
+            samples[sample.id] = metrics.score_sample(pred, gt, size=size)
+        if progress is not None:
+            progress(done, total)
+    return samples, missing_gt, missing_pred
+
+
+def _check_eval_key(dataset: fo.Dataset, eval_key: str) -> None:
+    """Refuses a key whose run or fields belong to something else (they would be replaced)."""
+    if eval_key in dataset.list_runs():
+        if dataset.get_run_info(eval_key).config.method != "conceptseg.evaluate":
+            raise FieldError(f"Run key {eval_key!r} belongs to another run; choose another evaluation key.")
+        return  # re-running an evaluation replaces its own fields, as FiftyOne's do
+    taken = [f"{eval_key}_{n}" for n in METRIC_NAMES if dataset.has_field(f"{eval_key}_{n}")]
+    if taken:
+        raise FieldError(
+            f"Fields {', '.join(taken)} exist and are not from a conceptseg evaluation; "
+            "choose another evaluation key."
+        )
+
+
 def evaluate(
     collection: fo.core.collections.SampleCollection,
     pred_field: str,
@@ -225,21 +267,8 @@ def evaluate(
         raise EmptyViewError("Nothing to evaluate: the view is empty.")
     eval_key = eval_key or "eval_" + re.sub(r"\W", "_", pred_field)
     dataset = collection._dataset
-    samples, missing_gt, missing_pred = {}, [], []
-    view = collection.select_fields([pred_field, gt_field, "metadata"])
-    total = len(view)
-    for done, sample in enumerate(view.iter_samples(), 1):
-        frame = fio.frame_size(sample, gt_field, pred_field)
-        gt = fio.label_to_mask(sample[gt_field], frame)
-        pred = fio.label_to_mask(sample[pred_field], frame)
-        if gt is None:
-            missing_gt.append(sample.id)
-        elif pred is None:
-            missing_pred.append(sample.id)
-        else:
-            samples[sample.id] = metrics.score_sample(pred, gt, size=size)
-        if progress is not None:
-            progress(done, total)
+    _check_eval_key(dataset, eval_key)
+    samples, missing_gt, missing_pred = score_samples(collection, pred_field, gt_field, size, progress)
     for name in METRIC_NAMES:
         collection.set_values(
             f"{eval_key}_{name}", {i: s[name] for i, s in samples.items()}, key_field="id"
