@@ -7,9 +7,11 @@ operator modules; the engine (and torch, scikit-learn) loads inside ``execute``.
 from .operators.evaluate_concept_segmentation import EvaluateConceptSegmentation
 from .operators.evaluation_metrics import ConceptDice, ConceptIoU, SMeasure, WeightedFMeasure
 from .operators.segment_by_demonstration import SegmentByDemonstration
+from .operators.segment_by_query import SegmentByQuery
 
 OPERATORS = (
     SegmentByDemonstration,
+    SegmentByQuery,
     EvaluateConceptSegmentation,
     ConceptIoU,
     ConceptDice,

@@ -30,7 +30,7 @@ class EvaluateConceptSegmentation(foo.Operator):
         return types.Property(inputs, view=types.View(label="Evaluate concept segmentation"))
 
     def execute(self, ctx):
-        from conceptseg.jobs import evaluate
+        from conceptseg.evaluation import evaluate
 
         params = ctx.params
         report = evaluate(

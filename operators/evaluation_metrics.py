@@ -28,7 +28,7 @@ class _ConceptMetric(foo.EvaluationMetric):
         )
 
     def compute(self, samples, results, **kwargs):
-        from conceptseg.jobs import score_samples
+        from conceptseg.evaluation import score_samples
 
         scores, _, _ = score_samples(samples, results.config.pred_field, results.config.gt_field)
         values = {i: s[self.metric] for i, s in scores.items()}

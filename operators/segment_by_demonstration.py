@@ -5,7 +5,7 @@ import fiftyone.operators.types as types
 
 from ._forms import field_choice, progress_callback
 
-ROUTES = ("auto", "appearance")
+ROUTES = ("auto", "appearance", "reasoning")
 # Views larger than this default to delegated execution (the App would wait too long).
 DELEGATE_ABOVE = 200
 
@@ -66,6 +66,14 @@ class SegmentByDemonstration(foo.Operator):
             pred.invalid = True
             pred.error_message = f"{name!r} exists: tick overwrite or resume, or choose another name."
         inputs.enum("route", list(ROUTES), default="auto", label="Route", view=types.DropdownView())
+        model = inputs.str(
+            "model",
+            label="Model",
+            description="Bundle directory or Hugging Face id; enables the reasoning route",
+        )
+        if ctx.params.get("route") == "reasoning" and not ctx.params.get("model"):
+            model.invalid = True
+            model.error_message = "The reasoning route needs a model: give a bundle directory or id."
         inputs.float("threshold", default=0.5, min=0.0, max=1.0, label="Verification threshold (IoU)")
         inputs.str("concept", default="concept", label="Concept name", description="Label of the predicted masks")
         inputs.bool("overwrite", default=False, label="Overwrite existing labels in the output field")
@@ -90,6 +98,7 @@ class SegmentByDemonstration(foo.Operator):
             concept=params.get("concept", "concept"),
             overwrite=params.get("overwrite", False),
             resume=params.get("resume", False),
+            model=params.get("model") or None,
             progress=progress_callback(ctx),
         )
         if not ctx.delegated:
@@ -101,5 +110,6 @@ class SegmentByDemonstration(foo.Operator):
         outputs.str("route", label="Route")
         outputs.float("verification", label="Held-out IoU")
         outputs.str("rule", label="Rule")
+        outputs.str("reason", label="Why this route")
         outputs.int("segmented", label="Targets segmented")
         return types.Property(outputs)

@@ -8,7 +8,7 @@ import numpy as np
 import py_sod_metrics as psm
 import pytest
 
-from conceptseg import cli, jobs
+from conceptseg import cli, evaluation, jobs
 from conceptseg.errors import EmptyViewError, FieldError
 
 
@@ -51,7 +51,7 @@ def ab_dataset(tmp_path):
 
 class TestHandValues:
     def test_giou_ciou_and_fgbg_miou(self, ab_dataset):
-        report = jobs.evaluate(ab_dataset, "pred", "gt")
+        report = evaluation.evaluate(ab_dataset, "pred", "gt")
         m = report["metrics"]
         assert m["giou"] == pytest.approx(0.5918167231235514, abs=1e-9)
         assert m["ciou"] == pytest.approx(0.5985330073349633, abs=1e-9)
@@ -61,7 +61,7 @@ class TestHandValues:
         assert report["samples"][by_name["a"]]["mae"] == pytest.approx(0.1171875, abs=1e-9)
 
     def test_per_sample_fields_and_stored_run(self, ab_dataset):
-        jobs.evaluate(ab_dataset, "pred", "gt", eval_key="ev")
+        evaluation.evaluate(ab_dataset, "pred", "gt", eval_key="ev")
         assert ab_dataset.values("ev_iou") == pytest.approx([784 / 1264, 440 / 781])
         assert "ev" in ab_dataset.list_runs()
         stored = ab_dataset.load_run_results("ev")
@@ -105,8 +105,8 @@ class TestJsonEqualsPysodmetrics:
 
 class TestProtocolAndMissing:
     def test_paper_protocol_scores_at_600(self, ab_dataset):
-        native = jobs.evaluate(ab_dataset, "pred", "gt")["metrics"]
-        paper = jobs.evaluate(ab_dataset, "pred", "gt", eval_key="ev600", size=600)["metrics"]
+        native = evaluation.evaluate(ab_dataset, "pred", "gt")["metrics"]
+        paper = evaluation.evaluate(ab_dataset, "pred", "gt", eval_key="ev600", size=600)["metrics"]
         # nearest-neighbour upscaling keeps the shapes, so IoU barely moves
         assert paper["iou"] == pytest.approx(native["iou"], abs=0.02)
         assert paper["iou"] != native["iou"]
@@ -115,7 +115,7 @@ class TestProtocolAndMissing:
         sample = ab_dataset.first()
         sample.gt = None
         sample.save()
-        report = jobs.evaluate(ab_dataset, "pred", "gt")
+        report = evaluation.evaluate(ab_dataset, "pred", "gt")
         assert report["missing_gt"] == [sample.id]
         assert list(report["samples"]) == [ab_dataset.last().id]
         assert ab_dataset.first()["eval_pred_iou"] is None
@@ -124,7 +124,7 @@ class TestProtocolAndMissing:
         sample = ab_dataset.first()
         sample.pred = None
         sample.save()
-        assert jobs.evaluate(ab_dataset, "pred", "gt")["missing_pred"] == [sample.id]
+        assert evaluation.evaluate(ab_dataset, "pred", "gt")["missing_pred"] == [sample.id]
 
     def test_detections_ground_truth(self, ab_dataset):
         for sample in ab_dataset:
@@ -132,33 +132,33 @@ class TestProtocolAndMissing:
                 detections=[fo.Detection.from_mask(sample.gt.get_mask() > 0, label="x")]
             )
             sample.save()
-        a = jobs.evaluate(ab_dataset, "pred", "gt_inst", eval_key="evd")["metrics"]
-        b = jobs.evaluate(ab_dataset, "pred", "gt", eval_key="evs")["metrics"]
+        a = evaluation.evaluate(ab_dataset, "pred", "gt_inst", eval_key="evd")["metrics"]
+        b = evaluation.evaluate(ab_dataset, "pred", "gt", eval_key="evs")["metrics"]
         assert a["iou"] == pytest.approx(b["iou"], abs=1e-9)
 
     def test_bad_fields_and_empty_view(self, ab_dataset):
         with pytest.raises(FieldError, match="'nope' does not exist"):
-            jobs.evaluate(ab_dataset, "nope", "gt")
+            evaluation.evaluate(ab_dataset, "nope", "gt")
         with pytest.raises(FieldError, match="holds StringField|holds"):
-            jobs.evaluate(ab_dataset, "name", "gt")
+            evaluation.evaluate(ab_dataset, "name", "gt")
         with pytest.raises(EmptyViewError):
-            jobs.evaluate(ab_dataset.limit(0), "pred", "gt")
+            evaluation.evaluate(ab_dataset.limit(0), "pred", "gt")
 
 
 class TestEvaluationKeyIsSafe:
     def test_key_of_another_run_is_refused(self, ab_dataset):
         ab_dataset.register_run("mine", ab_dataset.init_run(method="someone.else"))
         with pytest.raises(FieldError, match="belongs to another run"):
-            jobs.evaluate(ab_dataset, "pred", "gt", eval_key="mine")
+            evaluation.evaluate(ab_dataset, "pred", "gt", eval_key="mine")
         assert ab_dataset.get_run_info("mine").config.method == "someone.else"
 
     def test_foreign_fields_with_the_same_names_are_refused(self, ab_dataset):
         ab_dataset.set_values("k_iou", ["note", "note"])
         with pytest.raises(FieldError, match="k_iou"):
-            jobs.evaluate(ab_dataset, "pred", "gt", eval_key="k")
+            evaluation.evaluate(ab_dataset, "pred", "gt", eval_key="k")
         assert ab_dataset.values("k_iou") == ["note", "note"]
 
     def test_rerun_replaces_its_own_fields(self, ab_dataset):
-        jobs.evaluate(ab_dataset, "pred", "gt", eval_key="k")
-        jobs.evaluate(ab_dataset, "pred", "gt", eval_key="k", size=600)
+        evaluation.evaluate(ab_dataset, "pred", "gt", eval_key="k")
+        evaluation.evaluate(ab_dataset, "pred", "gt", eval_key="k", size=600)
         assert ab_dataset.get_run_info("k").config.size == 600

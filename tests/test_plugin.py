@@ -51,7 +51,7 @@ class TestRegistry:
         registry = OperatorRegistry()
         uris = {op.uri for op in registry.list_operators() if op.uri.startswith(PLUGIN_NAME)}
         metrics = {f"{PLUGIN_NAME}/concept_{m}" for m in ("iou", "dice", "wfm", "sm")}
-        assert uris == {SEGMENT, EVALUATE} | metrics
+        assert uris == {SEGMENT, EVALUATE, f"{PLUGIN_NAME}/segment_by_query"} | metrics
         assert registry.list_errors() == []
 
     def test_plugin_import_loads_no_heavy_packages(self):
@@ -138,7 +138,7 @@ class TestEvaluateOperator:
 
 class TestCustomEvaluationMetrics:
     def test_fiftyone_evaluation_gains_true_iou_and_dice(self, plugin_installed, nuclei_dataset):
-        from conceptseg.jobs import evaluate
+        from conceptseg.evaluation import evaluate
 
         nuclei = nuclei_dataset.load_saved_view("nuclei")
         foo.execute_operator(

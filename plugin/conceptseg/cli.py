@@ -63,23 +63,54 @@ def cmd_segment(args) -> int:
         overwrite=args.overwrite,
         resume=args.resume,
         instances=not args.no_instances,
+        model=args.model,
         progress=None if args.json else _progress,
     )
-    if args.json:
+    return _report(summary, args.json)
+
+
+def _report(summary: dict, as_json: bool) -> int:
+    if as_json:
         print(json.dumps(summary))
         return 0
     v = summary["verification"]
     print(f"route {summary['route']}, verification {'unavailable' if v is None else f'{v:.3f}'}"
           f"{'' if summary['verified'] else ' (UNVERIFIED)'}")
-    print(f"rule: {summary['rule']}")
+    if summary.get("rule"):
+        print(f"rule: {summary['rule']}")
     print(f"segmented {summary['segmented']}, skipped {summary['skipped']}, failed {len(summary['failures'])}")
     for f in summary["failures"]:
         print(f"  failed {f['sample_id']} ({f['filepath']}): {f['error']}")
     return 0
 
 
+def cmd_query(args) -> int:
+    from conceptseg.jobs import segment_by_query
+
+    dataset = _load(args.dataset)
+    targets = dataset.load_saved_view(args.view) if args.view else dataset
+    summary = segment_by_query(
+        targets,
+        args.text,
+        args.pred_field,
+        args.model,
+        overwrite=args.overwrite,
+        resume=args.resume,
+        instances=not args.no_instances,
+        progress=None if args.json else _progress,
+    )
+    return _report(summary, args.json)
+
+
+def cmd_tiny_bundle(args) -> int:
+    from conceptseg.testing import build_tiny_bundle
+
+    print(build_tiny_bundle(args.out_dir, seed=args.seed))
+    return 0
+
+
 def cmd_evaluate(args) -> int:
-    from conceptseg.jobs import evaluate
+    from conceptseg.evaluation import evaluate
 
     dataset = _load(args.dataset)
     scope = dataset.load_saved_view(args.view) if args.view else dataset
@@ -124,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask-field", required=True, help="field with the demonstrations' masks")
     p.add_argument("--pred-field", required=True, help="Segmentation field to write")
     p.add_argument("--view", help="saved view of targets (default: every sample not tagged --demo-tag)")
-    p.add_argument("--route", default="auto", choices=["auto", "appearance"])
+    p.add_argument("--route", default="auto", choices=["auto", "appearance", "reasoning"])
+    p.add_argument("--model", help="bundle directory or Hugging Face id (enables the reasoning route)")
     p.add_argument("--threshold", type=float, default=0.5, help="held-out IoU a route must reach")
     p.add_argument("--concept", default="concept", help="label of the predicted masks")
     p.add_argument("--no-instances", action="store_true", help="skip the <pred-field>_instances Detections")
@@ -133,6 +165,24 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--overwrite", action="store_true", help="replace existing labels in the output fields")
     mode.add_argument("--resume", action="store_true", help="finish an interrupted run")
     p.set_defaults(func=cmd_segment)
+
+    p = sub.add_parser("query", help="reasoning segmentation of a text query (no demonstrations)")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--text", required=True, help="what to segment, e.g. 'the animal that hides'")
+    p.add_argument("--pred-field", required=True)
+    p.add_argument("--model", required=True, help="bundle directory or Hugging Face id")
+    p.add_argument("--view", help="saved view of targets (default: the whole dataset)")
+    p.add_argument("--no-instances", action="store_true")
+    p.add_argument("--json", action="store_true")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--overwrite", action="store_true")
+    mode.add_argument("--resume", action="store_true")
+    p.set_defaults(func=cmd_query)
+
+    p = sub.add_parser("tiny-bundle", help="build a tiny random bundle offline (tests, trying without a GPU)")
+    p.add_argument("out_dir")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_tiny_bundle)
 
     p = sub.add_parser("evaluate", help="score predictions against ground truth")
     p.add_argument("--dataset", required=True)

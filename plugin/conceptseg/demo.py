@@ -79,7 +79,7 @@ def _sample(media_dir, name, image, mask, concept, is_demo, ext=".png"):
 
 def run(name: str = DATASET_NAME, pred_field: str = "predictions") -> dict:
     """Builds the dataset, segments the nuclei by demonstration and scores the result."""
-    from conceptseg import jobs
+    from conceptseg import evaluation, jobs
 
     dataset = build_dataset(name)
     nuclei = dataset.load_saved_view(NUCLEI_VIEW)
@@ -91,6 +91,6 @@ def run(name: str = DATASET_NAME, pred_field: str = "predictions") -> dict:
         concept="nucleus",
         overwrite=True,
     )
-    report = jobs.evaluate(nuclei, pred_field, "ground_truth")
+    report = evaluation.evaluate(nuclei, pred_field, "ground_truth")
     names = dict(zip(dataset.values("id"), (os.path.basename(p) for p in dataset.values("filepath"))))
     return {"dataset": name, "segment": summary, "evaluate": report, "names": names}

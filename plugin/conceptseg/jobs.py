@@ -61,6 +61,91 @@ def _check_output_field(targets, field: str, label_type, mask_field: str, overwr
         )
 
 
+def _targets_to_do(targets, pred_field, inst_field, mask_field, overwrite, resume, run_key):
+    """Checks the output fields and returns the targets still to segment."""
+    if len(targets) == 0:
+        raise EmptyViewError(
+            "The target view is empty (demonstrations are not targets): choose a view with "
+            "samples to segment."
+        )
+    _check_output_field(targets, pred_field, fo.Segmentation, mask_field, overwrite, resume, run_key)
+    if inst_field:
+        _check_output_field(targets, inst_field, fo.Detections, mask_field, overwrite, resume, run_key)
+    return targets.match(F(f"{pred_field}.run_key") != run_key) if resume else targets
+
+
+def _load_model(model):
+    """A bundle object, a bundle path / hub id (loaded once per process), or None."""
+    if model is None or not isinstance(model, str):
+        return model
+    from conceptseg.checkpoint import load_bundle_cached
+
+    return load_bundle_cached(model)
+
+
+def _label_attributes(choice, result, run_key: str) -> dict:
+    """Attributes every predicted label carries; the route's own words win over the run's."""
+    details = result.details
+    return dict(
+        route=choice.route.name,
+        verification=choice.verification,
+        verified=choice.verified,
+        rule=details.get("rule") or choice.route.rule(),
+        reasoning=details.get("reasoning"),
+        answer=details.get("answer"),
+        parse_error=details.get("parse_error"),
+        run_key=run_key,
+    )
+
+
+def _segment_targets(router, choice, todo, pred_field, inst_field, concept, run_key, out_dir, progress):
+    """Segments every target, writing labels as it goes; returns (seconds, failures)."""
+    failures, seconds, total = [], [], len(todo)
+    # Saved in batches about once a second; a run stopped by an exception still saves
+    # every target it labelled, and a killed one loses at most the last second.
+    with todo.save_context(batch_size=1.0) as saver:
+        for done, (sample, target, error) in enumerate(fio.iter_targets(todo), 1):
+            if target is not None:
+                result = next(router.segment(choice, [target]))
+                error = result.error
+            if error is not None:
+                failures.append({"sample_id": sample.id, "filepath": sample.filepath, "error": error})
+            else:
+                seconds.append(result.seconds)
+                attrs = _label_attributes(choice, result, run_key)
+                path = os.path.join(out_dir, f"{sample.id}.png")
+                sample[pred_field] = fio.mask_to_segmentation(
+                    result.mask, path, cost=result.seconds, box=result.details.get("box"), **attrs
+                )
+                if inst_field:
+                    sample[inst_field] = fio.mask_to_detections(result.mask, result.probability, concept, **attrs)
+                saver.save(sample)
+            if progress is not None:
+                progress(done, total)
+    return seconds, failures
+
+
+def _start_run(dataset, run_key: str, config: dict) -> None:
+    """Registers the run before any target is touched, so an interrupted run is on record."""
+    dataset.register_run(run_key, dataset.init_run(**config), overwrite=True)
+
+
+def _finish_run(dataset, run_key: str, summary: dict) -> None:
+    """Stores the run's summary (counts, failures, timings) as its results."""
+    # The summary repeats run_key, which init_run_results takes as its own argument.
+    record = {k: v for k, v in summary.items() if k != "run_key"}
+    results = dataset.init_run_results(run_key, summary=record, finished_at=time.time())
+    dataset.save_run_results(run_key, results, overwrite=True)
+
+
+def _ensure_mask_targets(dataset, pred_field: str, concept: str) -> None:
+    if pred_field not in dataset.mask_targets:
+        mask_targets = dict(dataset.mask_targets)
+        mask_targets[pred_field] = {1: concept}
+        dataset.mask_targets = mask_targets
+        dataset.save()
+
+
 def segment_by_demonstration(
     demonstrations: fo.core.collections.SampleCollection,
     targets: fo.core.collections.SampleCollection,
@@ -73,6 +158,7 @@ def segment_by_demonstration(
     resume: bool = False,
     instances: bool = True,
     output_dir: str | None = None,
+    model=None,
     progress: Progress | None = None,
 ) -> dict:
     """Learns the concept from ``demonstrations`` and writes masks on every target.
@@ -80,8 +166,10 @@ def segment_by_demonstration(
     Writes a Segmentation per target in ``pred_field`` (a 0/1 PNG under ``output_dir``)
     and, with ``instances``, its connected components as Detections in
     ``<pred_field>_instances``. Each label carries route, verification, verified, rule,
-    run_key and cost (seconds). The run is recorded as the FiftyOne custom run
-    ``conceptseg_<pred_field>``. Demonstrations are never segmented as targets.
+    reasoning, answer, parse_error, run_key and cost (seconds). The run is recorded as
+    the FiftyOne custom run ``conceptseg_<pred_field>``. Demonstrations are never
+    segmented as targets. ``model`` (a bundle directory, hub id or loaded Bundle) makes
+    the reasoning route available.
 
     With ``resume``, targets that already hold a label from this run are skipped, so an
     interrupted run finishes where it stopped. Labels written by anything else are only
@@ -98,27 +186,22 @@ def segment_by_demonstration(
     inst_field = instances_field_for(pred_field) if instances else None
     demo_ids = demonstrations.values("id")
     targets = targets.exclude(demo_ids)
-    if len(targets) == 0:
-        raise EmptyViewError(
-            "The target view is empty (demonstrations are not targets): choose a view with "
-            "samples to segment."
-        )
-    _check_output_field(targets, pred_field, fo.Segmentation, mask_field, overwrite, resume, run_key)
-    if inst_field:
-        _check_output_field(targets, inst_field, fo.Detections, mask_field, overwrite, resume, run_key)
+    todo = _targets_to_do(targets, pred_field, inst_field, mask_field, overwrite, resume, run_key)
     if resume and run_key in dataset.list_runs():
         started = dataset.get_run_info(run_key).config.demonstration_ids
-        if sorted(started) != sorted(demo_ids):
+        if sorted(started or []) != sorted(demo_ids):
             raise ConceptSegError(
                 f"Cannot resume run {run_key!r}: it was started with other demonstrations. "
                 "Select the same ones, or pass overwrite instead of resume to start over."
             )
 
-    router = make_router(route, threshold)
+    skipped = len(targets) - len(todo)  # before segmenting: the view is re-evaluated lazily
+    question = concept if concept != "concept" else None
+    router = make_router(route, threshold, bundle=_load_model(model), question=question)
     demos = fio.read_demonstrations(demonstrations, mask_field)
     choice = router.choose(demos)
-    rule = choice.route.rule()
-    config = dataset.init_run(
+    _ensure_mask_targets(dataset, pred_field, concept)
+    _start_run(dataset, run_key, dict(
         method="conceptseg.segment_by_demonstration",
         pred_field=pred_field,
         instances_field=inst_field,
@@ -128,49 +211,16 @@ def segment_by_demonstration(
         route=choice.route.name,
         threshold=threshold,
         verification=choice.verification,
-        verifications={v.route: v.score for v in choice.verifications},
         verified=choice.verified,
         reason=choice.reason,
-        rule=rule,
+        rule=choice.route.rule(),
         concept=concept,
+        model=model if isinstance(model, str) else None,
+    ))
+    seconds, failures = _segment_targets(
+        router, choice, todo, pred_field, inst_field, concept, run_key,
+        output_dir or default_output_dir(dataset, pred_field), progress,
     )
-    dataset.register_run(run_key, config, overwrite=True)
-    mask_targets = dict(dataset.mask_targets)
-    if pred_field not in mask_targets:
-        mask_targets[pred_field] = {1: concept}
-        dataset.mask_targets = mask_targets
-        dataset.save()
-
-    todo = targets.match(F(f"{pred_field}.run_key") != run_key) if resume else targets
-    skipped = len(targets) - len(todo)
-    out_dir = output_dir or default_output_dir(dataset, pred_field)
-    attrs = dict(
-        route=choice.route.name,
-        verification=choice.verification,
-        verified=choice.verified,
-        rule=rule,
-        run_key=run_key,
-    )
-    failures, seconds, total = [], [], len(todo)
-    # Saved in batches about once a second; a run stopped by an exception still saves
-    # every target it labelled, and a killed one loses at most the last second.
-    with todo.save_context(batch_size=1.0) as saver:
-        for done, (sample, target, error) in enumerate(fio.iter_targets(todo), 1):
-            if target is not None:
-                result = next(router.segment(choice, [target]))
-                error = result.error
-            if error is not None:
-                failures.append({"sample_id": sample.id, "filepath": sample.filepath, "error": error})
-            else:
-                seconds.append(result.seconds)
-                path = os.path.join(out_dir, f"{sample.id}.png")
-                sample[pred_field] = fio.mask_to_segmentation(result.mask, path, cost=result.seconds, **attrs)
-                if inst_field:
-                    sample[inst_field] = fio.mask_to_detections(result.mask, result.probability, concept, **attrs)
-                saver.save(sample)
-            if progress is not None:
-                progress(done, total)
-
     summary = dict(
         run_key=run_key,
         pred_field=pred_field,
@@ -180,7 +230,7 @@ def segment_by_demonstration(
         verifications={v.route: v.scores for v in choice.verifications},
         verified=choice.verified,
         reason=choice.reason,
-        rule=rule,
+        rule=choice.route.rule(),
         demonstrations=len(demos),
         targets=len(targets),
         segmented=len(seconds),
@@ -189,104 +239,60 @@ def segment_by_demonstration(
         fit_seconds=choice.fit_seconds,
         seconds_per_target=(sum(seconds) / len(seconds)) if seconds else None,
     )
-    # The summary repeats run_key, which init_run_results takes as its own argument.
-    record = {k: v for k, v in summary.items() if k != "run_key"}
-    results = dataset.init_run_results(run_key, summary=record, finished_at=time.time())
-    dataset.save_run_results(run_key, results, overwrite=True)
+    _finish_run(dataset, run_key, summary)
     return summary
 
 
-METRIC_NAMES = ("iou", "wfm", "sm", "em", "mae", "dice", "ber", "miou")
-
-
-def score_samples(
-    collection: fo.core.collections.SampleCollection,
+def segment_by_query(
+    targets: fo.core.collections.SampleCollection,
+    text: str,
     pred_field: str,
-    gt_field: str,
-    size: int | None = None,
-    progress: Progress | None = None,
-) -> tuple[dict[str, dict], list[str], list[str]]:
-    """Per-sample scores of every sample with both masks, and the ids missing either."""
-    from conceptseg import metrics
-
-    samples, missing_gt, missing_pred = {}, [], []
-    view = collection.select_fields([pred_field, gt_field, "metadata"])
-    total = len(view)
-    for done, sample in enumerate(view.iter_samples(), 1):
-        frame = fio.frame_size(sample, gt_field, pred_field)
-        gt = fio.label_to_mask(sample[gt_field], frame)
-        pred = fio.label_to_mask(sample[pred_field], frame)
-        if gt is None:
-            missing_gt.append(sample.id)
-        elif pred is None:
-            missing_pred.append(sample.id)
-        else:
-            samples[sample.id] = metrics.score_sample(pred, gt, size=size)
-        if progress is not None:
-            progress(done, total)
-    return samples, missing_gt, missing_pred
-
-
-def _check_eval_key(dataset: fo.Dataset, eval_key: str) -> None:
-    """Refuses a key whose run or fields belong to something else (they would be replaced)."""
-    if eval_key in dataset.list_runs():
-        if dataset.get_run_info(eval_key).config.method != "conceptseg.evaluate":
-            raise FieldError(f"Run key {eval_key!r} belongs to another run; choose another evaluation key.")
-        return  # re-running an evaluation replaces its own fields, as FiftyOne's do
-    taken = [f"{eval_key}_{n}" for n in METRIC_NAMES if dataset.has_field(f"{eval_key}_{n}")]
-    if taken:
-        raise FieldError(
-            f"Fields {', '.join(taken)} exist and are not from a conceptseg evaluation; "
-            "choose another evaluation key."
-        )
-
-
-def evaluate(
-    collection: fo.core.collections.SampleCollection,
-    pred_field: str,
-    gt_field: str,
-    eval_key: str | None = None,
-    size: int | None = None,
+    model,
+    concept: str | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
+    instances: bool = True,
+    output_dir: str | None = None,
     progress: Progress | None = None,
 ) -> dict:
-    """Scores ``pred_field`` against ``gt_field`` on every sample that has both.
+    """Reasoning segmentation: the policy reads ``text`` and each target, no demonstrations.
 
-    Writes ``<eval_key>_<metric>`` on each scored sample for metric in iou, wfm, sm, em,
-    mae, dice, ber, miou, and records the aggregate as the FiftyOne run ``eval_key``
-    (default ``eval_<pred_field>``). ``size`` = 600 reproduces the paper's protocol
-    (both masks resized to 600x600). Samples missing either field are listed, not scored.
-
-    Returns ``{"metrics": {name: mean}, "samples": {id: {name: value}}, "missing_gt":
-    [ids], "missing_pred": [ids]}``; metrics include giou and ciou.
+    Labels and the run record are as in :func:`segment_by_demonstration`; verification is
+    unavailable (there is no withheld demonstration to check against).
     """
-    from conceptseg import metrics
+    from conceptseg.router import RouteChoice
+    from conceptseg.types import Verification
 
-    fio.check_mask_field(collection, pred_field, "prediction")
-    fio.check_mask_field(collection, gt_field, "ground-truth")
-    if len(collection) == 0:
-        raise EmptyViewError("Nothing to evaluate: the view is empty.")
-    eval_key = eval_key or "eval_" + re.sub(r"\W", "_", pred_field)
-    dataset = collection._dataset
-    _check_eval_key(dataset, eval_key)
-    samples, missing_gt, missing_pred = score_samples(collection, pred_field, gt_field, size, progress)
-    for name in METRIC_NAMES:
-        collection.set_values(
-            f"{eval_key}_{name}", {i: s[name] for i, s in samples.items()}, key_field="id"
-        )
-    aggregate = metrics.aggregate(samples.values())
-    config = dataset.init_run(
-        method="conceptseg.evaluate",
-        pred_field=pred_field,
-        gt_field=gt_field,
-        size=size,
-        metric_fields=[f"{eval_key}_{n}" for n in METRIC_NAMES],
+    if not text or not text.strip():
+        raise ConceptSegError("The query is empty: say what to segment, e.g. --text 'the animal'.")
+    bundle = _load_model(model)
+    if bundle is None:
+        raise ConceptSegError("Text queries need a model: pass a bundle (--model DIR or a zoo name).")
+    dataset = targets._dataset
+    run_key = run_key_for(pred_field)
+    inst_field = instances_field_for(pred_field) if instances else None
+    todo = _targets_to_do(targets, pred_field, inst_field, None, overwrite, resume, run_key)
+    skipped = len(targets) - len(todo)  # before segmenting: the view is re-evaluated lazily
+    router = make_router("reasoning", bundle=bundle, question=text.strip())
+    route = router.routes[0]
+    route.fit([])
+    choice = RouteChoice(route, [Verification(route.name)], verified=False,
+                         reason="text query: no demonstration to verify against")
+    concept = concept or text.strip()
+    _ensure_mask_targets(dataset, pred_field, concept)
+    _start_run(dataset, run_key, dict(
+        method="conceptseg.segment_by_query", pred_field=pred_field, instances_field=inst_field,
+        query=text, route=route.name, concept=concept, model=model if isinstance(model, str) else None,
+    ))
+    seconds, failures = _segment_targets(
+        router, choice, todo, pred_field, inst_field, concept, run_key,
+        output_dir or default_output_dir(dataset, pred_field), progress,
     )
-    dataset.register_run(eval_key, config, overwrite=True)
-    results = dataset.init_run_results(
-        eval_key, metrics=aggregate, scored=len(samples), missing_gt=missing_gt, missing_pred=missing_pred
+    summary = dict(
+        run_key=run_key, pred_field=pred_field, instances_field=inst_field, route=route.name,
+        query=text, verification=None, verified=False, reason=choice.reason,
+        targets=len(targets), segmented=len(seconds), skipped=skipped, failures=failures,
+        seconds_per_target=(sum(seconds) / len(seconds)) if seconds else None,
     )
-    dataset.save_run_results(eval_key, results, overwrite=True)
-    per_sample = {
-        i: {k: v for k, v in s.items() if k not in ("intersection", "union")} for i, s in samples.items()
-    }
-    return {"metrics": aggregate, "samples": per_sample, "missing_gt": missing_gt, "missing_pred": missing_pred}
+    _finish_run(dataset, run_key, summary)
+    return summary

@@ -137,11 +137,11 @@ class Router:
         for target in targets:
             start = time.perf_counter()
             try:
-                probability = route.segment(target.image)
+                probability, details = route.segment_with_details(target.image)
                 mask = probability > route.threshold
                 error = None
             except ConceptSegError as e:
-                probability, mask, error = None, None, str(e)
+                probability, mask, error, details = None, None, str(e), {}
             yield TargetResult(
                 id=target.id,
                 mask=mask,
@@ -151,19 +151,26 @@ class Router:
                 verified=choice.verified,
                 seconds=time.perf_counter() - start,
                 error=error,
+                details=details,
             )
 
 
-def make_router(route: str = "auto", threshold: float = DEFAULT_THRESHOLD) -> Router:
-    """A router over every known route (``auto``) or over the one named route."""
+def make_router(route: str = "auto", threshold: float = DEFAULT_THRESHOLD, bundle=None, question: str | None = None) -> Router:
+    """A router over every available route (``auto``) or over the one named route.
+
+    The reasoning route is available when a bundle (policy, translator, segmenter) is given.
+    """
+    from conceptseg.routes.reasoning import ReasoningConfig, ReasoningRoute
+
+    available: dict[str, Route] = {name: cls() for name, cls in ROUTES.items()}
+    if bundle is not None:
+        config = ReasoningConfig(question=question) if question else ReasoningConfig()
+        available[ReasoningRoute.name] = ReasoningRoute(bundle, config)
     if route == "auto":
-        return Router(threshold=threshold)
-    if route not in ROUTES:
-        raise ConceptSegError(f"Unknown route {route!r}; choose auto or one of: {', '.join(ROUTES)}.")
-    return Router([ROUTES[route]()], threshold=threshold)
-
-
-def mean_or_none(values: Sequence[float | None]) -> float | None:
-    """Mean of the values that exist, None when none do."""
-    present = [v for v in values if v is not None]
-    return float(np.mean(present)) if present else None
+        return Router(list(available.values()), threshold=threshold)
+    if route == ReasoningRoute.name and bundle is None:
+        raise ConceptSegError("The reasoning route needs a model: pass a bundle (--model DIR or a zoo name).")
+    if route not in available:
+        names = ", ".join(list(ROUTES) + [ReasoningRoute.name])
+        raise ConceptSegError(f"Unknown route {route!r}; choose auto or one of: {names}.")
+    return Router([available[route]], threshold=threshold)

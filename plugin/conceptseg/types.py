@@ -64,6 +64,8 @@ class TargetResult:
         verified: whether the verification passed the router's threshold
         seconds: time spent segmenting this target
         error: why the target failed, None on success
+        details: what the route said about this target (the reasoning route's think,
+            rule, answer, box, parse error); empty for routes without words
     """
 
     id: str
@@ -74,3 +76,4 @@ class TargetResult:
     verified: bool
     seconds: float
     error: str | None = None
+    details: dict = field(default_factory=dict)

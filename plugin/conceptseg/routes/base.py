@@ -34,6 +34,10 @@ class Route(abc.ABC):
     def segment(self, image: np.ndarray) -> np.ndarray:
         """HxWx3 float image → HxW float32 probability of the concept."""
 
+    def segment_with_details(self, image: np.ndarray) -> tuple[np.ndarray, dict]:
+        """The probability map plus what the route can say about it (reasoning, answer)."""
+        return self.segment(image), {}
+
     @abc.abstractmethod
     def verify(self, demonstrations: Sequence[Demonstration]) -> dict[str, float]:
         """Leave-one-out: IoU on each demonstration when fitted on the others."""

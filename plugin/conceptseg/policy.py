@@ -1,0 +1,206 @@
+"""The reasoning policy: Qwen2.5-VL reads the reference canvas and the target and writes
+its reasoning, rule, check, box and answer; we keep the hidden states of what it wrote.
+
+The translator reads the last-layer hidden states of the completion tokens (the paper's
+"reasoning state"). They come from one forward pass over prompt + completion after
+generation: generate() never computes the state of the last token it emits, and a
+separate pass gives every completion token exactly as training sees them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from conceptseg.prompts import SYSTEM_PROMPT
+
+
+@dataclass
+class PolicyConfig:
+    """Generation settings.
+
+    Attributes:
+        max_new_tokens: longest completion (the paper trains with up to 2048; reasoning
+            usually fits in a few hundred)
+        temperature: sampling temperature for training rollouts (greedy for inference)
+        device: "cuda", "cpu" or None (cuda when available)
+        dtype: "bfloat16", "float32" or None (bfloat16 on GPU, float32 on CPU)
+    """
+
+    max_new_tokens: int = 512
+    temperature: float = 1.0
+    device: str | None = None
+    dtype: str | None = None
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}.")
+
+
+@dataclass
+class PolicyRequest:
+    """One question to the policy: its images (reference canvas and/or target) and text."""
+
+    images: list[np.ndarray]
+    text: str
+
+
+@dataclass
+class PolicyOutput:
+    """What the policy wrote, with its reasoning state.
+
+    Attributes:
+        completions: B decoded completions (special tokens removed)
+        hidden_states: (B, T, H) last-layer states of the completion tokens, right-padded
+        completion_mask: (B, T) bool, True on real completion tokens (up to and
+            including the end-of-turn token)
+        sequences: (B, P + T) prompt + completion token ids
+        prompt_length: P, the (left-padded) prompt length
+    """
+
+    completions: list[str]
+    hidden_states: "torch.Tensor"
+    completion_mask: "torch.Tensor"
+    sequences: "torch.Tensor"
+    prompt_length: int
+    inputs: dict = field(default_factory=dict, repr=False)
+
+
+def _device_and_dtype(config: PolicyConfig):
+    import torch
+
+    device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    name = config.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
+    return device, getattr(torch, name)
+
+
+class Policy:
+    """A Qwen2.5-VL model and its processor, optionally with LoRA adapters."""
+
+    def __init__(self, model, processor, config: PolicyConfig | None = None):
+        self.model = model
+        self.processor = processor
+        self.config = config or PolicyConfig()
+        # Decoder-only batching needs the padding on the left, so every prompt ends at P.
+        self.processor.tokenizer.padding_side = "left"
+
+    @classmethod
+    def from_pretrained(cls, path: str, adapter: str | None = None, config: PolicyConfig | None = None) -> "Policy":
+        """Loads a Hugging Face directory or hub id, plus a peft LoRA adapter directory."""
+        from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+
+        config = config or PolicyConfig()
+        device, dtype = _device_and_dtype(config)
+        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, dtype=dtype)
+        if adapter:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, adapter)
+        processor = AutoProcessor.from_pretrained(path)
+        return cls(model.to(device).eval(), processor, config)
+
+    @property
+    def hidden_size(self) -> int:
+        """Width H of the language model's hidden states."""
+        config = self.model.config
+        return getattr(config, "text_config", config).hidden_size
+
+    @property
+    def device(self):
+        """Where the model's weights are."""
+        return next(self.model.parameters()).device
+
+    def messages(self, request: PolicyRequest) -> list[dict]:
+        """The chat messages for one request: system prompt, then images and text."""
+        content = [{"type": "image"} for _ in request.images] + [{"type": "text", "text": request.text}]
+        return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": content}]
+
+    def encode(self, requests: Sequence[PolicyRequest]) -> dict:
+        """Left-padded model inputs (ids, mask, pixel values, image grids) for a batch."""
+        texts = [
+            self.processor.apply_chat_template(self.messages(r), add_generation_prompt=True, tokenize=False)
+            for r in requests
+        ]
+        images = [list(r.images) for r in requests]
+        inputs = self.processor(text=texts, images=images, padding=True, return_tensors="pt")
+        return {k: v.to(self.device) for k, v in inputs.items()}
+
+    def generate(self, requests: Sequence[PolicyRequest], sample: bool = False, num_return_sequences: int = 1) -> PolicyOutput:
+        """Writes a completion per request (greedy, or sampled for rollouts) and its states."""
+        import torch
+
+        inputs = self.encode(requests)
+        eos = self.processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
+        pad = self.processor.tokenizer.pad_token_id
+        with torch.no_grad():
+            sequences = self.model.generate(
+                **inputs,
+                max_new_tokens=self.config.max_new_tokens,
+                do_sample=sample,
+                temperature=self.config.temperature if sample else None,
+                top_p=None,
+                top_k=None,
+                num_return_sequences=num_return_sequences,
+                eos_token_id=eos,
+                pad_token_id=pad,
+            )
+        prompt_length = inputs["input_ids"].shape[1]
+        completion_ids = sequences[:, prompt_length:]
+        completion_mask = _completion_mask(completion_ids, eos)
+        if num_return_sequences > 1:
+            inputs = _repeat_inputs(inputs, num_return_sequences)
+        hidden = self.completion_hidden_states(inputs, sequences, completion_mask)
+        texts = self.processor.tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
+        return PolicyOutput(texts, hidden, completion_mask, sequences, prompt_length, inputs)
+
+    def completion_hidden_states(self, inputs: dict, sequences, completion_mask, grad: bool = False):
+        """(B, T, H) last-layer hidden states of the completion tokens of ``sequences``."""
+        import torch
+
+        prompt_length = inputs["input_ids"].shape[1]
+        attention = torch.cat([inputs["attention_mask"], completion_mask.long()], dim=1)
+        extra = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
+        if "mm_token_type_ids" in extra:  # covers the prompt only; completions are text
+            pad = torch.zeros_like(completion_mask, dtype=extra["mm_token_type_ids"].dtype)
+            extra["mm_token_type_ids"] = torch.cat([extra["mm_token_type_ids"], pad], dim=1)
+        with torch.set_grad_enabled(grad):
+            out = self.model(input_ids=sequences, attention_mask=attention, output_hidden_states=True, **extra)
+        return out.hidden_states[-1][:, prompt_length:, :]
+
+
+def _completion_mask(completion_ids, eos: int):
+    """True up to and including the first end-of-turn token of each row."""
+    import torch
+
+    is_eos = completion_ids == eos
+    # positions after the first eos: cumulative count of eos strictly before them > 0
+    after = (torch.cumsum(is_eos.long(), dim=1) - is_eos.long()) > 0
+    return ~after
+
+
+def _repeat_inputs(inputs: dict, n: int) -> dict:
+    """Repeats each request's inputs n times in a row, as generate() orders its samples."""
+    import torch
+
+    out = {}
+    for key, value in inputs.items():
+        if key in ("pixel_values", "image_grid_thw"):
+            continue
+        out[key] = value.repeat_interleave(n, dim=0)
+    # Pixel rows belong to images, not to requests: repeat each request's block of rows.
+    grids = inputs["image_grid_thw"]
+    per_image = grids.prod(dim=1).tolist()
+    images_per_request = len(per_image) // inputs["input_ids"].shape[0]
+    blocks, grid_blocks, start = [], [], 0
+    for r in range(inputs["input_ids"].shape[0]):
+        rows = sum(per_image[r * images_per_request : (r + 1) * images_per_request])
+        block = inputs["pixel_values"][start : start + rows]
+        grid = grids[r * images_per_request : (r + 1) * images_per_request]
+        blocks += [block] * n
+        grid_blocks += [grid] * n
+        start += rows
+    out["pixel_values"] = torch.cat(blocks)
+    out["image_grid_thw"] = torch.cat(grid_blocks)
+    return out

