@@ -10,6 +10,7 @@ import torch
 
 from conceptseg.checkpoint import BundleError, is_official_checkpoint, load_bundle, save_bundle
 from conceptseg.errors import ConceptSegError
+from conceptseg.policy import PolicyRequest
 from conceptseg.router import Router, make_router
 from conceptseg.routes.reasoning import ReasoningRoute
 from conceptseg.types import Demonstration
@@ -63,9 +64,10 @@ class TestBundleOnDisk:
         assert tokenizer.convert_tokens_to_ids("<|image_pad|>") == 151655
 
     def test_seeds_give_different_weights(self, tiny_bundle, tmp_path):
-        from conceptseg.testing import build_tiny_bundle
+        from conceptseg import cli
 
-        other = load_bundle(build_tiny_bundle(str(tmp_path / "seed1"), seed=1))
+        assert cli.main(["tiny-bundle", str(tmp_path / "seed1"), "--seed", "1"]) == 0
+        other = load_bundle(str(tmp_path / "seed1"))
         a = tiny_bundle.translator.state_dict()["proj_to_sam.2.weight"]
         b = other.translator.state_dict()["proj_to_sam.2.weight"]
         assert not torch.equal(a, b)
@@ -84,6 +86,62 @@ class TestBundleOnDisk:
     def test_not_a_bundle(self, tmp_path):
         with pytest.raises(BundleError, match="tiny-bundle"):
             load_bundle(str(tmp_path))
+
+
+class TestPolicy:
+    def test_batched_left_padded_generation_with_hidden_states(self, tiny_bundle):
+        policy = tiny_bundle.policy
+        image = np.zeros((600, 600, 3), np.uint8)
+        requests = [PolicyRequest([image, image], "short"), PolicyRequest([image, image], "a much longer question " * 5)]
+        out = policy.generate(requests)
+        assert len(out.completions) == 2
+        inputs = policy.encode(requests)
+        assert (inputs["attention_mask"][0, :5] == 0).all()  # the short prompt is padded on the left
+        batch, length, width = out.hidden_states.shape
+        assert batch == 2 and width == policy.hidden_size == 64
+        assert out.completion_mask.shape == (2, length) and out.completion_mask.dtype == torch.bool
+        assert out.sequences.shape[1] == out.prompt_length + length
+
+    def test_sampled_rollouts_repeat_each_request(self, tiny_bundle):
+        image = np.zeros((600, 600, 3), np.uint8)
+        torch.manual_seed(0)
+        out = tiny_bundle.policy.generate([PolicyRequest([image], "the animal")], sample=True, num_return_sequences=3)
+        assert len(out.completions) == 3 and out.hidden_states.shape[0] == 3
+        assert len(set(out.completions)) > 1  # sampling, not greedy
+
+    def test_completion_mask_stops_after_the_first_end_of_turn(self):
+        from conceptseg.policy import _completion_mask
+
+        ids = torch.tensor([[5, 6, 9, 0, 0], [5, 9, 6, 9, 0], [5, 6, 7, 8, 4]])
+        expected = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+        assert torch.equal(_completion_mask(ids, eos=9), expected)
+
+
+class TestLoraAdapter:
+    def test_bundle_with_adapter_loads_it_over_the_base(self, tiny_bundle, tiny_bundle_dir, tmp_path):
+        from peft import LoraConfig, get_peft_model
+        from transformers import Qwen2_5_VLForConditionalGeneration
+
+        base_dir = os.path.join(tiny_bundle_dir, "policy")
+        base = Qwen2_5_VLForConditionalGeneration.from_pretrained(base_dir)
+        # random B (not peft's zero init) so the adapter visibly changes the policy
+        lora = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+        out = tmp_path / "with-adapter"
+        lora.save_pretrained(str(out / "adapter"))
+        assert os.path.isfile(out / "adapter" / "adapter_model.safetensors")
+        save_bundle(str(out), base_dir, tiny_bundle.translator, tiny_bundle.segmenter, adapter_dir=str(out / "adapter"))
+        spec = json.load(open(out / "bundle.json"))
+        assert spec["policy"]["adapter"] == "adapter" and spec["policy"]["path"] == base_dir
+
+        adapted = load_bundle(str(out))
+        from peft import PeftModel
+
+        assert isinstance(adapted.policy.model, PeftModel)
+        inputs = tiny_bundle.policy.encode([PolicyRequest([np.zeros((600, 600, 3), np.uint8)], "the animal")])
+        with torch.no_grad():
+            a = tiny_bundle.policy.model(**inputs).logits
+            b = adapted.policy.model(**inputs).logits
+        assert not torch.allclose(a, b)
 
 
 class TestOfficialLayout:
