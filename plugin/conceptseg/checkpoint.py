@@ -163,13 +163,16 @@ def load_bundle(path: str, device: str | None = None, segmenter_config=None):
             spec = json.load(f)
         if spec.get("format") != FORMAT:
             raise BundleError(f"{spec_path} is not a conceptseg bundle (format {spec.get('format')!r}).")
-        policy_path = _resolve(spec["policy"]["path"], path)
-        adapter = _resolve(spec["policy"].get("adapter"), path)
-        translator_file = _require(
-            os.path.join(path, spec["translator"]["file"]), "translator weights",
-            "Rebuild the bundle (conceptseg tiny-bundle, or save_bundle after training).",
-        )
-        translator = load_translator(translator_file, device=device or "cpu")
+        policy_spec = spec.get("policy") or {}
+        policy_path = _resolve(policy_spec.get("path"), path)
+        adapter = _resolve(policy_spec.get("adapter"), path)
+        translator = None
+        if spec.get("translator"):
+            translator_file = _require(
+                os.path.join(path, spec["translator"]["file"]), "translator weights",
+                "Rebuild the bundle (conceptseg tiny-bundle, or save_bundle after training).",
+            )
+            translator = load_translator(translator_file, device=device or "cpu")
         if segmenter_config is None:
             seg = dict(spec["segmenter"]["config"])
             if seg.get("checkpoint"):
@@ -178,7 +181,7 @@ def load_bundle(path: str, device: str | None = None, segmenter_config=None):
                     "Download SAM 2 weights from https://github.com/facebookresearch/sam2 and rebuild the bundle.",
                 )
             segmenter_config = Sam2SegmenterConfig.from_dict({**seg, "device": device or seg.get("device")})
-        max_new_tokens = spec["policy"].get("max_new_tokens", 512)
+        max_new_tokens = policy_spec.get("max_new_tokens", 512)
     elif is_official_checkpoint(path):
         spec = {"format": "conceptseg-r1-official", "policy": {"path": path}}
         policy_path, adapter, max_new_tokens = path, None, 512
@@ -193,9 +196,100 @@ def load_bundle(path: str, device: str | None = None, segmenter_config=None):
             f"{path} holds neither {BUNDLE_FILE} nor a ConceptSeg-R1 checkpoint. Build one with "
             "`conceptseg tiny-bundle DIR` or save one with conceptseg.checkpoint.save_bundle."
         )
-    policy = Policy.from_pretrained(policy_path, adapter=adapter, config=PolicyConfig(max_new_tokens=max_new_tokens, device=device))
     segmenter = Sam2Segmenter.from_config(segmenter_config)
+    if policy_path is None:  # a segmenter-only bundle: the SAM 2 routes, no reasoning
+        return Bundle(policy=None, translator=None, segmenter=segmenter, spec=spec, path=path)
+    policy = Policy.from_pretrained(policy_path, adapter=adapter, config=PolicyConfig(max_new_tokens=max_new_tokens, device=device))
     return Bundle(policy=policy, translator=translator.to(policy.device).eval(), segmenter=segmenter, spec=spec, path=path)
+
+
+# Zoo entries: how each is obtained. The zoo source's download_model calls download_zoo_bundle.
+ZOO = {
+    "conceptseg-r1-7b": {"repo": "zhaoyuan666/ConceptSeg-R1-7B"},
+    "conceptseg-sam2-hiera-large": {
+        "repo": "facebook/sam2.1-hiera-large",
+        "file": "sam2.1_hiera_large.pt",
+        "config": "configs/sam2.1/sam2.1_hiera_l.yaml",
+    },
+    "conceptseg-tiny-random": {"tiny": True},
+}
+
+
+def is_downloaded(path: str) -> bool:
+    """Whether a zoo model directory is complete (a bundle or a released checkpoint)."""
+    return os.path.isfile(os.path.join(path, BUNDLE_FILE)) or os.path.isfile(os.path.join(path, "config.json"))
+
+
+def download_zoo_bundle(name: str, path: str) -> str:
+    """Fetches a zoo entry into ``path`` once; a failed download leaves no partial directory.
+
+    Files go to a temporary sibling directory first and are moved into place at the end.
+    The Hugging Face token, if any, comes from the HF_TOKEN environment variable (or
+    FiftyOne's secrets, which set it) and is never logged.
+    """
+    import shutil
+    import tempfile
+
+    if name not in ZOO:
+        raise BundleError(f"Unknown ConceptSeg zoo model {name!r}; known: {', '.join(ZOO)}.")
+    if is_downloaded(path):
+        return path
+    entry = ZOO[name]
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{name}-", dir=parent)
+    try:
+        if entry.get("tiny"):
+            from conceptseg.testing import build_tiny_bundle
+
+            build_tiny_bundle(tmp)
+        elif "file" in entry:
+            _download_sam2(entry, tmp)
+        else:
+            _snapshot(entry["repo"], tmp)
+        if os.path.isdir(path):
+            shutil.rmtree(path)  # an incomplete earlier attempt (is_downloaded was False)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def _snapshot(repo: str, out_dir: str) -> None:
+    try:
+        from huggingface_hub import snapshot_download
+
+        snapshot_download(repo, local_dir=out_dir, token=os.environ.get("HF_TOKEN"))
+    except Exception as e:  # the hub client raises many types; the user needs one sentence
+        raise BundleError(f"Could not download {repo!r} from the Hugging Face Hub: {type(e).__name__}: {e}") from e
+
+
+def _download_sam2(entry: dict, out_dir: str) -> None:
+    """Meta's .pt becomes safetensors once, here (read with weights_only: tensors, no code)."""
+    import torch
+    from safetensors.torch import save_file
+
+    try:
+        from huggingface_hub import hf_hub_download
+
+        pt = hf_hub_download(entry["repo"], entry["file"], local_dir=out_dir, token=os.environ.get("HF_TOKEN"))
+    except Exception as e:
+        raise BundleError(f"Could not download {entry['repo']}/{entry['file']}: {type(e).__name__}: {e}") from e
+    state = torch.load(pt, map_location="cpu", weights_only=True)
+    state = state.get("model", state)
+    os.makedirs(os.path.join(out_dir, "segmenter"), exist_ok=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, os.path.join(out_dir, "segmenter", "sam2.safetensors"))
+    os.remove(pt)
+    spec = {
+        "format": FORMAT,
+        "version": 1,
+        "policy": None,
+        "translator": None,
+        "segmenter": {"kind": "sam2", "config": {"config_name": entry["config"], "checkpoint": os.path.join("segmenter", "sam2.safetensors")}},
+    }
+    with open(os.path.join(out_dir, BUNDLE_FILE), "w") as f:
+        json.dump(spec, f, indent=2)
 
 
 @functools.lru_cache(maxsize=2)

@@ -91,7 +91,7 @@ def _link(source: str, link: str) -> str:
             f"{link} exists and is not a link made by conceptseg; move it away and run this again."
         )
     os.makedirs(os.path.dirname(link), exist_ok=True)
-    os.symlink(source, link, target_is_directory=True)
+    os.symlink(source, link, target_is_directory=os.path.isdir(source))
     return f"linked {link} -> {source}"
 
 
@@ -112,6 +112,12 @@ def install_plugin(plugins_dir: str | None = None, zoo_dir: str | None = None) -
         raise SetupError("FiftyOne has no plugins directory: set FIFTYONE_PLUGINS_DIR.")
     org, name = PLUGIN_NAME.split("/")
     messages = [_link(root, os.path.join(plugins_dir, org, name))]
-    messages.append(_link(os.path.join(root, "model_zoo"), os.path.join(zoo_dir, zoo_source_name())))
+    # The zoo source is a real directory with its two files linked in: FiftyOne downloads
+    # models next to the manifest, and they belong in the zoo dir, not in this checkout.
+    source_dir = os.path.join(zoo_dir, zoo_source_name())
+    if os.path.islink(source_dir):
+        os.unlink(source_dir)  # an older install linked the whole directory
+    for filename in ("manifest.json", "__init__.py"):
+        messages.append(_link(os.path.join(root, "model_zoo", filename), os.path.join(source_dir, filename)))
     return messages
 

@@ -75,12 +75,22 @@ def _targets_to_do(targets, pred_field, inst_field, mask_field, overwrite, resum
 
 
 def _load_model(model):
-    """A bundle object, a bundle path / hub id (loaded once per process), or None."""
+    """A Bundle, or one loaded (once per process) from a directory, zoo name or hub id."""
     if model is None or not isinstance(model, str):
         return model
-    from conceptseg.checkpoint import load_bundle_cached
+    from conceptseg.checkpoint import ZOO, load_bundle_cached
 
-    return load_bundle_cached(model)
+    if os.path.isdir(model) or "/" in model:  # a local bundle, or a Hugging Face id
+        return load_bundle_cached(model)
+    if model in ZOO:
+        import fiftyone.zoo as foz
+
+        _, path = foz.download_zoo_model(model)
+        return load_bundle_cached(path)
+    raise ConceptSegError(
+        f"Unknown model {model!r}: give a bundle directory, a Hugging Face id, or one of the "
+        f"zoo models {', '.join(ZOO)} (run `conceptseg install-plugin` to register them)."
+    )
 
 
 def _label_attributes(choice, result, run_key: str) -> dict:
