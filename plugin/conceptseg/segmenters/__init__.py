@@ -1,8 +1,9 @@
-"""Frozen promptable segmenters that take a box and concept tokens and return mask logits.
+"""Frozen promptable segmenters that take concept tokens (plus a box for SAM 2, an answer
+phrase for SAM 3) and return mask logits.
 
-Importing this package is cheap: the SAM 2 segmenter (torch, hydra, torchvision) loads
-only when one of its names is first used, e.g. ``from conceptseg.segmenters import
-Sam2Segmenter`` or ``from conceptseg.segmenters.sam2 import Sam2Segmenter``.
+Importing this package is cheap: each segmenter (torch, hydra, transformers) loads only
+when one of its names is first used, e.g. ``from conceptseg.segmenters import
+Sam2Segmenter`` or ``from conceptseg.segmenters.sam3 import Sam3Segmenter``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ _LAZY = {
     "Sam2Segmenter": "conceptseg.segmenters.sam2",
     "Sam2SegmenterConfig": "conceptseg.segmenters.sam2",
     "CheckpointError": "conceptseg.segmenters.sam2",
+    "Sam3Segmenter": "conceptseg.segmenters.sam3",
+    "Sam3SegmenterConfig": "conceptseg.segmenters.sam3",
 }
 
 __all__ = sorted(_LAZY)

@@ -1,0 +1,539 @@
+"""SAM 3 as the frozen segmenter of ConceptSeg-R1: text + concept tokens -> mask logits + presence.
+
+This is the paper's backbone, on transformers' ``Sam3Model`` (no patched fork). Embed once,
+prompt many: ``embed(image, key)`` runs the vision encoder and keeps its FPN features in a
+small LRU cache; ``predict(key, text, concept_tokens)`` runs only the text encoder (cached
+per text) and the fusion encoder, DETR decoder and segmentation head.
+
+How the concept tokens enter SAM 3 (method.md §1.3): the (N, 256) tokens of the concept
+translation module are concatenated after the text-encoder features, and the language mask
+is extended with N ones. The prediction is SAM 3's one-channel ``semantic_seg`` logits,
+upsampled bilinearly to the original image size (foreground: logit > 0), and the presence
+score ``sigmoid(presence logit)`` of the DETR decoder's last layer.
+
+The text shortcut of method.md §3.2 is ``shortcut_threshold`` / ``text_shortcut`` (pure
+functions) and ``Sam3Segmenter.try_shortcut`` (runs plain SAM 3 when the rule allows it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from conceptseg.errors import ConceptSegError
+
+_WEIGHTS_HINT = (
+    "Use a directory saved with Sam3Segmenter.save / save_pretrained (config.json, "
+    "model.safetensors and the processor files), or a Hugging Face hub id such as "
+    "facebook/sam3 (gated: accept its licence on huggingface.co, then `hf auth login`); "
+    "build_tiny_sam3(out_dir) makes a tiny random one for tests."
+)
+_TEXT_CACHE_SIZE = 64  # encoded text prompts kept (they are small: L x 256 floats each)
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class CheckpointError(ConceptSegError):
+    """A SAM 3 model directory or hub id is missing, unreadable, or does not match its config."""
+
+
+@dataclasses.dataclass
+class Sam3SegmenterConfig:
+    """How to build the segmenter.
+
+    path: a directory saved with ``save_pretrained`` (model and processor) or a hub id such
+        as "facebook/sam3"; loaded with ``Sam3Model.from_pretrained`` and
+        ``Sam3Processor.from_pretrained``.
+    image_size: input resolution S (square); None keeps the processor's (1008 for SAM 3).
+        Must be a multiple of the ViT patch size (14), checked at load time.
+    cache_size: how many images' embeddings are kept (least recently used are dropped).
+        At S = 1008 one image's FPN features take about 110 MB in float32.
+    device: "cpu", "cuda" or None (cuda when available).
+    mask_threshold: logits above it are foreground in ``predict_mask`` and ``Sam3Prediction.mask``.
+    """
+
+    path: str = "facebook/sam3"
+    image_size: int | None = None
+    cache_size: int = 8
+    device: str | None = None
+    mask_threshold: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.path, str) or not self.path.strip():
+            raise ValueError(f"path must be a directory or a hub id; got {self.path!r}.")
+        if self.image_size is not None and (
+            isinstance(self.image_size, bool) or not isinstance(self.image_size, int)
+            or self.image_size <= 0
+        ):
+            raise ValueError(f"image_size must be a positive integer or None; got {self.image_size!r}.")
+        if self.cache_size < 1:
+            raise ValueError(f"cache_size must be at least 1; got {self.cache_size}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Sam3SegmenterConfig":
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"Unknown Sam3SegmenterConfig keys: {sorted(unknown)}.")
+        return cls(**d)
+
+
+@dataclasses.dataclass(frozen=True)
+class Sam3Prediction:
+    """One SAM 3 answer: HxW float32 logits at the original image size, presence in [0, 1]."""
+
+    logits: np.ndarray
+    presence: float
+
+    def mask(self, threshold: float = 0.0) -> np.ndarray:
+        """HxW bool mask: logits above ``threshold`` (method.md §1.3 uses 0)."""
+        return self.logits > threshold
+
+    def __repr__(self) -> str:
+        h, w = self.logits.shape[:2]
+        return f"Sam3Prediction(logits={self.logits.dtype}[{h}x{w}], presence={self.presence:.4f})"
+
+
+@dataclasses.dataclass(frozen=True)
+class Sam3TensorPrediction:
+    """As ``Sam3Prediction`` but torch tensors that backpropagate into the concept tokens:
+    ``logits`` HxW float32, ``presence`` a 0-d float32 tensor (sigmoid of the presence logit)."""
+
+    logits: torch.Tensor
+    presence: torch.Tensor
+
+
+@dataclasses.dataclass(frozen=True)
+class Sam3Shortcut:
+    """What ``try_shortcut`` decided: ``taken`` (use ``prediction`` and skip the MLLM), the
+    threshold τ, the presence SAM 3 gave (None when it was not run) and why, in words."""
+
+    taken: bool
+    threshold: float
+    presence: float | None
+    prediction: Sam3Prediction | None
+    reason: str
+
+
+# ---- the text shortcut (method.md §3.2) -------------------------------------------------
+
+
+def _strip_parenthesised(text: str) -> str:
+    """Removes "(...)" groups, innermost first, so nested ones go too; unbalanced
+    parentheses are left as they are."""
+    prev = None
+    while prev != text:
+        prev, text = text, re.sub(r"\([^()]*\)", " ", text)
+    return text
+
+
+def shortcut_word_count(text: str) -> int:
+    """n of the shortcut rule: whitespace-separated words after removing parenthesised text
+    ("traffic cone (orange)" -> 2), as the official ConceptSeg evaluation counts them."""
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str; got {type(text).__name__}.")
+    return len(_strip_parenthesised(text).split())
+
+
+def shortcut_threshold(text: str) -> float:
+    """τ = 0.1 · 2^(n−1) for an n-word query: 0.1, 0.2, 0.4, 0.8 for 1-4 words, ≥ 1.6 beyond.
+
+    A query with no words (empty, or only parenthesised text) gives ``math.inf``: plain
+    SAM 3 has no concept to ground, so its presence score means nothing and the query always
+    goes down the reasoning path. (The formula would give 0.05, i.e. the most permissive
+    shortcut, for the least informative query; the official code never meets this case.)
+    """
+    n = shortcut_word_count(text)
+    return math.inf if n == 0 else 0.1 * 2.0 ** (n - 1)
+
+
+def text_shortcut(text: str, presence: float) -> bool:
+    """True when plain SAM 3's answer should be used: τ < 1 and presence > τ (strict, as in
+    the official single-example script; the ConceptSeg evaluation uses ≥). NaN -> False."""
+    tau = shortcut_threshold(text)
+    return tau < 1.0 and float(presence) > tau
+
+
+# ---- loading --------------------------------------------------------------------------
+
+
+def _key_list(keys, limit: int = 20) -> str:
+    keys = sorted(keys)
+    more = f" ... and {len(keys) - limit} more" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+def _resolve_path(path: str) -> str:
+    """A local directory, or a hub id; anything else that does not exist is an error here
+    (from_pretrained would report it as a failed hub download)."""
+    local = os.path.expanduser(path)
+    if os.path.isdir(local):
+        return local
+    if os.path.exists(local):
+        raise CheckpointError(f"SAM 3 path {path} is a file, not a directory. {_WEIGHTS_HINT}")
+    if not _HUB_ID.match(path) or ".." in path:
+        raise CheckpointError(f"SAM 3 model directory not found: {path}. {_WEIGHTS_HINT}")
+    return path
+
+
+def _square_size(size, where: str) -> int:
+    h, w = (size["height"], size["width"]) if isinstance(size, dict) else (size.height, size.width)
+    if h is None or w is None or h != w:
+        raise CheckpointError(f"The SAM 3 processor in {where} resizes to {h}x{w}; expected a square size.")
+    return int(h)
+
+
+class Sam3Segmenter:
+    """A frozen SAM 3 prompted with a text phrase plus optional concept tokens."""
+
+    def __init__(self, model, processor, config: Sam3SegmenterConfig):
+        from transformers.image_utils import SizeDict
+
+        self.model = model.eval()
+        self.processor = processor
+        self.config = config
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        s = int(model.config.image_size)
+        patch = int(model.config.vision_config.backbone_config.patch_size)
+        if s % patch:
+            raise ValueError(f"SAM 3 image_size must be a multiple of the patch size {patch}; got {s}.")
+        # The processor must resize to the size the ViT's global-attention positions were
+        # built for; keep it in step so save() writes a consistent pair.
+        processor.image_processor.size = SizeDict(height=s, width=s)
+        processor.target_size = s
+        self._max_text_len = int(model.config.text_config.max_position_embeddings)
+        self._cache: OrderedDict[str, dict] = OrderedDict()
+        self._text_cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self._hits = 0
+        self._misses = 0
+
+    @classmethod
+    def from_config(cls, config: Sam3SegmenterConfig) -> "Sam3Segmenter":
+        """Loads model and processor from ``config.path``; a mismatch between the weights and
+        the model config is a ``CheckpointError`` listing the missing and unexpected keys."""
+        from transformers import AutoConfig, Sam3Config, Sam3Model, Sam3Processor
+
+        path = _resolve_path(config.path)
+        device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            processor = Sam3Processor.from_pretrained(path)
+            model_config = AutoConfig.from_pretrained(path)
+        except (OSError, ValueError, KeyError) as e:
+            raise CheckpointError(f"Cannot load a SAM 3 processor and config from {config.path}: {e}. "
+                                  f"{_WEIGHTS_HINT}") from e
+        # facebook/sam3 ships a sam3_video config; Sam3Model reads its detector part.
+        detector = getattr(model_config, "detector_config", None)
+        if detector is not None:
+            model_config = detector if isinstance(detector, Sam3Config) else Sam3Config(**detector)
+        if not isinstance(model_config, Sam3Config):
+            raise CheckpointError(f"{config.path} holds a {type(model_config).__name__}, not a SAM 3 model. "
+                                  f"{_WEIGHTS_HINT}")
+        size = config.image_size or _square_size(processor.image_processor.size, config.path)
+        patch = int(model_config.vision_config.backbone_config.patch_size)
+        if size % patch:
+            raise ValueError(f"image_size must be a multiple of the SAM 3 patch size {patch}; got {size}.")
+        model_config.image_size = size  # the ViT's global-attention positions are built for it
+        try:
+            model, info = Sam3Model.from_pretrained(path, config=model_config, output_loading_info=True)
+        except (OSError, ValueError, RuntimeError) as e:  # shape mismatches, corrupt files
+            raise CheckpointError(f"Cannot load SAM 3 weights from {config.path}: {e}") from e
+        missing = list(info.get("missing_keys", []))
+        unexpected = list(info.get("unexpected_keys", []))
+        mismatched = [k[0] if isinstance(k, tuple) else k for k in info.get("mismatched_keys", [])]
+        if missing or unexpected or mismatched:
+            raise CheckpointError(
+                f"SAM 3 weights in {config.path} do not match its config. "
+                f"Missing keys ({len(missing)}): {_key_list(missing)}. "
+                f"Unexpected keys ({len(unexpected)}): {_key_list(unexpected)}. "
+                f"Mismatched shapes ({len(mismatched)}): {_key_list(mismatched)}. "
+                "Save model and processor together with Sam3Segmenter.save."
+            )
+        return cls(model.to(device), processor, config)
+
+    @classmethod
+    def from_model(cls, model, processor, config: Sam3SegmenterConfig | None = None) -> "Sam3Segmenter":
+        """Wraps an already-built ``Sam3Model`` and ``Sam3Processor`` (``config.path`` and
+        ``config.image_size`` are not read; the model's own image size is used)."""
+        config = config or Sam3SegmenterConfig(path="<in memory>")
+        if config.device is not None:
+            model = model.to(config.device)
+        return cls(model, processor, config)
+
+    def save(self, path: str) -> str:
+        """Writes model (safetensors) and processor with ``save_pretrained``; loadable as
+        ``Sam3SegmenterConfig(path=path)``."""
+        os.makedirs(path, exist_ok=True)
+        self.model.save_pretrained(path)  # safetensors
+        self.processor.save_pretrained(path)
+        return path
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @property
+    def token_dim(self) -> int:
+        """Width of one concept token: SAM 3's prompt width (256 for the released model)."""
+        return int(self.model.config.detr_encoder_config.hidden_size)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.model.config.image_size)
+
+    # ---- image features -------------------------------------------------------------
+
+    @torch.no_grad()
+    def embed(self, image: np.ndarray, key: str) -> None:
+        """Computes and caches the vision features of ``image`` (HxWx3 uint8 RGB) under ``key``.
+
+        A key already cached for an image of the same size is a hit and costs nothing, so
+        the key must identify the image content (e.g. a sample id or file path).
+        """
+        from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
+
+        ok = isinstance(image, np.ndarray) and image.dtype == np.uint8
+        if not ok or image.ndim != 3 or image.shape[2] != 3:
+            got = (f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray)
+                   else type(image).__name__)
+            raise ValueError(f"embed expects an HxWx3 uint8 RGB array; got {got}.")
+        cached = self._cache.get(key)
+        if cached is not None and cached["orig_hw"] == image.shape[:2]:
+            self._hits += 1
+            self._cache.move_to_end(key)
+            return
+        self._misses += 1
+        s = self.image_size
+        pixels = self.processor.image_processor(
+            images=image, size={"height": s, "width": s}, input_data_format="channels_last",
+            return_tensors="pt",
+        ).pixel_values.to(self.device, self.dtype)
+        out = self.model.get_vision_features(pixel_values=pixels)
+        # Keep only what Sam3Model.forward reads from vision_embeds (not the ViT's tokens).
+        vision = Sam3VisionEncoderOutput(fpn_hidden_states=out.fpn_hidden_states,
+                                         fpn_position_encoding=out.fpn_position_encoding)
+        self._cache[key] = {"vision": vision, "orig_hw": tuple(image.shape[:2])}
+        self._cache.move_to_end(key)
+        while len(self._cache) > self.config.cache_size:
+            self._cache.popitem(last=False)
+
+    def cache_info(self) -> dict[str, int]:
+        """Embed calls served from the cache (hits), computed (misses), and images kept."""
+        return {"hits": self._hits, "misses": self._misses, "size": len(self._cache),
+                "maxsize": self.config.cache_size}
+
+    def clear_cache(self) -> None:
+        self._cache.clear()
+        self._text_cache.clear()
+
+    # ---- prompting ------------------------------------------------------------------
+
+    def predict(self, key: str, text: str,
+                concept_tokens: torch.Tensor | None = None) -> Sam3Prediction:
+        """SAM 3's semantic logits and presence for the image embedded as ``key``.
+
+        text: the phrase for SAM 3's text encoder (the MLLM's answer phrase; may be "").
+        concept_tokens: (N, 256) or (1, N, 256), appended after the text features with the
+        attention mask extended by N ones (method.md §1.3); None runs plain SAM 3.
+        Text is truncated to the text encoder's 32 positions.
+        """
+        with torch.no_grad():
+            out = self._forward(key, text, concept_tokens)
+        return Sam3Prediction(logits=out.logits.cpu().numpy(), presence=float(out.presence))
+
+    def predict_with_grad(self, key: str, text: str,
+                          concept_tokens: torch.Tensor | None = None) -> Sam3TensorPrediction:
+        """As ``predict`` but returns tensors that backpropagate into the concept tokens.
+
+        SAM 3 itself stays frozen (its parameters never require grad); the image and text
+        features are constants.
+        """
+        with torch.enable_grad():
+            return self._forward(key, text, concept_tokens)
+
+    def predict_mask(self, key: str, text: str,
+                     concept_tokens: torch.Tensor | None = None) -> np.ndarray:
+        """HxW bool mask: ``predict`` logits above ``config.mask_threshold``."""
+        return self.predict(key, text, concept_tokens).mask(self.config.mask_threshold)
+
+    def try_shortcut(self, key: str, text: str) -> Sam3Shortcut:
+        """The router's text shortcut (method.md §3.2) for the image embedded as ``key``.
+
+        With τ = ``shortcut_threshold(text)`` ≥ 1 SAM 3 is not run. Otherwise plain SAM 3
+        runs on ``text``; the shortcut is taken when its presence > τ, and then
+        ``prediction`` is the answer (mask: logits > 0) and the MLLM can be skipped.
+        """
+        tau = shortcut_threshold(text)
+        if not tau < 1.0:
+            n = shortcut_word_count(text)
+            return Sam3Shortcut(False, tau, None, None,
+                                f"{n}-word query: τ = {tau:g} ≥ 1, SAM 3 alone is never trusted")
+        pred = self.predict(key, text)
+        taken = text_shortcut(text, pred.presence)
+        rel = ">" if taken else "≤"
+        return Sam3Shortcut(taken, tau, pred.presence, pred if taken else None,
+                            f"SAM 3 presence {pred.presence:.3f} {rel} τ = {tau:g}")
+
+    def _text_features(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(1, L, D) projected text-encoder features and their (1, L) bool mask, L = 32.
+
+        Tokenised here rather than by Sam3Processor, which pads to 32 but does not truncate,
+        so a long query would overflow the text encoder's 32 positions.
+        """
+        hit = self._text_cache.get(text)
+        if hit is not None:
+            self._text_cache.move_to_end(text)
+            return hit
+        enc = self.processor.tokenizer(text, padding="max_length", truncation=True,
+                                       max_length=self._max_text_len, return_tensors="pt")
+        with torch.no_grad():
+            out = self.model.get_text_features(input_ids=enc["input_ids"].to(self.device),
+                                               attention_mask=enc["attention_mask"].to(self.device))
+        hit = (out.pooler_output, enc["attention_mask"].to(self.device).bool())
+        self._text_cache[text] = hit
+        while len(self._text_cache) > _TEXT_CACHE_SIZE:
+            self._text_cache.popitem(last=False)
+        return hit
+
+    def _forward(self, key: str, text: str, concept_tokens) -> Sam3TensorPrediction:
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str (use \"\" for none); got {type(text).__name__}.")
+        if key not in self._cache:
+            raise RuntimeError(
+                f"No embedding for image key {key!r}: call embed(image, {key!r}) first "
+                f"(the cache keeps the {self.config.cache_size} most recently used images)."
+            )
+        self._cache.move_to_end(key)
+        entry = self._cache[key]
+        feats, mask = self._text_features(text)
+        if concept_tokens is not None:
+            tokens = self._check_tokens(concept_tokens)
+            # method.md §1.3: tokens after the text features, language mask extended by ones.
+            # The text stays padded to 32; SAM 3's fusion encoder, decoder and scoring read
+            # prompt tokens through a key-padding mask only (no positional code), so tokens
+            # after the padding are attended exactly as if they followed the last word.
+            feats = torch.cat([feats, tokens], dim=1)
+            mask = torch.cat([mask, torch.ones(1, tokens.shape[1], dtype=torch.bool,
+                                               device=mask.device)], dim=1)
+        # Sam3Model.forward reads `text_embeds.pooler_output` (a bare tensor fails, despite
+        # its docstring), so the features travel in the output class get_text_features uses.
+        out = self.model(vision_embeds=entry["vision"],
+                         text_embeds=BaseModelOutputWithPooling(pooler_output=feats),
+                         attention_mask=mask)
+        logits = F.interpolate(out.semantic_seg.float(), size=entry["orig_hw"], mode="bilinear",
+                               align_corners=False)[0, 0]
+        presence = out.presence_logits.float().sigmoid().reshape(())
+        return Sam3TensorPrediction(logits=logits, presence=presence)
+
+    def _check_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        if not isinstance(tokens, torch.Tensor):
+            raise TypeError(f"concept_tokens must be a torch.Tensor; got {type(tokens).__name__}.")
+        t = tokens[None] if tokens.ndim == 2 else tokens
+        if t.ndim != 3 or t.shape[0] != 1 or t.shape[2] != self.token_dim or t.shape[1] == 0:
+            raise ValueError(
+                f"concept_tokens must have shape (N, {self.token_dim}) or (1, N, {self.token_dim}) "
+                f"with N >= 1; got {tuple(tokens.shape)}."
+            )
+        return t.to(self.device, self.dtype)
+
+
+# ---- a tiny random SAM 3 for tests ------------------------------------------------------
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP's byte -> printable character table (byte-level BPE alphabet)."""
+    bs = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("\xa1"), ord("\xac") + 1))
+          + list(range(ord("\xae"), ord("\xff") + 1)))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+def tiny_clip_tokenizer():
+    """transformers' real ``CLIPTokenizer`` (byte-level BPE, CLIP's normaliser, pre-tokeniser
+    and <|startoftext|>/<|endoftext|> post-processor) over a 514-entry vocabulary with no
+    merges: the 256 byte symbols, the same with CLIP's "</w>" word-end suffix, then the two
+    special tokens. Every text encodes (one token per byte), offline; CLIP's 49408-entry
+    vocabulary is not shipped in any installed package."""
+    from transformers import CLIPTokenizer
+
+    chars = list(_bytes_to_unicode().values())
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({c + "</w>": 256 + i for i, c in enumerate(chars)})
+    vocab["<|startoftext|>"] = 512
+    vocab["<|endoftext|>"] = 513
+    return CLIPTokenizer(vocab=vocab, merges=[])
+
+
+def build_tiny_sam3(out_dir: str, seed: int = 0, width: int = 256, image_size: int = 112) -> str:
+    """Saves a tiny random ``Sam3Model`` and its ``Sam3Processor`` to ``out_dir``.
+
+    The architecture is SAM 3's, shrunk: a 2-layer ViT (width 32, patch 14, windows of 4
+    patches, global attention in layer 1, position embeddings tiled from 4x4 like SAM 3's
+    24x24) on ``image_size`` px, the four FPN scales (4, 2, 1, 0.5) at ``width``, a 1-layer
+    CLIP text encoder (width 32, 32 positions) with ``tiny_clip_tokenizer``, 1-layer fusion
+    encoder and DETR decoder (8 queries + the presence token), the mask decoder's pixel decoder
+    with its 2 used upsampling stages, and the box (geometry) encoder without layers (it is
+    never used here). ``width`` is the prompt/concept-token width; 256 matches the released
+    SAM 3 (about 6.4 M parameters; width=128 gives about 1.8 M). Same seed, same weights.
+    """
+    from transformers import Sam3Config, Sam3ImageProcessor, Sam3Model, Sam3Processor
+
+    grid = image_size // 14
+    scales = [4.0, 2.0, 1.0, 0.5]
+    tokenizer = tiny_clip_tokenizer()
+    config = Sam3Config(
+        vision_config=dict(
+            backbone_config=dict(
+                model_type="sam3_vit_model", hidden_size=32, intermediate_size=64,
+                num_hidden_layers=2, num_attention_heads=2, image_size=image_size, patch_size=14,
+                window_size=4, global_attn_indexes=[1], pretrain_image_size=56,
+            ),
+            fpn_hidden_size=width, scale_factors=scales,
+            backbone_feature_sizes=[[int(grid * s)] * 2 for s in scales[:-1]],
+        ),
+        text_config=dict(
+            model_type="clip_text_model", vocab_size=len(tokenizer), hidden_size=32,
+            intermediate_size=64, projection_dim=32, num_hidden_layers=1, num_attention_heads=2,
+            max_position_embeddings=32, bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        ),
+        geometry_encoder_config=dict(hidden_size=width, num_layers=0, intermediate_size=64,
+                                     num_attention_heads=2, roi_size=1),
+        detr_encoder_config=dict(hidden_size=width, num_layers=1, intermediate_size=64,
+                                 num_attention_heads=2),
+        detr_decoder_config=dict(hidden_size=width, num_layers=1, intermediate_size=64,
+                                 num_attention_heads=2, num_queries=8),
+        mask_decoder_config=dict(hidden_size=width, num_upsampling_stages=2, num_attention_heads=2),
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Sam3Model(config).eval()
+    processor = Sam3Processor(
+        image_processor=Sam3ImageProcessor(size={"height": image_size, "width": image_size}),
+        tokenizer=tokenizer,
+    )
+    os.makedirs(out_dir, exist_ok=True)
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    return out_dir
