@@ -162,7 +162,8 @@ class TestOfficialLayout:
         save_file(state, str(official / "model.safetensors"), metadata={"format": "pt"})
         assert is_official_checkpoint(str(official))
 
-        with pytest.raises(BundleError, match="SAM 3"):
+        # without a segmenter it pairs with SAM 3 from the Hub, unreachable here
+        with pytest.raises(ConceptSegError, match="facebook/sam3"):
             load_bundle(str(official))
         seg = Sam2SegmenterConfig(config_name="configs/sam2.1/sam2.1_hiera_t.yaml", image_size=256,
                                   checkpoint=os.path.join(tiny_bundle_dir, "segmenter", "sam2.safetensors"))
@@ -308,3 +309,49 @@ class TestThroughTheCliAndOperators:
         )
         assert result.error is None and result.result["segmented"] == 1
         assert quokka.first().op_q.route == "reasoning"
+
+
+class TestSam3Bundle:
+    @pytest.fixture(scope="class")
+    def sam3_bundle(self, tmp_path_factory):
+        from conceptseg.testing import build_tiny_bundle
+
+        return load_bundle(build_tiny_bundle(str(tmp_path_factory.mktemp("sam3")), segmenter="sam3"))
+
+    def test_bundle_round_trip_keeps_sam3(self, sam3_bundle):
+        assert sam3_bundle.spec["segmenter"]["kind"] == "sam3"
+        assert type(sam3_bundle.segmenter).__name__ == "Sam3Segmenter"
+
+    def test_long_query_never_takes_the_shortcut(self, sam3_bundle, nuclei_tiles):
+        from conceptseg.routes.reasoning import ReasoningConfig
+
+        route = ReasoningRoute(sam3_bundle, ReasoningConfig(question="the round bright thing in the middle"))
+        route.fit([])
+        probability, details = route.segment_with_details(nuclei_tiles[1][1])
+        assert probability.shape == (128, 128)
+        assert details["completion"] is not None  # the policy ran
+        assert "τ = 6.4" in details["shortcut"]  # 7 words: 0.1·2^6
+
+    def test_short_query_follows_the_presence_rule(self, sam3_bundle, nuclei_tiles):
+        from conceptseg.routes.reasoning import ReasoningConfig
+        from conceptseg.imaging import to_uint8
+
+        image = nuclei_tiles[2][1]
+        route = ReasoningRoute(sam3_bundle, ReasoningConfig(question="nucleus"))
+        route.fit([])
+        _, details = route.segment_with_details(image)
+        import hashlib
+
+        decision = sam3_bundle.segmenter.try_shortcut(hashlib.sha1(image.tobytes()).hexdigest(), "nucleus")
+        assert decision.threshold == pytest.approx(0.1)
+        if decision.taken:
+            assert details["completion"] is None and details["answer"] == "nucleus"
+        else:
+            assert details["completion"] is not None and "≤ τ = 0.1" in details["shortcut"]
+
+    def test_demonstrations_use_the_answer_phrase_and_tokens(self, sam3_bundle, nuclei_tiles):
+        route = ReasoningRoute(sam3_bundle)
+        route.fit(_demos(nuclei_tiles))
+        probability, details = route.segment_with_details(nuclei_tiles[1][1])
+        assert probability.shape == (128, 128) and np.isfinite(probability).all()
+        assert details["shortcut"] is None  # the shortcut is for text queries only

@@ -7,11 +7,12 @@ A bundle directory holds ``bundle.json`` and the files it names::
     policy/                   a Hugging Face Qwen2.5-VL directory (or "path" names a hub id)
     adapter/                  optional peft LoRA adapter over that policy
     translator.safetensors    the concept translation module (config in its metadata)
-    segmenter/sam2.safetensors  the segmenter's weights
+    segmenter/sam2.safetensors  SAM 2 weights (or segmenter/, a Hugging Face SAM 3 directory)
 
 The released ConceptSeg-R1-7B checkpoint is a plain Hugging Face directory whose
 safetensors shards hold the policy and, as top-level tensors beside it, the translator
-(``learnable_query.*``, ``connector.*``, ``proj_to_sam.*``); ``load_bundle`` recognises it.
+(``learnable_query.*``, ``connector.*``, ``proj_to_sam.*``); ``load_bundle`` recognises it
+and pairs it with SAM 3 (``facebook/sam3``), the segmenter it was trained with.
 Only safetensors are read: no pickle, no ``trust_remote_code``.
 """
 
@@ -61,15 +62,21 @@ def save_bundle(out_dir: str, policy_dir: str, translator, segmenter, adapter_di
 
     os.makedirs(os.path.join(out_dir, "segmenter"), exist_ok=True)
     save_translator(translator, os.path.join(out_dir, "translator.safetensors"))
-    segmenter.save_weights(os.path.join(out_dir, "segmenter", "sam2.safetensors"))
     seg_config = segmenter.config.to_dict()
-    seg_config["checkpoint"] = os.path.join("segmenter", "sam2.safetensors")
+    if hasattr(segmenter, "save_weights"):  # SAM 2: one safetensors file
+        kind = "sam2"
+        segmenter.save_weights(os.path.join(out_dir, "segmenter", "sam2.safetensors"))
+        seg_config["checkpoint"] = os.path.join("segmenter", "sam2.safetensors")
+    else:  # SAM 3: a Hugging Face directory
+        kind = "sam3"
+        segmenter.save(os.path.join(out_dir, "segmenter"))
+        seg_config["path"] = "segmenter"
     spec = {
         "format": FORMAT,
         "version": 1,
         "policy": {"path": _relative(policy_dir, out_dir), "adapter": _relative(adapter_dir, out_dir), "max_new_tokens": max_new_tokens},
         "translator": {"file": "translator.safetensors"},
-        "segmenter": {"kind": "sam2", "config": seg_config},
+        "segmenter": {"kind": kind, "config": seg_config},
     }
     with open(os.path.join(out_dir, BUNDLE_FILE), "w") as f:
         json.dump(spec, f, indent=2)
@@ -145,14 +152,47 @@ def download(repo_id: str) -> str:
         ) from e
 
 
+OFFICIAL_SEGMENTER = "facebook/sam3"  # the segmenter ConceptSeg-R1-7B was trained with
+
+
+def _segmenter_config(seg_spec: dict, root: str, device: str | None):
+    """The segmenter config a bundle.json names, with paths made absolute and checked."""
+    seg = dict(seg_spec["config"])
+    seg["device"] = device or seg.get("device")
+    if seg_spec.get("kind", "sam2") == "sam3":
+        from conceptseg.segmenters.sam3 import Sam3SegmenterConfig
+
+        seg["path"] = _resolve(seg["path"], root)
+        return Sam3SegmenterConfig.from_dict(seg)
+    from conceptseg.segmenters.sam2 import Sam2SegmenterConfig
+
+    if seg.get("checkpoint"):
+        seg["checkpoint"] = _require(
+            os.path.join(root, seg["checkpoint"]), "segmenter weights",
+            "Download SAM 2 weights from https://github.com/facebookresearch/sam2 and rebuild the bundle.",
+        )
+    return Sam2SegmenterConfig.from_dict(seg)
+
+
+def _build_segmenter(config):
+    """SAM 2 or SAM 3, by the type of its config."""
+    if type(config).__name__ == "Sam3SegmenterConfig":
+        from conceptseg.segmenters.sam3 import Sam3Segmenter
+
+        return Sam3Segmenter.from_config(config)
+    from conceptseg.segmenters.sam2 import Sam2Segmenter
+
+    return Sam2Segmenter.from_config(config)
+
+
 def load_bundle(path: str, device: str | None = None, segmenter_config=None):
     """Loads a bundle directory, a released ConceptSeg-R1 checkpoint, or a hub id of either.
 
-    ``segmenter_config`` (a Sam2SegmenterConfig) overrides the bundle's segmenter; a
-    released checkpoint carries none of its own and needs it.
+    ``segmenter_config`` (a Sam2SegmenterConfig or Sam3SegmenterConfig) overrides the
+    bundle's segmenter; a released checkpoint carries none of its own and gets SAM 3
+    (``facebook/sam3`` from the Hub) unless one is given.
     """
     from conceptseg.policy import Policy, PolicyConfig
-    from conceptseg.segmenters.sam2 import Sam2Segmenter, Sam2SegmenterConfig
     from conceptseg.translator import load_translator
 
     if not os.path.isdir(path):
@@ -174,29 +214,22 @@ def load_bundle(path: str, device: str | None = None, segmenter_config=None):
             )
             translator = load_translator(translator_file, device=device or "cpu")
         if segmenter_config is None:
-            seg = dict(spec["segmenter"]["config"])
-            if seg.get("checkpoint"):
-                seg["checkpoint"] = _require(
-                    os.path.join(path, seg["checkpoint"]), "segmenter weights",
-                    "Download SAM 2 weights from https://github.com/facebookresearch/sam2 and rebuild the bundle.",
-                )
-            segmenter_config = Sam2SegmenterConfig.from_dict({**seg, "device": device or seg.get("device")})
+            segmenter_config = _segmenter_config(spec["segmenter"], path, device)
         max_new_tokens = policy_spec.get("max_new_tokens", 512)
     elif is_official_checkpoint(path):
         spec = {"format": "conceptseg-r1-official", "policy": {"path": path}}
         policy_path, adapter, max_new_tokens = path, None, 512
         translator = load_official_translator(path)
-        if segmenter_config is None:
-            raise BundleError(
-                f"{path} is a released ConceptSeg-R1 checkpoint: it pairs with SAM 3, which it does "
-                "not contain. Pass a SAM 2 segmenter config (segmenter_config=...) to use it with SAM 2."
-            )
+        if segmenter_config is None:  # the released model's backbone, from the Hub
+            from conceptseg.segmenters.sam3 import Sam3SegmenterConfig
+
+            segmenter_config = Sam3SegmenterConfig(path=OFFICIAL_SEGMENTER, device=device)
     else:
         raise BundleError(
             f"{path} holds neither {BUNDLE_FILE} nor a ConceptSeg-R1 checkpoint. Build one with "
             "`conceptseg tiny-bundle DIR` or save one with conceptseg.checkpoint.save_bundle."
         )
-    segmenter = Sam2Segmenter.from_config(segmenter_config)
+    segmenter = _build_segmenter(segmenter_config)
     if policy_path is None:  # a segmenter-only bundle: the SAM 2 routes, no reasoning
         return Bundle(policy=None, translator=None, segmenter=segmenter, spec=spec, path=path)
     policy = Policy.from_pretrained(policy_path, adapter=adapter, config=PolicyConfig(max_new_tokens=max_new_tokens, device=device))

@@ -98,10 +98,11 @@ def build_tiny_policy(out_dir: str, seed: int = 0) -> str:
     return out_dir
 
 
-def build_tiny_bundle(out_dir: str, seed: int = 0, max_new_tokens: int = 32) -> str:
-    """Saves a complete tiny bundle (policy, translator, SAM 2 hiera-t at 256 px) to ``out_dir``.
+def build_tiny_bundle(out_dir: str, seed: int = 0, max_new_tokens: int = 32, segmenter: str = "sam2") -> str:
+    """Saves a complete tiny bundle (policy, translator, segmenter) to ``out_dir``.
 
-    Different seeds give different random weights; the same seed gives the same bundle.
+    The segmenter is SAM 2 hiera-t at 256 px, or with ``segmenter="sam3"`` a tiny random
+    SAM 3 (the paper's backbone). Different seeds give different random weights.
     """
     import torch
 
@@ -112,7 +113,13 @@ def build_tiny_bundle(out_dir: str, seed: int = 0, max_new_tokens: int = 32) -> 
     policy_dir = build_tiny_policy(os.path.join(out_dir, "policy"), seed)
     torch.manual_seed(seed)
     translator = ConceptTranslator(TranslatorConfig(hidden_size=64, num_heads=4))
-    segmenter = Sam2Segmenter.from_config(
-        Sam2SegmenterConfig(config_name=TINY_SAM2_CONFIG, image_size=256, device="cpu")
-    )
+    if segmenter == "sam3":
+        from conceptseg.segmenters.sam3 import Sam3Segmenter, Sam3SegmenterConfig, build_tiny_sam3
+
+        sam3_dir = build_tiny_sam3(os.path.join(out_dir, "sam3-build"), seed=seed)
+        segmenter = Sam3Segmenter.from_config(Sam3SegmenterConfig(path=sam3_dir, device="cpu"))
+    else:
+        segmenter = Sam2Segmenter.from_config(
+            Sam2SegmenterConfig(config_name=TINY_SAM2_CONFIG, image_size=256, device="cpu")
+        )
     return save_bundle(out_dir, policy_dir, translator, segmenter, max_new_tokens=max_new_tokens)

@@ -52,6 +52,7 @@ class ReasoningRoute(Route):
         self.config = config or ReasoningConfig()
         self._demonstrations: list[Demonstration] | None = None
         self._rule = ""
+        self._shortcut_reason = None
 
     def fit(self, demonstrations: Sequence[Demonstration]) -> None:
         """Keeps the demonstrations (none for a text query); the policy learns in context."""
@@ -72,12 +73,20 @@ class ReasoningRoute(Route):
         if self._demonstrations is None:
             raise RuntimeError("ReasoningRoute.fit(demonstrations) must be called before segmenting.")
         try:
-            details, box_600, target_map = self._ask(image)
-            box = None if box_600 is None else target_map.to_original(box_600)
             key = hashlib.sha1(image.tobytes()).hexdigest()  # the embedding cache is keyed by content
             segmenter = self.bundle.segmenter
             segmenter.embed(to_uint8(image), key)
-            logits = segmenter.predict(key, box=box, concept_tokens=details.pop("_tokens"))
+            shortcut = self._shortcut(key)
+            if shortcut is not None:
+                return shortcut
+            details, box_600, target_map = self._ask(image)
+            details["shortcut"] = self._shortcut_reason
+            box = None if box_600 is None else target_map.to_original(box_600)
+            tokens = details.pop("_tokens")
+            if _is_sam3(segmenter):  # SAM 3 reads the answer phrase, not a box (method.md §1.3)
+                logits = segmenter.predict(key, details["answer"] or self.config.question, concept_tokens=tokens).logits
+            else:
+                logits = segmenter.predict(key, box=box, concept_tokens=tokens)
         except torch.OutOfMemoryError as e:
             # One target at a time is already the smallest batch: record it and go on.
             torch.cuda.empty_cache()
@@ -86,6 +95,25 @@ class ReasoningRoute(Route):
             raise ConceptSegError("The segmenter returned NaN or infinite logits for this image; check the model weights.")
         details["box"] = None if box is None else [int(v) for v in box]
         return torch.sigmoid(torch.from_numpy(logits)).numpy().astype(np.float32), details
+
+    def _shortcut(self, key: str):
+        """The paper's text shortcut: for a short query SAM 3 alone, when it is confident.
+
+        Only for text queries on a SAM 3 segmenter (method.md §3.2); returns the result
+        or None when the policy must run.
+        """
+        import torch
+
+        if self._demonstrations or not _is_sam3(self.bundle.segmenter):
+            return None
+        decision = self.bundle.segmenter.try_shortcut(key, self.config.question)
+        if not decision.taken:
+            self._shortcut_reason = decision.reason
+            return None
+        logits = torch.from_numpy(decision.prediction.logits)
+        details = {"shortcut": decision.reason, "answer": self.config.question, "parse_error": None,
+                   "reasoning": None, "rule": None, "check": None, "box": None, "completion": None}
+        return torch.sigmoid(logits).numpy().astype(np.float32), details
 
     def _ask(self, image: np.ndarray):
         """Runs the policy on one target; returns details, the 600² box (or None), the map."""
@@ -131,6 +159,10 @@ class ReasoningRoute(Route):
         check = details["check"]
         score = box_iou(tuple(check), episode.proxy_box) if check is not None else 0.0
         return {demonstrations[0].id or "0": float(score)}
+
+
+def _is_sam3(segmenter) -> bool:
+    return hasattr(segmenter, "try_shortcut")
 
 
 def _resize_600(image: np.ndarray) -> np.ndarray:
