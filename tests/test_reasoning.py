@@ -246,12 +246,18 @@ class TestRouterWithBundle:
 
     def test_when_nothing_passes_the_best_verified_route_runs(self, tiny_bundle, nuclei_tiles):
         choice = make_router("auto", threshold=0.99, bundle=tiny_bundle).choose(_demos(nuclei_tiles))
-        assert [v.route for v in choice.verifications] == ["appearance", "reasoning"]
-        assert choice.route.name == "appearance" and not choice.verified
+        assert [v.route for v in choice.verifications] == ["appearance", "prototype", "reasoning"]
+        best = max(choice.verifications, key=lambda v: v.score)
+        assert choice.route.name == best.route and not choice.verified
 
     def test_reasoning_without_model_is_refused(self):
         with pytest.raises(ConceptSegError, match="needs a model"):
             make_router("reasoning")
+
+    def test_prototype_needs_a_sam2_bundle(self, tiny_bundle):
+        with pytest.raises(ConceptSegError, match="SAM 2 segmenter"):
+            make_router("prototype")
+        assert make_router("prototype", bundle=tiny_bundle).routes[0].name == "prototype"
 
 
 class TestThroughTheCliAndOperators:
@@ -340,9 +346,9 @@ class TestSam3Bundle:
         route = ReasoningRoute(sam3_bundle, ReasoningConfig(question="nucleus"))
         route.fit([])
         _, details = route.segment_with_details(image)
-        import hashlib
+        from conceptseg.imaging import content_key
 
-        decision = sam3_bundle.segmenter.try_shortcut(hashlib.sha1(image.tobytes()).hexdigest(), "nucleus")
+        decision = sam3_bundle.segmenter.try_shortcut(content_key(to_uint8(image)), "nucleus")
         assert decision.threshold == pytest.approx(0.1)
         if decision.taken:
             assert details["completion"] is None and details["answer"] == "nucleus"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 import cv2
@@ -75,3 +76,10 @@ def load_rgb(path: str) -> np.ndarray:
 def to_uint8(image: np.ndarray) -> np.ndarray:
     """Converts an HxWx3 float image in [0, 1] to uint8 for display and files."""
     return (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def content_key(image: np.ndarray) -> str:
+    """A cache key naming an HxWx3 uint8 image by its content: equal pixels, equal key."""
+    digest = hashlib.blake2b(image.tobytes(), digest_size=16)
+    digest.update(repr(image.shape).encode())
+    return f"content-{digest.hexdigest()}"

@@ -158,19 +158,28 @@ class Router:
 def make_router(route: str = "auto", threshold: float = DEFAULT_THRESHOLD, bundle=None, question: str | None = None) -> Router:
     """A router over every available route (``auto``) or over the one named route.
 
-    The reasoning route is available when a bundle (policy, translator, segmenter) is given.
+    With a bundle, routes join in order of cost: the SAM 2 prototype route (when the
+    segmenter is SAM 2), then the reasoning route (when the bundle has a policy).
     """
+    from conceptseg.routes.prototype import PrototypeRoute
     from conceptseg.routes.reasoning import ReasoningConfig, ReasoningRoute
 
     available: dict[str, Route] = {name: cls() for name, cls in ROUTES.items()}
+    model_routes = (PrototypeRoute.name, ReasoningRoute.name)
     if bundle is not None:
-        config = ReasoningConfig(question=question) if question else ReasoningConfig()
-        available[ReasoningRoute.name] = ReasoningRoute(bundle, config)
+        if type(bundle.segmenter).__name__ == "Sam2Segmenter":
+            available[PrototypeRoute.name] = PrototypeRoute(bundle.segmenter)
+        if bundle.policy is not None:
+            config = ReasoningConfig(question=question) if question else ReasoningConfig()
+            available[ReasoningRoute.name] = ReasoningRoute(bundle, config)
     if route == "auto":
         return Router(list(available.values()), threshold=threshold)
-    if route == ReasoningRoute.name and bundle is None:
-        raise ConceptSegError("The reasoning route needs a model: pass a bundle (--model DIR or a zoo name).")
+    if route in model_routes and route not in available:
+        need = "a SAM 2 segmenter" if route == PrototypeRoute.name else "a policy"
+        raise ConceptSegError(
+            f"The {route} route needs a model with {need}: pass a bundle (--model DIR or a zoo name)."
+        )
     if route not in available:
-        names = ", ".join(list(ROUTES) + [ReasoningRoute.name])
+        names = ", ".join(list(ROUTES) + list(model_routes))
         raise ConceptSegError(f"Unknown route {route!r}; choose auto or one of: {names}.")
     return Router([available[route]], threshold=threshold)

@@ -11,7 +11,6 @@ policy re-finds the withheld top-left demonstration box.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -19,7 +18,7 @@ import numpy as np
 
 from conceptseg.episode import TARGET_SIZE, BoxMap, build_episode
 from conceptseg.errors import ConceptSegError
-from conceptseg.imaging import to_uint8
+from conceptseg.imaging import content_key, to_uint8
 from conceptseg.prompts import CompletionParseError, box_iou, build_prompt, parse_completion
 from conceptseg.routes.base import Route
 from conceptseg.types import Demonstration
@@ -73,9 +72,10 @@ class ReasoningRoute(Route):
         if self._demonstrations is None:
             raise RuntimeError("ReasoningRoute.fit(demonstrations) must be called before segmenting.")
         try:
-            key = hashlib.sha1(image.tobytes()).hexdigest()  # the embedding cache is keyed by content
+            pixels = to_uint8(image)
+            key = content_key(pixels)  # shared with the prototype route: one encoding per image
             segmenter = self.bundle.segmenter
-            segmenter.embed(to_uint8(image), key)
+            segmenter.embed(pixels, key)
             shortcut = self._shortcut(key)
             if shortcut is not None:
                 return shortcut
