@@ -78,3 +78,11 @@ def nuclei_dataset(demo_files, tmp_path):
     if fo.dataset_exists(name):
         fo.delete_dataset(name)
 
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle_dir(tmp_path_factory):
+    """A tiny random bundle (policy, translator, SAM 2 at 256 px), built once per session."""
+    from conceptseg.testing import build_tiny_bundle
+
+    return build_tiny_bundle(str(tmp_path_factory.mktemp("bundle")), seed=0)

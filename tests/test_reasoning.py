@@ -19,13 +19,6 @@ DEMO_INDICES = (0, 5, 10)
 
 
 @pytest.fixture(scope="session")
-def tiny_bundle_dir(tmp_path_factory):
-    from conceptseg.testing import build_tiny_bundle
-
-    return build_tiny_bundle(str(tmp_path_factory.mktemp("bundle")), seed=0)
-
-
-@pytest.fixture(scope="session")
 def tiny_bundle(tiny_bundle_dir):
     return load_bundle(tiny_bundle_dir)
 

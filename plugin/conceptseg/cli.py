@@ -125,6 +125,56 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_import(args) -> int:
+    from conceptseg.datasets import import_dataset
+
+    options = {}
+    if args.image_root:
+        options["image_root"] = args.image_root
+    if args.concepts_csv:
+        options["concepts_csv"] = args.concepts_csv
+    if args.split:
+        options["split"] = args.split
+    report = import_dataset(args.format, args.path, args.dataset, overwrite=args.overwrite,
+                            resize_masks=args.resize_masks, **options)
+    if args.json:
+        print(json.dumps(report.to_dict()))
+        return 0
+    print(report.summary())
+    for kind in ("missing", "unreadable", "duplicates", "invalid"):
+        for item in getattr(report, kind)[:20]:
+            print(f"  {kind}: {item}")
+        if len(getattr(report, kind)) > 20:
+            print(f"  ... and {len(getattr(report, kind)) - 20} more {kind}")
+    return 0
+
+
+def cmd_benchmark(args) -> int:
+    from conceptseg.protocol import run_benchmark
+
+    results = run_benchmark(
+        _load(args.dataset),
+        route=args.route,
+        model=args.model,
+        seed=args.seed,
+        num_demonstrations=args.demonstrations,
+        run_key=args.run_key,
+        resume=not args.restart,
+        progress=None if args.json else _progress,
+    )
+    if args.json:
+        print(json.dumps(results))
+        return 0
+    print(results["markdown"])
+    c = results["counts"]
+    print(f"\nscored {c['scored_now']} now and {c['scored_before']} before; skipped: no train sample of the "
+          f"concept {c['no_train']}, text query without model {c['needs_model']}, no ground truth "
+          f"{c['no_ground_truth']}, no concept or query {c['no_concept']}; failed {c['failed']}")
+    for f in results["failures"]:
+        print(f"  failed {f['sample_id']} ({f['filepath']}): {f['error']}")
+    return 0
+
+
 def cmd_install_plugin(args) -> int:
     from conceptseg.install import install_plugin
 
@@ -155,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask-field", required=True, help="field with the demonstrations' masks")
     p.add_argument("--pred-field", required=True, help="Segmentation field to write")
     p.add_argument("--view", help="saved view of targets (default: every sample not tagged --demo-tag)")
-    p.add_argument("--route", default="auto", choices=["auto", "appearance", "reasoning"])
+    p.add_argument("--route", default="auto", choices=["auto", "appearance", "prototype", "reasoning"])
     p.add_argument("--model", help="bundle directory or Hugging Face id (enables the reasoning route)")
     p.add_argument("--threshold", type=float, default=0.5, help="held-out IoU a route must reach")
     p.add_argument("--concept", default="concept", help="label of the predicted masks")
@@ -193,6 +243,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, help="resize masks to SIZE x SIZE first (600: the paper's protocol)")
     p.add_argument("--json", action="store_true", help='print {"metrics": ..., "samples": ...}')
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("import", help="import a benchmark layout as a FiftyOne dataset")
+    p.add_argument("--format", required=True, choices=["conceptseg-benchmark", "reasonseg", "folder"])
+    p.add_argument("path", help="the dataset's root folder (conceptseg-benchmark: or its all_meta.json)")
+    p.add_argument("--dataset", required=True, help="name of the FiftyOne dataset to create")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset of that name")
+    p.add_argument("--resize-masks", action="store_true",
+                   help="resize masks of another size than their image (nearest) instead of stopping")
+    p.add_argument("--image-root", help="conceptseg-benchmark: folder the manifest's paths are relative to")
+    p.add_argument("--concepts-csv", help="folder: CSV of name,concept[,split,level] (default PATH/concepts.csv)")
+    p.add_argument("--split", help="folder: split tag for samples the CSV gives none")
+    p.add_argument("--json", action="store_true", help="print the import report as JSON")
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("benchmark", help="the paper's protocol: segment and score every test sample")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--route", default="auto", choices=["auto", "appearance", "prototype", "reasoning"])
+    p.add_argument("--model", help="bundle directory or Hugging Face id (reasoning route, text queries)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the demonstration draw")
+    p.add_argument("--demonstrations", type=int, default=3, help="demonstrations drawn per concept")
+    p.add_argument("--run-key", default="benchmark", help="run key and field prefix")
+    p.add_argument("--restart", action="store_true", help="score every sample again instead of resuming")
+    p.add_argument("--json", action="store_true",
+                   help='print {"levels": ..., "concepts": ..., "samples": ...} as JSON')
+    p.set_defaults(func=cmd_benchmark)
 
     p = sub.add_parser("install-plugin", help="link the plugin and zoo source into FiftyOne's directories")
     p.add_argument("--plugins-dir", help="default: FiftyOne's plugins_dir")

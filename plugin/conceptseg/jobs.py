@@ -93,7 +93,7 @@ def _load_model(model):
     )
 
 
-def _label_attributes(choice, result, run_key: str) -> dict:
+def label_attributes(choice, result, run_key: str) -> dict:
     """Attributes every predicted label carries; the route's own words win over the run's."""
     details = result.details
     return dict(
@@ -122,7 +122,7 @@ def _segment_targets(router, choice, todo, pred_field, inst_field, concept, run_
                 failures.append({"sample_id": sample.id, "filepath": sample.filepath, "error": error})
             else:
                 seconds.append(result.seconds)
-                attrs = _label_attributes(choice, result, run_key)
+                attrs = label_attributes(choice, result, run_key)
                 path = os.path.join(out_dir, f"{sample.id}.png")
                 sample[pred_field] = fio.mask_to_segmentation(
                     result.mask, path, cost=result.seconds, box=result.details.get("box"), **attrs
