@@ -8,6 +8,8 @@ from .operators.evaluate_concept_segmentation import EvaluateConceptSegmentation
 from .operators.evaluation_metrics import ConceptDice, ConceptIoU, SMeasure, WeightedFMeasure
 from .operators.segment_by_demonstration import SegmentByDemonstration
 from .operators.segment_by_query import SegmentByQuery
+from .panels.concept_evaluation import ConceptEvaluation
+from .panels.concept_rules import ConceptRules
 
 OPERATORS = (
     SegmentByDemonstration,
@@ -18,9 +20,12 @@ OPERATORS = (
     WeightedFMeasure,
     SMeasure,
 )
+PANELS = (ConceptRules, ConceptEvaluation)
 
 
 def register(p):
     """Called by FiftyOne with the plugin context."""
     for operator in OPERATORS:
         p.register(operator)
+    for panel in PANELS:
+        p.register(panel)

@@ -1,13 +1,20 @@
 """Operator: learn a concept from demonstration samples and segment it across a view."""
 
+import queue
+import threading
+import time
+
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 from ._forms import field_choice, progress_callback
 
-ROUTES = ("auto", "appearance", "reasoning")
+ROUTES = ("auto", "appearance", "prototype", "reasoning")
 # Views larger than this default to delegated execution (the App would wait too long).
 DELEGATE_ABOVE = 200
+# Appearance route on a CPU, per 128-512 px target (demo: 0.04 s) and to fit + verify (demo: 2.7 s);
+# used for the estimate until a run on this dataset has measured its own.
+APPEARANCE_SECONDS, FIT_SECONDS = 0.05, 3.0
 
 
 class SegmentByDemonstration(foo.Operator):
@@ -18,6 +25,8 @@ class SegmentByDemonstration(foo.Operator):
             label="Segment by demonstration",
             description="Segment the concept that the demonstrations' masks show, in every target sample",
             dynamic=True,
+            # Immediate runs from the App stream progress; see execute for who gets a generator.
+            execute_as_generator=True,
             allow_immediate_execution=True,
             allow_delegated_execution=True,
         )
@@ -39,18 +48,17 @@ class SegmentByDemonstration(foo.Operator):
             description="The selected samples, or every sample with a tag",
             view=types.RadioGroup(),
         )
-        if ctx.params.get("demo_source", source.default) == "tag":
+        by_tag = ctx.params.get("demo_source", source.default) == "tag"
+        if by_tag:
             tags = sorted(ctx.dataset.distinct("tags")) if ctx.dataset else []
             inputs.enum("demo_tag", tags, required=True, label="Demonstration tag", view=types.DropdownView())
-        else:
-            n = len(ctx.selected)
-            notice = f"{n} selected sample(s) will be the demonstrations." if n else (
-                "Select the demonstration samples in the grid first, or use a tag."
-            )
-            prop = inputs.view("demo_count", types.Notice(label=notice) if n else types.Warning(label=notice))
-            if not n:
-                prop.invalid = True
-        field_choice(inputs, ctx, "mask_field", "Mask field", "Where the demonstrations' masks are", "ground_truth")
+        mask = field_choice(
+            inputs, ctx, "mask_field", "Mask field", "Where the demonstrations' masks are", "ground_truth"
+        )
+        mask_field = ctx.params.get("mask_field") or mask.default
+        demos = _demonstrations(ctx, by_tag)
+        if demos is not None or not by_tag:
+            _demonstration_notice(inputs, demos, mask_field, ctx.dataset)
         inputs.view_target(ctx)
         pred = inputs.str(
             "pred_field",
@@ -78,9 +86,35 @@ class SegmentByDemonstration(foo.Operator):
         inputs.str("concept", default="concept", label="Concept name", description="Label of the predicted masks")
         inputs.bool("overwrite", default=False, label="Overwrite existing labels in the output field")
         inputs.bool("resume", default=False, label="Resume an interrupted run (skip finished targets)")
+        if ctx.dataset is not None:
+            targets = ctx.target_view()
+            n = targets.exclude(demos.values("id")).count() if demos is not None else targets.count()
+            if n or demos is None:
+                inputs.view("estimate", types.Notice(label=_estimate(ctx, n)))
+            else:  # demonstrations are never their own targets, so the run would have nothing to do
+                empty = inputs.view("estimate", types.Warning(
+                    label="No targets: the target view holds only the demonstrations. Choose the current "
+                          "view or the dataset."))
+                empty.invalid = True
         return types.Property(inputs, view=types.View(label="Segment by demonstration"))
 
     def execute(self, ctx):
+        """Runs the job; launched from the App, as a stream of progress updates.
+
+        FiftyOne 1.22.1 exhausts a generator in ``execute_operator`` and in delegated runs and
+        keeps no result (``do_execute_operator(exhaust=True)`` returns None), and its plain
+        ``/operators/execute`` route cannot serialise one; so only the App, which posts to
+        ``/operators/execute/generator``, gets a generator. Every other caller (SDK, HTTP
+        script, delegated worker) gets the summary dict as before.
+        """
+        if ctx.delegated or not _from_app(ctx):
+            summary = self._segment(ctx, progress_callback(ctx))
+            if not ctx.delegated:
+                ctx.ops.reload_dataset()
+            return summary
+        return self._segment_live(ctx)
+
+    def _segment(self, ctx, progress):
         from conceptseg.jobs import segment_by_demonstration
 
         params = ctx.params
@@ -88,7 +122,7 @@ class SegmentByDemonstration(foo.Operator):
             demonstrations = ctx.dataset.match_tags(params["demo_tag"])
         else:
             demonstrations = ctx.dataset.select(ctx.selected)
-        summary = segment_by_demonstration(
+        return segment_by_demonstration(
             demonstrations=demonstrations,
             targets=ctx.target_view(),
             mask_field=params["mask_field"],
@@ -99,11 +133,52 @@ class SegmentByDemonstration(foo.Operator):
             overwrite=params.get("overwrite", False),
             resume=params.get("resume", False),
             model=params.get("model") or None,
-            progress=progress_callback(ctx),
+            progress=progress,
         )
-        if not ctx.delegated:
-            ctx.ops.reload_dataset()
-        return summary
+
+    def _segment_live(self, ctx):
+        """Runs the job in a worker thread and yields the App's progress bar as targets finish."""
+        from conceptseg.errors import ConceptSegError
+
+        updates: queue.Queue = queue.Queue()
+        outcome: dict = {}
+        last_put = [0.0]
+
+        def report(done: int, total: int) -> None:
+            # At most four updates a second reach the App; the last one always does.
+            now = time.monotonic()
+            if done == total or now - last_put[0] >= 0.25:
+                last_put[0] = now
+                updates.put((done, total))
+
+        def work() -> None:
+            try:
+                outcome["summary"] = self._segment(ctx, report)
+            except Exception as error:  # handed to the generator, which reports or re-raises it
+                outcome["error"] = error
+            finally:
+                updates.put(None)
+
+        worker = threading.Thread(target=work, name="conceptseg-segment", daemon=True)
+        worker.start()
+        yield ctx.ops.set_progress(progress=0.0, label="Learning the concept from the demonstrations")
+        while (update := updates.get()) is not None:
+            done, total = update
+            yield ctx.ops.set_progress(progress=done / max(total, 1), label=f"{done}/{total} targets")
+        worker.join()
+        error = outcome.get("error")
+        if isinstance(error, ConceptSegError):
+            yield ctx.ops.notify(str(error), variant="error")
+            return
+        if error is not None:
+            raise error
+        summary = outcome["summary"]
+        yield ctx.ops.reload_dataset()
+        yield ctx.ops.notify(
+            f"Segmented {summary['segmented']} targets with the {summary['route']} route "
+            f"(verification {_score(summary['verification'])}).",
+            variant="success",
+        )
 
     def resolve_output(self, ctx):
         outputs = types.Object()
@@ -113,3 +188,78 @@ class SegmentByDemonstration(foo.Operator):
         outputs.str("reason", label="Why this route")
         outputs.int("segmented", label="Targets segmented")
         return types.Property(outputs)
+
+
+def _from_app(ctx) -> bool:
+    """Whether the request came from the App's own execution context."""
+    # The 1.22.1 App sends its whole session context with every run, including the grid's
+    # sample selection style; execute_operator and HTTP scripts send only what they are given.
+    # (The App's prompt_id is not set for a plain Execute, and hidden form defaults are not sent.)
+    return "sample_selection_style" in ctx.request_params
+
+
+def _demonstrations(ctx, by_tag: bool):
+    """The demonstrations the form points at, or None while none are chosen."""
+    if ctx.dataset is None:
+        return None
+    if by_tag:
+        tag = ctx.params.get("demo_tag")
+        return ctx.dataset.match_tags(tag) if tag else None
+    return ctx.dataset.select(ctx.selected) if ctx.selected else None
+
+
+def _demonstration_notice(inputs, demos, mask_field, dataset) -> None:
+    """How many demonstrations there are; invalid when none, or when any lacks a mask."""
+    n = demos.count() if demos is not None else 0
+    if not n:
+        prop = inputs.view("demo_count", types.Warning(
+            label="Select the demonstration samples in the grid first, or use a tag."))
+        prop.invalid = True
+        return
+    missing = demos.exists(mask_field, False).count() if mask_field and dataset.has_field(mask_field) else 0
+    if missing:
+        prop = inputs.view("demo_count", types.Warning(
+            label=f"{missing} of {n} demonstration(s) have no mask in {mask_field!r}: give them one, "
+                  "deselect them, or choose another mask field."))
+        prop.invalid = True  # the engine would stop on the first of them
+    else:
+        inputs.view("demo_count", types.Notice(
+            label=f"{n} demonstration(s), each with a mask in {mask_field!r}."))
+
+
+def _estimate(ctx, n_targets: int) -> str:
+    """A rough time for the run: appearance per target, or the model's, best measured here."""
+    route, model = ctx.params.get("route", "auto"), ctx.params.get("model")
+    appearance = _measured_seconds(ctx.dataset, "appearance") or APPEARANCE_SECONDS
+    measured = _measured_seconds(ctx.dataset, "reasoning")
+    with_model = f"~{measured:.1f} s" if measured else "seconds (GPU) to minutes (CPU)"
+    if route == "reasoning":
+        text = f"Estimate: ~{n_targets} targets × {with_model} per target with the model"
+    elif route == "auto" and model:
+        text = (f"Estimate: ~{n_targets} targets × ~{appearance:.2f} s if the appearance route verifies, "
+                f"else × {with_model} per target with the model")
+    else:
+        text = (f"Estimate: ~{n_targets} targets × ~{appearance:.2f} s (appearance) "
+                f"+ ~{FIT_SECONDS:.0f} s to fit and verify")
+    if n_targets > DELEGATE_ABOVE:
+        text += f". Over {DELEGATE_ABOVE} targets, scheduling (delegated) is the default."
+    return text
+
+
+def _measured_seconds(dataset, route: str):
+    """Seconds per target of this dataset's newest finished run on ``route``, if any."""
+    runs = []
+    for key in dataset.list_runs():
+        info = dataset.get_run_info(key)
+        if getattr(info.config, "route", None) == route and info.config.method.startswith("conceptseg.segment"):
+            runs.append((info.timestamp, key))
+    for _, key in sorted(runs, reverse=True):
+        results = dataset.load_run_results(key)
+        seconds = getattr(results, "summary", {}).get("seconds_per_target") if results else None
+        if seconds:
+            return seconds
+    return None
+
+
+def _score(value) -> str:
+    return "unavailable" if value is None else f"{value:.3f}"

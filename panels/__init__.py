@@ -1,1 +1,1 @@
-"""Python panels (one per module); none is registered yet."""
+"""Python panels, one per module; the root __init__.py registers them."""

@@ -29,7 +29,11 @@ os.environ.update(_ENV)
 
 
 def pytest_unconfigure(config):
-    shutil.rmtree(_ROOT, ignore_errors=True)
+    # The database directory stays: the embedded mongod outlives this hook by a moment, and
+    # deleting its files under it makes it abort. Everything else goes.
+    for name in os.listdir(_ROOT):
+        if name != "db":
+            shutil.rmtree(os.path.join(_ROOT, name), ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -49,7 +49,7 @@ class TestInstallPlugin:
 class TestRegistry:
     def test_every_listed_operator_registers_without_errors(self, plugin_installed):
         registry = OperatorRegistry()
-        uris = {op.uri for op in registry.list_operators() if op.uri.startswith(PLUGIN_NAME)}
+        uris = {op.uri for op in registry.list_operators(type="operator") if op.uri.startswith(PLUGIN_NAME)}
         metrics = {f"{PLUGIN_NAME}/concept_{m}" for m in ("iou", "dice", "wfm", "sm")}
         assert uris == {SEGMENT, EVALUATE, f"{PLUGIN_NAME}/segment_by_query"} | metrics
         assert registry.list_errors() == []

@@ -1,0 +1,89 @@
+"""Segment-by-demonstration's form (counts, missing masks, estimate) and its live progress stream."""
+
+import fiftyone.operators as foo
+import pytest
+from fiftyone.operators.executor import ExecutionContext, ExecutionError
+
+from conceptseg.install import PLUGIN_NAME
+
+SEGMENT = f"{PLUGIN_NAME}/segment_by_demonstration"
+# Part of the context the App sends with every run (and SDK callers do not).
+FROM_APP = {"sample_selection_style": {"default": "checkmark", "alt": "checkmark"}}
+
+
+def form(dataset, selected=(), **params):
+    """The properties the operator's resolve_input builds for this selection and params."""
+    ctx = ExecutionContext(request_params={
+        "dataset_name": dataset.name, "selected": list(selected),
+        "params": {"mask_field": "ground_truth", "view_target": "DATASET", **params},
+    })
+    return foo.get_operator(SEGMENT).resolve_input(ctx).type.properties
+
+
+def run_params(**extra):
+    return {"demo_source": "selected", "mask_field": "ground_truth", "pred_field": "live", **extra}
+
+
+class TestForm:
+    def test_selection_is_counted(self, plugin_installed, nuclei_dataset):
+        demos = nuclei_dataset.match_tags("demo").values("id")
+        notice = form(nuclei_dataset, demos)["demo_count"]
+        assert notice.view.label == "3 demonstration(s), each with a mask in 'ground_truth'."
+        assert not notice.invalid
+
+    def test_a_demonstration_without_mask_is_flagged(self, plugin_installed, nuclei_dataset):
+        demos = nuclei_dataset.match_tags("demo").values("id")
+        unmasked = nuclei_dataset.match_tags("demo", bool=False).first()
+        unmasked.ground_truth = None
+        unmasked.save()
+        notice = form(nuclei_dataset, demos + [unmasked.id])["demo_count"]
+        assert notice.invalid and notice.view.label.startswith("1 of 4 demonstration(s) have no mask")
+        with pytest.raises(ExecutionError, match="demo_count"):
+            foo.execute_operator(SEGMENT, dataset=nuclei_dataset, selected=demos + [unmasked.id],
+                                 params=run_params(view_target="DATASET"))
+
+    def test_tagged_demonstrations_are_counted(self, plugin_installed, nuclei_dataset):
+        props = form(nuclei_dataset, demo_source="tag", demo_tag="demo")
+        assert props["demo_count"].view.label.startswith("3 demonstration(s)")
+
+    def test_demonstrations_alone_are_no_targets(self, plugin_installed, nuclei_dataset):
+        demos = nuclei_dataset.match_tags("demo").values("id")
+        estimate = form(nuclei_dataset, demos, view_target="SELECTED_SAMPLES")["estimate"]
+        assert estimate.invalid and estimate.view.label.startswith("No targets")
+
+    def test_estimate_counts_targets_without_demonstrations(self, plugin_installed, nuclei_dataset):
+        demos = nuclei_dataset.match_tags("demo").values("id")
+        label = form(nuclei_dataset, demos)["estimate"].view.label
+        assert label.startswith("Estimate: ~14 targets × ~0.05 s (appearance)")  # 17 samples - 3 demos
+        label = form(nuclei_dataset, demos, route="reasoning", model="some/bundle")["estimate"].view.label
+        assert "per target with the model" in label
+
+
+class TestLiveProgress:
+    def test_app_runs_get_a_progress_stream(self, plugin_installed, nuclei_dataset):
+        nuclei = nuclei_dataset.load_saved_view("nuclei")
+        result = foo.execute_operator(
+            SEGMENT, dataset=nuclei_dataset, view=nuclei, selected=nuclei.match_tags("demo").values("id"),
+            params=run_params(view_target="CURRENT_VIEW"), **FROM_APP,
+        )
+        # A generator's result is not kept by FiftyOne; what it yielded is in the requests.
+        assert result.result is None
+        requests = result.executor.to_json()["requests"]
+        progress = [r["params"] for r in requests if r["operator_uri"] == "set_progress"]
+        assert progress[0]["progress"] == 0.0 and progress[-1] == {"progress": 1.0, "label": "13/13 targets"}
+        names = [r["operator_uri"] for r in requests]
+        assert names[-2:] == ["reload_dataset", "notify"]
+        assert requests[-1]["params"]["variant"] == "success"
+        assert len(nuclei_dataset.exists("live")) == 13
+
+    def test_engine_errors_become_an_error_notification(self, plugin_installed, nuclei_dataset):
+        demos = nuclei_dataset.match_tags("demo").values("id")
+        # The form lets this through (overwrite ticked); the engine refuses to write over the masks.
+        result = foo.execute_operator(
+            SEGMENT, dataset=nuclei_dataset, selected=demos,
+            params=run_params(view_target="DATASET", pred_field="ground_truth", overwrite=True),
+            **FROM_APP,
+        )
+        notify = [r["params"] for r in result.executor.to_json()["requests"] if r["operator_uri"] == "notify"]
+        assert [n["variant"] for n in notify] == ["error"]
+        assert "is the demonstrations' mask field" in notify[0]["message"]

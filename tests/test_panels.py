@@ -1,0 +1,238 @@
+"""The panels' logic through FiftyOne's executor: on_load and callbacks, empty states included."""
+
+import json
+from urllib.parse import unquote
+
+import fiftyone as fo
+import fiftyone.operators as foo
+import pytest
+from fiftyone.operators.registry import OperatorRegistry
+
+from conceptseg.install import PLUGIN_NAME
+
+RULES = f"{PLUGIN_NAME}/concept_rules"
+EVALUATION = f"{PLUGIN_NAME}/concept_evaluation"
+SEGMENT = f"{PLUGIN_NAME}/segment_by_demonstration"
+EVALUATE = f"{PLUGIN_NAME}/evaluate_concept_segmentation"
+
+
+def call_panel(uri, dataset, method="on_load", state=None, current_sample=None, **params):
+    """Runs one panel event; returns (state after it, panel data, rendered schema, other requests)."""
+    result = foo.execute_operator(
+        uri, dataset=dataset, current_sample=current_sample,
+        # The App sends the panel's state as params["panel_state"] (ExecutionContext reads it there).
+        params={"__method__": method, "panel_id": "p1", "panel_state": dict(state or {}), **params},
+    )
+    state, data, schema, others = dict(state or {}), {}, None, []
+    for request in result.executor.to_json()["requests"]:
+        name, body = request["operator_uri"], request["params"]
+        if name == "patch_panel_state":
+            state.update(body["state"])
+        elif name == "patch_panel_data":
+            data.update(body["data"])
+        elif name == "show_panel_output":
+            schema = body["output"]
+        else:
+            others.append(request)
+    if schema:
+        # The App shows a component's same-named state or data instead of its default text.
+        shadowed = [name for name, prop in schema["type"]["properties"].items()
+                    if prop["view"]["name"] == "MarkdownView" and (name in state or name in data)]
+        assert not shadowed, f"markdown hidden by panel state or data of the same name: {shadowed}"
+    return state, data, schema, others
+
+
+def texts(schema) -> str:
+    """Every string in the rendered schema (markdown defaults, labels), for text assertions."""
+    return json.dumps(schema)
+
+
+@pytest.fixture(scope="module")
+def evaluated(plugin_installed, demo_files, tmp_path_factory):
+    """The demo dataset with a segmentation run on the nuclei and its evaluation."""
+    from conceptseg import demo
+
+    dataset = demo.build_dataset("panels-evaluated", media_dir=str(tmp_path_factory.mktemp("media")))
+    nuclei = dataset.load_saved_view("nuclei")
+    foo.execute_operator(
+        SEGMENT, dataset=dataset, view=nuclei, selected=nuclei.match_tags("demo").values("id"),
+        params=dict(demo_source="selected", mask_field="ground_truth", pred_field="pred",
+                    view_target="CURRENT_VIEW", concept="nucleus"),
+    )
+    foo.execute_operator(
+        EVALUATE, dataset=dataset, view=nuclei,
+        params=dict(pred_field="pred", gt_field="ground_truth", eval_key="ev", view_target="CURRENT_VIEW"),
+    )
+    yield dataset
+    dataset.delete()
+
+
+@pytest.fixture
+def run_without_evaluation(plugin_installed, nuclei_dataset):
+    """A fresh demo dataset with one segmentation run (field ``gone``) and no evaluation."""
+    nuclei = nuclei_dataset.load_saved_view("nuclei")
+    foo.execute_operator(
+        SEGMENT, dataset=nuclei_dataset, view=nuclei, selected=nuclei.match_tags("demo").values("id"),
+        params=dict(demo_source="selected", mask_field="ground_truth", pred_field="gone", view_target="CURRENT_VIEW"),
+    )
+    return nuclei_dataset
+
+
+def rebuilt_view(dataset, request):
+    """The view a set_view request would load in the App (rebuilt from its serialized stages)."""
+    return fo.DatasetView._build(dataset, request["params"]["view"])
+
+
+def request_named(requests, name):
+    matches = [r for r in requests if r["operator_uri"] == name]
+    assert len(matches) == 1, [r["operator_uri"] for r in requests]
+    return matches[0]
+
+
+class TestRegistration:
+    def test_both_panels_register_without_errors(self, plugin_installed):
+        registry = OperatorRegistry()
+        panels = {op.uri for op in registry.list_operators(type="panel") if op.uri.startswith(PLUGIN_NAME)}
+        assert panels == {RULES, EVALUATION}
+        assert registry.list_errors() == []
+
+
+class TestConceptRulesPanel:
+    def test_grid_shows_rule_route_verification_and_demonstrations(self, evaluated):
+        state, data, schema, _ = call_panel(RULES, evaluated)
+        config = evaluated.get_run_info("conceptseg_pred").config
+        assert state["runs"] == ["conceptseg_pred"] and state["run_key"] == "conceptseg_pred"
+        rendered = texts(schema)
+        assert config.rule in rendered
+        assert "**Route:** appearance" in rendered
+        assert f"{config.verification:.3f} (verified)" in rendered
+        assert config.reason in rendered
+        assert "Open a sample" in rendered  # no current sample in the grid
+        # Thumbnails: the App's relative media route for each demonstration, in order.
+        demos = evaluated.select(config.demonstration_ids, ordered=True).values("filepath")
+        urls = list(data["demos"].values())
+        assert [unquote(u.split("filepath=", 1)[1]) for u in urls] == demos
+        assert all(u.startswith("/media?filepath=") for u in urls)
+        assert "open_worst" in rendered and "show_pred_gt" in rendered
+
+    def test_modal_sample_shows_its_own_label_attributes(self, evaluated):
+        state, *_ = call_panel(RULES, evaluated)
+        target = evaluated.exists("pred").first()
+        state, _, schema, _ = call_panel(RULES, evaluated, "on_change_current_sample", state, target.id)
+        assert state["sample"]["route"] == "appearance"
+        assert state["sample"]["cost"] == pytest.approx(target.pred.cost)
+        rendered = texts(schema)
+        assert "**This sample**" in rendered and "**Reasoning:**" in rendered and "**Answer:**" in rendered
+        assert f"**Cost:** {target.pred.cost:.3f} s" in rendered
+
+    def test_reasoning_words_on_a_label_are_shown(self, evaluated):
+        state, *_ = call_panel(RULES, evaluated)
+        target = evaluated.exists("pred").first()
+        before = target.pred.copy()
+        # What the reasoning route writes on each label (its per-image rule, thinking, answer).
+        target.pred.rule, target.pred.reasoning, target.pred.answer = "bright ovals", "they glow", "the nuclei"
+        target.save()
+        try:
+            _, _, schema, _ = call_panel(RULES, evaluated, "on_change_current_sample", state, target.id)
+        finally:
+            target.pred = before
+            target.save()
+        rendered = texts(schema)
+        assert "**Rule:** bright ovals" in rendered
+        assert "**Reasoning:** they glow" in rendered and "**Answer:** the nuclei" in rendered
+
+    def test_sample_without_prediction_says_why(self, evaluated):
+        state, *_ = call_panel(RULES, evaluated)
+        demo_id = evaluated.match_tags("demo").first().id
+        quokka_id = evaluated.match({"concept": "animal"}).first().id
+        _, _, schema, _ = call_panel(RULES, evaluated, "on_change_current_sample", state, demo_id)
+        assert "one of the run's demonstrations" in texts(schema)
+        _, _, schema, _ = call_panel(RULES, evaluated, "on_change_current_sample", state, quokka_id)
+        assert "has no prediction in 'pred': it was not in the run's target view" in texts(schema)
+
+    def test_prediction_vs_ground_truth_sets_active_fields(self, evaluated):
+        state, *_ = call_panel(RULES, evaluated)
+        _, _, _, requests = call_panel(RULES, evaluated, "show_prediction_vs_gt", state)
+        assert request_named(requests, "set_active_fields")["params"]["fields"] == ["pred", "ground_truth"]
+
+    def test_worst_samples_come_first(self, evaluated):
+        state, *_ = call_panel(RULES, evaluated)
+        _, _, _, requests = call_panel(RULES, evaluated, "open_worst", state)
+        view = rebuilt_view(evaluated, request_named(requests, "set_view"))
+        ious = view.values("ev_iou")
+        assert len(ious) == 13 and ious == sorted(ious)
+
+    def test_no_runs_explains_what_to_do(self, plugin_installed, nuclei_dataset):
+        state, _, schema, _ = call_panel(RULES, nuclei_dataset)
+        assert state["runs"] == []
+        assert "No ConceptSeg run on this dataset yet" in texts(schema)
+
+    def test_run_without_evaluation_offers_no_ranking(self, run_without_evaluation):
+        _, _, schema, _ = call_panel(RULES, run_without_evaluation)
+        rendered = texts(schema)
+        assert "open_worst" not in rendered and "to rank its worst samples" in rendered
+
+    def test_run_whose_field_was_deleted_says_so(self, run_without_evaluation):
+        run_without_evaluation.delete_sample_field("gone")
+        state, _, schema, _ = call_panel(RULES, run_without_evaluation)
+        assert state["run_key"] == "conceptseg_gone"
+        assert "The field 'gone' that run 'conceptseg_gone' wrote no longer exists" in texts(schema)
+
+
+class TestConceptEvaluationPanel:
+    def test_bars_histogram_and_routes(self, evaluated):
+        state, data, schema, _ = call_panel(EVALUATION, evaluated)
+        metrics = evaluated.load_run_results("ev").metrics
+        assert state["group_field"] == "concept"
+        assert [t["name"] for t in data["bars"]] == ["Fω", "Sα", "IoU"]
+        for trace, key in zip(data["bars"], ("wfm", "sm", "iou")):
+            assert trace["x"] == ["nucleus"] and trace["y"] == [pytest.approx(metrics[key])]
+        assert sum(data["histogram"][0]["y"]) == 13
+        assert state["routes"] == [{"route": "appearance", "count": 13, "cost": pytest.approx(
+            evaluated.mean("pred.cost"))}]
+        rendered = texts(schema)
+        assert rendered.count('"PlotlyView"') == 3
+        assert "concept_evaluation#on_bar_click" in rendered
+        assert "| appearance | 13 |" in rendered
+
+    def test_levels_group_the_bars_in_benchmark_order(self, evaluated):
+        scored = evaluated.exists("ev_iou")
+        levels = ["CR", "CI", "CD"] * 5
+        scored.set_values("level", levels[: len(scored)])
+        try:
+            state, data, *_ = call_panel(EVALUATION, evaluated)
+            expected = [scored.match({"level": lv}).mean("ev_iou") for lv in ("CI", "CD", "CR")]
+        finally:
+            evaluated.delete_sample_field("level")
+        assert state["group_field"] == "level"
+        assert data["bars"][2]["x"] == ["CI", "CD", "CR"]
+        assert data["bars"][2]["y"] == pytest.approx(expected)
+
+    def test_clicking_a_bar_filters_to_that_group(self, evaluated):
+        state, *_ = call_panel(EVALUATION, evaluated)
+        _, _, _, requests = call_panel(EVALUATION, evaluated, "on_bar_click", state, x="nucleus")
+        view = rebuilt_view(evaluated, request_named(requests, "set_view"))
+        assert view.count() == 13 and view.distinct("concept") == ["nucleus"]
+
+    def test_clicking_a_histogram_bin_filters_to_its_ious(self, evaluated):
+        state, data, *_ = call_panel(EVALUATION, evaluated)
+        hist = data["histogram"][0]
+        i = max(range(len(hist["y"])), key=lambda k: hist["y"][k])
+        _, _, _, requests = call_panel(EVALUATION, evaluated, "on_histogram_click", state, x=hist["x"][i])
+        view = rebuilt_view(evaluated, request_named(requests, "set_view"))
+        assert view.count() == hist["y"][i]
+        assert all(abs(v - hist["x"][i]) <= 0.05 + 1e-9 for v in view.values("ev_iou"))
+
+    def test_no_evaluations_explains_what_to_do(self, run_without_evaluation):
+        state, _, schema, _ = call_panel(EVALUATION, run_without_evaluation)
+        assert state["evals"] == []
+        assert "No concept evaluation on this dataset yet" in texts(schema)
+
+    def test_deleted_metric_fields_are_reported(self, run_without_evaluation):
+        foo.execute_operator(
+            EVALUATE, dataset=run_without_evaluation,
+            params=dict(pred_field="gone", gt_field="ground_truth", eval_key="ev2", view_target="DATASET"),
+        )
+        run_without_evaluation.delete_sample_field("ev2_wfm")
+        _, _, schema, _ = call_panel(EVALUATION, run_without_evaluation)
+        assert "Evaluation 'ev2' has nothing to plot: fields ev2_wfm were deleted" in texts(schema)
