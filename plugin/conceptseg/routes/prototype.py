@@ -99,19 +99,8 @@ class PrototypeConfig:
 
 
 def _features(segmenter, key: str) -> dict:
-    """The cached SAM 2 features of ``key``: image_embed (1xCxhxw), high_res_feats, orig_hw.
-
-    Written against a public ``Sam2Segmenter.features(key)``, proposed to the segmenter's
-    owner; until it exists this reads the segmenter's cache directly (the same entry its
-    ``predict`` reads), with its state guard and LRU bookkeeping.
-    """
-    if hasattr(segmenter, "features"):
-        return segmenter.features(key)
-    cache = segmenter._cache
-    if key not in cache:
-        raise RuntimeError(f"No embedding for image key {key!r}: call embed(image, {key!r}) first.")
-    cache.move_to_end(key)
-    return cache[key]
+    """The cached SAM 2 features of ``key``: image_embed (1xCxhxw), high_res_feats, orig_hw."""
+    return segmenter.features(key)
 
 
 def _decode(segmenter, key: str, points, labels, concept_tokens=None):

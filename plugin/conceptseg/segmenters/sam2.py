@@ -11,13 +11,13 @@ from __future__ import annotations
 import dataclasses
 import os
 import warnings
-from collections import OrderedDict
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
 from conceptseg.errors import ConceptSegError
+from conceptseg.segmenters.cache import EmbeddingCache, check_rgb_uint8
 
 _WEIGHTS_HINT = (
     "Download SAM 2 weights (e.g. sam2.1_hiera_tiny.pt) from "
@@ -118,9 +118,7 @@ class Sam2Segmenter:
             self._transforms = SAM2Transforms(
                 resolution=model.image_size, mask_threshold=config.mask_threshold
             )
-        self._cache: OrderedDict[str, dict] = OrderedDict()
-        self._hits = 0
-        self._misses = 0
+        self._cache = EmbeddingCache(config.cache_size)
 
     @classmethod
     def from_config(cls, config: Sam2SegmenterConfig) -> "Sam2Segmenter":
@@ -176,17 +174,9 @@ class Sam2Segmenter:
         A key already cached for an image of the same size is a hit and costs nothing, so
         the key must identify the image content (e.g. a sample id or file path).
         """
-        ok = isinstance(image, np.ndarray) and image.dtype == np.uint8
-        if not ok or image.ndim != 3 or image.shape[2] != 3:
-            got = (f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray)
-                   else type(image).__name__)
-            raise ValueError(f"embed expects an HxWx3 uint8 RGB array; got {got}.")
-        cached = self._cache.get(key)
-        if cached is not None and cached["orig_hw"] == image.shape[:2]:
-            self._hits += 1
-            self._cache.move_to_end(key)
+        check_rgb_uint8(image)
+        if self._cache.lookup(key, image.shape[:2]) is not None:
             return
-        self._misses += 1
         x = self._transforms(image)[None].to(self.device, self.dtype)  # 1x3xSxS, normalised
         feats = _backbone_feature_maps(self.model, self.model.forward_image(x))
         if self.model.directly_add_no_mem_embed:  # as SAM2ImagePredictor.set_image does
@@ -194,16 +184,16 @@ class Sam2Segmenter:
         s = self.model.image_size
         sizes = [(s // 4, s // 4), (s // 8, s // 8), (s // 16, s // 16)][-len(feats):]
         maps = [f.permute(1, 2, 0).reshape(1, -1, h, w) for f, (h, w) in zip(feats, sizes)]
-        self._cache[key] = {"image_embed": maps[-1], "high_res_feats": maps[:-1],
-                            "orig_hw": image.shape[:2]}
-        self._cache.move_to_end(key)
-        while len(self._cache) > self.config.cache_size:
-            self._cache.popitem(last=False)
+        self._cache.store(key, {"image_embed": maps[-1], "high_res_feats": maps[:-1],
+                                "orig_hw": image.shape[:2]})
 
     def cache_info(self) -> dict[str, int]:
         """Embed calls served from the cache (hits), computed (misses), and images kept."""
-        return {"hits": self._hits, "misses": self._misses, "size": len(self._cache),
-                "maxsize": self.config.cache_size}
+        return self._cache.info()
+
+    def features(self, key: str) -> dict:
+        """The cached features of ``key``: image_embed (1xCxhxw), high_res_feats, orig_hw."""
+        return self._cache.require(key)
 
     def clear_cache(self) -> None:
         self._cache.clear()
@@ -243,13 +233,7 @@ class Sam2Segmenter:
     def _forward(self, key, box, concept_tokens) -> torch.Tensor:
         if box is None and concept_tokens is None:
             raise ValueError("predict needs a prompt: pass a box, concept_tokens, or both.")
-        if key not in self._cache:
-            raise RuntimeError(
-                f"No embedding for image key {key!r}: call embed(image, {key!r}) first "
-                f"(the cache keeps the {self.config.cache_size} most recently used images)."
-            )
-        self._cache.move_to_end(key)
-        feats = self._cache[key]
+        feats = self._cache.require(key)
         points = None
         if box is not None:
             b = (box.detach().reshape(-1) if isinstance(box, torch.Tensor)

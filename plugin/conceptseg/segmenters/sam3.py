@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from conceptseg.errors import ConceptSegError
+from conceptseg.segmenters.cache import EmbeddingCache, check_rgb_uint8
 
 _WEIGHTS_HINT = (
     "Use a directory saved with Sam3Segmenter.save / save_pretrained (config.json, "
@@ -212,10 +213,8 @@ class Sam3Segmenter:
         processor.image_processor.size = SizeDict(height=s, width=s)
         processor.target_size = s
         self._max_text_len = int(model.config.text_config.max_position_embeddings)
-        self._cache: OrderedDict[str, dict] = OrderedDict()
+        self._cache = EmbeddingCache(config.cache_size)
         self._text_cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
-        self._hits = 0
-        self._misses = 0
 
     @classmethod
     def from_config(cls, config: Sam3SegmenterConfig) -> "Sam3Segmenter":
@@ -305,17 +304,9 @@ class Sam3Segmenter:
         """
         from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
 
-        ok = isinstance(image, np.ndarray) and image.dtype == np.uint8
-        if not ok or image.ndim != 3 or image.shape[2] != 3:
-            got = (f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray)
-                   else type(image).__name__)
-            raise ValueError(f"embed expects an HxWx3 uint8 RGB array; got {got}.")
-        cached = self._cache.get(key)
-        if cached is not None and cached["orig_hw"] == image.shape[:2]:
-            self._hits += 1
-            self._cache.move_to_end(key)
+        check_rgb_uint8(image)
+        if self._cache.lookup(key, image.shape[:2]) is not None:
             return
-        self._misses += 1
         s = self.image_size
         pixels = self.processor.image_processor(
             images=image, size={"height": s, "width": s}, input_data_format="channels_last",
@@ -325,15 +316,11 @@ class Sam3Segmenter:
         # Keep only what Sam3Model.forward reads from vision_embeds (not the ViT's tokens).
         vision = Sam3VisionEncoderOutput(fpn_hidden_states=out.fpn_hidden_states,
                                          fpn_position_encoding=out.fpn_position_encoding)
-        self._cache[key] = {"vision": vision, "orig_hw": tuple(image.shape[:2])}
-        self._cache.move_to_end(key)
-        while len(self._cache) > self.config.cache_size:
-            self._cache.popitem(last=False)
+        self._cache.store(key, {"vision": vision, "orig_hw": tuple(image.shape[:2])})
 
     def cache_info(self) -> dict[str, int]:
         """Embed calls served from the cache (hits), computed (misses), and images kept."""
-        return {"hits": self._hits, "misses": self._misses, "size": len(self._cache),
-                "maxsize": self.config.cache_size}
+        return self._cache.info()
 
     def clear_cache(self) -> None:
         self._cache.clear()
@@ -413,13 +400,7 @@ class Sam3Segmenter:
 
         if not isinstance(text, str):
             raise TypeError(f"text must be a str (use \"\" for none); got {type(text).__name__}.")
-        if key not in self._cache:
-            raise RuntimeError(
-                f"No embedding for image key {key!r}: call embed(image, {key!r}) first "
-                f"(the cache keeps the {self.config.cache_size} most recently used images)."
-            )
-        self._cache.move_to_end(key)
-        entry = self._cache[key]
+        entry = self._cache.require(key)
         feats, mask = self._text_features(text)
         if concept_tokens is not None:
             tokens = self._check_tokens(concept_tokens)
