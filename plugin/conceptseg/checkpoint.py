@@ -44,6 +44,8 @@ class Bundle:
     segmenter: object
     spec: dict
     path: str
+    policy_path: str | None = None  # resolved base policy directory or hub id
+    adapter_path: str | None = None  # resolved LoRA adapter directory, if any
 
 
 def _require(path: str, what: str, how: str) -> str:
@@ -52,18 +54,28 @@ def _require(path: str, what: str, how: str) -> str:
     return path
 
 
-def save_bundle(out_dir: str, policy_dir: str, translator, segmenter, adapter_dir: str | None = None, max_new_tokens: int = 512) -> str:
+def save_bundle(out_dir: str, policy_dir: str, translator, segmenter, adapter_dir: str | None = None,
+                max_new_tokens: int = 512, copy_segmenter: bool = True) -> str:
     """Writes bundle.json plus the translator and segmenter weights; the policy is referenced.
 
     ``policy_dir`` and ``adapter_dir`` are stored relative to ``out_dir`` when inside it,
-    else as given (a hub id or an absolute path).
+    else as given (a hub id or an absolute path). ``copy_segmenter=False`` references the
+    segmenter's own (absolute) files instead of copying them: training checkpoints use it,
+    since the frozen segmenter would otherwise be rewritten at every checkpoint.
     """
     from conceptseg.translator import save_translator
 
-    os.makedirs(os.path.join(out_dir, "segmenter"), exist_ok=True)
+    os.makedirs(out_dir, exist_ok=True)
     save_translator(translator, os.path.join(out_dir, "translator.safetensors"))
     seg_config = segmenter.config.to_dict()
-    if hasattr(segmenter, "save_weights"):  # SAM 2: one safetensors file
+    seg_config["device"] = None  # where it runs is the loader's choice, not the bundle's
+    if not copy_segmenter and (seg_config.get("checkpoint") or seg_config.get("path")):
+        kind = "sam2" if hasattr(segmenter, "save_weights") else "sam3"
+        for name in ("checkpoint", "path"):
+            if seg_config.get(name) and os.path.exists(seg_config[name]):
+                seg_config[name] = os.path.abspath(seg_config[name])
+    elif hasattr(segmenter, "save_weights"):  # SAM 2: one safetensors file
+        os.makedirs(os.path.join(out_dir, "segmenter"), exist_ok=True)
         kind = "sam2"
         segmenter.save_weights(os.path.join(out_dir, "segmenter", "sam2.safetensors"))
         seg_config["checkpoint"] = os.path.join("segmenter", "sam2.safetensors")
@@ -233,7 +245,8 @@ def load_bundle(path: str, device: str | None = None, segmenter_config=None):
     if policy_path is None:  # a segmenter-only bundle: the SAM 2 routes, no reasoning
         return Bundle(policy=None, translator=None, segmenter=segmenter, spec=spec, path=path)
     policy = Policy.from_pretrained(policy_path, adapter=adapter, config=PolicyConfig(max_new_tokens=max_new_tokens, device=device))
-    return Bundle(policy=policy, translator=translator.to(policy.device).eval(), segmenter=segmenter, spec=spec, path=path)
+    return Bundle(policy=policy, translator=translator.to(policy.device).eval(), segmenter=segmenter, spec=spec,
+                  path=path, policy_path=policy_path, adapter_path=adapter)
 
 
 # Zoo entries: how each is obtained. The zoo source's download_model calls download_zoo_bundle.

@@ -173,3 +173,58 @@ def mask_to_detections(
             )
         )
     return fo.Detections(detections=detections, **attributes)
+
+
+def _training_loader(filepath: str, label):
+    """Reads one sample's image and mask when its episode is built (not before)."""
+
+    def load():
+        image = load_rgb(filepath)
+        height, width = image.shape[:2]
+        return image, label_to_mask(label, (width, height))
+
+    return load
+
+
+def training_samples(collection, concept_field: str, mask_field: str, test_tag: str = "test",
+                     question_field: str = "question", references_field: str = "references",
+                     level_field: str = "level") -> tuple[list, dict]:
+    """The view's samples as TrainingSamples, and counts of those left out (no concept, no mask).
+
+    Samples tagged ``test_tag`` are held-out targets; all others are train. The optional
+    fields give the task text (else the concept name), the reference images of a
+    multi-image task (CR) and the level, when the dataset has them.
+    """
+    from conceptseg.training.episodes import TrainingSample
+
+    schema = collection.get_field_schema()
+    if concept_field not in schema:
+        raise FieldError(
+            f"The concept field {concept_field!r} does not exist on dataset {collection._dataset.name!r}; "
+            f"fields there: {', '.join(sorted(schema))}. Give the field that names each sample's concept."
+        )
+    check_mask_field(collection, mask_field, "training mask")
+    optional = [f for f in (question_field, references_field, level_field) if f and f in schema]
+    names = ["id", "filepath", "tags", concept_field, mask_field, *optional]
+    columns = dict(zip(names, collection.values(names)))
+    samples, left_out = [], {"without_concept": 0, "without_mask": 0}
+    for i, sample_id in enumerate(columns["id"]):
+        concept, label = columns[concept_field][i], columns[mask_field][i]
+        if concept is None or str(concept).strip() == "":
+            left_out["without_concept"] += 1
+            continue
+        if label is None:
+            left_out["without_mask"] += 1
+            continue
+        extra = {f: columns[f][i] for f in optional}
+        references = extra.get(references_field) or None
+        samples.append(TrainingSample(
+            id=sample_id,
+            concept=str(concept),
+            load=_training_loader(columns["filepath"][i], label),
+            split="test" if test_tag in (columns["tags"][i] or []) else "train",
+            question=extra.get(question_field) or None,
+            references=[(lambda p=p: load_rgb(p)) for p in references] if references else None,
+            level=extra.get(level_field),
+        ))
+    return samples, left_out

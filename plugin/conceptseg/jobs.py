@@ -306,3 +306,55 @@ def segment_by_query(
     )
     _finish_run(dataset, run_key, summary)
     return summary
+
+
+def train_run_key(out_dir: str) -> str:
+    """The run record of a training run: named after its output directory."""
+    name = re.sub(r"\W+", "_", os.path.basename(os.path.normpath(out_dir))).strip("_").lower()
+    return f"conceptseg_train_{name or 'run'}"
+
+
+def train_concept_policy(
+    view: fo.core.collections.SampleCollection,
+    concept_field: str,
+    mask_field: str,
+    model: str,
+    out_dir: str,
+    config=None,
+    test_tag: str = "test",
+    num_demonstrations: int = 4,
+    progress: Callable[[int, int, dict], None] | None = None,
+) -> dict:
+    """Trains the bundle ``model`` on the view's concepts (stage ``config.stage``); a bundle lands in ``out_dir``.
+
+    Episodes pair each train sample with up to ``num_demonstrations`` other train samples
+    of its concept (drawn once, seeded). The run is recorded on the dataset as
+    ``conceptseg_train_<out_dir name>`` with its settings and, at the end, its summary.
+    Running again with the same ``out_dir`` resumes from the newest checkpoint there.
+    """
+    from conceptseg.training.episodes import EpisodeReport, build_specs
+    from conceptseg.training.loop import TrainConfig, train
+
+    config = config or TrainConfig()
+    if len(view) == 0:
+        raise EmptyViewError("The view holds no samples; train on a view with concept-labelled masks.")
+    samples, left_out = fio.training_samples(view, concept_field, mask_field, test_tag=test_tag)
+    report = EpisodeReport()
+    specs = build_specs(samples, "train", num_demonstrations=num_demonstrations, seed=config.seed, report=report)
+    if not specs:
+        raise ConceptSegError(
+            f"No training episodes: no concept in {concept_field!r} has two or more train samples with masks "
+            f"in {mask_field!r} ({report.to_dict()['skipped_concepts']} concepts skipped, {left_out}). "
+            "Label more samples per concept."
+        )
+    dataset = view._dataset
+    run_key = train_run_key(out_dir)
+    settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(config).items()}
+    _start_run(dataset, run_key, dict(method="conceptseg.train_concept_policy", model=model, out_dir=os.path.abspath(out_dir),
+                                      concept_field=concept_field, mask_field=mask_field, test_tag=test_tag, **settings))
+    result = train(model, specs, out_dir, config, report=report, progress=progress)
+    summary = dict(run_key=run_key, bundle=result.bundle, stage=config.stage, steps=result.steps,
+                   resumed_from=result.resumed_from, metrics_file=result.metrics_file,
+                   episodes=result.report, left_out=left_out, last=result.last)
+    _finish_run(dataset, run_key, summary)
+    return summary

@@ -127,8 +127,13 @@ class Policy:
         inputs = self.processor(text=texts, images=images, padding=True, return_tensors="pt")
         return {k: v.to(self.device) for k, v in inputs.items()}
 
-    def generate(self, requests: Sequence[PolicyRequest], sample: bool = False, num_return_sequences: int = 1) -> PolicyOutput:
-        """Writes a completion per request (greedy, or sampled for rollouts) and its states."""
+    def generate(self, requests: Sequence[PolicyRequest], sample: bool = False, num_return_sequences: int = 1,
+                 hidden: bool = True) -> PolicyOutput:
+        """Writes a completion per request (greedy, or sampled for rollouts) and its states.
+
+        ``hidden=False`` skips the extra forward pass (training scores the rollouts itself);
+        ``hidden_states`` is then None.
+        """
         import torch
 
         inputs = self.encode(requests)
@@ -151,7 +156,7 @@ class Policy:
         completion_mask = _completion_mask(completion_ids, eos)
         if num_return_sequences > 1:
             inputs = _repeat_inputs(inputs, num_return_sequences)
-        hidden = self.completion_hidden_states(inputs, sequences, completion_mask)
+        hidden = self.completion_hidden_states(inputs, sequences, completion_mask) if hidden else None
         texts = self.processor.tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
         return PolicyOutput(texts, hidden, completion_mask, sequences, prompt_length, inputs)
 
@@ -168,6 +173,53 @@ class Policy:
         with torch.set_grad_enabled(grad):
             out = self.model(input_ids=sequences, attention_mask=attention, output_hidden_states=True, **extra)
         return out.hidden_states[-1][:, prompt_length:, :]
+
+
+    def encode_with_response(self, requests: Sequence[PolicyRequest], responses: Sequence[str]):
+        """Prompt inputs plus given completions (teacher forcing): (inputs, sequences, completion_mask).
+
+        Each response is followed by the end-of-turn token, right-padded after the
+        left-padded prompts, so completion position t is the same token for every row
+        whatever the prompt lengths (the official stage 1 can misalign here, method.md §2.6).
+        """
+        import torch
+
+        inputs = self.encode(requests)
+        tokenizer = self.processor.tokenizer
+        rows = [tokenizer(r + "<|im_end|>", add_special_tokens=False)["input_ids"] for r in responses]
+        length = max(len(r) for r in rows)
+        ids = torch.full((len(rows), length), tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), length), dtype=torch.bool)
+        for i, row in enumerate(rows):
+            ids[i, : len(row)] = torch.tensor(row)
+            mask[i, : len(row)] = True
+        sequences = torch.cat([inputs["input_ids"], ids.to(self.device)], dim=1)
+        return inputs, sequences, mask.to(self.device)
+
+    def score(self, inputs: dict, sequences, completion_mask, model=None):
+        """Log-probabilities (B, T) of the completion tokens and their hidden states (B, T, H).
+
+        One forward pass with gradients through ``model`` (the policy's model, or the
+        wrapper a distributed trainer prepared). Logits are kept for the completion
+        positions only: the full prompt × vocabulary would dominate memory.
+        """
+        import torch
+
+        model = model or self.model
+        prompt_length = inputs["input_ids"].shape[1]
+        steps = sequences.shape[1] - prompt_length
+        attention = torch.cat([inputs["attention_mask"], completion_mask.long()], dim=1)
+        extra = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
+        if "mm_token_type_ids" in extra:
+            pad = torch.zeros_like(completion_mask, dtype=extra["mm_token_type_ids"].dtype)
+            extra["mm_token_type_ids"] = torch.cat([extra["mm_token_type_ids"], pad], dim=1)
+        out = model(input_ids=sequences, attention_mask=attention, output_hidden_states=True,
+                    logits_to_keep=steps + 1, use_cache=False, **extra)
+        # The logit at position p predicts token p + 1: positions P-1 .. P+T-2 score the completion.
+        logits = out.logits[:, :-1, :].float() / self.config.temperature
+        targets = sequences[:, prompt_length:]
+        logp = torch.gather(logits, 2, targets.unsqueeze(2)).squeeze(2) - torch.logsumexp(logits, dim=2)
+        return logp, out.hidden_states[-1][:, prompt_length:, :]
 
 
 def _completion_mask(completion_ids, eos: int):

@@ -40,58 +40,66 @@ def qwen_tokenizer_dir() -> str:
     return os.path.join(spec.submodule_search_locations[0], "tokenizer_files")
 
 
-def build_tiny_policy(out_dir: str, seed: int = 0) -> str:
-    """Saves a ~10 M-parameter random Qwen2.5-VL with the real tokenizer to ``out_dir``."""
-    import torch
+# Qwen2.5-VL-7B-Instruct's sizes (its config.json): benchmarks build this shape with random
+# weights, since no checkpoint can be downloaded where they run.
+QWEN25VL_7B_TEXT = dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+                        num_key_value_heads=4, max_position_embeddings=128000,
+                        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]})
+QWEN25VL_7B_VISION = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=3584,
+                          patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
+                          fullatt_block_indexes=[7, 15, 23, 31])
+TINY_TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                 max_position_embeddings=4096,
+                 rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]})
+# 28-px patches after merging, at most 4x4 of them per image: a few tokens per image.
+TINY_VISION = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+                   patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=56, fullatt_block_indexes=[1])
+
+
+def qwen25vl_processor_and_config(tokenizer_dir: str, text: dict, vision: dict, max_pixels: int):
+    """A Qwen2.5-VL processor (real tokenizer, VL chat template) and a config of the given sizes."""
     from transformers import (
         AutoTokenizer,
         Qwen2_5_VLConfig,
-        Qwen2_5_VLForConditionalGeneration,
         Qwen2_5_VLProcessor,
         Qwen2VLImageProcessor,
         Qwen2VLVideoProcessor,
     )
 
-    tokenizer = AutoTokenizer.from_pretrained(qwen_tokenizer_dir())
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in
            ("<|im_end|>", "<|endoftext|>", "<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")}
-    # 28-px patches after merging, at most 4x4 of them per image: a few tokens per image.
-    image_processor = Qwen2VLImageProcessor(min_pixels=28 * 28, max_pixels=112 * 112, patch_size=14, merge_size=2, temporal_patch_size=2)
+    image_processor = Qwen2VLImageProcessor(min_pixels=28 * 28, max_pixels=max_pixels, patch_size=14, merge_size=2, temporal_patch_size=2)
     processor = Qwen2_5_VLProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,
         video_processor=Qwen2VLVideoProcessor(),
         chat_template=VL_CHAT_TEMPLATE,
     )
+    tie = text["hidden_size"] < 1024  # the small Qwen models tie embeddings, 7B does not
     config = Qwen2_5_VLConfig(
-        text_config=dict(
-            vocab_size=len(tokenizer),
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=4096,
-            bos_token_id=None,
-            eos_token_id=ids["<|im_end|>"],
-            pad_token_id=ids["<|endoftext|>"],
-            tie_word_embeddings=True,
-            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
-        ),
-        vision_config=dict(
-            depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
-            patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=56, fullatt_block_indexes=[1],
-        ),
+        text_config=dict(vocab_size=len(tokenizer), bos_token_id=None, eos_token_id=ids["<|im_end|>"],
+                         pad_token_id=ids["<|endoftext|>"], tie_word_embeddings=tie, **text),
+        vision_config=dict(vision),
         image_token_id=ids["<|image_pad|>"],
         video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"],
         vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=True,
+        tie_word_embeddings=tie,
     )
+    return processor, config
+
+
+def build_tiny_policy(out_dir: str, seed: int = 0) -> str:
+    """Saves a ~10 M-parameter random Qwen2.5-VL with the real tokenizer to ``out_dir``."""
+    import torch
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    processor, config = qwen25vl_processor_and_config(qwen_tokenizer_dir(), TINY_TEXT, TINY_VISION, 112 * 112)
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(config).eval()
-    model.generation_config.eos_token_id = ids["<|im_end|>"]
-    model.generation_config.pad_token_id = ids["<|endoftext|>"]
+    model.generation_config.eos_token_id = config.text_config.eos_token_id
+    model.generation_config.pad_token_id = config.text_config.pad_token_id
     os.makedirs(out_dir, exist_ok=True)
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)

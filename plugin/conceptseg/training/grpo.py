@@ -71,7 +71,7 @@ def policy_loss(
     loss = ((per_token * mask).sum(dim=1) / lengths).mean()
     clip_fraction = (((ratio < 1 - epsilon) | (ratio > 1 + epsilon)).float() * mask).sum() / mask.sum().clamp(min=1)
     mean_kl = ((kl * mask).sum(dim=1) / lengths).mean()
-    return loss, {"kl": float(mean_kl), "clip_fraction": float(clip_fraction)}
+    return loss, {"kl": float(mean_kl.detach()), "clip_fraction": float(clip_fraction)}
 
 
 def mask_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

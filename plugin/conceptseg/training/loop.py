@@ -1,0 +1,332 @@
+"""The loop both training stages share: load a bundle, step, log, checkpoint, resume.
+
+Runs through accelerate, so `python -m ...` on a CPU, one GPU, or `accelerate launch` on
+several runs the same code: each process takes its own slice of every step's episodes and
+gradients are averaged across processes. A checkpoint is a complete bundle (loadable by
+`conceptseg segment --model`) plus ``trainer_state.pt`` (optimizer, step, random states);
+a run started again with the same ``out_dir`` resumes from the newest one and ends at the
+same step count it would have reached uninterrupted.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from conceptseg.errors import ConceptSegError
+from conceptseg.training.episodes import EpisodeReport, EpisodeSpec, TrainingEpisode, materialise
+
+CHECKPOINTS = "checkpoints"
+STATE_FILE = "trainer_state.pt"
+METRICS_FILE = "metrics.jsonl"
+# Paper values (method.md §7): 3e-5 for stage 1, 1e-6 for a full stage-2 fine-tune. LoRA
+# adapters start at zero and need a larger step; 1e-5 is the usual order for LoRA on 7B.
+DEFAULT_LR = {1: 3e-5, (2, "full"): 1e-6, (2, "lora"): 1e-5}
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one training run.
+
+    Attributes:
+        stage: 1 aligns the translator (policy and segmenter frozen); 2 is Meta-GRPO
+        steps: optimizer steps in total (a resumed run counts the steps already done)
+        batch_size: episodes per step per process
+        group_size: G rollouts per episode in stage 2 (the paper's 8)
+        learning_rate: None takes the stage's default (``DEFAULT_LR``)
+        lora: stage 2 trains LoRA adapters (the reference policy is the same weights with
+            the adapters disabled); False fine-tunes every policy weight and keeps a
+            frozen copy as the reference, doubling the policy's memory
+        lora_rank, lora_alpha, lora_targets: the adapters' shape (targets: linear layers of
+            the language model, by name; the vision tower stays as it is)
+        beta, epsilon: the KL weight and the PPO clip range (paper: 0.04, 0.2)
+        temperature: rollout sampling temperature (paper: 1.0)
+        max_new_tokens: longest rollout; None keeps the bundle's
+        gradient_checkpointing: recompute activations in the backward pass (less memory)
+        max_grad_norm: gradients are clipped to this norm (Hugging Face's default 1.0)
+        save_every: steps between checkpoints (the last step is always saved)
+        keep_checkpoints: newest checkpoints kept on disk
+        seed: drives the episode order and the rollouts' sampling
+        mixed_precision: accelerate's "no", "bf16" or "fp16"
+        sam_text: SAM 3's text prompt during stage 1 (the paper's "visual")
+        cpu: force the CPU even where a GPU is present
+    """
+
+    stage: int = 2
+    steps: int = 100
+    batch_size: int = 1
+    group_size: int = 8
+    learning_rate: float | None = None
+    lora: bool = True
+    lora_rank: int = 16
+    lora_alpha: int = 32
+    lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    beta: float = 0.04
+    epsilon: float = 0.2
+    temperature: float = 1.0
+    max_new_tokens: int | None = None
+    gradient_checkpointing: bool = False
+    max_grad_norm: float = 1.0
+    save_every: int = 50
+    keep_checkpoints: int = 2
+    seed: int = 0
+    mixed_precision: str = "no"
+    sam_text: str = "visual"
+    cpu: bool = False
+
+    def __post_init__(self):
+        if self.stage not in (1, 2):
+            raise ConceptSegError(f"stage must be 1 (translator alignment) or 2 (Meta-GRPO), got {self.stage!r}.")
+        for name in ("steps", "batch_size", "save_every", "keep_checkpoints", "lora_rank"):
+            if getattr(self, name) < 1:
+                raise ConceptSegError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        if self.stage == 2 and self.group_size < 2:
+            raise ConceptSegError(f"Stage 2 needs group_size >= 2 rollouts per episode, got {self.group_size}.")
+        self.lora_targets = tuple(self.lora_targets)
+
+    @property
+    def lr(self) -> float:
+        """The learning rate this run uses."""
+        if self.learning_rate is not None:
+            return self.learning_rate
+        return DEFAULT_LR[1] if self.stage == 1 else DEFAULT_LR[(2, "lora" if self.lora else "full")]
+
+
+@dataclass
+class TrainResult:
+    """What a run produced: the final bundle, where it started, its last metrics."""
+
+    bundle: str
+    steps: int
+    resumed_from: int | None
+    metrics_file: str
+    report: dict = field(default_factory=dict)
+    last: dict = field(default_factory=dict)
+
+
+@dataclass
+class StepContext:
+    """What a stage's step function works with."""
+
+    policy: object  # conceptseg.policy.Policy (its model unwrapped)
+    model: object  # the model forward passes with gradients go through (maybe DDP-wrapped)
+    translator: torch.nn.Module
+    segmenter: object
+    config: TrainConfig
+    reference: object | None = None  # frozen policy copy for a full fine-tune's KL
+
+
+def latest_checkpoint(out_dir: str) -> str | None:
+    """The newest complete checkpoint directory under ``out_dir``, or None."""
+    root = os.path.join(out_dir, CHECKPOINTS)
+    if not os.path.isdir(root):
+        return None
+    done = [d for d in os.listdir(root) if d.startswith("step-") and os.path.isfile(os.path.join(root, d, STATE_FILE))]
+    return os.path.join(root, max(done)) if done else None
+
+
+def _episode_stream(specs: Sequence[EpisodeSpec], seed: int):
+    """Endless episode indices: a fresh seeded permutation each epoch (same order on resume)."""
+    epoch = 0
+    while True:
+        yield from np.random.default_rng([seed, epoch]).permutation(len(specs)).tolist()
+        epoch += 1
+
+
+def _take(stream, specs, count: int, report: EpisodeReport, tries: int) -> list[TrainingEpisode]:
+    """The next ``count`` episodes that can be read; unreadable ones are counted and passed."""
+    out = []
+    for _ in range(tries):
+        if len(out) == count:
+            return out
+        episode = materialise(specs[next(stream)], report)
+        if episode is not None:
+            out.append(episode)
+    raise ConceptSegError(
+        f"Only {len(out)} of {count} episodes could be read after {tries} tries; "
+        f"{len(report.unreadable)} samples were unreadable. Check the images and masks of the view."
+    )
+
+
+def _trainable_policy(bundle, config: TrainConfig):
+    """Sets which policy weights learn; returns (model, reference model or None)."""
+    model = bundle.policy.model
+    if config.stage == 1:
+        model.requires_grad_(False)
+        return model, None
+    is_peft = hasattr(model, "peft_config")
+    if config.lora:
+        from peft import LoraConfig, get_peft_model
+
+        if is_peft:  # continue the bundle's own adapters
+            model.peft_config["default"].inference_mode = False
+            for name, p in model.named_parameters():
+                p.requires_grad_("lora_" in name)
+        else:
+            # The language model's layers only: the vision tower's MLPs share these names.
+            targets = rf".*language_model.*\.({'|'.join(config.lora_targets)})"
+            model = get_peft_model(model, LoraConfig(
+                r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=0.0,
+                target_modules=targets, task_type="CAUSAL_LM"))
+        bundle.policy.model = model
+        return model, None
+    if is_peft:  # a full fine-tune starts from the adapted weights
+        model = model.merge_and_unload()
+        bundle.policy.model = model
+    model.requires_grad_(True)
+    reference = copy.deepcopy(model).eval().requires_grad_(False) if config.beta > 0 else None
+    return model, reference
+
+
+def _save_checkpoint(path: str, bundle, ctx: StepContext, accelerator, optimizer, step: int, base_policy: str | None,
+                     base_adapter: str | None, copy_segmenter: bool) -> None:
+    """A bundle at ``path`` plus the trainer state (optimizer, step, random states)."""
+    from conceptseg.checkpoint import save_bundle
+
+    os.makedirs(path, exist_ok=True)
+    model = accelerator.unwrap_model(ctx.model)
+    policy_dir, adapter_dir = base_policy, base_adapter
+    if ctx.config.stage == 2 and ctx.config.lora:
+        adapter_dir = os.path.join(path, "adapter")
+        model.save_pretrained(adapter_dir)
+    elif ctx.config.stage == 2:
+        policy_dir, adapter_dir = os.path.join(path, "policy"), None
+        model.save_pretrained(policy_dir)
+        bundle.policy.processor.save_pretrained(policy_dir)
+    translator = accelerator.unwrap_model(ctx.translator)
+    save_bundle(path, policy_dir, translator, ctx.segmenter, adapter_dir=adapter_dir,
+                max_new_tokens=bundle.policy.config.max_new_tokens, copy_segmenter=copy_segmenter)
+    state = {"step": step, "optimizer": optimizer.state_dict(), "torch": torch.get_rng_state(),
+             "numpy": np.random.get_state(), "python": random.getstate(), "config": asdict(ctx.config),
+             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+    torch.save(state, os.path.join(path, STATE_FILE))
+
+
+def _prune(out_dir: str, keep: int) -> None:
+    root = os.path.join(out_dir, CHECKPOINTS)
+    done = sorted(d for d in os.listdir(root) if d.startswith("step-"))
+    for old in done[:-keep]:
+        shutil.rmtree(os.path.join(root, old), ignore_errors=True)
+
+
+def _restore(state: dict, optimizer) -> int:
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    return int(state["step"])
+
+
+def _json_ready(record: dict) -> dict:
+    """NaN (an unscorable mean) becomes null, which every JSON reader accepts."""
+    return {k: None if isinstance(v, float) and v != v else v for k, v in record.items()}
+
+
+def _trim_metrics(path: str, step: int) -> None:
+    """Drops lines logged after the checkpoint being resumed: those steps run again."""
+    if not os.path.isfile(path):
+        return
+    with open(path) as f:
+        kept = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+    with open(path, "w") as f:
+        f.writelines(kept)
+
+
+def train(
+    model: str,
+    specs: Sequence[EpisodeSpec],
+    out_dir: str,
+    config: TrainConfig,
+    report: EpisodeReport | None = None,
+    progress: Callable[[int, int, dict], None] | None = None,
+) -> TrainResult:
+    """Trains the bundle ``model`` on ``specs`` with ``config.stage``; the result is a bundle in ``out_dir``."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+
+    from conceptseg.checkpoint import load_bundle
+    from conceptseg.training import stage1, stage2
+
+    if not specs:
+        raise ConceptSegError("No training episodes: the view needs at least one concept with two or more samples with masks.")
+    report = report if report is not None else EpisodeReport()
+    out_dir = os.path.abspath(out_dir)
+    accelerator = Accelerator(cpu=config.cpu, mixed_precision=config.mixed_precision)
+    set_seed(config.seed)
+    model_path = os.path.abspath(model) if os.path.isdir(model) else model
+    resume = latest_checkpoint(out_dir)
+    # A checkpoint is a bundle too: resuming loads it instead of the input. Its policy path
+    # is the input's base (stage 1, LoRA) or its own full copy, so saving stays the same.
+    bundle = load_bundle(resume or model_path, device=str(accelerator.device))
+    if bundle.policy is None:
+        raise ConceptSegError(f"{model} has no reasoning policy to train; give a bundle with a policy (see `conceptseg tiny-bundle`).")
+    base_policy, base_adapter = bundle.policy_path, bundle.adapter_path
+    if config.max_new_tokens:
+        bundle.policy.config.max_new_tokens = config.max_new_tokens
+    bundle.policy.config.temperature = config.temperature
+    policy_model, reference = _trainable_policy(bundle, config)
+    if config.gradient_checkpointing and config.stage == 2:
+        policy_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    translator = bundle.translator.train().requires_grad_(True)
+    params = list(translator.parameters()) + [p for p in policy_model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr)
+    if config.stage == 2:
+        policy_model, translator, optimizer = accelerator.prepare(policy_model, translator, optimizer)
+    else:
+        translator, optimizer = accelerator.prepare(translator, optimizer)
+    ctx = StepContext(bundle.policy, policy_model, translator, bundle.segmenter, config, reference)
+    start = 0
+    metrics_file = os.path.join(out_dir, METRICS_FILE)
+    if resume:
+        start = _restore(torch.load(os.path.join(resume, STATE_FILE), weights_only=False), optimizer)
+        _trim_metrics(metrics_file, start)
+    os.makedirs(out_dir, exist_ok=True)
+    step_fn = stage1.step if config.stage == 1 else stage2.step
+    stream = _episode_stream(specs, config.seed)
+    per_step = config.batch_size * accelerator.num_processes
+    for _ in range(start * per_step):  # the episodes earlier steps consumed, so order matches
+        next(stream)
+    bar = tqdm(total=config.steps, initial=start, disable=not accelerator.is_main_process, desc=f"stage {config.stage}")
+    last: dict = {}
+    for step in range(start + 1, config.steps + 1):
+        began = time.perf_counter()
+        batch = _take(stream, specs, per_step, report, tries=per_step * 20)
+        mine = batch[accelerator.process_index * config.batch_size:][: config.batch_size]
+        loss, metrics = step_fn(ctx, mine)
+        accelerator.backward(loss)
+        if config.max_grad_norm:
+            accelerator.clip_grad_norm_(params, config.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        last = {"step": step, "stage": config.stage, "loss": float(loss.detach()), **metrics,
+                "lr": config.lr, "seconds": round(time.perf_counter() - began, 3), "targets": [e.target_id for e in mine]}
+        if accelerator.is_main_process:
+            with open(metrics_file, "a") as f:
+                f.write(json.dumps(_json_ready(last)) + "\n")
+        bar.update(1)
+        bar.set_postfix({k: round(v, 3) for k, v in last.items() if k in ("loss", "reward", "mask_loss")})
+        if progress is not None:
+            progress(step, config.steps, last)
+        if (step % config.save_every == 0 or step == config.steps) and accelerator.is_main_process:
+            path = os.path.join(out_dir, CHECKPOINTS, f"step-{step:06d}")
+            _save_checkpoint(path, bundle, ctx, accelerator, optimizer, step, base_policy, base_adapter, copy_segmenter=False)
+            _prune(out_dir, config.keep_checkpoints)
+        accelerator.wait_for_everyone()
+    bar.close()
+    if accelerator.is_main_process:
+        _save_checkpoint(out_dir, bundle, ctx, accelerator, optimizer, config.steps, base_policy, base_adapter, copy_segmenter=True)
+        os.remove(os.path.join(out_dir, STATE_FILE))  # the final bundle is not a resume point
+    return TrainResult(bundle=out_dir, steps=config.steps, resumed_from=start or None, metrics_file=metrics_file,
+                       report=report.to_dict(), last=last)
