@@ -8,6 +8,7 @@ from .operators.evaluate_concept_segmentation import EvaluateConceptSegmentation
 from .operators.evaluation_metrics import ConceptDice, ConceptIoU, SMeasure, WeightedFMeasure
 from .operators.segment_by_demonstration import SegmentByDemonstration
 from .operators.segment_by_query import SegmentByQuery
+from .operators.train_concept_policy import TrainConceptPolicy
 from .panels.concept_evaluation import ConceptEvaluation
 from .panels.concept_rules import ConceptRules
 
@@ -19,6 +20,7 @@ OPERATORS = (
     ConceptDice,
     WeightedFMeasure,
     SMeasure,
+    TrainConceptPolicy,
 )
 PANELS = (ConceptRules, ConceptEvaluation)
 

@@ -66,7 +66,7 @@ class _Clock:
 
 def run(config_name: str, gradient_checkpointing: bool, args, parts) -> list[dict]:
     from conceptseg.training import stage2
-    from conceptseg.training.loop import StepContext, TrainConfig, _trainable_policy
+    from conceptseg.training.loop import StepContext, TrainConfig, _trainable_policy, enable_checkpointing
 
     policy, translator, segmenter, episode = parts
     config = TrainConfig(stage=2, group_size=args.group_size, max_new_tokens=args.max_new_tokens,
@@ -76,9 +76,9 @@ def run(config_name: str, gradient_checkpointing: bool, args, parts) -> list[dic
         _trainable_policy(SimpleNamespace(policy=policy), config)
     model = policy.model
     if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_checkpointing(model)
     else:
-        model.gradient_checkpointing_disable()
+        (getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable)()
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(list(translator.parameters()) + trainable, lr=1e-5)
     ctx = StepContext(policy, model, translator, segmenter, config)

@@ -87,3 +87,66 @@ class TestLiveProgress:
         notify = [r["params"] for r in result.executor.to_json()["requests"] if r["operator_uri"] == "notify"]
         assert [n["variant"] for n in notify] == ["error"]
         assert "is the demonstrations' mask field" in notify[0]["message"]
+
+
+TRAIN = f"{PLUGIN_NAME}/train_concept_policy"
+
+
+@pytest.fixture
+def shapes(tmp_path):
+    """3 procedural concepts × 4 images (3 train, 1 test each) with concept, level, ground_truth."""
+    import uuid
+
+    import fiftyone as fo
+
+    from conceptseg.datasets import import_dataset
+    from conceptseg.training.procedural import generate, write_folder
+
+    name = f"train-form-{uuid.uuid4().hex[:8]}"
+    items = generate(["circle", "square", "red object"], per_concept=4, size=96)
+    import_dataset("folder", write_folder(str(tmp_path / "shapes"), items), name)
+    yield fo.load_dataset(name)
+    fo.delete_dataset(name)
+
+
+def train_form(dataset, **params):
+    ctx = ExecutionContext(request_params={"dataset_name": dataset.name, "params": {"view_target": "DATASET", **params}})
+    return foo.get_operator(TRAIN).resolve_input(ctx).type.properties
+
+
+class TestTrainForm:
+    def test_config_is_delegated_only(self, plugin_installed):
+        config = foo.get_operator(TRAIN).config
+        assert config.allow_delegated_execution and config.default_choice_to_delegated
+        assert not config.allow_immediate_execution and not config.unlisted and config.dynamic
+
+    def test_inputs_and_their_choices(self, plugin_installed, shapes):
+        props = train_form(shapes)
+        assert {"view_target", "concept_field", "mask_field", "model", "out_dir", "stage", "steps", "lora",
+                "group_size", "test_tag", "episodes"} <= set(props)
+        concepts = props["concept_field"].type.values  # string fields, not the media path
+        assert {"concept", "level"} <= set(concepts) and "filepath" not in concepts
+        assert props["concept_field"].default == "concept"
+        assert props["mask_field"].type.values == ["ground_truth"]
+        assert props["model"].required and props["out_dir"].required
+        assert props["stage"].type.values == ["1", "2"] and props["stage"].default == "2"
+        assert (props["group_size"].default, props["lora"].default, props["test_tag"].default) == (8, True, "test")
+        assert props["episodes"].view.label == "9 train samples in 3 concepts make the episodes."
+
+    def test_stage_1_has_no_rollout_settings(self, plugin_installed, shapes):
+        props = train_form(shapes, stage="1")
+        assert "lora" not in props and "group_size" not in props
+
+    def test_no_concept_with_two_train_samples_is_invalid(self, plugin_installed, shapes):
+        for concept in ("circle", "square", "red object"):
+            shapes.match({"concept": concept}).match_tags("train").limit(2).tag_samples("test")
+        episodes = train_form(shapes)["episodes"]
+        assert episodes.invalid and episodes.view.label.startswith("No concept in 'concept' has two or more train")
+        label = train_form(shapes, test_tag="none")["episodes"].view.label  # nothing held out now
+        assert label == "12 train samples in 3 concepts make the episodes."
+
+    def test_an_output_with_checkpoints_announces_the_resume(self, plugin_installed, shapes, tmp_path):
+        (tmp_path / "out" / "checkpoints" / "step-000040").mkdir(parents=True)
+        props = train_form(shapes, out_dir=str(tmp_path / "out"))
+        assert props["resume"].view.label.endswith("holds checkpoints up to step 40: the run resumes from there.")
+        assert "resume" not in train_form(shapes, out_dir=str(tmp_path / "elsewhere"))

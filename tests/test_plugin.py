@@ -14,6 +14,7 @@ from conceptseg.install import PLUGIN_NAME, install_plugin, repo_root, setup_dat
 
 SEGMENT = f"{PLUGIN_NAME}/segment_by_demonstration"
 EVALUATE = f"{PLUGIN_NAME}/evaluate_concept_segmentation"
+TRAIN = f"{PLUGIN_NAME}/train_concept_policy"
 
 
 class TestInstallPlugin:
@@ -51,7 +52,7 @@ class TestRegistry:
         registry = OperatorRegistry()
         uris = {op.uri for op in registry.list_operators(type="operator") if op.uri.startswith(PLUGIN_NAME)}
         metrics = {f"{PLUGIN_NAME}/concept_{m}" for m in ("iou", "dice", "wfm", "sm")}
-        assert uris == {SEGMENT, EVALUATE, f"{PLUGIN_NAME}/segment_by_query"} | metrics
+        assert uris == {SEGMENT, EVALUATE, TRAIN, f"{PLUGIN_NAME}/segment_by_query"} | metrics
         assert registry.list_errors() == []
 
     def test_plugin_import_loads_no_heavy_packages(self):
@@ -117,6 +118,44 @@ class TestSegmentOperator:
         with pytest.raises(ExecutionError, match="demo_count"):
             foo.execute_operator(SEGMENT, dataset=nuclei_dataset, params=self._params(view_target="DATASET"))
         assert not nuclei_dataset.has_field("op_pred")
+
+
+class TestTrainOperator:
+    @pytest.fixture
+    def shapes(self, tmp_path):
+        """3 procedural concepts × 3 images (2 train, 1 test each); import makes it persistent."""
+        import uuid
+
+        from conceptseg.datasets import import_dataset
+        from conceptseg.training.procedural import generate, write_folder
+
+        name = f"train-op-{uuid.uuid4().hex[:8]}"
+        items = generate(["circle", "square", "red object"], per_concept=3, size=96)
+        import_dataset("folder", write_folder(str(tmp_path / "shapes"), items), name)
+        yield fo.load_dataset(name)
+        fo.delete_dataset(name)
+
+    def test_is_listed_for_delegation_only(self, plugin_installed):
+        op = next(o for o in OperatorRegistry().list_operators() if o.uri == TRAIN)
+        assert not op.config.unlisted
+        assert (op.config.allow_immediate_execution, op.config.allow_delegated_execution) == (False, True)
+
+    def test_an_sdk_run_is_queued_and_a_worker_trains_one_step(self, plugin_installed, shapes, tiny_bundle_dir,
+                                                                 tmp_path):
+        out = str(tmp_path / "trained")
+        queued = foo.execute_operator(TRAIN, dataset=shapes, params=dict(
+            view_target="DATASET", concept_field="concept", mask_field="ground_truth", model=tiny_bundle_dir,
+            out_dir=out, stage="1", steps=1, test_tag="test"))
+        assert queued.delegated is True  # no request_delegation: a delegated-only operator is queued anyway
+        service = DelegatedOperationService()
+        service.execute_queued_operations(operator=TRAIN, dataset_name=shapes.name, limit=1)
+        doc = service.get(queued.result["id"])
+        assert doc.run_state == "completed", doc.run_state
+        result = doc.result.result
+        assert result["bundle"] == out and result["steps"] == 1 and result["stage"] == 1
+        assert result["episodes"]["episodes"] == 6 and result["run_key"] in shapes.list_runs()
+        assert doc.status.progress == pytest.approx(1.0) and doc.status.label.startswith("step 1/1: loss ")
+        assert os.path.isfile(os.path.join(out, "bundle.json"))
 
 
 class TestEvaluateOperator:

@@ -331,9 +331,10 @@ def train_concept_policy(
     of its concept (drawn once, seeded). The run is recorded on the dataset as
     ``conceptseg_train_<out_dir name>`` with its settings and, at the end, its summary.
     Running again with the same ``out_dir`` resumes from the newest checkpoint there.
+    The summary is strict JSON (an unscorable reward is None, not NaN).
     """
     from conceptseg.training.episodes import EpisodeReport, build_specs
-    from conceptseg.training.loop import TrainConfig, train
+    from conceptseg.training.loop import TrainConfig, json_ready, train
 
     config = config or TrainConfig()
     if len(view) == 0:
@@ -355,6 +356,6 @@ def train_concept_policy(
     result = train(model, specs, out_dir, config, report=report, progress=progress)
     summary = dict(run_key=run_key, bundle=result.bundle, stage=config.stage, steps=result.steps,
                    resumed_from=result.resumed_from, metrics_file=result.metrics_file,
-                   episodes=result.report, left_out=left_out, last=result.last)
+                   episodes=result.report, left_out=left_out, last=json_ready(result.last))
     _finish_run(dataset, run_key, summary)
     return summary

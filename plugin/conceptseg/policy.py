@@ -150,6 +150,9 @@ class Policy:
                 num_return_sequences=num_return_sequences,
                 eos_token_id=eos,
                 pad_token_id=pad,
+                # A sampled image or video placeholder would make the text unreadable and the
+                # scoring pass expect image features that do not exist.
+                suppress_tokens=self._vision_token_ids(),
             )
         prompt_length = inputs["input_ids"].shape[1]
         completion_ids = sequences[:, prompt_length:]
@@ -174,6 +177,12 @@ class Policy:
             out = self.model(input_ids=sequences, attention_mask=attention, output_hidden_states=True, **extra)
         return out.hidden_states[-1][:, prompt_length:, :]
 
+
+    def _vision_token_ids(self) -> list[int]:
+        tokenizer = self.processor.tokenizer
+        names = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
+        ids = [tokenizer.convert_tokens_to_ids(n) for n in names]
+        return [i for i in ids if i is not None and i != tokenizer.unk_token_id]
 
     def encode_with_response(self, requests: Sequence[PolicyRequest], responses: Sequence[str]):
         """Prompt inputs plus given completions (teacher forcing): (inputs, sequences, completion_mask).

@@ -181,7 +181,8 @@ def build_specs(
     specs = []
     for concept in sorted(by_concept):
         members = by_concept[concept]
-        train = [s for s in members if s.split == "train"]
+        # Sorted by id, so a target's draw depends on the seed, not on the view's order.
+        train = sorted((s for s in members if s.split == "train"), key=lambda s: s.id)
         targets = [s for s in members if s.split == split]
         multi = [s for s in targets if s.references]
         if len(members) < 2 and not multi:

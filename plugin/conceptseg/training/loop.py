@@ -187,6 +187,16 @@ def _trainable_policy(bundle, config: TrainConfig):
     return model, reference
 
 
+def enable_checkpointing(model) -> None:
+    """Recomputes the policy's activations in the backward pass (non-reentrant: LoRA-safe)."""
+    # transformers 5.24 renamed gradient_checkpointing_enable; older versions have only that.
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def _save_checkpoint(path: str, bundle, ctx: StepContext, accelerator, optimizer, step: int, base_policy: str | None,
                      base_adapter: str | None, copy_segmenter: bool) -> None:
     """A bundle at ``path`` plus the trainer state (optimizer, step, random states)."""
@@ -228,9 +238,15 @@ def _restore(state: dict, optimizer) -> int:
     return int(state["step"])
 
 
-def _json_ready(record: dict) -> dict:
-    """NaN (an unscorable mean) becomes null, which every JSON reader accepts."""
-    return {k: None if isinstance(v, float) and v != v else v for k, v in record.items()}
+def json_ready(value):
+    """NaN (an unscorable mean) becomes None, in nested dicts and lists: strict JSON everywhere."""
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    return value
 
 
 def _trim_metrics(path: str, step: int) -> None:
@@ -278,7 +294,7 @@ def train(
     bundle.policy.config.temperature = config.temperature
     policy_model, reference = _trainable_policy(bundle, config)
     if config.gradient_checkpointing and config.stage == 2:
-        policy_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_checkpointing(policy_model)
     translator = bundle.translator.train().requires_grad_(True)
     params = list(translator.parameters()) + [p for p in policy_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr)
@@ -298,7 +314,9 @@ def train(
     per_step = config.batch_size * accelerator.num_processes
     for _ in range(start * per_step):  # the episodes earlier steps consumed, so order matches
         next(stream)
-    bar = tqdm(total=config.steps, initial=start, disable=not accelerator.is_main_process, desc=f"stage {config.stage}")
+    # A caller with its own progress report (the CLI, an operator) gets no second one.
+    bar = tqdm(total=config.steps, initial=start, desc=f"stage {config.stage}",
+               disable=progress is not None or not accelerator.is_main_process)
     last: dict = {}
     for step in range(start + 1, config.steps + 1):
         began = time.perf_counter()
@@ -314,7 +332,7 @@ def train(
                 "lr": config.lr, "seconds": round(time.perf_counter() - began, 3), "targets": [e.target_id for e in mine]}
         if accelerator.is_main_process:
             with open(metrics_file, "a") as f:
-                f.write(json.dumps(_json_ready(last)) + "\n")
+                f.write(json.dumps(json_ready(last)) + "\n")
         bar.update(1)
         bar.set_postfix({k: round(v, 3) for k, v in last.items() if k in ("loss", "reward", "mask_loss")})
         if progress is not None:
