@@ -311,3 +311,17 @@ def test_gradient_checkpointing_gives_the_same_step(tiny_bundle_dir):
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
     assert grads[0].keys() == grads[1].keys() and any("lora_B" in n for n in grads[0])
     assert all(torch.allclose(grads[0][n], grads[1][n], atol=1e-6) for n in grads[0])
+
+
+def test_both_stages_train_through_sam3(tmp_path):
+    from conceptseg.testing import build_tiny_bundle
+
+    bundle_dir = build_tiny_bundle(str(tmp_path / "sam3"), segmenter="sam3")
+    stage1_out = train(bundle_dir, _episode_specs(), str(tmp_path / "s1"), TrainConfig(stage=1, steps=1))
+    stage2_out = train(stage1_out.bundle, _episode_specs(), str(tmp_path / "s2"),
+                       TrainConfig(stage=2, steps=1, group_size=2, max_new_tokens=8, learning_rate=1e-3))
+    before = _state(os.path.join(bundle_dir, "translator.safetensors"))
+    assert _changed(before, _state(os.path.join(stage1_out.bundle, "translator.safetensors"))) == set(before)
+    assert json.load(open(os.path.join(stage2_out.bundle, "bundle.json")))["segmenter"]["kind"] == "sam3"
+    assert stage1_out.last["mask_loss"] > 0 and 0 <= stage2_out.last["reward_mask_iou"] <= 1
+    assert load_bundle(stage2_out.bundle, device="cpu").policy is not None
