@@ -56,16 +56,12 @@ def _warm_start_loss(policy, episodes, rng, negatives: int = 16384):
     """Teacher-forced NLL of the responses under a sampled softmax (the tokens of the batch
     plus ``negatives`` random vocabulary entries): the full 151 k-entry softmax is what makes a
     CPU step slow, and the format needs only a few dozen tokens."""
-    from conceptseg.policy import PolicyRequest
+    from conceptseg.policy import PolicyRequest, forward_inputs
 
     requests = [PolicyRequest(images=e.images, text=e.prompt) for e in episodes]
     inputs, sequences, mask = policy.encode_with_response(requests, [_sft_response(e) for e in episodes])
     prompt = inputs["input_ids"].shape[1]
-    extra = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
-    if "mm_token_type_ids" in extra:  # covers the prompt only; the response is text
-        extra["mm_token_type_ids"] = torch.cat([extra["mm_token_type_ids"], torch.zeros_like(mask, dtype=torch.long)], 1)
-    attention = torch.cat([inputs["attention_mask"], mask.long()], dim=1)
-    out = policy.model(input_ids=sequences, attention_mask=attention, output_hidden_states=True, logits_to_keep=1, **extra)
+    out = policy.model(**forward_inputs(inputs, sequences, mask), output_hidden_states=True, logits_to_keep=1)
     hidden = out.hidden_states[-1][:, prompt - 1 : -1]  # the state before each response token
     targets = sequences[:, prompt:]
     weight = policy.model.get_output_embeddings().weight

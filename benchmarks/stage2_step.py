@@ -49,9 +49,11 @@ class _Clock:
 
     def __init__(self):
         self.times: dict[str, float] = {}
+        self._wrapped: list[tuple[object, str, object]] = []
 
     def wrap(self, owner, name: str, label: str):
         inner = getattr(owner, name)
+        self._wrapped.append((owner, name, owner.__dict__.get(name)))
 
         def timed(*args, **kwargs):
             _sync()
@@ -62,6 +64,14 @@ class _Clock:
             return out
 
         setattr(owner, name, timed)
+
+    def restore(self) -> None:
+        """Puts back what ``wrap`` replaced (an instance attribute is removed again)."""
+        for owner, name, original in reversed(self._wrapped):
+            if original is None:
+                delattr(owner, name)
+            else:
+                setattr(owner, name, original)
 
 
 def run(config_name: str, gradient_checkpointing: bool, args, parts) -> list[dict]:
@@ -102,8 +112,7 @@ def run(config_name: str, gradient_checkpointing: bool, args, parts) -> list[dic
         optimizer.zero_grad(set_to_none=True)
         _sync()
         total = time.perf_counter() - start
-        for owner, name in ((policy, "generate"), (policy, "score"), (stage2, "logits_600")):
-            delattr(owner, name) if owner is policy else setattr(stage2, name, _ORIGINAL[name])
+        clock.restore()
         rows.append({"config": config_name, "repeat": repeat, "step_s": round(total, 2),
                      **{k: round(v, 2) for k, v in clock.times.items()},
                      "backward_s": round(backward, 2), "optimizer_s": round(total - forward - backward, 2),
@@ -114,9 +123,6 @@ def run(config_name: str, gradient_checkpointing: bool, args, parts) -> list[dic
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     return rows
-
-
-_ORIGINAL: dict = {}
 
 
 def main() -> None:
@@ -141,10 +147,8 @@ def main() -> None:
         TINY_VISION,
         qwen25vl_processor_and_config,
     )
-    from conceptseg.training import stage2
     from conceptseg.translator import ConceptTranslator, TranslatorConfig
 
-    _ORIGINAL["logits_600"] = stage2.logits_600
     device = "cpu" if args.tiny else "cuda"
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, "
           f"{'cpu' if args.tiny else torch.cuda.get_device_name()}", flush=True)

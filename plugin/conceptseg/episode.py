@@ -119,16 +119,16 @@ class Episode:
         return self.proxy_box is not None
 
 
-def _to_uint8(image: np.ndarray) -> np.ndarray:
+def as_uint8(image: np.ndarray) -> np.ndarray:
     """HxWx3 float in [0, 1] (or uint8) → HxWx3 uint8."""
     if image.dtype == np.uint8:
         return image
     return np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def _resize_square(image: np.ndarray, size: int) -> np.ndarray:
+def resize_square(image: np.ndarray, size: int) -> np.ndarray:
     """HxWx3 image → size x size x 3 uint8, stretched (the paper's square resize)."""
-    return cv2.resize(_to_uint8(image), (size, size), interpolation=cv2.INTER_LINEAR)
+    return cv2.resize(as_uint8(image), (size, size), interpolation=cv2.INTER_LINEAR)
 
 
 def _check_demonstration(demo: Demonstration) -> None:
@@ -185,7 +185,7 @@ def build_episode(
         demo = used[0]
         height, width = demo.image.shape[:2]
         episode = Episode(
-            canvas=_resize_square(demo.image, TARGET_SIZE),
+            canvas=resize_square(demo.image, TARGET_SIZE),
             demonstration_ids=[demo.id],
             tile_maps=[BoxMap(height, width, TARGET_SIZE)],
         )
@@ -198,7 +198,7 @@ def build_episode(
             height, width = demo.image.shape[:2]
             tile_map = BoxMap(height, width, TILE_SIZE, col * TILE_SIZE, row * TILE_SIZE)
             box = _tile_box(demo, tile_map)
-            tile = _resize_square(demo.image, TILE_SIZE).copy()
+            tile = resize_square(demo.image, TILE_SIZE).copy()
             if index > 0:
                 # Drawn on the tile, not the canvas, so a stroke on a tile edge cannot spill
                 # into a neighbour (least of all into tile 1, whose box must stay hidden).
@@ -222,7 +222,7 @@ def build_episode(
         target = np.asarray(target_image)
         if target.ndim != 3 or target.shape[2] != 3:
             raise ValueError(f"target_image must be HxWx3, got shape {target.shape}")
-        episode.target = _resize_square(target, TARGET_SIZE)
+        episode.target = resize_square(target, TARGET_SIZE)
         episode.target_map = BoxMap(target.shape[0], target.shape[1], TARGET_SIZE)
     return episode
 

@@ -168,13 +168,8 @@ class Policy:
         import torch
 
         prompt_length = inputs["input_ids"].shape[1]
-        attention = torch.cat([inputs["attention_mask"], completion_mask.long()], dim=1)
-        extra = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
-        if "mm_token_type_ids" in extra:  # covers the prompt only; completions are text
-            pad = torch.zeros_like(completion_mask, dtype=extra["mm_token_type_ids"].dtype)
-            extra["mm_token_type_ids"] = torch.cat([extra["mm_token_type_ids"], pad], dim=1)
         with torch.set_grad_enabled(grad):
-            out = self.model(input_ids=sequences, attention_mask=attention, output_hidden_states=True, **extra)
+            out = self.model(**forward_inputs(inputs, sequences, completion_mask), output_hidden_states=True)
         return out.hidden_states[-1][:, prompt_length:, :]
 
 
@@ -217,18 +212,26 @@ class Policy:
         model = model or self.model
         prompt_length = inputs["input_ids"].shape[1]
         steps = sequences.shape[1] - prompt_length
-        attention = torch.cat([inputs["attention_mask"], completion_mask.long()], dim=1)
-        extra = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
-        if "mm_token_type_ids" in extra:
-            pad = torch.zeros_like(completion_mask, dtype=extra["mm_token_type_ids"].dtype)
-            extra["mm_token_type_ids"] = torch.cat([extra["mm_token_type_ids"], pad], dim=1)
-        out = model(input_ids=sequences, attention_mask=attention, output_hidden_states=True,
-                    logits_to_keep=steps + 1, use_cache=False, **extra)
+        out = model(**forward_inputs(inputs, sequences, completion_mask), output_hidden_states=True,
+                    logits_to_keep=steps + 1, use_cache=False)
         # The logit at position p predicts token p + 1: positions P-1 .. P+T-2 score the completion.
         logits = out.logits[:, :-1, :].float() / self.config.temperature
         targets = sequences[:, prompt_length:]
         logp = torch.gather(logits, 2, targets.unsqueeze(2)).squeeze(2) - torch.logsumexp(logits, dim=2)
         return logp, out.hidden_states[-1][:, prompt_length:, :]
+
+
+def forward_inputs(inputs: dict, sequences, completion_mask) -> dict:
+    """Model keyword arguments for one pass over prompt + completion (``sequences``)."""
+    import torch
+
+    out = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
+    out["input_ids"] = sequences
+    out["attention_mask"] = torch.cat([inputs["attention_mask"], completion_mask.long()], dim=1)
+    if "mm_token_type_ids" in out:  # covers the prompt only; completions are text
+        pad = torch.zeros_like(completion_mask, dtype=out["mm_token_type_ids"].dtype)
+        out["mm_token_type_ids"] = torch.cat([out["mm_token_type_ids"], pad], dim=1)
+    return out
 
 
 def _completion_mask(completion_ids, eos: int):

@@ -21,6 +21,7 @@ from conceptseg.errors import ConceptSegError
 from conceptseg.imaging import content_key, to_uint8
 from conceptseg.prompts import CompletionParseError, box_iou, build_prompt, parse_completion
 from conceptseg.routes.base import Route
+from conceptseg.segmenters import is_sam3
 from conceptseg.types import Demonstration
 
 DEFAULT_QUESTION = "the concept that the boxed objects in the reference image share"
@@ -83,7 +84,7 @@ class ReasoningRoute(Route):
             details["shortcut"] = self._shortcut_reason
             box = None if box_600 is None else target_map.to_original(box_600)
             tokens = details.pop("_tokens")
-            if _is_sam3(segmenter):  # SAM 3 reads the answer phrase, not a box (method.md §1.3)
+            if is_sam3(segmenter):  # SAM 3 reads the answer phrase, not a box (method.md §1.3)
                 logits = segmenter.predict(key, details["answer"] or self.config.question, concept_tokens=tokens).logits
             else:
                 logits = segmenter.predict(key, box=box, concept_tokens=tokens)
@@ -104,7 +105,7 @@ class ReasoningRoute(Route):
         """
         import torch
 
-        if self._demonstrations or not _is_sam3(self.bundle.segmenter):
+        if self._demonstrations or not is_sam3(self.bundle.segmenter):
             return None
         decision = self.bundle.segmenter.try_shortcut(key, self.config.question)
         if not decision.taken:
@@ -159,10 +160,6 @@ class ReasoningRoute(Route):
         check = details["check"]
         score = box_iou(tuple(check), episode.proxy_box) if check is not None else 0.0
         return {demonstrations[0].id or "0": float(score)}
-
-
-def _is_sam3(segmenter) -> bool:
-    return hasattr(segmenter, "try_shortcut")
 
 
 def _resize_600(image: np.ndarray) -> np.ndarray:

@@ -21,6 +21,11 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
+def is_sam3(segmenter) -> bool:
+    """SAM 3 reads an answer phrase; SAM 2 a box (both read the concept tokens)."""
+    return hasattr(segmenter, "try_shortcut")
+
+
 def __getattr__(name: str):
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)

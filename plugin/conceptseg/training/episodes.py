@@ -22,7 +22,16 @@ from typing import Callable, Sequence
 import cv2
 import numpy as np
 
-from conceptseg.episode import MAX_REFERENCES, TARGET_SIZE, TILE_SIZE, BoxMap, build_episode, mask_box
+from conceptseg.episode import (
+    MAX_REFERENCES,
+    TARGET_SIZE,
+    TILE_SIZE,
+    BoxMap,
+    as_uint8,
+    build_episode,
+    mask_box,
+    resize_square,
+)
 from conceptseg.errors import ConceptSegError
 from conceptseg.imaging import content_key
 from conceptseg.prompts import build_prompt
@@ -65,7 +74,7 @@ class TrainingSample:
             image, mask = self.load()
         except Exception as e:  # a broken file, a missing path: the caller skips and counts
             raise UnreadableSample(f"Sample {self.id}: {e}") from e
-        image = _as_uint8(image)
+        image = as_uint8(np.asarray(image))
         if image.ndim == 2:
             image = np.repeat(image[..., None], 3, axis=2)
         if mask is not None:
@@ -73,14 +82,6 @@ class TrainingSample:
             if mask.shape != image.shape[:2]:
                 raise UnreadableSample(f"Sample {self.id}: mask {mask.shape} does not match image {image.shape[:2]}.")
         return image, mask
-
-
-def _as_uint8(image: np.ndarray) -> np.ndarray:
-    """uint8 stays; float images are read as [0, 1] (``imaging.to_rgb_float``'s output)."""
-    image = np.asarray(image)
-    if image.dtype == np.uint8:
-        return image
-    return (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
 def in_memory(image: np.ndarray, mask: np.ndarray | None) -> Loader:
@@ -211,13 +212,13 @@ def build_specs(
 
 def reference_mosaic(images: Sequence[np.ndarray]) -> np.ndarray:
     """Reference images without masks → one 600² image, or the 2×2 mosaic of 300² tiles."""
-    images = [_as_uint8(i) for i in images[:MAX_REFERENCES]]
+    images = [np.asarray(i) for i in images[:MAX_REFERENCES]]
     if len(images) == 1:
-        return cv2.resize(images[0], (TARGET_SIZE, TARGET_SIZE), interpolation=cv2.INTER_LINEAR)
+        return resize_square(images[0], TARGET_SIZE)
     canvas = np.zeros((TARGET_SIZE, TARGET_SIZE, 3), dtype=np.uint8)
     for index, image in enumerate(images):
         row, col = divmod(index, 2)
-        tile = cv2.resize(image, (TILE_SIZE, TILE_SIZE), interpolation=cv2.INTER_LINEAR)
+        tile = resize_square(image, TILE_SIZE)
         canvas[row * TILE_SIZE : (row + 1) * TILE_SIZE, col * TILE_SIZE : (col + 1) * TILE_SIZE] = tile
     return canvas
 
@@ -261,7 +262,7 @@ def materialise(spec: EpisodeSpec, report: EpisodeReport | None = None) -> Train
     gt_box = mask_box(mask_600)
     if gt_box is None:
         report.empty_targets += 1
-    target_600 = cv2.resize(image, (TARGET_SIZE, TARGET_SIZE), interpolation=cv2.INTER_LINEAR)
+    target_600 = resize_square(image, TARGET_SIZE)
     prompt = build_prompt(spec.question, boxes, with_references=True, with_check=proxy is not None)
     return TrainingEpisode(
         images=images + [target_600],

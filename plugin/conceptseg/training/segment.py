@@ -6,12 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from conceptseg.episode import TARGET_SIZE
+from conceptseg.segmenters import is_sam3
 from conceptseg.training.episodes import TrainingEpisode
-
-
-def is_sam3(segmenter) -> bool:
-    """SAM 3 takes a phrase; SAM 2 takes a box (both take the concept tokens)."""
-    return hasattr(segmenter, "try_shortcut")
 
 
 def logits_600(segmenter, episode: TrainingEpisode, tokens: torch.Tensor, box_600=None, text: str = "") -> torch.Tensor:
