@@ -283,6 +283,21 @@ def test_full_fine_tune_moves_every_policy_weight(tiny_bundle_dir, tmp_path):
     assert load_bundle(str(tmp_path), device="cpu").policy is not None
 
 
+def test_an_untied_policy_trains_and_keeps_its_own_output_head(tmp_path):
+    from conceptseg.testing import build_tiny_bundle
+
+    source = build_tiny_bundle(str(tmp_path / "in"), seed=1, tie_embeddings=False)
+    config = TrainConfig(stage=2, steps=1, group_size=2, max_new_tokens=8, lora=False, learning_rate=1e-3)
+    train(source, _episode_specs(), str(tmp_path / "out"), config)
+    before = load_file(os.path.join(source, "policy", "model.safetensors"))
+    after = load_file(str(tmp_path / "out" / "policy" / "model.safetensors"))
+    assert "lm_head.weight" in before and "lm_head.weight" in _changed(before, after)
+    model = load_bundle(str(tmp_path / "out"), device="cpu").policy.model
+    head, embeddings = model.get_output_embeddings().weight, model.get_input_embeddings().weight
+    assert head.data_ptr() != embeddings.data_ptr()
+    assert torch.equal(head, after["lm_head.weight"]) and not torch.equal(head, embeddings)
+
+
 def test_bad_configuration_is_refused():
     with pytest.raises(ConceptSegError, match="stage must be 1"):
         TrainConfig(stage=3)

@@ -56,8 +56,13 @@ TINY_VISION = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, o
                    patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=56, fullatt_block_indexes=[1])
 
 
-def qwen25vl_processor_and_config(tokenizer_dir: str, text: dict, vision: dict, max_pixels: int):
-    """A Qwen2.5-VL processor (real tokenizer, VL chat template) and a config of the given sizes."""
+def qwen25vl_processor_and_config(tokenizer_dir: str, text: dict, vision: dict, max_pixels: int,
+                                  tie: bool | None = None):
+    """A Qwen2.5-VL processor (real tokenizer, VL chat template) and a config of the given sizes.
+
+    ``tie`` shares the input embeddings with the output head; by default it does as the
+    released models do (the small ones tie, 7B does not).
+    """
     from transformers import (
         AutoTokenizer,
         Qwen2_5_VLConfig,
@@ -76,7 +81,8 @@ def qwen25vl_processor_and_config(tokenizer_dir: str, text: dict, vision: dict, 
         video_processor=Qwen2VLVideoProcessor(),
         chat_template=VL_CHAT_TEMPLATE,
     )
-    tie = text["hidden_size"] < 1024  # the small Qwen models tie embeddings, 7B does not
+    if tie is None:
+        tie = text["hidden_size"] < 1024
     config = Qwen2_5_VLConfig(
         text_config=dict(vocab_size=len(tokenizer), bos_token_id=None, eos_token_id=ids["<|im_end|>"],
                          pad_token_id=ids["<|endoftext|>"], tie_word_embeddings=tie, **text),
@@ -90,12 +96,19 @@ def qwen25vl_processor_and_config(tokenizer_dir: str, text: dict, vision: dict, 
     return processor, config
 
 
-def build_tiny_policy(out_dir: str, seed: int = 0) -> str:
-    """Saves a ~10 M-parameter random Qwen2.5-VL with the real tokenizer to ``out_dir``."""
+def build_tiny_policy(out_dir: str, seed: int = 0, tie_embeddings: bool = True) -> str:
+    """Saves a ~10 M-parameter random Qwen2.5-VL with the real tokenizer to ``out_dir``.
+
+    ``tie_embeddings=False`` gives the output head its own matrix (~20 M parameters then).
+    Training from scratch wants that: with a tied head, every step's softmax pushes the
+    input embeddings of words never seen in training, so an unseen word in a prompt
+    arrives as an outlier vector.
+    """
     import torch
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    processor, config = qwen25vl_processor_and_config(qwen_tokenizer_dir(), TINY_TEXT, TINY_VISION, 112 * 112)
+    processor, config = qwen25vl_processor_and_config(qwen_tokenizer_dir(), TINY_TEXT, TINY_VISION, 112 * 112,
+                                                     tie=tie_embeddings)
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(config).eval()
     model.generation_config.eos_token_id = config.text_config.eos_token_id
@@ -106,7 +119,8 @@ def build_tiny_policy(out_dir: str, seed: int = 0) -> str:
     return out_dir
 
 
-def build_tiny_bundle(out_dir: str, seed: int = 0, max_new_tokens: int = 32, segmenter: str = "sam2") -> str:
+def build_tiny_bundle(out_dir: str, seed: int = 0, max_new_tokens: int = 32, segmenter: str = "sam2",
+                      tie_embeddings: bool = True) -> str:
     """Saves a complete tiny bundle (policy, translator, segmenter) to ``out_dir``.
 
     The segmenter is SAM 2 hiera-t at 256 px, or with ``segmenter="sam3"`` a tiny random
@@ -118,7 +132,7 @@ def build_tiny_bundle(out_dir: str, seed: int = 0, max_new_tokens: int = 32, seg
     from conceptseg.segmenters.sam2 import Sam2Segmenter, Sam2SegmenterConfig
     from conceptseg.translator import ConceptTranslator, TranslatorConfig
 
-    policy_dir = build_tiny_policy(os.path.join(out_dir, "policy"), seed)
+    policy_dir = build_tiny_policy(os.path.join(out_dir, "policy"), seed, tie_embeddings)
     torch.manual_seed(seed)
     translator = ConceptTranslator(TranslatorConfig(hidden_size=64, num_heads=4))
     if segmenter == "sam3":
