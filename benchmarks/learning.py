@@ -9,8 +9,8 @@ others that training never shows (8 episodes, each with the full four-demonstrat
 A random policy never writes the answer format, so a supervised warm start (``--sft-steps``)
 first teaches it on *training* concepts only: empty think, the rule "the boxed objects", the
 answer "object" (words that name no concept), and the true check and target boxes snapped
-outward to a 100-pixel grid. The coarse boxes are the documented concession to a random
-10 M-parameter model: it cannot learn to read exact coordinates in minutes, and sampled
+outward to a 100-pixel grid. The coarse boxes are the documented concession to a tiny random
+model: it cannot learn to read exact coordinates in minutes, and sampled
 exact digits mostly break the box rules (x1 <= x2, inside the image). The warm start uses a
 sampled softmax with the log(V/n) correction (see ``_warm_start_loss``), because the full
 151 k-entry softmax is what makes a CPU step slow.
@@ -68,8 +68,8 @@ def _sft_response(episode) -> str:
     from conceptseg.prompts import Completion, format_completion
 
     # Rule and answer words that do not name the concept: the format must carry over to
-    # held-out concepts, whose names the warm start never shows. Coarse boxes: a random
-    # 10 M-parameter model cannot learn to read exact coordinates in minutes, and sampled
+    # held-out concepts, whose names the warm start never shows. Coarse boxes: a tiny
+    # random model cannot learn to read exact coordinates in minutes, and sampled
     # exact digits mostly break the box rules (x1 <= x2, inside the image).
     return format_completion(Completion(think="", rule="the boxed objects", check=_coarse(episode.proxy_box),
                                         bbox=_coarse(episode.gt_box), answer="object", raw=""))
@@ -115,7 +115,8 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=5)
     parser.add_argument("--sft-steps", type=int, default=1000)
     parser.add_argument("--sft-lr", type=float, default=3e-3)
-    parser.add_argument("--warm-start-file", help="load the warm start from this file if it exists, else save it there")
+    parser.add_argument("--warm-start-file", help="load the warm start from this file if it exists (the stage-2 draws then differ "
+                        "from a run that trains it), else save it there")
     parser.add_argument("--train-per-concept", type=int, default=60)
     parser.add_argument("--group-size", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=2)

@@ -100,9 +100,9 @@ def build_tiny_policy(out_dir: str, seed: int = 0, tie_embeddings: bool = True) 
     """Saves a ~10 M-parameter random Qwen2.5-VL with the real tokenizer to ``out_dir``.
 
     ``tie_embeddings=False`` gives the output head its own matrix (~20 M parameters then).
-    Training from scratch wants that: with a tied head, every step's softmax pushes the
-    input embeddings of words never seen in training, so an unseen word in a prompt
-    arrives as an outlier vector.
+    Training from scratch wants that: with a tied head the softmax also moves the input
+    embeddings of words training never shows, and the learning benchmark's warm-started
+    policy lost its answer structure on prompts naming unseen concepts (untied, it kept it).
     """
     import torch
     from transformers import Qwen2_5_VLForConditionalGeneration
