@@ -149,12 +149,13 @@ def _resume_notice(inputs, out_dir) -> None:
     """Says when the output directory already holds checkpoints: the run resumes from the newest."""
     if not out_dir:
         return
-    root = os.path.join(os.path.expanduser(out_dir), "checkpoints")
-    done = sorted(d for d in os.listdir(root) if d.startswith("step-")) if os.path.isdir(root) else []
-    if done:
-        step = int(done[-1].split("-")[-1])
+    # The loop's own rule (complete checkpoints only), from a module without torch.
+    from conceptseg.training.checkpoints import checkpoint_step, latest_checkpoint
+
+    latest = latest_checkpoint(os.path.expanduser(out_dir))
+    if latest:
         inputs.view("resume", types.Notice(
-            label=f"{out_dir} holds checkpoints up to step {step}: the run resumes from there."))
+            label=f"{out_dir} holds checkpoints up to step {checkpoint_step(latest)}: the run resumes from there."))
 
 
 def _progress_label(step: int, total: int, metrics: dict) -> str:

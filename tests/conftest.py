@@ -36,6 +36,17 @@ def pytest_unconfigure(config):
             shutil.rmtree(os.path.join(_ROOT, name), ignore_errors=True)
 
 
+@pytest.fixture
+def name():
+    """A fresh dataset name, deleted after the test."""
+    import fiftyone as fo
+
+    value = f"test-{uuid.uuid4().hex[:8]}"
+    yield value
+    if fo.dataset_exists(value):
+        fo.delete_dataset(value)
+
+
 @pytest.fixture(scope="session")
 def demo_files():
     """The real demo files (nuclei + quokka), downloaded once per machine."""

@@ -3,7 +3,6 @@
 import hashlib
 import json
 import os
-import uuid
 
 import cv2
 import fiftyone as fo
@@ -20,15 +19,6 @@ from conceptseg.datasets import (
     import_dataset,
 )
 from conceptseg.datasets.reasonseg import rasterise
-
-
-@pytest.fixture
-def name():
-    """A fresh dataset name, deleted after the test."""
-    value = f"import-{uuid.uuid4().hex[:8]}"
-    yield value
-    if fo.dataset_exists(value):
-        fo.delete_dataset(value)
 
 
 @pytest.fixture

@@ -147,6 +147,8 @@ class TestTrainForm:
 
     def test_an_output_with_checkpoints_announces_the_resume(self, plugin_installed, shapes, tmp_path):
         (tmp_path / "out" / "checkpoints" / "step-000040").mkdir(parents=True)
+        (tmp_path / "out" / "checkpoints" / "step-000040" / "trainer_state.pt").write_bytes(b"")
+        (tmp_path / "out" / "checkpoints" / "step-000050").mkdir()  # interrupted while saving: not a resume point
         props = train_form(shapes, out_dir=str(tmp_path / "out"))
         assert props["resume"].view.label.endswith("holds checkpoints up to step 40: the run resumes from there.")
         assert "resume" not in train_form(shapes, out_dir=str(tmp_path / "elsewhere"))

@@ -2,7 +2,6 @@
 
 import csv
 import os
-import uuid
 
 import cv2
 import fiftyone as fo
@@ -12,15 +11,6 @@ import pytest
 from conceptseg.datasets import import_dataset
 from conceptseg.training import procedural
 from conceptseg.training.procedural import COLOURS, concept_names, generate, level_of, render, write_folder
-
-
-@pytest.fixture
-def name():
-    """A fresh dataset name, deleted after the test."""
-    value = f"procedural-{uuid.uuid4().hex[:8]}"
-    yield value
-    if fo.dataset_exists(value):
-        fo.delete_dataset(value)
 
 
 def components(mask: np.ndarray) -> list[np.ndarray]:

@@ -14,7 +14,6 @@ import copy
 import json
 import os
 import random
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Sequence
@@ -23,10 +22,9 @@ import numpy as np
 import torch
 
 from conceptseg.errors import ConceptSegError
+from conceptseg.training.checkpoints import STATE_FILE, checkpoint_dir, latest_checkpoint, prune
 from conceptseg.training.episodes import EpisodeReport, EpisodeSpec, TrainingEpisode, materialise
 
-CHECKPOINTS = "checkpoints"
-STATE_FILE = "trainer_state.pt"
 METRICS_FILE = "metrics.jsonl"
 # Paper values (method.md §7): 3e-5 for stage 1, 1e-6 for a full stage-2 fine-tune. LoRA
 # adapters start at zero and need a larger step; 1e-5 is the usual order for LoRA on 7B.
@@ -125,15 +123,6 @@ class StepContext:
     reference: object | None = None  # frozen policy copy for a full fine-tune's KL
 
 
-def latest_checkpoint(out_dir: str) -> str | None:
-    """The newest complete checkpoint directory under ``out_dir``, or None."""
-    root = os.path.join(out_dir, CHECKPOINTS)
-    if not os.path.isdir(root):
-        return None
-    done = [d for d in os.listdir(root) if d.startswith("step-") and os.path.isfile(os.path.join(root, d, STATE_FILE))]
-    return os.path.join(root, max(done)) if done else None
-
-
 def _episode_stream(specs: Sequence[EpisodeSpec], seed: int):
     """Endless episode indices: a fresh seeded permutation each epoch (same order on resume)."""
     epoch = 0
@@ -219,13 +208,6 @@ def _save_checkpoint(path: str, bundle, ctx: StepContext, accelerator, optimizer
              "numpy": np.random.get_state(), "python": random.getstate(), "config": asdict(ctx.config),
              "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
     torch.save(state, os.path.join(path, STATE_FILE))
-
-
-def _prune(out_dir: str, keep: int) -> None:
-    root = os.path.join(out_dir, CHECKPOINTS)
-    done = sorted(d for d in os.listdir(root) if d.startswith("step-"))
-    for old in done[:-keep]:
-        shutil.rmtree(os.path.join(root, old), ignore_errors=True)
 
 
 def _restore(state: dict, optimizer) -> int:
@@ -338,9 +320,9 @@ def train(
         if progress is not None:
             progress(step, config.steps, last)
         if (step % config.save_every == 0 or step == config.steps) and accelerator.is_main_process:
-            path = os.path.join(out_dir, CHECKPOINTS, f"step-{step:06d}")
+            path = checkpoint_dir(out_dir, step)
             _save_checkpoint(path, bundle, ctx, accelerator, optimizer, step, base_policy, base_adapter, copy_segmenter=False)
-            _prune(out_dir, config.keep_checkpoints)
+            prune(out_dir, config.keep_checkpoints)
         accelerator.wait_for_everyone()
     bar.close()
     if accelerator.is_main_process:
