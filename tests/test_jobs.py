@@ -72,21 +72,28 @@ class TestSegmentWritesLabels:
 
 
 class TestBadDemonstrations:
-    def test_demonstration_without_mask(self, nuclei_dataset):
-        demo = nuclei_dataset.match_tags("demo").first()
-        demo.ground_truth = None
-        demo.save()
-        with pytest.raises(DemonstrationError, match=f"{demo.id}.*no mask in field 'ground_truth'"):
-            _run(nuclei_dataset)
-
-    def test_demonstration_with_empty_mask(self, nuclei_dataset, tmp_path):
-        demo = nuclei_dataset.match_tags("demo").first()
+    def test_demonstration_without_a_label_is_a_negative(self, nuclei_dataset, tmp_path):
+        demos = nuclei_dataset.match_tags("demo")
+        first, second = demos.first(), demos.skip(1).first()
+        first.ground_truth = None  # no label at all
+        first.save()
         path = str(tmp_path / "empty.png")
         cv2.imwrite(path, np.zeros((128, 128), np.uint8))
-        demo.ground_truth = fo.Segmentation(mask_path=path)
-        demo.save()
-        with pytest.raises(DemonstrationError, match="empty mask"):
+        second.ground_truth = fo.Segmentation(mask_path=path)  # a label without the concept
+        second.save()
+        summary = _run(nuclei_dataset)
+        assert summary["negative_demonstrations"] == 2 and summary["demonstrations"] == 3
+        assert nuclei_dataset.get_run_info("conceptseg_pred").config.negative_demonstrations == 2
+
+    def test_only_negative_demonstrations_are_refused(self, nuclei_dataset, tmp_path):
+        path = str(tmp_path / "empty.png")
+        cv2.imwrite(path, np.zeros((128, 128), np.uint8))
+        for demo in nuclei_dataset.match_tags("demo"):
+            demo.ground_truth = fo.Segmentation(mask_path=path)
+            demo.save()
+        with pytest.raises(DemonstrationError, match="at least one must show the concept"):
             _run(nuclei_dataset)
+        assert "conceptseg_pred" not in nuclei_dataset.list_runs()
 
     def test_one_demonstration_runs_unverified(self, nuclei_dataset):
         nuclei = _nuclei(nuclei_dataset)
