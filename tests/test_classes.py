@@ -1,0 +1,182 @@
+"""A concept is one or more classes of a label field, on the label types FiftyOne users have."""
+
+import cv2
+import fiftyone as fo
+import numpy as np
+import pytest
+from fiftyone import ViewField as F
+
+from conceptseg import jobs
+from conceptseg.errors import DemonstrationError, FieldError
+
+RED, BLUE = (220, 40, 40), (40, 60, 220)
+
+
+def _scene(rng, size=128, red=2, blue=2):
+    """A noisy gray image with red discs and blue squares; their masks."""
+    image = np.clip(rng.normal(128, 12, (size, size, 3)), 0, 255).astype(np.uint8)
+    masks = {"red": np.zeros((size, size), np.uint8), "blue": np.zeros((size, size), np.uint8)}
+    for kind, count in (("red", red), ("blue", blue)):
+        for _ in range(count):
+            x, y, r = (int(v) for v in rng.integers([14, 14, 7], [size - 14, size - 14, 13]))
+            shape = np.zeros((size, size), np.uint8)
+            if kind == "red":
+                cv2.circle(shape, (x, y), r, 1, -1)
+            else:
+                cv2.rectangle(shape, (x - r, y - r), (x + r, y + r), 1, -1)
+            shape &= (masks["red"] | masks["blue"]) == 0
+            image[shape > 0] = RED if kind == "red" else BLUE
+            masks[kind] |= shape
+    return image, {k: v > 0 for k, v in masks.items()}
+
+
+def _detections(masks):
+    dets = []
+    for kind, mask in masks.items():
+        count, components, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8))
+        h, w = mask.shape
+        for i in range(1, count):
+            x, y, bw, bh, _ = stats[i]
+            dets.append(fo.Detection(label=kind, bounding_box=[x / w, y / h, bw / w, bh / h],
+                                     mask=components[y:y + bh, x:x + bw] == i))
+    return fo.Detections(detections=dets)
+
+
+@pytest.fixture
+def two_classes(name, tmp_path):
+    """12 scenes with red discs and blue squares (the last one blue only), GT in three label types."""
+    rng = np.random.default_rng(0)
+    dataset = fo.Dataset(name)
+    truth = {}
+    for i in range(12):
+        image, masks = _scene(rng, red=0 if i == 11 else 2)
+        path = str(tmp_path / f"scene{i}.png")
+        cv2.imwrite(path, cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+        seg = np.zeros(image.shape[:2], np.uint8)
+        seg[masks["red"]], seg[masks["blue"]] = 1, 2
+        rgb = np.zeros(image.shape, np.uint8)
+        rgb[masks["red"]], rgb[masks["blue"]] = (255, 0, 0), (0, 0, 255)
+        sample = fo.Sample(filepath=path, tags=["demo"] if i < 3 else [],
+                           gt=fo.Segmentation(mask=seg), gt_rgb=fo.Segmentation(mask=rgb),
+                           dets=_detections(masks))
+        dataset.add_sample(sample)
+        truth[sample.id] = masks
+    dataset.mask_targets = {"gt": {1: "red", 2: "blue"}, "gt_rgb": {"#ff0000": "red", "#0000ff": "blue"}}
+    dataset.save()
+    return dataset, truth
+
+
+def _scores(dataset, truth, field="pred"):
+    """Per target: IoU with the red mask and the fraction of blue pixels predicted."""
+    out = {}
+    for sample in dataset.match_tags("demo", bool=False):
+        pred = sample[field].get_mask() > 0
+        red, blue = truth[sample.id]["red"], truth[sample.id]["blue"]
+        union = (pred | red).sum()
+        out[sample.id] = dict(
+            iou=(pred & red).sum() / union if union else 1.0,
+            blue=(pred & blue).sum() / blue.sum(),
+            area=pred.mean(),
+        )
+    return out
+
+
+def _segment(dataset, field, **kwargs):
+    return jobs.segment_by_demonstration(dataset.match_tags("demo"), dataset, field, "pred", **kwargs)
+
+
+@pytest.mark.parametrize("field,classes", [("gt", ["red"]), ("gt", ["1"]), ("gt_rgb", ["red"]),
+                                           ("gt_rgb", ["#ff0000"]), ("dets", ["red"])])
+def test_class_a_covers_a_and_not_b(two_classes, field, classes):
+    dataset, truth = two_classes
+    summary = _segment(dataset, field, classes=classes, route="appearance")
+    assert summary["classes"] == ["red"] and summary["verified"]
+    scores = _scores(dataset, truth)
+    negative = dataset.match_tags("demo", bool=False).last().id
+    positives = [s for k, s in scores.items() if k != negative]
+    assert np.mean([s["iou"] for s in positives]) >= 0.8
+    assert np.mean([s["blue"] for s in scores.values()]) < 0.05
+    assert scores[negative]["area"] < 0.005  # only blue squares there: (almost) nothing predicted
+    assert dataset.first().pred is None  # the first scene is a demonstration: never a target
+    assert dataset.mask_targets["pred"] == {1: "red"}
+
+
+def test_several_classes_make_one_concept(two_classes):
+    dataset, truth = two_classes
+    _segment(dataset, "gt", classes=["red", "blue"], route="appearance")
+    for sample in dataset.match_tags("demo", bool=False):
+        pred = sample.pred.get_mask() > 0
+        both = truth[sample.id]["red"] | truth[sample.id]["blue"]
+        assert (pred & both).sum() / (pred | both).sum() >= 0.8
+
+
+def test_a_label_filter_on_the_view_is_the_concept(two_classes):
+    dataset, truth = two_classes
+    demos = dataset.match_tags("demo").filter_labels("dets", F("label") == "blue", only_matches=False)
+    summary = jobs.segment_by_demonstration(demos, dataset, "dets", "pred", route="appearance")
+    assert summary["classes"] == ["blue"]
+    sample = dataset.match_tags("demo", bool=False).first()
+    blue = truth[sample.id]["blue"]
+    pred = sample.pred.get_mask() > 0
+    assert (pred & blue).sum() / (pred | blue).sum() >= 0.8
+
+
+def test_box_only_detections_are_filled_boxes_and_counted(two_classes):
+    dataset, _ = two_classes
+    for sample in dataset.match_tags("demo"):
+        for det in sample.dets.detections:
+            det.mask = None
+        sample.save()
+    summary = _segment(dataset, "dets", classes=["red"], route="appearance")
+    assert summary["box_only_detections"] == 6
+    assert dataset.get_run_info("conceptseg_pred").config.box_only_detections == 6
+
+
+def test_polylines_are_filled(two_classes):
+    dataset, truth = two_classes
+    for sample in dataset.match_tags("demo"):
+        lines = []
+        for kind, mask in truth[sample.id].items():
+            contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+            h, w = mask.shape
+            for c in contours:
+                pts = [[(x + 0.5) / w, (y + 0.5) / h] for x, y in c[:, 0]]
+                lines.append(fo.Polyline(label=kind, points=[pts], closed=True, filled=True))
+        sample["shapes"] = fo.Polylines(polylines=lines)
+        sample.save()
+    summary = _segment(dataset, "shapes", classes=["red"], route="appearance")
+    assert summary["verified"] and summary["verification"] >= 0.8
+
+
+class TestBadClasses:
+    def test_multi_class_field_without_classes_lists_them(self, two_classes):
+        with pytest.raises(FieldError, match="several classes on the demonstrations: blue, red"):
+            _segment(two_classes[0], "gt")
+
+    def test_class_no_demonstration_has(self, two_classes):
+        dataset, _ = two_classes
+        dataset.mask_targets = {"gt": {1: "red", 2: "blue", 3: "green"}}
+        dataset.save()
+        with pytest.raises(DemonstrationError, match="No demonstration shows class green.*present.*blue, red"):
+            _segment(dataset, "gt", classes=["green"])
+        with pytest.raises(DemonstrationError, match="No demonstration shows class cat.*blue, red"):
+            _segment(dataset, "dets", classes=["cat"])
+
+    def test_class_name_not_in_mask_targets(self, two_classes):
+        with pytest.raises(FieldError, match="'cat' is not in the mask targets of 'gt' \\(1: red, 2: blue\\)"):
+            _segment(two_classes[0], "gt", classes=["cat"])
+
+    def test_classes_for_a_binary_field(self, two_classes):
+        dataset, truth = two_classes
+        for sample in dataset:
+            sample["binary"] = fo.Segmentation(mask=truth[sample.id]["red"].astype(np.uint8))
+            sample.save()
+        with pytest.raises(FieldError, match="'binary' is binary.*leave classes out"):
+            _segment(dataset, "binary", classes=["red"])
+        assert _segment(dataset, "binary", route="appearance")["verified"]
+
+    def test_nothing_written_on_refusal(self, two_classes):
+        dataset, _ = two_classes
+        with pytest.raises(FieldError):
+            _segment(dataset, "gt")
+        assert not dataset.has_field("pred") and "conceptseg_pred" not in dataset.list_runs()
