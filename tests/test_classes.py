@@ -180,3 +180,29 @@ class TestBadClasses:
         with pytest.raises(FieldError):
             _segment(dataset, "gt")
         assert not dataset.has_field("pred") and "conceptseg_pred" not in dataset.list_runs()
+
+
+def test_evaluate_scores_against_the_chosen_class(two_classes):
+    from conceptseg.evaluation import evaluate
+
+    dataset, _ = two_classes
+    _segment(dataset, "gt", classes=["red"], route="appearance")
+    targets = dataset.match_tags("demo", bool=False)
+    on_red = evaluate(targets, "pred", "gt", eval_key="on_red", classes=["red"])["metrics"]["iou"]
+    on_all = evaluate(targets, "pred", "gt", eval_key="on_all")["metrics"]["iou"]
+    assert on_red >= 0.8 and on_all < 0.6
+    assert dataset.get_run_info("on_red").config.classes == ["red"]
+
+
+def test_cli_classes(two_classes, capsys):
+    from conceptseg.cli import main
+
+    dataset, _ = two_classes
+    args = ["segment", "--dataset", dataset.name, "--demo-tag", "demo", "--mask-field", "dets",
+            "--pred-field", "pred", "--route", "appearance"]
+    assert main(args) == 2
+    assert "several classes on the demonstrations: blue, red" in capsys.readouterr().err
+    assert main(args + ["--classes", "blue", "--json"]) == 0
+    import json
+
+    assert json.loads(capsys.readouterr().out)["classes"] == ["blue"]

@@ -155,6 +155,19 @@ def resolve(field_name: str, label_type, requested: list[str] | None, present: s
     return Concept(field_name, classes=names, values=values if is_segmentation else [])
 
 
+def named(collection, field_name: str, requested: list[str] | None) -> Concept | None:
+    """The Concept of ``requested`` classes of a field, without looking at any label (None: all labels)."""
+    requested = [c.strip() for c in requested or [] if c and c.strip()]
+    if not requested:
+        return None
+    label_type = collection.get_field_schema()[field_name].document_type
+    if issubclass(label_type, fo.Segmentation):
+        mask_targets = mask_targets_of(collection, field_name)
+        values = _values_for(requested, mask_targets, field_name)
+        return Concept(field_name, [_name_of(v, mask_targets) for v in values], values)
+    return Concept(field_name, requested)
+
+
 def _is_value(name: str) -> bool:
     return name.lstrip("-").isdigit() or (name.startswith("#") and len(name) == 7)
 

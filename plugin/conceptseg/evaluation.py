@@ -19,16 +19,24 @@ def score_samples(
     gt_field: str,
     size: int | None = None,
     progress: Progress | None = None,
+    classes: list[str] | None = None,
 ) -> tuple[dict[str, dict], list[str], list[str]]:
-    """Per-sample scores of every sample with both masks, and the ids missing either."""
+    """Per-sample scores of every sample with both masks, and the ids missing either.
+
+    ``classes`` of ``gt_field`` are the ground truth's concept (default: every labelled pixel).
+    """
+    from conceptseg import classes as classes_
     from conceptseg import metrics
+
+    fio.check_mask_field(collection, gt_field, "ground truth")
+    concept = classes_.named(collection, gt_field, classes)
 
     samples, missing_gt, missing_pred = {}, [], []
     view = collection.select_fields([pred_field, gt_field, "metadata"])
     total = len(view)
     for done, sample in enumerate(view.iter_samples(), 1):
         frame = fio.frame_size(sample, gt_field, pred_field)
-        gt = fio.label_to_mask(sample[gt_field], frame)
+        gt = fio.label_to_mask(sample[gt_field], frame, concept)
         pred = fio.label_to_mask(sample[pred_field], frame)
         if gt is None:
             missing_gt.append(sample.id)
@@ -62,8 +70,12 @@ def evaluate(
     eval_key: str | None = None,
     size: int | None = None,
     progress: Progress | None = None,
+    classes: list[str] | None = None,
 ) -> dict:
     """Scores ``pred_field`` against ``gt_field`` on every sample that has both.
+
+    ``classes`` of ``gt_field`` (names or mask values) are the concept the predictions
+    are scored against; by default every labelled pixel of the ground truth is.
 
     Writes ``<eval_key>_<metric>`` on each scored sample for metric in iou, wfm, sm, em,
     mae, dice, ber, miou, and records the aggregate as the FiftyOne run ``eval_key``
@@ -82,7 +94,8 @@ def evaluate(
     eval_key = eval_key or "eval_" + re.sub(r"\W", "_", pred_field)
     dataset = collection._dataset
     _check_eval_key(dataset, eval_key)
-    samples, missing_gt, missing_pred = score_samples(collection, pred_field, gt_field, size, progress)
+    classes = [c.strip() for c in classes.split(",")] if isinstance(classes, str) else classes
+    samples, missing_gt, missing_pred = score_samples(collection, pred_field, gt_field, size, progress, classes)
     for name in METRIC_NAMES:
         collection.set_values(
             f"{eval_key}_{name}", {i: s[name] for i, s in samples.items()}, key_field="id"
@@ -92,6 +105,7 @@ def evaluate(
         method="conceptseg.evaluate",
         pred_field=pred_field,
         gt_field=gt_field,
+        classes=classes or None,
         size=size,
         metric_fields=[f"{eval_key}_{n}" for n in METRIC_NAMES],
     )
