@@ -228,7 +228,8 @@ def segment_by_demonstration(
     check_field_name(pred_field)
     if not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
         raise ConceptSegError(f"threshold must be an IoU in [0, 1], got {threshold!r}.")
-    demonstrations, targets = _image_samples(demonstrations, mask_field), as_frames(targets)
+    demonstrations = _image_samples(demonstrations, mask_field)
+    targets, unreadable = as_frames(targets)
     if len(demonstrations) == 0:
         raise EmptyViewError(
             "No demonstrations: select samples (or tag them) whose masks show the concept."
@@ -276,6 +277,7 @@ def segment_by_demonstration(
         router, choice, todo, pred_field, inst_field, concept, run_key,
         output_dir or default_output_dir(dataset, pred_field), progress,
     )
+    failures = unreadable + failures
     summary = dict(
         run_key=run_key,
         pred_field=pred_field,
@@ -313,7 +315,7 @@ def _class_list(classes) -> list[str] | None:
 
 def _image_samples(demonstrations, mask_field: str):
     """Demonstrations as image samples: a video's demonstrations are its frames with a mask label."""
-    frames = as_frames(demonstrations)
+    frames, _ = as_frames(demonstrations)
     if frames is not demonstrations and mask_field in frames.get_field_schema():
         return frames.exists(mask_field)
     return frames
@@ -362,7 +364,7 @@ def segment_by_query(
     if not text or not text.strip():
         raise ConceptSegError("The query is empty: say what to segment, e.g. --text 'the animal'.")
     check_field_name(pred_field)
-    targets = as_frames(targets)
+    targets, unreadable = as_frames(targets)
     bundle = _load_model(model)
     if bundle is None:
         raise ConceptSegError("Text queries need a model: pass a bundle (--model DIR or a zoo name).")
@@ -386,6 +388,7 @@ def segment_by_query(
         router, choice, todo, pred_field, inst_field, concept, run_key,
         output_dir or default_output_dir(dataset, pred_field), progress,
     )
+    failures = unreadable + failures
     summary = dict(
         run_key=run_key, pred_field=pred_field, instances_field=inst_field, route=route.name,
         query=text, verification=None, verified=False, reason=choice.reason,

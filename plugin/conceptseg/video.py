@@ -22,11 +22,13 @@ def is_video_path(path: str) -> bool:
     return os.path.splitext(path)[1].lower() in VIDEO_EXTENSIONS
 
 
-def as_frames(collection):
-    """A collection whose samples are images: videos and clips become their frames view.
+def as_frames(collection) -> tuple[object, list[dict]]:
+    """A collection whose samples are images, and the videos that cannot be read.
 
-    Patches views are refused: each patch's file is its whole source image, so a mask
-    written there would not be the patch's.
+    Videos and clips become their frames view; a video whose frames cannot be counted
+    (undecodable, missing) is left out and returned as a failure record. Patches views
+    are refused: each patch's file is its whole source image, so a mask written there
+    would not be the patch's.
     """
     if getattr(collection, "_is_patches", False):
         raise ConceptSegError(
@@ -34,10 +36,34 @@ def as_frames(collection):
             "source images instead, e.g. `dataset.select(patches.distinct('sample_id'))`, whose "
             "labels the patches view then shows."
         )
+    if collection._is_frames:
+        _ensure_frames(collection, collection.distinct("sample_id"))
+        return collection, []
     if collection.media_type != "video":
-        return collection
+        return collection, []
+    from fiftyone import ViewField as F
+
     _require_ffmpeg()
-    return collection.to_frames(sample_frames="dynamic")
+    collection.compute_metadata()
+    readable = collection.match(F("metadata.total_frame_count") > 0)
+    broken = collection.exclude(readable.values("id"))
+    failures = [
+        {"sample_id": i, "filepath": p, "error": f"Video {p} has no decodable frames (ffprobe could not read it)."}
+        for i, p in zip(*broken.values(["sample_id" if collection._is_clips else "id", "filepath"]))
+    ]
+    _ensure_frames(readable, readable.distinct("sample_id") if collection._is_clips else readable.values("id"))
+    return readable.to_frames(sample_frames="dynamic"), failures
+
+
+def _ensure_frames(collection, video_ids: list[str]) -> None:
+    """Gives every frame of these videos its (empty) frame document in the dataset.
+
+    Labels saved on a frames view reach a video only through frames the video already
+    has (FiftyOne merges them, never inserts). ``Dataset.ensure_frames`` covers only a
+    whole dataset, hence the view argument of its private form.
+    """
+    dataset = collection._root_dataset
+    dataset._ensure_frames(view=dataset.select(video_ids))
 
 
 def _require_ffmpeg() -> None:
