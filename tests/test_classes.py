@@ -206,3 +206,66 @@ def test_cli_classes(two_classes, capsys):
     import json
 
     assert json.loads(capsys.readouterr().out)["classes"] == ["blue"]
+
+
+class TestOperator:
+    """The App's form: a class picker, selected labels as the concept, the current view's filters."""
+
+    SEGMENT = "@conceptseg/conceptseg-r1/segment_by_demonstration"
+
+    def _ctx(self, dataset, selected=(), selected_labels=(), view=None, **params):
+        from fiftyone.operators.executor import ExecutionContext
+
+        request = {"dataset_name": dataset.name, "selected": list(selected), "selected_labels": list(selected_labels),
+                   "params": params}
+        if view is not None:
+            request["view"] = view._serialize()
+        return ExecutionContext(request_params=request)
+
+    def _form(self, dataset, **kwargs):
+        import fiftyone.operators as foo
+
+        return foo.get_operator(self.SEGMENT).resolve_input(self._ctx(dataset, **kwargs)).type.properties
+
+    def _labels(self, dataset, field, label):
+        out = []
+        for sample in dataset.match_tags("demo"):
+            for det in sample[field].detections:
+                if det.label == label:
+                    out.append({"label_id": det.id, "sample_id": sample.id, "field": field, "frame_number": None})
+        return out
+
+    def test_picker_lists_the_demonstrations_classes(self, plugin_installed, two_classes):
+        dataset, _ = two_classes
+        demos = dataset.match_tags("demo").values("id")
+        for field in ("gt", "dets"):
+            classes = self._form(dataset, selected=demos, mask_field=field)["classes"]
+            assert [c.value for c in classes.view.choices] == ["blue", "red"] and classes.required
+            assert classes.default is None
+
+    def test_selected_labels_are_the_concept(self, plugin_installed, two_classes):
+        dataset, _ = two_classes
+        props = self._form(dataset, selected_labels=self._labels(dataset, "dets", "red"))
+        assert props["mask_field"].default == "dets"
+        assert props["classes"].default == ["red"]
+        assert props["demo_count"].view.label.startswith("3 demonstration(s)")
+
+    def test_labels_from_two_fields_are_refused(self, plugin_installed, two_classes):
+        dataset, _ = two_classes
+        for sample in dataset.match_tags("demo"):
+            sample["dets2"] = sample.dets.copy()
+            sample.save()
+        picked = self._labels(dataset, "dets", "red") + self._labels(dataset, "dets2", "red")
+        mask = self._form(dataset, selected_labels=picked)["mask_field"]
+        assert mask.invalid and "2 fields (dets, dets2)" in mask.error_message
+
+    def test_running_on_selected_labels(self, plugin_installed, two_classes):
+        import fiftyone.operators as foo
+
+        dataset, truth = two_classes
+        result = foo.execute_operator(
+            self.SEGMENT, dataset=dataset, selected_labels=self._labels(dataset, "dets", "blue"),
+            params={"demo_source": "selected", "mask_field": "dets", "pred_field": "pred", "route": "appearance",
+                    "view_target": "DATASET"},
+        )
+        assert result.result["classes"] == ["blue"] and result.result["segmented"] == 9
