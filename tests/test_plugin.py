@@ -172,7 +172,7 @@ class TestEvaluateOperator:
         assert result.error is None
         assert result.result["scored"] == 13 and result.result["missing_pred"] == 3
         assert result.result["metrics"]["iou"] >= 0.8
-        assert len(nuclei_dataset.exists("ev_wfm")) == 13
+        assert len(nuclei_dataset.exists("ev_concept_wfm")) == 13
 
 
 class TestCustomEvaluationMetrics:
@@ -190,6 +190,6 @@ class TestCustomEvaluationMetrics:
         ours = evaluate(targets, "p", "ground_truth", eval_key="cs")["metrics"]
         for uri, name in zip(uris, ("iou", "dice", "wfm", "sm")):
             assert results.custom_metrics[uri]["value"] == pytest.approx(ours[name], abs=1e-9)
-        assert targets.values("fo_iou") == pytest.approx(targets.values("cs_iou"))
+        assert targets.values("fo_concept_iou") == pytest.approx(targets.values("cs_concept_iou"))
         # FiftyOne's own per-sample accuracy on binary masks is foreground IoU too (metrics.md §4)
-        assert targets.values("fo_accuracy") == pytest.approx(targets.values("cs_iou"), abs=1e-9)
+        assert targets.values("fo_accuracy") == pytest.approx(targets.values("cs_concept_iou"), abs=1e-9)
