@@ -73,7 +73,7 @@ class TestListRuns:
         table = capsys.readouterr().out
         assert "conceptseg_a" in table and "appearance" in table
 
-    def test_an_interrupted_run_is_listed_as_running(self, nuclei_dataset):
+    def test_an_interrupted_run_is_listed_as_unfinished(self, nuclei_dataset, capsys):
         def stop(done, total):
             if done == 5:
                 raise Interrupted
@@ -81,6 +81,8 @@ class TestListRuns:
             _segment(nuclei_dataset, progress=stop)
         (r,) = runs.list_runs(nuclei_dataset)
         assert r["finished"] is False and r["targets"] == 13 and r["seconds"] is None
+        assert cli.main(["runs", "--dataset", nuclei_dataset.name]) == 0
+        assert "unfinished" in capsys.readouterr().out
 
 
 class TestDeleteRun:

@@ -264,7 +264,7 @@ def cmd_runs(args) -> int:
           f"{'seconds':>9}  started")
     for r in runs:
         v = "n/a" if r["verification"] is None else f"{r['verification']:.3f}" + ("" if r["verified"] else "*")
-        seconds = "running" if not r["finished"] else ("" if r["seconds"] is None else f"{r['seconds']:.1f}")
+        seconds = "unfinished" if not r["finished"] else ("" if r["seconds"] is None else f"{r['seconds']:.1f}")
         print(f"{r['pred_field']:<20}{r['run_key']:<28}{r['route'] or '':<12}{v:>13}{r['targets']:>9}"
               f"{r['failures']:>9}{seconds:>9}  {r['started']}")
     if any(r["verified"] is False for r in runs):

@@ -108,9 +108,12 @@ def _load_model(model):
 
 
 def label_attributes(choice, result, run_key: str, run_id: str | None = None) -> dict:
-    """Attributes every predicted label carries; the route's own words win over the run's."""
+    """Attributes every predicted label carries; the route's own words win over the run's.
+
+    ``run_id`` (when the run has one) identifies the run even after its key is renamed.
+    """
     details = result.details
-    return dict(
+    attrs = dict(
         route=choice.route.name,
         verification=choice.verification,
         verified=choice.verified,
@@ -119,8 +122,10 @@ def label_attributes(choice, result, run_key: str, run_id: str | None = None) ->
         answer=details.get("answer"),
         parse_error=details.get("parse_error"),
         run_key=run_key,
-        run_id=run_id,
     )
+    if run_id:
+        attrs["run_id"] = run_id
+    return attrs
 
 
 def _segment_targets(router, choice, todo, pred_field, inst_field, concept, run_key, out_dir, progress, run_id=None):
