@@ -2,6 +2,8 @@
 
 import dataclasses
 
+import time
+
 import fiftyone as fo
 import fiftyone.operators.types as types
 
@@ -116,12 +118,21 @@ def class_choice(inputs, demonstrations, mask_field: str, picked: list[str]):
     return prop
 
 
-def progress_callback(ctx):
-    """Forwards (done, total) to the App when delegated; immediate runs report at the end."""
+# Delegated progress is a database write: one every few seconds, not one per target.
+PROGRESS_EVERY = 3.0
+
+
+def progress_callback(ctx, every: float = PROGRESS_EVERY, clock=time.monotonic):
+    """Forwards (done, total) to the App when delegated, at most every ``every`` s and always the last."""
     if not ctx.delegated:
         return None
+    last = [None]
 
     def report(done: int, total: int) -> None:
+        now = clock()
+        if done < total and last[0] is not None and now - last[0] < every:
+            return
+        last[0] = now
         ctx.set_progress(progress=done / max(total, 1), label=f"{done}/{total} samples")
 
     return report
