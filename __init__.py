@@ -9,6 +9,7 @@ from .operators.evaluate_concept_segmentation import EvaluateConceptSegmentation
 from .operators.evaluation_metrics import ConceptDice, ConceptIoU, SMeasure, WeightedFMeasure
 from .operators.segment_by_demonstration import SegmentByDemonstration
 from .operators.segment_by_query import SegmentByQuery
+from .operators.segment_shard import SegmentShard
 from .operators.train_concept_policy import TrainConceptPolicy
 from .panels.concept_evaluation import ConceptEvaluation
 from .panels.concept_rules import ConceptRules
@@ -23,6 +24,7 @@ OPERATORS = (
     SMeasure,
     TrainConceptPolicy,
     DeleteConceptRun,
+    SegmentShard,
 )
 PANELS = (ConceptRules, ConceptEvaluation)
 

@@ -73,7 +73,12 @@ def cmd_segment(args) -> int:
         progress=None if args.json else _progress,
         classes=args.classes,
         resize_masks=args.resize_masks,
+        shards=args.shards,
     )
+    if summary.get("queued"):
+        from conceptseg.shards_cli import report_queued
+
+        return report_queued(summary, args.json)
     return _report(summary, args.json)
 
 
@@ -272,6 +277,8 @@ def cmd_runs(args) -> int:
     for r in runs:
         v = "n/a" if r["verification"] is None else f"{r['verification']:.3f}" + ("" if r["verified"] else "*")
         seconds = "unfinished" if not r["finished"] else ("" if r["seconds"] is None else f"{r['seconds']:.1f}")
+        if r.get("shards"):
+            seconds += f" ({r['shards']['completed']}/{r['shards']['shards']} shards)"
         print(f"{r['pred_field']:<20}{r['run_key']:<28}{r['route'] or '':<12}{v:>13}{r['targets']:>9}"
               f"{r['failures']:>9}{seconds:>9}  {r['started']}")
     if any(r["verified"] is False for r in runs):
@@ -333,6 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--overwrite", action="store_true", help="replace existing labels in the output fields")
     mode.add_argument("--resume", action="store_true", help="finish an interrupted run")
+    p.add_argument("--shards", type=int, help="queue the targets as N delegated operations for "
+                   "`fiftyone delegated launch` workers instead of segmenting here")
     p.set_defaults(func=cmd_segment)
 
     p = sub.add_parser("query", help="reasoning segmentation of a text query (no demonstrations)")
@@ -430,6 +439,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_setup_db)
 
     _add_run_commands(sub)
+    from conceptseg.shards_cli import add_shards_command
+
+    add_shards_command(sub)
     return parser
 
 

@@ -225,6 +225,7 @@ def segment_by_demonstration(
     progress: Progress | None = None,
     classes: list[str] | None = None,
     resize_masks: bool = False,
+    shards: int | None = None,
 ) -> dict:
     """Learns the concept from ``demonstrations`` and writes masks on every target.
 
@@ -248,8 +249,19 @@ def segment_by_demonstration(
     interrupted run finishes where it stopped; it must use the run's own settings. Labels
     written by anything else are only replaced with ``overwrite``.
 
+    With ``shards`` (N), nothing is segmented here: the route is chosen, the run recorded and
+    its targets queued as N delegated operations for ``fiftyone delegated launch`` workers
+    (see :mod:`conceptseg.shards`); the queued run is returned.
+
     Returns a JSON-able summary (route, verification, counts, failures, timings).
     """
+    if shards is not None:
+        from conceptseg.shards import segment_sharded
+
+        return segment_sharded(demonstrations, targets, mask_field, pred_field, shards, route=route,
+                               threshold=threshold, concept=concept, overwrite=overwrite, resume=resume,
+                               instances=instances, output_dir=output_dir, model=model, classes=classes,
+                               resize_masks=resize_masks)
     check_field_name(pred_field)
     if not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
         raise ConceptSegError(f"threshold must be an IoU in [0, 1], got {threshold!r}.")

@@ -92,6 +92,11 @@ def describe_run(dataset: fo.Dataset, key: str) -> dict:
     targets = summary.get("targets")
     if targets is None:  # still running, or interrupted: count the recorded target view
         targets = dataset.load_run_view(key).count()
+    shards = None
+    if getattr(config, "shards", None) is not None:  # a run spread over workers: how far its shards are
+        from conceptseg.shards import progress_of
+
+        shards = progress_of(dataset, config.run_id)
     return {
         "run_key": key,
         "pred_field": config.pred_field,
@@ -107,6 +112,7 @@ def describe_run(dataset: fo.Dataset, key: str) -> dict:
         "started": _iso(info.timestamp),
         "seconds": (finished_at - started) if finished_at and started else None,
         "finished": bool(summary),
+        "shards": shards,
     }
 
 

@@ -1,0 +1,546 @@
+"""A run spread over workers: its targets split into shards, each a FiftyOne delegated operation.
+
+Queueing chooses the route once (fit + verify) on the caller's machine, records the run
+with its choice, saves the demonstrations it read next to the run's masks, and queues one
+``segment_shard`` operation per shard with an explicit list of target ids (index modulo N
+over the sorted ids). Any ``fiftyone delegated launch`` worker that reaches the database,
+the media and the output directory runs a shard: it re-fits the chosen route on the saved
+demonstrations (same pixels, same seed: the same rule and the same masks) and segments its
+targets, skipping those that already carry a label of this run, so a re-queued shard
+resumes. FiftyOne claims a queued operation atomically (QUEUED -> RUNNING in one
+conditional update), so two workers never run the same shard attempt.
+
+Each shard keeps a record in the dataset's execution store ``conceptseg_shards``: its
+operation, worker host and pid, a heartbeat, and its counts. The last shard to finish
+aggregates the records into the run's results, which ``conceptseg runs`` shows. A shard
+whose worker died (its operation RUNNING with a dead pid on this host, or a heartbeat older
+than ``stale_after``; or FAILED) is re-queued by :func:`requeue_dead`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+import threading
+import time
+
+import fiftyone as fo
+import numpy as np
+from fiftyone import ViewField as F
+
+from conceptseg.errors import ConceptSegError
+from conceptseg.types import Demonstration
+
+STORE = "conceptseg_shards"
+SHARD_OPERATOR = "segment_shard"
+# Seconds between a running shard's heartbeats, and without one before its worker counts as dead.
+HEARTBEAT_SECONDS = 5.0
+STALE_AFTER = 60.0
+
+
+class RunGoneError(ConceptSegError):
+    """The run a shard belongs to was deleted."""
+
+
+def operator_uri() -> str:
+    """The shard operator's URI (what workers execute)."""
+    from conceptseg.install import PLUGIN_NAME
+
+    return f"{PLUGIN_NAME}/{SHARD_OPERATOR}"
+
+
+def split_targets(ids: list[str], shards: int) -> list[list[str]]:
+    """Sorted ids dealt round-robin into ``shards`` lists (index modulo N): deterministic and balanced."""
+    ordered = sorted(ids)
+    return [ordered[i::shards] for i in range(shards)]
+
+
+def check_shards(shards, n_targets: int) -> tuple[int, str | None]:
+    """(shards to queue, note): a count above the number of targets is clamped to it, with a note."""
+    if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
+        raise ConceptSegError(f"shards must be a whole number of at least 1, got {shards!r}.")
+    if n_targets and shards > n_targets:
+        return n_targets, (f"{shards} shards asked for {n_targets} target(s): queued {n_targets} shards "
+                           "of one target each (a shard without targets would have nothing to do).")
+    return min(shards, n_targets), None
+
+
+# --- the store ---------------------------------------------------------------------------
+
+
+def _store(dataset):
+    from fiftyone.operators.store import ExecutionStore
+
+    return ExecutionStore.create(STORE, dataset._doc.id)
+
+
+def _key(run_id: str, index: int) -> str:
+    return f"{run_id}:{index:05d}"
+
+
+def shard_records(dataset, run_id: str) -> list[dict]:
+    """The shard records of a run, by shard index."""
+    store = _store(dataset)
+    keys = sorted(k for k in store.list_keys() if k.startswith(run_id + ":"))
+    return [r for r in (store.get(k) for k in keys) if r is not None]
+
+
+def _clear_records(dataset, run_id: str) -> None:
+    store = _store(dataset)
+    for key in store.list_keys():
+        if key.startswith(run_id + ":"):
+            store.delete(key)
+
+
+def _run_doc(dataset, run_id: str) -> dict | None:
+    """The run's document, read from the database (not the cached dataset), or None once deleted."""
+    from fiftyone.core.odm import get_db_conn
+
+    return get_db_conn().runs.find_one({"_dataset_id": dataset._doc.id, "config.run_id": run_id},
+                                       {"key": 1, "config": 1, "timestamp": 1})
+
+
+# --- queueing ----------------------------------------------------------------------------
+
+
+def demonstrations_path(out_dir: str, run_id: str) -> str:
+    """Where a sharded run keeps the demonstrations its shards re-fit on (next to its masks)."""
+    return os.path.join(out_dir, ".shards", run_id, "demonstrations.npz")
+
+
+def save_demonstrations(demos: list[Demonstration], path: str) -> None:
+    """The demonstrations' pixels exactly as read (float images, bool masks) for every shard."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    arrays = {}
+    for i, d in enumerate(demos):
+        arrays[f"image_{i}"], arrays[f"mask_{i}"] = d.image, d.mask
+    arrays["ids"] = np.array([d.id for d in demos], dtype=str)
+    tmp = path + ".tmp.npz"
+    np.savez_compressed(tmp, **arrays)
+    os.replace(tmp, path)  # a worker never reads a half-written file
+
+
+def load_demonstrations(path: str) -> list[Demonstration]:
+    """The demonstrations :func:`save_demonstrations` wrote."""
+    if not os.path.isfile(path):
+        raise ConceptSegError(
+            f"The run's demonstrations file {path} is missing on this worker: the output directory must be "
+            "shared by every worker (same path), like the media.")
+    with np.load(path) as data:
+        ids = [str(i) for i in data["ids"]]
+        return [Demonstration(image=data[f"image_{i}"], mask=data[f"mask_{i}"], id=ids[i]) for i in range(len(ids))]
+
+
+def queue_operation(dataset, params: dict, label: str) -> str:
+    """Queues one shard as a delegated operation on the dataset's database; returns its id."""
+    from fiftyone.operators.delegated import DelegatedOperationService
+    from fiftyone.operators.executor import ExecutionContext
+
+    context = ExecutionContext(request_params={"dataset_name": dataset.name, "dataset_id": str(dataset._doc.id),
+                                               "params": params})
+    doc = DelegatedOperationService().queue_operation(operator=operator_uri(), label=label, context=context)
+    return str(doc.id)
+
+
+def queue_shards(dataset, run_key: str, run_id: str, pred_field: str, todo_ids: list[str], shards: int) -> list[str]:
+    """Queues the shards of a recorded run; returns their operation ids."""
+    _clear_records(dataset, run_id)  # a resumed run starts its shards afresh
+    store, op_ids = _store(dataset), []
+    parts = split_targets(todo_ids, shards)
+    for index, ids in enumerate(parts):
+        params = dict(run_id=run_id, index=index, shards=len(parts), target_ids=ids)
+        op_id = queue_operation(dataset, params, f"conceptseg {pred_field}: shard {index + 1}/{len(parts)}")
+        store.set(_key(run_id, index), dict(run_id=run_id, index=index, shards=len(parts), op_id=op_id,
+                                            state="queued", attempt=1, starts=0, targets=len(ids)))
+        op_ids.append(op_id)
+    return op_ids
+
+
+def refuse_busy(dataset, run_id: str) -> None:
+    """A run whose shards are still queued or running cannot be started again under the same id."""
+    busy = [r["index"] + 1 for r in shard_records(dataset, run_id) if _op_state(r.get("op_id")) in ("queued", "running")]
+    if busy:
+        raise ConceptSegError(
+            f"Shard(s) {', '.join(map(str, busy))} of this run are still queued or running: wait for them "
+            "(`conceptseg shards`), re-queue dead ones (--requeue-dead), or pass overwrite to start over.")
+
+
+def _op(op_id):
+    from bson import ObjectId
+    from fiftyone.operators.delegated import DelegatedOperationService
+
+    if not op_id:
+        return None
+    try:
+        return DelegatedOperationService().get(ObjectId(op_id))
+    except Exception:  # deleted with `fiftyone delegated delete`
+        return None
+
+
+def _op_state(op_id) -> str | None:
+    op = _op(op_id)
+    return op.run_state if op is not None else None
+
+
+def segment_sharded(demonstrations, targets, mask_field: str, pred_field: str, shards: int, route: str = "auto",
+                    threshold: float | None = None, concept: str = "concept", overwrite: bool = False,
+                    resume: bool = False, instances: bool = True, output_dir: str | None = None, model=None,
+                    classes=None, resize_masks: bool = False) -> dict:
+    """Chooses the route once, records the run and queues its targets as ``shards`` delegated operations.
+
+    Same arguments and checks as :func:`conceptseg.jobs.segment_by_demonstration`; returns
+    the queued run (route, verification, targets, operation ids) without segmenting anything.
+    """
+    from conceptseg import fiftyone_io as fio
+    from conceptseg import jobs
+    from conceptseg.errors import EmptyViewError
+    from conceptseg.router import DEFAULT_THRESHOLD, make_router
+    from conceptseg.runs import run_identity
+    from conceptseg.video import as_frames
+
+    threshold = DEFAULT_THRESHOLD if threshold is None else threshold
+    jobs.check_field_name(pred_field)
+    if not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
+        raise ConceptSegError(f"threshold must be an IoU in [0, 1], got {threshold!r}.")
+    if model is not None and not isinstance(model, str):
+        raise ConceptSegError("A sharded run loads its model on every worker: give the model as a bundle directory, "
+                              "zoo name or hub id, not a loaded bundle.")
+    demonstrations = jobs._image_samples(demonstrations, mask_field)
+    if targets._is_frames or targets.media_type != "image":
+        raise ConceptSegError("Sharded runs segment image samples; run video datasets without --shards.")
+    targets, unreadable = as_frames(targets)
+    if len(demonstrations) == 0:
+        raise EmptyViewError("No demonstrations: select samples (or tag them) whose masks show the concept.")
+    dataset = targets._root_dataset
+    run_key, run_id = run_identity(dataset, pred_field, resume, jobs.run_key_for(pred_field))
+    inst_field = jobs.instances_field_for(pred_field) if instances else None
+    if inst_field:
+        jobs.check_field_name(inst_field)
+    demo_ids = demonstrations.values("id")
+    targets = targets.exclude(demo_ids)
+    todo = jobs._targets_to_do(targets, pred_field, inst_field, mask_field, overwrite, resume, run_key, run_id)
+    todo_ids = todo.values("id")
+    n, note = check_shards(shards, len(todo_ids))
+    classes = jobs._class_list(classes)
+    settings = dict(mask_field=mask_field, classes=classes, route_requested=route, threshold=threshold, model=model)
+    if resume and run_key in dataset.list_runs():
+        jobs._check_resume(dataset, run_key, demo_ids, settings)
+    refuse_busy(dataset, run_id)
+
+    demos, found = fio.read_demonstrations(demonstrations, mask_field, classes=classes, resize_masks=resize_masks)
+    if concept == "concept" and found.classes:
+        concept = ", ".join(found.classes)
+    question = concept if concept != "concept" else None
+    router = make_router(route, threshold, bundle=jobs._load_model(model), question=question)
+    choice = router.choose(demos)
+    jobs._ensure_mask_targets(targets, pred_field, concept)
+    out_dir = os.path.abspath(output_dir or jobs.default_output_dir(dataset, pred_field))
+    demo_file = demonstrations_path(out_dir, run_id)
+    save_demonstrations(demos, demo_file)
+    record = dict(
+        method="conceptseg.segment_by_demonstration", run_id=run_id, output_dir=out_dir, pred_field=pred_field,
+        instances_field=inst_field, demonstration_ids=demo_ids, demonstrations=len(demos),
+        negative_demonstrations=sum(1 for d in demos if not d.mask.any()), box_only_detections=found.box_only,
+        classes_found=found.classes, route=choice.route.name, verification=choice.verification,
+        verifications={v.route: v.scores for v in choice.verifications}, verified=choice.verified,
+        reason=choice.reason, rule=choice.route.rule(), concept=concept, question=question, frames=False,
+        fit_seconds=choice.fit_seconds, targets=len(targets), skipped=len(targets) - len(todo_ids),
+        shards=n, shards_requested=shards, demonstrations_file=demo_file, **settings,
+    )
+    jobs._start_run(targets, run_key, record)
+    op_ids = queue_shards(dataset, run_key, run_id, pred_field, todo_ids, n)
+    summary = dict(run_key=run_key, run_id=run_id, queued=True, operations=op_ids, note=note,
+                   failures=unreadable, **{k: record[k] for k in (
+                       "pred_field", "instances_field", "route", "verification", "verified", "reason", "rule",
+                       "targets", "skipped", "shards", "shards_requested", "fit_seconds")})
+    if not op_ids:  # nothing left to do (a resumed run already finished): the record is complete now
+        finish_if_done(dataset, run_id)
+    return summary
+
+
+# --- a shard on a worker -----------------------------------------------------------------
+
+
+class _RecordedRule:
+    """The re-fitted route, saying the rule recorded when the run chose it (a reasoning rule comes from verifying)."""
+
+    def __init__(self, route, rule: str):
+        self._route, self._rule = route, rule
+
+    def rule(self) -> str:
+        return self._rule
+
+    def __getattr__(self, name):
+        return getattr(self._route, name)
+
+
+def _recorded_choice(config: dict, demos: list[Demonstration]):
+    """The run's route choice, rebuilt: the named route re-fitted on the same demonstrations."""
+    from conceptseg.jobs import _load_model
+    from conceptseg.router import RouteChoice, make_router, usable
+    from conceptseg.types import Verification
+
+    router = make_router(config["route"], config["threshold"], bundle=_load_model(config.get("model")),
+                         question=config.get("question"))
+    route = router.routes[0]
+    start = time.perf_counter()
+    route.fit(usable(route, demos))
+    verifications = [Verification(name, dict(scores)) for name, scores in (config.get("verifications") or {}).items()]
+    choice = RouteChoice(_RecordedRule(route, config.get("rule") or ""), verifications,
+                         verified=bool(config.get("verified")), reason=config.get("reason") or "")
+    choice.fit_seconds = time.perf_counter() - start
+    return router, choice
+
+
+class _Heartbeat(threading.Thread):
+    """Writes the shard's heartbeat and progress every few seconds; notices a deleted run."""
+
+    def __init__(self, shard: "_Shard", every: float):
+        super().__init__(name="conceptseg-shard-heartbeat", daemon=True)
+        self.shard, self.every = shard, every
+        self.stop = threading.Event()
+        self.run_gone = False
+
+    def run(self) -> None:
+        while not self.stop.wait(self.every):
+            if _run_doc(self.shard.dataset, self.shard.run_id) is None:
+                self.run_gone = True
+                return
+            self.shard.write()
+
+
+class _Shard:
+    """One attempt at one shard: its record in the store, written only while it is the current attempt."""
+
+    def __init__(self, dataset, run_id: str, index: int, op_id: str | None):
+        self.dataset, self.run_id, self.index, self.op_id = dataset, run_id, index, op_id
+        self.store, self.key = _store(dataset), _key(run_id, index)
+        self.lock = threading.Lock()
+        self.record = self.store.get(self.key) or dict(run_id=run_id, index=index, attempt=1, starts=0)
+        self.done = 0
+
+    def current(self) -> bool:
+        """Whether this attempt is still the shard's (a re-queue hands the shard to a new operation)."""
+        stored = self.store.get(self.key) or {}
+        return self.op_id is None or stored.get("op_id") in (None, self.op_id)
+
+    def write(self, **changes) -> None:
+        with self.lock:
+            if not self.current():
+                return
+            self.record.update(changes, done=self.done, heartbeat=time.time())
+            self.store.set(self.key, dict(self.record))
+
+
+def run_shard(dataset, params: dict, op_id: str | None = None, progress=None,
+              heartbeat: float = HEARTBEAT_SECONDS) -> dict:
+    """Segments one shard's targets for the run ``params['run_id']``; returns the shard's counts.
+
+    Targets that already hold a label of this run are skipped (a re-queued shard resumes).
+    A run deleted before or during the shard ends it without writing further labels.
+    """
+    import psutil
+
+    from conceptseg.jobs import _segment_targets
+
+    run_id, index, ids = params["run_id"], int(params["index"]), list(params["target_ids"])
+    doc = _run_doc(dataset, run_id)
+    if doc is None:
+        _store(dataset).delete(_key(run_id, index))
+        return dict(run_id=run_id, index=index, ended="run deleted", segmented=0)
+    dataset.reload()
+    config, run_key = doc["config"], doc["key"]
+    shard = _Shard(dataset, run_id, index, op_id)
+    me = psutil.Process()
+    shard.write(op_id=op_id, state="running", host=socket.gethostname(), pid=me.pid,
+                pid_started=me.create_time(), started=time.time(), starts=shard.record.get("starts", 0) + 1)
+
+    started = time.perf_counter()
+    pred_field, inst_field = config["pred_field"], config.get("instances_field")
+    targets = dataset.select(ids)
+    own = F(f"{pred_field}.run_id") == run_id
+    todo = targets.match(~own) if dataset.has_field(pred_field) else targets
+    resumed = len(ids) - len(todo)
+    demos = load_demonstrations(config["demonstrations_file"])
+    router, choice = _recorded_choice(config, demos)
+
+    beat = _Heartbeat(shard, heartbeat)
+    beat.start()
+
+    def report(done: int, total: int) -> None:
+        shard.done = done
+        if beat.run_gone:  # stops the loop; the labels of the last second may still be saved
+            raise RunGoneError(f"run {run_id} was deleted while shard {index + 1} was running")
+        if progress is not None:
+            progress(done, total)
+
+    try:
+        seconds, failures = _segment_targets(router, choice, todo, pred_field, inst_field, config["concept"],
+                                              run_key, config["output_dir"], report, run_id)
+    except RunGoneError:
+        return dict(run_id=run_id, index=index, ended="run deleted", segmented=shard.done)
+    finally:
+        beat.stop.set()
+        beat.join()
+    result = dict(run_id=run_id, index=index, targets=len(ids), segmented=len(seconds), resumed=resumed,
+                  failures=failures, seconds_sum=float(sum(seconds)), fit_seconds=choice.fit_seconds,
+                  busy_seconds=time.perf_counter() - started)
+    shard.write(state="completed", finished=time.time(), **{k: v for k, v in result.items() if k not in ("run_id", "index")})
+    if shard.current():
+        finish_if_done(dataset, run_id)
+    return result
+
+
+# --- aggregation -------------------------------------------------------------------------
+
+
+def aggregate(config: dict, records: list[dict]) -> dict:
+    """The run's summary from its queue-time choice and its shards' records."""
+    segmented = sum(r.get("segmented", 0) + r.get("resumed", 0) for r in records)
+    written = sum(r.get("segmented", 0) for r in records)
+    seconds = sum(r.get("seconds_sum", 0.0) for r in records)
+    return dict(
+        pred_field=config["pred_field"],
+        instances_field=config.get("instances_field"),
+        classes=config.get("classes_found"),
+        route=config["route"],
+        verification=config.get("verification"),
+        verifications=config.get("verifications"),
+        verified=config.get("verified"),
+        reason=config.get("reason"),
+        rule=config.get("rule"),
+        demonstrations=config.get("demonstrations"),
+        negative_demonstrations=config.get("negative_demonstrations"),
+        box_only_detections=config.get("box_only_detections"),
+        targets=config.get("targets"),
+        segmented=segmented,
+        skipped=config.get("skipped", 0),
+        resumed=sum(r.get("resumed", 0) for r in records),
+        failures=[f for r in records for f in r.get("failures", [])],
+        fit_seconds=config.get("fit_seconds"),
+        seconds_per_target=seconds / written if written else None,
+        shards=len(records),
+        shard_attempts=sum(r.get("attempt", 1) for r in records),
+        worker_seconds=sum(r.get("busy_seconds", 0.0) for r in records),
+    )
+
+
+def finish_if_done(dataset, run_id: str) -> dict | None:
+    """Writes the run's aggregated results once every shard has completed; returns them then."""
+    from conceptseg.jobs import _finish_run
+
+    doc = _run_doc(dataset, run_id)
+    if doc is None:
+        return None
+    config = doc["config"]
+    records = shard_records(dataset, run_id)
+    if len(records) < config.get("shards", 0) or any(r.get("state") != "completed" for r in records):
+        return None
+    summary = aggregate(config, records)
+    dataset.reload()
+    _finish_run(dataset, doc["key"], dict(run_key=doc["key"], **summary))
+    return summary
+
+
+def progress_of(dataset, run_id: str) -> dict:
+    """{"shards": N, "completed": k, "done": targets finished so far} for ``conceptseg runs``."""
+    records = shard_records(dataset, run_id)
+    return dict(shards=len(records), completed=sum(r.get("state") == "completed" for r in records),
+                done=sum(r.get("done", 0) + r.get("resumed", 0) for r in records))
+
+
+# --- watching and re-queueing ------------------------------------------------------------
+
+
+def _pid_alive(record: dict) -> bool:
+    """Whether the worker process of a record (on this host) still runs (not reused, not a zombie)."""
+    import psutil
+
+    try:
+        proc = psutil.Process(record["pid"])
+        same = abs(proc.create_time() - record.get("pid_started", proc.create_time())) < 1.0
+        return same and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _dead_reason(record: dict, op, now: float, stale_after: float) -> str | None:
+    """Why a shard's worker counts as dead, or None while it is queued, alive or done."""
+    if op is None:
+        return "its delegated operation is gone"
+    state = op.run_state
+    if state == "failed":
+        return "its operation failed"
+    if state != "running":
+        return None
+    if record.get("op_id") == str(op.id) and record.get("host") == socket.gethostname() and record.get("pid"):
+        if not _pid_alive(record):
+            return f"worker pid {record['pid']} on this host is gone"
+    if record.get("op_id") == str(op.id) and record.get("heartbeat"):
+        last = record["heartbeat"]
+    else:  # claimed, but the shard never wrote: count from the claim
+        last = op.started_at.replace(tzinfo=datetime.timezone.utc).timestamp() if op.started_at else now
+    if now - last > stale_after:
+        return f"no heartbeat for {now - last:.0f} s"
+    return None
+
+
+def shard_status(dataset, pred_field: str, stale_after: float = STALE_AFTER) -> dict:
+    """The shards of the newest sharded run writing ``pred_field``, each with its state and whether it is dead."""
+    from conceptseg.runs import RunNotFoundError, keys_for_field
+
+    for key in keys_for_field(dataset, pred_field):
+        config = dataset.get_run_info(key).config
+        if getattr(config, "shards", None):
+            break
+    else:
+        raise RunNotFoundError(f"No sharded conceptseg run writes {pred_field!r} on dataset {dataset.name!r}.")
+    now, rows = time.time(), []
+    for record in shard_records(dataset, config.run_id):
+        op = _op(record.get("op_id"))
+        rows.append(dict(index=record["index"], op_id=record.get("op_id"),
+                         op_state=op.run_state if op is not None else None,
+                         state=record.get("state"), attempt=record.get("attempt", 1), targets=record.get("targets"),
+                         done=record.get("done", 0) + record.get("resumed", 0), host=record.get("host"),
+                         pid=record.get("pid"), heartbeat_age=(now - record["heartbeat"]) if record.get("heartbeat") else None,
+                         dead=_dead_reason(record, op, now, stale_after)))
+    return dict(run_key=key, run_id=config.run_id, shards=rows)
+
+
+def requeue_dead(dataset, pred_field: str, stale_after: float = STALE_AFTER) -> list[dict]:
+    """Re-queues every shard whose worker died; the new operation resumes (finished targets are skipped).
+
+    A RUNNING operation is first marked failed, atomically (only if still RUNNING), so a shard
+    that just completed is left alone; the store's compare-and-set lets one caller win.
+    """
+    from bson import ObjectId
+    from fiftyone.operators.delegated import DelegatedOperationService
+    from fiftyone.operators.executor import ExecutionResult, ExecutionRunState
+
+    service, status, done = DelegatedOperationService(), shard_status(dataset, pred_field, stale_after), []
+    store = _store(dataset)
+    for row in status["shards"]:
+        if not row["dead"]:
+            continue
+        key = _key(status["run_id"], row["index"])
+        record = store.get(key)
+        op = _op(row["op_id"])
+        if op is not None and op.run_state == "running":
+            error = ExecutionResult(error=f"conceptseg: worker dead ({row['dead']}); shard re-queued")
+            if service.set_failed(ObjectId(row["op_id"]), result=error, required_state=ExecutionRunState.RUNNING) is None:
+                continue  # it finished or failed meanwhile
+        params = dict(run_id=status["run_id"], index=row["index"], shards=record.get("shards"),
+                      target_ids=list(op.context.request_params["params"]["target_ids"]) if op is not None else None)
+        if params["target_ids"] is None:
+            raise ConceptSegError(f"Shard {row['index'] + 1}'s operation was deleted: its targets are unknown; "
+                                  "resume the run instead (segment --resume).")
+        label = f"conceptseg {pred_field}: shard {row['index'] + 1}/{record.get('shards')} (attempt {row['attempt'] + 1})"
+        new = dict(record, state="queued", attempt=row["attempt"] + 1, pid=None, host=None, heartbeat=None,
+                   op_id="requeueing")
+        if not store.compare_and_set(key, record, new):
+            continue  # another caller re-queued it
+        new_id = queue_operation(dataset, params, label)
+        store.set(key, dict(new, op_id=new_id))
+        done.append(dict(index=row["index"], reason=row["dead"], old_op_id=row["op_id"], op_id=new_id))
+    return done

@@ -1,0 +1,65 @@
+"""The CLI side of sharded runs: what `segment --shards` prints, and `conceptseg shards`."""
+
+from __future__ import annotations
+
+import json
+
+
+def report_queued(summary: dict, as_json: bool) -> int:
+    """Prints a queued sharded run: its route, its shards, and how to run them."""
+    if as_json:
+        print(json.dumps(summary))
+        return 0
+    v = summary["verification"]
+    print(f"route {summary['route']}, verification {'unavailable' if v is None else f'{v:.3f}'}"
+          f"{'' if summary['verified'] else ' (UNVERIFIED)'}")
+    if summary.get("note"):
+        print(f"note: {summary['note']}")
+    todo = summary["targets"] - summary["skipped"]
+    print(f"queued {summary['shards']} shard(s) of {todo} target(s) as run {summary['run_key']} "
+          f"({summary['skipped']} already done)")
+    print("run them with `fiftyone delegated launch` (one worker per GPU, on any machine with the same "
+          f"FIFTYONE_DATABASE_URI, media and output directory); watch with `conceptseg shards --dataset ... "
+          f"--pred-field {summary['pred_field']}`")
+    return 0
+
+
+def cmd_shards(args) -> int:
+    from conceptseg.cli import _load
+    from conceptseg.shards import STALE_AFTER, requeue_dead, shard_status
+
+    dataset = _load(args.dataset)
+    args.stale_after = STALE_AFTER if args.stale_after is None else args.stale_after
+    requeued = requeue_dead(dataset, args.pred_field, args.stale_after) if args.requeue_dead else []
+    status = shard_status(dataset, args.pred_field, args.stale_after)
+    if args.json:
+        print(json.dumps(dict(status, requeued=requeued)))
+        return 0
+    print(f"run {status['run_key']}: {len(status['shards'])} shard(s)")
+    print(f"{'shard':>6}{'state':>11}{'operation':>11}{'attempt':>9}{'done':>12}  worker")
+    for r in status["shards"]:
+        worker = f"{r['host']}:{r['pid']}" if r["pid"] else ""
+        if r["heartbeat_age"] is not None and r["state"] == "running":
+            worker += f" (heartbeat {r['heartbeat_age']:.0f} s ago)"
+        if r["dead"]:
+            worker += f"  DEAD: {r['dead']}"
+        print(f"{r['index'] + 1:>6}{r['state'] or '':>11}{r['op_state'] or 'deleted':>11}{r['attempt']:>9}"
+              f"{str(r['done']) + '/' + str(r['targets']):>12}  {worker}")
+    for r in requeued:
+        print(f"re-queued shard {r['index'] + 1} ({r['reason']}) as operation {r['op_id']}")
+    if not args.requeue_dead and any(r["dead"] for r in status["shards"]):
+        print("dead shard(s): re-queue them with --requeue-dead (they resume: finished targets are skipped)")
+    return 0
+
+
+def add_shards_command(sub) -> None:
+    """`conceptseg shards`: the shards of a sharded run, and re-queueing the dead ones."""
+    p = sub.add_parser("shards", help="the shards of a run spread over workers; --requeue-dead re-queues dead ones")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--pred-field", required=True, help="the run's prediction field")
+    p.add_argument("--requeue-dead", action="store_true",
+                   help="re-queue shards whose worker died (they resume without redoing finished targets)")
+    p.add_argument("--stale-after", type=float,
+                   help="seconds without a heartbeat after which a running shard's worker counts as dead (default 60)")
+    p.add_argument("--json", action="store_true", help="print the shards as JSON")
+    p.set_defaults(func=cmd_shards)
