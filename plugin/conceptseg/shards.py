@@ -98,7 +98,7 @@ def _run_doc(dataset, run_id: str) -> dict | None:
     from fiftyone.core.odm import get_db_conn
 
     return get_db_conn().runs.find_one({"_dataset_id": dataset._doc.id, "config.run_id": run_id},
-                                       {"key": 1, "config": 1, "timestamp": 1})
+                                       {"key": 1, "config": 1, "timestamp": 1, "results": 1})
 
 
 # --- queueing ----------------------------------------------------------------------------
@@ -505,6 +505,8 @@ def shard_status(dataset, pred_field: str, stale_after: float = STALE_AFTER) -> 
                          done=record.get("done", 0) + record.get("resumed", 0), host=record.get("host"),
                          pid=record.get("pid"), heartbeat_age=(now - record["heartbeat"]) if record.get("heartbeat") else None,
                          dead=_dead_reason(record, op, now, stale_after)))
+    if rows and all(r["state"] == "completed" for r in rows) and not (_run_doc(dataset, config.run_id) or {}).get("results"):
+        finish_if_done(dataset, config.run_id)  # the last worker died between its shard and the aggregate
     return dict(run_key=key, run_id=config.run_id, shards=rows)
 
 
