@@ -94,6 +94,9 @@ class SegmentByDemonstration(foo.Operator):
                    description="Label of the predicted masks (default: the classes)")
         inputs.bool("overwrite", default=False, label="Overwrite existing labels in the output field")
         inputs.bool("resume", default=False, label="Resume an interrupted run (skip finished targets)")
+        inputs.int("shards", default=1, min=1, label="Shards",
+                   description="Above 1: the route is chosen now and the targets are queued as this many "
+                               "delegated operations, run by `fiftyone delegated launch` workers")
         if ctx.dataset is not None:
             targets = ctx.target_view()
             n = targets.exclude(demos.values("id")).count() if demos is not None else targets.count()
@@ -148,6 +151,8 @@ class SegmentByDemonstration(foo.Operator):
             resume=params.get("resume", False),
             model=params.get("model") or None,
             progress=progress,
+            # One shard is this run itself; more are queued for delegated workers.
+            shards=int(params["shards"]) if (params.get("shards") or 1) > 1 else None,
         )
 
     def _segment_live(self, ctx):
@@ -188,6 +193,11 @@ class SegmentByDemonstration(foo.Operator):
             raise error
         summary = outcome["summary"]
         yield ctx.ops.reload_dataset()
+        if summary.get("queued"):
+            yield ctx.ops.notify(
+                f"Queued {summary['shards']} shards with the {summary['route']} route: start "
+                "`fiftyone delegated launch` workers to run them.", variant="success")
+            return
         yield ctx.ops.notify(
             f"Segmented {summary['segmented']} targets with the {summary['route']} route "
             f"(verification {_score(summary['verification'])}).",

@@ -53,7 +53,7 @@ class TestRegistry:
         uris = {op.uri for op in registry.list_operators(type="operator") if op.uri.startswith(PLUGIN_NAME)}
         metrics = {f"{PLUGIN_NAME}/concept_{m}" for m in ("iou", "dice", "wfm", "sm")}
         assert uris == {SEGMENT, EVALUATE, TRAIN, f"{PLUGIN_NAME}/segment_by_query",
-                        f"{PLUGIN_NAME}/delete_concept_run"} | metrics
+                        f"{PLUGIN_NAME}/delete_concept_run", f"{PLUGIN_NAME}/segment_shard"} | metrics
         assert registry.list_errors() == []
 
     def test_plugin_import_loads_no_heavy_packages(self):
@@ -106,6 +106,19 @@ class TestSegmentOperator:
         assert doc.run_state == "completed", doc.run_state
         assert doc.result.result["segmented"] == 13
         assert doc.status.progress == pytest.approx(1.0)
+        assert len(nuclei_dataset.exists("op_pred")) == 13
+
+    def test_shards_field_queues_the_run_for_workers(self, plugin_installed, nuclei_dataset):
+        nuclei = nuclei_dataset.load_saved_view("nuclei")
+        result = foo.execute_operator(
+            SEGMENT, dataset=nuclei_dataset, view=nuclei, selected=nuclei.match_tags("demo").values("id"),
+            params=self._params(view_target="CURRENT_VIEW", route="appearance", shards=2),
+        )
+        assert result.error is None and result.result["queued"] and result.result["shards"] == 2
+        assert not nuclei_dataset.has_field("op_pred") or len(nuclei_dataset.exists("op_pred")) == 0
+        shard = f"{PLUGIN_NAME}/segment_shard"
+        done = DelegatedOperationService().execute_queued_operations(operator=shard, dataset_name=nuclei_dataset.name)
+        assert [r.error for r in done] == [None, None]
         assert len(nuclei_dataset.exists("op_pred")) == 13
 
     def test_form_flags_an_existing_output_field(self, plugin_installed, nuclei_dataset):
