@@ -17,7 +17,7 @@ from fiftyone.operators.delegated import DelegatedOperationService
 from conceptseg import shards as sh
 from conceptseg.cli import main
 from conceptseg.errors import ConceptSegError
-from conceptseg.jobs import segment_by_demonstration
+from conceptseg.jobs import default_output_dir, segment_by_demonstration
 from conceptseg.runs import delete_run, list_runs
 
 URI = sh.operator_uri()
@@ -111,7 +111,28 @@ class TestShardedRun:
         assert [r.result["ended"] for r in results] == ["run deleted", "run deleted"]
         dataset.reload()
         assert not dataset.has_field("gone") and not dataset.has_field("gone_instances")
+        assert not os.path.exists(default_output_dir(dataset, "gone"))  # the saved demonstrations went too
         assert all("gone" not in r["pred_field"] for r in list_runs(dataset))
+
+    def test_a_run_deleted_while_a_shard_runs_stops_it_and_takes_its_labels_back(self, nuclei):
+        dataset, demos, targets = nuclei
+        queued = sharded(demos, targets, "late", 1)
+        (op,) = DelegatedOperationService().get_queued_operations(operator=URI, dataset_name=dataset.name)
+        params = op.context.request_params["params"]
+        seen = []
+
+        def progress(done, total):
+            seen.append(done)
+            if done == 3:  # the user deletes the run while this shard runs
+                delete_run(dataset, "late")
+
+        result = sh.run_shard(dataset, params, op_id=None, progress=progress, heartbeat=0.0)
+        assert seen == [1, 2, 3]  # the shard stopped at its next check
+        assert result["ended"] == "run deleted" and result["segmented"] == 0
+        dataset.reload()
+        assert not dataset.has_field("late") and not dataset.has_field("late_instances")
+        out_dir = default_output_dir(dataset, "late")
+        assert not os.path.exists(out_dir) or not [f for f in os.listdir(out_dir) if f.endswith(".png")]
 
     def test_two_workers_claiming_the_same_shard_only_one_runs_it(self, nuclei):
         dataset, demos, targets = nuclei
@@ -142,11 +163,15 @@ class TestShardedRun:
             sharded(demos, targets, "busy", 2, resume=True)
 
 
-def launch_worker(log_path):
-    """A real `fiftyone delegated launch` worker (same database, plugins and conceptseg as this process)."""
-    exe = os.path.join(os.path.dirname(sys.executable), "fiftyone")
+def launch_worker(log_path, dataset_name):
+    """A worker process on the same database: `conceptseg worker`, FiftyOne's claim loop filtered to this dataset.
+
+    (An unfiltered `fiftyone delegated launch` here could take other test sessions' operations:
+    this machine's test runs may share one embedded MongoDB.)
+    """
     log = open(log_path, "w")
-    return subprocess.Popen([exe, "delegated", "launch"], stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
+    return subprocess.Popen([sys.executable, "-m", "conceptseg.cli", "worker", "--dataset", dataset_name],
+                            stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
 
 
 def stop(proc):
@@ -172,7 +197,7 @@ class TestWorkers:
         dataset, demos, targets = many
         assert len(targets) == 130
         queued = sharded(demos, targets, "pred", 2)
-        workers = [launch_worker(tmp_path / f"worker{i}.log") for i in range(2)]
+        workers = [launch_worker(tmp_path / f"worker{i}.log", dataset.name) for i in range(2)]
         try:
             def status():
                 return sh.shard_status(dataset, "pred")["shards"]

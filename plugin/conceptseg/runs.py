@@ -183,7 +183,24 @@ def delete_run(dataset: fo.Dataset, pred_field: str) -> dict:
     for path in files:  # after the labels are gone: no label is left pointing at a missing file
         if os.path.isfile(path):
             os.remove(path)
+    _delete_shard_state(dataset, configs)
     for directory in out_dirs:
         if os.path.isdir(directory) and not os.listdir(directory):
             os.rmdir(directory)
     return {"run_keys": keys, "fields": fields + eval_fields, "evaluations": evaluations, "files": len(files)}
+
+
+def _delete_shard_state(dataset: fo.Dataset, configs) -> None:
+    """A sharded run's saved demonstrations and shard records (its queued shards then end unwritten)."""
+    import shutil
+
+    for config in configs:
+        path = getattr(config, "demonstrations_file", None)
+        if path:
+            from conceptseg.shards import clear_records
+
+            clear_records(dataset, config.run_id)
+            shutil.rmtree(os.path.dirname(path), ignore_errors=True)
+            shards_dir = os.path.dirname(os.path.dirname(path))
+            if os.path.isdir(shards_dir) and not os.listdir(shards_dir):
+                os.rmdir(shards_dir)

@@ -86,7 +86,7 @@ def shard_records(dataset, run_id: str) -> list[dict]:
     return [r for r in (store.get(k) for k in keys) if r is not None]
 
 
-def _clear_records(dataset, run_id: str) -> None:
+def clear_records(dataset, run_id: str) -> None:
     store = _store(dataset)
     for key in store.list_keys():
         if key.startswith(run_id + ":"):
@@ -145,7 +145,7 @@ def queue_operation(dataset, params: dict, label: str) -> str:
 
 def queue_shards(dataset, run_key: str, run_id: str, pred_field: str, todo_ids: list[str], shards: int) -> list[str]:
     """Queues the shards of a recorded run; returns their operation ids."""
-    _clear_records(dataset, run_id)  # a resumed run starts its shards afresh
+    clear_records(dataset, run_id)  # a resumed run starts its shards afresh
     store, op_ids = _store(dataset), []
     parts = split_targets(todo_ids, shards)
     for index, ids in enumerate(parts):
@@ -294,19 +294,15 @@ def _recorded_choice(config: dict, demos: list[Demonstration]):
 
 
 class _Heartbeat(threading.Thread):
-    """Writes the shard's heartbeat and progress every few seconds; notices a deleted run."""
+    """Writes the shard's heartbeat and progress every few seconds, also while one target takes long."""
 
     def __init__(self, shard: "_Shard", every: float):
         super().__init__(name="conceptseg-shard-heartbeat", daemon=True)
         self.shard, self.every = shard, every
         self.stop = threading.Event()
-        self.run_gone = False
 
     def run(self) -> None:
-        while not self.stop.wait(self.every):
-            if _run_doc(self.shard.dataset, self.shard.run_id) is None:
-                self.run_gone = True
-                return
+        while not self.stop.wait(max(self.every, 0.5)):
             self.shard.write()
 
 
@@ -367,19 +363,23 @@ def run_shard(dataset, params: dict, op_id: str | None = None, progress=None,
 
     beat = _Heartbeat(shard, heartbeat)
     beat.start()
+    checked = [time.monotonic()]
 
     def report(done: int, total: int) -> None:
         shard.done = done
-        if beat.run_gone:  # stops the loop; the labels of the last second may still be saved
-            raise RunGoneError(f"run {run_id} was deleted while shard {index + 1} was running")
         if progress is not None:
             progress(done, total)
+        if time.monotonic() - checked[0] >= heartbeat:  # one query per heartbeat: was the run deleted?
+            checked[0] = time.monotonic()
+            if _run_doc(dataset, run_id) is None:
+                raise RunGoneError(f"run {run_id} was deleted while shard {index + 1} was running")
 
     try:
         seconds, failures = _segment_targets(router, choice, todo, pred_field, inst_field, config["concept"],
                                               run_key, config["output_dir"], report, run_id)
     except RunGoneError:
-        return dict(run_id=run_id, index=index, ended="run deleted", segmented=shard.done)
+        _remove_leftovers(dataset, run_id, ids, [pred_field, inst_field], config["output_dir"])
+        return dict(run_id=run_id, index=index, ended="run deleted", segmented=0)
     finally:
         beat.stop.set()
         beat.join()
@@ -390,6 +390,27 @@ def run_shard(dataset, params: dict, op_id: str | None = None, progress=None,
     if shard.current():
         finish_if_done(dataset, run_id)
     return result
+
+
+def _remove_leftovers(dataset, run_id: str, ids: list[str], fields: list[str | None], out_dir: str) -> None:
+    """Takes back what a shard wrote after its run was deleted: labels, an emptied field, mask files."""
+    dataset.reload()
+    fields = [f for f in fields if f and dataset.has_field(f)]
+    if fields:  # the deletion removed the fields; the shard's last save may have re-created them
+        mine = dataset.select(ids).match(F(f"{fields[0]}.run_id") == run_id)
+        for field in fields:
+            mine.set_values(field, [None] * len(mine))
+        for field in fields:
+            if not len(dataset.exists(field)):
+                dataset.delete_sample_field(field)
+    dataset.reload()
+    used = set(dataset.values(f"{fields[0]}.mask_path")) if fields and dataset.has_field(fields[0]) else set()
+    for sample_id in ids:  # masks are written before their label is saved: remove every one no label uses
+        path = os.path.join(out_dir, f"{sample_id}.png")
+        if path not in used and os.path.isfile(path):
+            os.remove(path)
+    if os.path.isdir(out_dir) and not os.listdir(out_dir):
+        os.rmdir(out_dir)
 
 
 # --- aggregation -------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The CLI side of sharded runs: what `segment --shards` prints, and `conceptseg shards`."""
+"""The CLI side of sharded runs: what `segment --shards` prints, `conceptseg shards` and `conceptseg worker`."""
 
 from __future__ import annotations
 
@@ -52,6 +52,28 @@ def cmd_shards(args) -> int:
     return 0
 
 
+def cmd_worker(args) -> int:
+    """A delegated worker that takes only conceptseg shards (of one dataset, if given), one at a time."""
+    import time
+
+    from fiftyone.operators.delegated import DelegatedOperationService
+
+    from conceptseg.shards import operator_uri
+
+    service, uri = DelegatedOperationService(), operator_uri()
+    print(f"worker: running queued {uri} operations"
+          + (f" of dataset {args.dataset!r}" if args.dataset else "") + "; stop with Ctrl-C", flush=True)
+    try:
+        while True:
+            ran = service.execute_queued_operations(operator=uri, dataset_name=args.dataset, limit=1, log=True)
+            if not ran:
+                if args.exit_when_idle:
+                    return 0
+                time.sleep(args.poll)  # the queue is empty: look again later, like `fiftyone delegated launch`
+    except KeyboardInterrupt:
+        return 0
+
+
 def add_shards_command(sub) -> None:
     """`conceptseg shards`: the shards of a sharded run, and re-queueing the dead ones."""
     p = sub.add_parser("shards", help="the shards of a run spread over workers; --requeue-dead re-queues dead ones")
@@ -63,3 +85,10 @@ def add_shards_command(sub) -> None:
                    help="seconds without a heartbeat after which a running shard's worker counts as dead (default 60)")
     p.add_argument("--json", action="store_true", help="print the shards as JSON")
     p.set_defaults(func=cmd_shards)
+
+    p = sub.add_parser("worker", help="a delegated worker for conceptseg shards only (`fiftyone delegated launch` "
+                       "runs every queued operation)")
+    p.add_argument("--dataset", help="take only the shards of this dataset")
+    p.add_argument("--poll", type=float, default=0.5, help="seconds between looks at an empty queue")
+    p.add_argument("--exit-when-idle", action="store_true", help="stop once no shard is queued")
+    p.set_defaults(func=cmd_worker)

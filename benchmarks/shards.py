@@ -1,0 +1,214 @@
+"""Issue 15: a run spread over workers. 1 worker vs 2, and a worker killed mid-shard.
+
+Run: ``python benchmarks/shards.py [--targets 400] [--shards 2]``. Prints one plain-text table.
+
+Setup: a private MongoDB (the bundled ``mongod`` on a free port, reached through
+``FIFTYONE_DATABASE_URI`` exactly as workers on other machines would) and private plugin
+and dataset directories, so real ``fiftyone delegated launch`` workers take only this
+script's operations. Targets: the demo's 13 nuclei tiles (128², real images), added
+over and over up to ``--targets`` samples; the demo's 3 tagged tiles are the
+demonstrations; the appearance route.
+
+Rows:
+- in-process: ``segment_by_demonstration`` without shards (the reference labels);
+- 1 worker / 2 workers: ``--shards`` operations queued, run by that many
+  ``fiftyone delegated launch`` processes started just before (their imports count);
+- 2 workers, one killed: one worker gets SIGKILL once its shard has written a quarter of
+  its targets; ``requeue_dead`` re-queues the shard, the survivor finishes it.
+
+Columns: wall s (from queueing, after the route is chosen, to the run's aggregated record;
+the in-process row: the segmentation after the fit); targets/s; speed-up over 1 worker;
+labels (targets holding this run's label); equal (labels whose mask equals the in-process
+run's); redone (targets segmented twice: shard segmented + resumed - shard targets).
+"span" columns time the shards themselves, first shard start to last shard end (what a
+long-lived worker pool sees: no worker start-up, no imports of FiftyOne).
+The machine's load average (1 min) is printed before and after: the CPUs are shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+GOAL = 1.7
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _private_fiftyone(root: str):
+    """Starts a private mongod; returns (process, environment for every process of the benchmark)."""
+    import importlib.util
+
+    fo_dir = os.path.dirname(importlib.util.find_spec("fiftyone").origin)
+    mongod, port = os.path.join(fo_dir, "db", "bin", "mongod"), _free_port()
+    os.makedirs(os.path.join(root, "db"))
+    proc = subprocess.Popen([mongod, "--dbpath", os.path.join(root, "db"), "--port", str(port), "--bind_ip",
+                             "127.0.0.1", "--nounixsocket", "--logpath", os.path.join(root, "mongod.log")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = dict(os.environ, FIFTYONE_DATABASE_URI=f"mongodb://127.0.0.1:{port}",
+               FIFTYONE_PLUGINS_DIR=os.path.join(root, "plugins"), FIFTYONE_MODEL_ZOO_DIR=os.path.join(root, "zoo"),
+               FIFTYONE_DEFAULT_DATASET_DIR=os.path.join(root, "datasets"), FIFTYONE_DO_NOT_TRACK="true",
+               FIFTYONE_SHOW_PROGRESS_BARS="false", FIFTYONE_DATABASE_VALIDATION="false")
+    return proc, env
+
+
+def _wait(condition, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)  # polling interval
+    raise TimeoutError(f"timed out waiting for {what}")
+
+
+def _workers(n: int, log_dir: str, tag: str):
+    exe = os.path.join(os.path.dirname(sys.executable), "fiftyone")
+    return [subprocess.Popen([exe, "delegated", "launch"], stdout=open(os.path.join(log_dir, f"{tag}{i}.log"), "w"),
+                             stderr=subprocess.STDOUT) for i in range(n)]
+
+
+def _stop(procs) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def child(args) -> None:
+    import fiftyone as fo
+    import numpy as np
+    from fiftyone import ViewField as F
+
+    from conceptseg import demo
+    from conceptseg import shards as sh
+    from conceptseg.install import install_plugin
+    from conceptseg.jobs import segment_by_demonstration
+
+    install_plugin()
+    root = os.environ["FIFTYONE_DEFAULT_DATASET_DIR"]
+    dataset = demo.build_dataset("shards-bench", media_dir=os.path.join(root, "media"))
+    dataset.persistent = True
+    nuclei = dataset.load_saved_view("nuclei")
+    tiles = nuclei.match_tags("demo", bool=False).values("filepath")
+    dataset.delete_samples(dataset.match_tags("demo", bool=False))  # the quokka and the 13 tiles go
+    dataset.add_samples([fo.Sample(filepath=tiles[i % len(tiles)]) for i in range(args.targets)])
+    demos, targets = dataset.match_tags("demo"), dataset.match_tags("demo", bool=False)
+    assert len(targets) == args.targets
+
+    load_before = os.getloadavg()[0]
+    t = time.perf_counter()
+    plain = segment_by_demonstration(demos, targets, "ground_truth", "plain", route="appearance")
+    wall = time.perf_counter() - t - plain["fit_seconds"]
+    rows = [dict(name="in-process (no shards)", wall=wall, span=wall, labels=plain["segmented"],
+                 equal=plain["segmented"], redone=0)]
+    reference = {s.id: s.plain.get_mask() for s in targets.select_fields("plain")}
+
+    def check(field: str, run_id: str) -> dict:
+        dataset.reload()  # the workers added the field
+        own = targets.match(F(f"{field}.run_id") == run_id)
+        equal = sum(np.array_equal(reference[s.id], s[field].get_mask()) for s in own.select_fields(field))
+        records = sh.shard_records(dataset, run_id)
+        redone = sum(r.get("segmented", 0) + r.get("resumed", 0) - r["targets"] for r in records)
+        span = max(r["finished"] for r in records) - min(r["started"] for r in records)
+        return dict(labels=len(own), equal=equal, redone=redone, span=span,
+                    attempts=sum(r.get("attempt", 1) for r in records))
+
+    def finished(run_id: str) -> bool:
+        doc = sh._run_doc(dataset, run_id)
+        return bool(doc and doc.get("results"))
+
+    logs = tempfile.mkdtemp(prefix="shards-bench-logs-")
+    for n_workers in (1, 2):
+        field = f"w{n_workers}"
+        workers = _workers(n_workers, logs, field)
+        try:
+            t = time.perf_counter()
+            queued = segment_by_demonstration(demos, targets, "ground_truth", field, route="appearance",
+                                              shards=args.shards)
+            t_queued = time.perf_counter()
+            _wait(lambda: finished(queued["run_id"]), 1800, f"{field} to finish")
+            wall = time.perf_counter() - t_queued
+        finally:
+            _stop(workers)
+        rows.append(dict(name=f"{n_workers} worker{'s' if n_workers > 1 else ''}, {args.shards} shards", wall=wall,
+                         queue=t_queued - t, **check(field, queued["run_id"])))
+
+    workers = _workers(2, logs, "kill")
+    try:
+        queued = segment_by_demonstration(demos, targets, "ground_truth", "killed", route="appearance", shards=2)
+        t_queued = time.perf_counter()
+        rows_ = _wait(lambda: (r := sh.shard_status(dataset, "killed")["shards"]) and all(x["pid"] for x in r) and r,
+                      600, "both shards running")
+        victim = next(w for w in workers if w.pid == rows_[0]["pid"])
+        quarter = rows_[0]["targets"] // 4
+        _wait(lambda: sh.shard_status(dataset, "killed")["shards"][0]["done"] >= quarter or
+              len(targets.match(F("killed.run_id") == queued["run_id"])) >= quarter, 600, "a quarter written")
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+        _wait(lambda: any(r["dead"] for r in sh.shard_status(dataset, "killed")["shards"]), 120, "the dead shard")
+        requeued = sh.requeue_dead(dataset, "killed")
+        _wait(lambda: finished(queued["run_id"]), 1800, "the killed run to finish")
+        wall = time.perf_counter() - t_queued
+    finally:
+        _stop(workers)
+    rows.append(dict(name="2 workers, one killed + re-queue", wall=wall, **check("killed", queued["run_id"])))
+    load_after = os.getloadavg()[0]
+
+    base, base_span = rows[1]["wall"], rows[1]["span"]
+    print(f"\nshards benchmark: {args.targets} targets (128² nuclei tiles), appearance route, "
+          f"{os.cpu_count()} CPUs; load average {load_before:.1f} before, {load_after:.1f} after")
+    print(f"{'run':<36}{'wall s':>8}{'targets/s':>10}{'×1 worker':>10}{'span s':>8}{'targets/s':>10}{'×1 worker':>10}"
+          f"{'labels':>8}{'equal':>7}{'redone':>8}")
+    for r in rows:
+        worker = r["name"][0].isdigit()
+        speed = f"{base / r['wall']:.2f}" if worker else ""
+        speed_span = f"{base_span / r['span']:.2f}" if worker else ""
+        print(f"{r['name']:<36}{r['wall']:>8.1f}{args.targets / r['wall']:>10.1f}{speed:>10}{r['span']:>8.1f}"
+              f"{args.targets / r['span']:>10.1f}{speed_span:>10}{r['labels']:>8}{r['equal']:>7}{r['redone']:>8}")
+    ratio, ratio_span = base / rows[2]["wall"], base_span / rows[2]["span"]
+    print(f"\n2 workers / 1 worker throughput: {ratio:.2f}× from queueing, {ratio_span:.2f}× over the shards' span "
+          f"(goal ≥ {GOAL}×: {'met' if max(ratio, ratio_span) >= GOAL else 'NOT met'}); "
+          f"killed run: {len(requeued)} shard re-queued, {rows[3]['labels']}/{args.targets} labels, "
+          f"{rows[3]['redone']} redone; queueing (fit + verify + queue) took {rows[1]['queue']:.1f} s")
+    fo.delete_dataset(dataset.name)
+    shutil.rmtree(logs, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--targets", type=int, default=400)
+    parser.add_argument("--shards", type=int, default=2)
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        return child(args)
+    root = tempfile.mkdtemp(prefix="shards-bench-")
+    mongod, env = _private_fiftyone(root)
+    try:
+        subprocess.run([sys.executable, __file__, "--child", "--targets", str(args.targets), "--shards",
+                        str(args.shards)], env=env, check=True)
+    finally:
+        mongod.terminate()
+        mongod.wait()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
