@@ -358,6 +358,7 @@ def run_shard(dataset, params: dict, op_id: str | None = None, progress=None,
     own = F(f"{pred_field}.run_id") == run_id
     todo = targets.match(~own) if dataset.has_field(pred_field) else targets
     resumed = len(ids) - len(todo)
+    shard.write(resumed=resumed)  # progress counts the targets an earlier attempt finished
     demos = load_demonstrations(config["demonstrations_file"])
     router, choice = _recorded_choice(config, demos)
 
