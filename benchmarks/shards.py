@@ -1,6 +1,8 @@
 """Issue 15: a run spread over workers. 1 worker vs 2, and a worker killed mid-shard.
 
-Run: ``python benchmarks/shards.py [--targets 400] [--shards 2]``. Prints one plain-text table.
+Run: ``python benchmarks/shards.py [--targets 400] [--shards 2] [--repeats 3] [--threads 1]``.
+Prints one plain-text table; with repeats, 1 and 2 workers alternate and the median run
+(by span) of each is shown, since the CPUs are shared and their load moves.
 
 Setup: a private MongoDB (the bundled ``mongod`` on a free port, reached through
 ``FIFTYONE_DATABASE_URI`` exactly as workers on other machines would) and private plugin
@@ -140,8 +142,10 @@ def child(args) -> None:
         return bool(doc and doc.get("results"))
 
     logs = tempfile.mkdtemp(prefix="shards-bench-logs-")
-    for n_workers in (1, 2):
-        field = f"w{n_workers}"
+    order = [n for rep in range(args.repeats) for n in ((1, 2) if rep % 2 == 0 else (2, 1))]
+    by_workers: dict[int, list[dict]] = {1: [], 2: []}
+    for rep, n_workers in enumerate(order):
+        field = f"w{n_workers}_{rep}"
         workers = _workers(n_workers, logs, field)
         try:
             t = time.perf_counter()
@@ -152,8 +156,12 @@ def child(args) -> None:
             wall = time.perf_counter() - t_queued
         finally:
             _stop(workers)
-        rows.append(dict(name=f"{n_workers} worker{'s' if n_workers > 1 else ''}, {args.shards} shards", wall=wall,
-                         queue=t_queued - t, **check(field, queued["run_id"])))
+        by_workers[n_workers].append(dict(wall=wall, queue=t_queued - t, **check(field, queued["run_id"])))
+    for n_workers, runs in by_workers.items():
+        runs.sort(key=lambda r: r["span"])
+        median = runs[len(runs) // 2]  # the median run by span (odd counts; the upper one otherwise)
+        rows.append(dict(name=f"{n_workers} worker{'s' if n_workers > 1 else ''}, {args.shards} shards", **median,
+                         spans=[round(r["span"], 1) for r in runs]))
 
     workers = _workers(2, logs, "kill")
     try:
@@ -190,6 +198,8 @@ def child(args) -> None:
         print(f"{r['name']:<36}{r['wall']:>8.1f}{args.targets / r['wall']:>10.1f}{speed:>10}{r['span']:>8.1f}"
               f"{args.targets / r['span']:>10.1f}{speed_span:>10}{r['fit']:>7.1f}{r['labels']:>8}{r['equal']:>7}"
               f"{r['redone']:>8}")
+    for r in rows[1:3]:
+        print(f"  {r['name']}: spans of the {len(r['spans'])} run(s) {r['spans']} s")
     ratio, ratio_span = base / rows[2]["wall"], base_span / rows[2]["span"]
     print(f"\n2 workers / 1 worker throughput: {ratio:.2f}× from queueing, {ratio_span:.2f}× over the shards' span "
           f"(goal ≥ {GOAL}×: {'met' if max(ratio, ratio_span) >= GOAL else 'NOT met'}); "
@@ -203,6 +213,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--targets", type=int, default=400)
     parser.add_argument("--shards", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=1, help="runs per worker count, alternating 1 and 2 "
+                        "workers (the median by span is shown)")
     parser.add_argument("--threads", type=int, help="threads per process for the forest (LOKY_MAX_CPU_COUNT, "
                         "OMP_NUM_THREADS); default: every core, as in a normal run")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -215,7 +227,7 @@ def main() -> None:
         env.update(LOKY_MAX_CPU_COUNT=str(args.threads), OMP_NUM_THREADS=str(args.threads))
     try:
         subprocess.run([sys.executable, __file__, "--child", "--targets", str(args.targets), "--shards",
-                        str(args.shards)], env=env, check=True)
+                        str(args.shards), "--repeats", str(args.repeats)], env=env, check=True)
     finally:
         mongod.terminate()
         mongod.wait()
