@@ -156,6 +156,29 @@ class TestShardedRun:
         assert record["starts"] == 1 and record["state"] == "completed"
         assert len(dataset.exists("once")) == 13
 
+    def test_a_worker_elsewhere_without_heartbeat_is_dead_and_requeue_dead_requeues_it(self, nuclei, capsys):
+        dataset, demos, targets = nuclei
+        queued = sharded(demos, targets, "far", 1)
+        service = DelegatedOperationService()
+        (op_id,) = queued["operations"]
+        service.set_running(ObjectId(op_id))  # a worker on another machine claimed it ...
+        store, key = sh._store(dataset), sh._key(queued["run_id"], 0)
+        record = dict(store.get(key), state="running", host="gpu-node-7", pid=4242, heartbeat=time.time())
+        store.set(key, record)
+        assert sh.shard_status(dataset, "far", stale_after=60)["shards"][0]["dead"] is None
+        store.set(key, dict(record, heartbeat=time.time() - 120))  # ... and went silent two minutes ago
+        (row,) = sh.shard_status(dataset, "far", stale_after=60)["shards"]
+        assert row["dead"].startswith("no heartbeat for 12")
+        assert main(["shards", "--dataset", dataset.name, "--pred-field", "far", "--requeue-dead", "--json"]) == 0
+        out = json.loads(capsys.readouterr().out)
+        (requeued,) = out["requeued"]
+        assert requeued["old_op_id"] == op_id and out["shards"][0]["state"] == "queued"
+        assert service.get(ObjectId(op_id)).run_state == "failed"
+        assert service.get(ObjectId(requeued["op_id"])).run_state == "queued"
+        (result,) = run_queued(dataset)
+        assert result.error is None and result.result["segmented"] == 13
+        assert finished(dataset, "far")["segmented"] == 13
+
     def test_a_resumed_sharded_run_refuses_while_its_shards_are_queued(self, nuclei):
         dataset, demos, targets = nuclei
         sharded(demos, targets, "busy", 2)
