@@ -9,7 +9,9 @@ import fiftyone.operators.types as types
 
 from ._forms import field_choice, progress_callback
 
-ROUTES = ("auto", "appearance", "prototype", "reasoning")
+ROUTES = ("auto", "appearance", "object", "prototype", "reasoning")
+# The router's DEFAULT_THRESHOLD (the engine loads only inside execute).
+VERIFY_THRESHOLD = 0.6
 # Views larger than this default to delegated execution (the App would wait too long).
 DELEGATE_ABOVE = 200
 # Appearance route on a CPU, per 128-512 px target (demo: 0.04 s) and to fit + verify (demo: 2.7 s);
@@ -82,7 +84,7 @@ class SegmentByDemonstration(foo.Operator):
         if ctx.params.get("route") == "reasoning" and not ctx.params.get("model"):
             model.invalid = True
             model.error_message = "The reasoning route needs a model: give a bundle directory or id."
-        inputs.float("threshold", default=0.5, min=0.0, max=1.0, label="Verification threshold (IoU)")
+        inputs.float("threshold", default=VERIFY_THRESHOLD, min=0.0, max=1.0, label="Verification threshold (IoU)")
         inputs.str("concept", default="concept", label="Concept name", description="Label of the predicted masks")
         inputs.bool("overwrite", default=False, label="Overwrite existing labels in the output field")
         inputs.bool("resume", default=False, label="Resume an interrupted run (skip finished targets)")
@@ -128,7 +130,7 @@ class SegmentByDemonstration(foo.Operator):
             mask_field=params["mask_field"],
             pred_field=params.get("pred_field", "predictions"),
             route=params.get("route", "auto"),
-            threshold=params.get("threshold", 0.5),
+            threshold=params.get("threshold", VERIFY_THRESHOLD),
             concept=params.get("concept", "concept"),
             overwrite=params.get("overwrite", False),
             resume=params.get("resume", False),

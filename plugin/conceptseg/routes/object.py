@@ -47,7 +47,7 @@ class ObjectConfig:
     """
 
     candidates: CandidateConfig = field(default_factory=CandidateConfig)
-    n_estimators: int = 200
+    n_estimators: int = 100
     threshold: float = 0.5
     rule_features: int = 2
     seed: int = 0

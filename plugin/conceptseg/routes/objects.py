@@ -148,7 +148,7 @@ def _keep(labels: np.ndarray, min_area: int, max_objects: int) -> np.ndarray:
 # ---- features ---------------------------------------------------------------------------
 
 _PROPS = (
-    "label", "area", "perimeter", "eccentricity", "solidity", "extent", "orientation",
+    "label", "area", "perimeter", "eccentricity", "solidity", "extent",
     "euler_number", "axis_major_length", "axis_minor_length", "feret_diameter_max",
     "moments_hu", "intensity_mean", "intensity_std", "centroid",
 )
@@ -156,7 +156,7 @@ _PROPS = (
 # Feature name → words for the rule.
 WORDS = {
     "area": "area (px)", "perimeter": "perimeter (px)", "eccentricity": "eccentricity",
-    "solidity": "solidity", "extent": "extent (fill of its box)", "orientation": "orientation (rad)",
+    "solidity": "solidity", "extent": "extent (fill of its box)",
     "euler_number": "holes (Euler number)", "elongation": "elongation (major/minor axis)",
     "feret_diameter_max": "longest diameter (px)", "circularity": "circularity",
     "corners": "corners", "mean_red": "mean red", "mean_green": "mean green", "mean_blue": "mean blue",
@@ -166,6 +166,10 @@ WORDS = {
     "colour_deviation": "colour difference from the image's other objects",
     "shape_deviation": "shape difference from the image's other objects",
     "size_deviation": "size difference from the image's other objects",
+    "distinctness": "share of the image's other objects it differs from in colour, size or shape",
+    "detail_fraction": "share of its pixels unlike its main colour",
+    "detail_blobs": "detail blobs per 100 px",
+    "detail_elongation": "elongation of its detail blobs",
     **{f"hu_{i}": f"Hu moment {i}" for i in range(7)},
 }
 FEATURES = tuple(WORDS)
@@ -186,16 +190,20 @@ def features(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
     hu = np.stack([t[f"moments_hu-{i}"] for i in range(7)], 1)
     # Hu moments span orders of magnitude; the signed log keeps them comparable.
     hu = -np.sign(hu) * np.log10(np.abs(hu) + 1e-12)
-    colour = np.stack([t[f"intensity_mean-{c}"] for c in range(3)], 1)
+    # Intensities rounded to a tenth of an 8-bit step: a plain object's spread is 0, not
+    # float noise a forest could split on.
+    colour = np.round(np.stack([t[f"intensity_mean-{c}"] for c in range(3)], 1), 4)
+    spread = np.round(np.stack([t[f"intensity_std-{c}"] for c in range(3)], 1), 4)
     own = {
         "area": area, "perimeter": perimeter, "eccentricity": t["eccentricity"],
-        "solidity": t["solidity"], "extent": t["extent"], "orientation": t["orientation"],
+        "solidity": t["solidity"], "extent": t["extent"],
         "euler_number": t["euler_number"].astype(float),
         "elongation": t["axis_major_length"] / minor, "feret_diameter_max": t["feret_diameter_max"],
         "circularity": 4 * np.pi * area / perimeter**2, "corners": _corners(labels, n),
         **{f"mean_{c}": colour[:, i] for i, c in enumerate(_CHANNELS)},
-        **{f"std_{c}": t[f"intensity_std-{i}"] for i, c in enumerate(_CHANNELS)},
+        **{f"std_{c}": spread[:, i] for i, c in enumerate(_CHANNELS)},
         **{f"hu_{i}": hu[:, i] for i in range(7)},
+        **_details(image, labels, n),
     }
     centroids = np.stack([t["centroid-0"], t["centroid-1"]], 1)
     context = _context(area, colour, hu, centroids, max(labels.shape))
@@ -214,14 +222,45 @@ def _context(area, colour, hu, centroids, side: int) -> dict[str, np.ndarray]:
         nearest = d.min(axis=1) / side
     else:  # alone: as far from any other object as the image allows
         nearest = np.full(n, np.sqrt(2.0))
+    deviation = np.abs(np.log(area / median_area))
+    # Two objects are alike when their sizes are within 10%, colours within 0.1 and Hu
+    # moments within 0.5 (summed log-distance): what tells the odd one out from its peers.
+    differs = (
+        (np.abs(np.log(area[:, None] / area[None])) > 0.1)
+        | (np.linalg.norm(colour[:, None] - colour[None], axis=-1) > 0.1)
+        | (np.abs(hu[:, None, :3] - hu[None, :, :3]).sum(-1) > 0.5)
+    )
     return {
         "relative_area": area / median_area,
         "area_rank": order / max(n - 1, 1),
         "neighbour_distance": nearest,
         "colour_deviation": np.linalg.norm(colour - np.median(colour, axis=0), axis=1),
         "shape_deviation": np.abs(hu - np.median(hu, axis=0)).sum(axis=1),
-        "size_deviation": np.abs(np.log(area / median_area)),
+        "size_deviation": deviation,
+        "distinctness": differs.sum(axis=1) / max(n - 1, 1),
     }
+
+
+def _details(image: np.ndarray, labels: np.ndarray, n: int) -> dict[str, np.ndarray]:
+    """Texture inside each object: the pixels far from its median colour, as blobs (stripes, dots)."""
+    from scipy import ndimage as ndi
+    from skimage.measure import regionprops
+
+    fraction, blobs, elongation = np.zeros(n), np.zeros(n), np.ones(n)
+    for i, box in enumerate(ndi.find_objects(labels), 1):
+        if box is None:
+            continue
+        inside = labels[box] == i
+        pixels = image[box][inside]
+        detail = np.zeros_like(inside)
+        detail[inside] = np.linalg.norm(pixels - np.median(pixels, axis=0), axis=-1) > 0.15
+        if not detail.any():
+            continue
+        parts = regionprops(ndi.label(detail)[0])  # 4-connected: a checkerboard's cells stay apart
+        fraction[i - 1] = detail.sum() / inside.sum()
+        blobs[i - 1] = 100 * len(parts) / inside.sum()
+        elongation[i - 1] = np.mean([p.axis_major_length / max(p.axis_minor_length, 1.0) for p in parts])
+    return {"detail_fraction": fraction, "detail_blobs": blobs, "detail_elongation": elongation}
 
 
 def _corners(labels: np.ndarray, n: int) -> np.ndarray:
