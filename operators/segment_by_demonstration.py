@@ -17,6 +17,8 @@ DELEGATE_ABOVE = 200
 # Appearance route on a CPU, per 128-512 px target (demo: 0.04 s) and to fit + verify (demo: 2.7 s);
 # used for the estimate until a run on this dataset has measured its own.
 APPEARANCE_SECONDS, FIT_SECONDS = 0.05, 3.0
+# Object route on a CPU per 128 px target (benchmarks/concepts.py: candidates, features, forest).
+OBJECT_SECONDS = 0.1
 
 
 class SegmentByDemonstration(foo.Operator):
@@ -237,6 +239,9 @@ def _estimate(ctx, n_targets: int) -> str:
     with_model = f"~{measured:.1f} s" if measured else "seconds (GPU) to minutes (CPU)"
     if route == "reasoning":
         text = f"Estimate: ~{n_targets} targets × {with_model} per target with the model"
+    elif route == "object":
+        per = _measured_seconds(ctx.dataset, "object") or OBJECT_SECONDS
+        text = f"Estimate: ~{n_targets} targets × ~{per:.2f} s (object) + ~{FIT_SECONDS:.0f} s to fit and verify"
     elif route == "auto" and model:
         text = (f"Estimate: ~{n_targets} targets × ~{appearance:.2f} s if the appearance route verifies, "
                 f"else × {with_model} per target with the model")

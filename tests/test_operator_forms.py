@@ -57,6 +57,8 @@ class TestForm:
         assert label.startswith("Estimate: ~14 targets × ~0.05 s (appearance)")  # 17 samples - 3 demos
         label = form(nuclei_dataset, demos, route="reasoning", model="some/bundle")["estimate"].view.label
         assert "per target with the model" in label
+        label = form(nuclei_dataset, demos, route="object")["estimate"].view.label
+        assert label.startswith("Estimate: ~14 targets × ~0.10 s (object)")
 
 
 class TestLiveProgress:
