@@ -172,3 +172,24 @@ class TestBadInput:
     def test_unknown_proposal_is_named(self):
         with pytest.raises(ValueError, match="proposal must be one of background"):
             ObjectConfig(candidates=CandidateConfig(proposal="magic"))
+
+
+class TestFromTheCommandLine:
+    def test_route_object_writes_labels_and_records_the_majority_rule(self, nuclei_dataset, capsys):
+        import json
+
+        from conceptseg import cli
+        from conceptseg.metrics import score_sample
+
+        args = ["segment", "--dataset", nuclei_dataset.name, "--demo-tag", "demo", "--mask-field",
+                "ground_truth", "--pred-field", "pred", "--view", "nuclei", "--route", "object", "--json"]
+        assert cli.main(args) == 0
+        summary = json.loads(capsys.readouterr().out)
+        assert summary["route"] == "object" and summary["segmented"] == 13 and summary["failures"] == []
+        info = nuclei_dataset.get_run_info("conceptseg_pred")
+        assert info.config.route == "object" and "most of its pixels lie inside" in info.config.rule
+        ious = []
+        for sample in nuclei_dataset.load_saved_view("nuclei").match_tags("demo", bool=False):
+            assert sample["pred"].route == "object" and sample["pred"].rule == info.config.rule
+            ious.append(score_sample(sample["pred"].get_mask(), sample["ground_truth"].get_mask() > 0)["iou"])
+        assert np.mean(ious) >= 0.6  # every nucleus is the concept: the candidates' own quality
