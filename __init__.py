@@ -4,6 +4,7 @@ FiftyOne runs this file again for every operator request, so it imports only the
 operator modules; the engine (and torch, scikit-learn) loads inside ``execute``.
 """
 
+from .operators.delete_concept_run import DeleteConceptRun
 from .operators.evaluate_concept_segmentation import EvaluateConceptSegmentation
 from .operators.evaluation_metrics import ConceptDice, ConceptIoU, SMeasure, WeightedFMeasure
 from .operators.segment_by_demonstration import SegmentByDemonstration
@@ -21,6 +22,7 @@ OPERATORS = (
     WeightedFMeasure,
     SMeasure,
     TrainConceptPolicy,
+    DeleteConceptRun,
 )
 PANELS = (ConceptRules, ConceptEvaluation)
 

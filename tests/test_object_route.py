@@ -157,6 +157,15 @@ class TestBadInput:
         assert "from 4 demonstrations" in route.rule()
         assert not (route.segment(no_triangle) > 0.5).any()
 
+    def test_router_passes_negative_demonstrations_to_the_object_route(self):
+        demos, _ = _concept("ring")
+        no_ring = _canvas()
+        no_ring[30:60, 30:60] = (0.1, 0.1, 0.9)
+        choice = Router().choose(demos + [Demonstration(no_ring, np.zeros((128, 128), bool), "no-ring")])
+        assert choice.route.name == "object" and choice.verified
+        assert "no-ring" in choice.verifications[-1].scores
+        assert "from 4 demonstrations" in choice.route.rule()
+
     def test_only_negative_demonstrations_find_nothing(self):
         image = _canvas()
         image[30:60, 30:60] = (0.1, 0.1, 0.9)

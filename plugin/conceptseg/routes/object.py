@@ -72,6 +72,7 @@ class ObjectRoute(Route):
     """Random forest on candidate objects' shape, size, intensity and context features."""
 
     name = "object"
+    uses_negatives = True  # an empty mask makes every object in it a negative example
 
     def __init__(self, config: ObjectConfig | None = None):
         self.config = config or ObjectConfig()
