@@ -117,12 +117,15 @@ class SegmentByDemonstration(foo.Operator):
     def _segment(self, ctx, progress):
         from conceptseg.jobs import segment_by_demonstration
 
+        from ._forms import with_hf_token
+
         params = ctx.params
         if params.get("demo_source", "selected") == "tag":
             demonstrations = ctx.dataset.match_tags(params["demo_tag"])
         else:
             demonstrations = ctx.dataset.select(ctx.selected)
-        return segment_by_demonstration(
+        return with_hf_token(  # model downloads use the HF_TOKEN secret
+            ctx, segment_by_demonstration,
             demonstrations=demonstrations,
             targets=ctx.target_view(),
             mask_field=params["mask_field"],
