@@ -8,6 +8,7 @@ import importlib.metadata
 import importlib.util
 import os
 import sys
+import sysconfig
 import tempfile
 
 import numpy as np
@@ -24,8 +25,9 @@ def check(ok: bool, what: str) -> None:
 
 def engine_not_installed(plugin_dir: str) -> None:
     check(importlib.util.find_spec("conceptseg") is None, "conceptseg is not importable before the plugin loads")
-    dists = {d.metadata["Name"].lower() for d in importlib.metadata.distributions()}
-    check("conceptseg-r1" not in dists, "no conceptseg-r1 distribution is pip-installed")
+    site = sysconfig.get_paths()["purelib"]
+    dists = {d.metadata["Name"].lower() for d in importlib.metadata.distributions(path=[site])}
+    check(dists and "conceptseg-r1" not in dists, f"no conceptseg-r1 distribution is pip-installed in {site}")
     check(os.path.isfile(os.path.join(plugin_dir, "requirements.txt")), "the plugin directory ships requirements.txt")
 
 
