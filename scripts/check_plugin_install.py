@@ -103,7 +103,8 @@ def operators_run(plugin_dir: str) -> None:
                 params={"__method__": "on_load", "panel_id": "p1", "panel_state": {}},
             )
             requests = [r["operator_uri"] for r in result.executor.to_json()["requests"]]
-            check(result.error is None and requests, f"panel {panel} loads ({result.error or requests})")
+            check(result.error is None and "show_panel_output" in requests,
+                  f"panel {panel} loads and renders ({result.error or len(requests)} App updates)")
         dataset.delete()
 
 
