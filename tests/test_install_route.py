@@ -92,7 +92,7 @@ class TestPluginWithoutInstalledEngine:
             f"spec = importlib.util.spec_from_file_location('zoo_source', {str(source / '__init__.py')!r})\n"
             "zoo = importlib.util.module_from_spec(spec); spec.loader.exec_module(zoo)\n"
             "zoo.use_plugin_engine(); zoo.use_plugin_engine()\n"
-            "import conceptseg.zoo_model\n"
+            "import conceptseg.checkpoint\n"
             "print(json.dumps({'engine': os.path.realpath(conceptseg.__file__), 'path': sys.path}))\n",
             {"FIFTYONE_PLUGINS_DIR": plugins},
         )
