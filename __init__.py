@@ -11,6 +11,7 @@ from .model_zoo import use_plugin_engine
 
 use_plugin_engine()
 
+from .operators.delete_concept_run import DeleteConceptRun
 from .operators.evaluate_concept_segmentation import EvaluateConceptSegmentation
 from .operators.evaluation_metrics import ConceptDice, ConceptIoU, SMeasure, WeightedFMeasure
 from .operators.segment_by_demonstration import SegmentByDemonstration
@@ -28,6 +29,7 @@ OPERATORS = (
     WeightedFMeasure,
     SMeasure,
     TrainConceptPolicy,
+    DeleteConceptRun,
 )
 PANELS = (ConceptRules, ConceptEvaluation)
 

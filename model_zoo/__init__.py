@@ -50,8 +50,9 @@ def download_model(model_name, model_path):
 def load_model(model_name, model_path, bundle=None, **kwargs):
     """Builds the FiftyOne model; ``bundle`` (a local bundle directory) replaces the download.
 
-    Other keyword arguments are ConceptSegModelConfig fields: demonstrations + mask_field,
-    or text; route, threshold, concept, output.
+    Other keyword arguments are ConceptSegModelConfig fields: demonstrations or demo_tag
+    (+ mask_field, classes), or text; route, threshold, concept, output. Without any, the
+    model loads and takes them as attributes before apply_model.
     """
     use_plugin_engine()
     from conceptseg.zoo_model import ConceptSegModel, ConceptSegModelConfig
@@ -73,9 +74,7 @@ def resolve_input(model_name, ctx):
 
 
 def parse_parameters(model_name, ctx, params):
-    """Turns the form's demonstration tag into the view load_model expects."""
-    tag = params.pop("demo_tag", None)
-    if tag:
-        params["demonstrations"] = ctx.dataset.match_tags(tag)
-    if not params.get("text"):
-        params.pop("text", None)
+    """Drops the form's empty choices: the tag is read from the dataset apply_model runs on."""
+    for name in ("demo_tag", "text"):
+        if not params.get(name):
+            params.pop(name, None)

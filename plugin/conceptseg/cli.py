@@ -71,6 +71,8 @@ def cmd_segment(args) -> int:
         instances=not args.no_instances,
         model=args.model,
         progress=None if args.json else _progress,
+        classes=args.classes,
+        resize_masks=args.resize_masks,
     )
     return _report(summary, args.json)
 
@@ -84,6 +86,10 @@ def _report(summary: dict, as_json: bool) -> int:
           f"{'' if summary['verified'] else ' (UNVERIFIED)'}")
     if summary.get("rule"):
         print(f"rule: {summary['rule']}")
+    if summary.get("classes"):
+        negatives = summary.get("negative_demonstrations") or 0
+        print(f"concept: {', '.join(summary['classes'])}"
+              + (f" ({negatives} negative demonstration(s) teach background)" if negatives else ""))
     print(f"segmented {summary['segmented']}, skipped {summary['skipped']}, failed {len(summary['failures'])}")
     for f in summary["failures"]:
         print(f"  failed {f['sample_id']} ({f['filepath']}): {f['error']}")
@@ -120,7 +126,8 @@ def cmd_evaluate(args) -> int:
 
     dataset = _load(args.dataset)
     scope = dataset.load_saved_view(args.view) if args.view else dataset
-    report = evaluate(scope, args.pred_field, args.gt_field, eval_key=args.eval_key, size=args.size)
+    report = evaluate(scope, args.pred_field, args.gt_field, eval_key=args.eval_key, size=args.size,
+                      classes=args.classes)
     if args.json:
         print(json.dumps({"metrics": report["metrics"], "samples": report["samples"]}))
         return 0
@@ -250,6 +257,54 @@ def cmd_setup_db(args) -> int:
     return 0
 
 
+def cmd_runs(args) -> int:
+    from conceptseg.runs import list_runs
+
+    runs = list_runs(_load(args.dataset))
+    if args.json:
+        print(json.dumps(runs))
+        return 0
+    if not runs:
+        print(f"No conceptseg segmentation run on {args.dataset!r}.")
+        return 0
+    print(f"{'pred field':<20}{'run key':<28}{'route':<12}{'verification':>13}{'targets':>9}{'failures':>9}"
+          f"{'seconds':>9}  started")
+    for r in runs:
+        v = "n/a" if r["verification"] is None else f"{r['verification']:.3f}" + ("" if r["verified"] else "*")
+        seconds = "unfinished" if not r["finished"] else ("" if r["seconds"] is None else f"{r['seconds']:.1f}")
+        print(f"{r['pred_field']:<20}{r['run_key']:<28}{r['route'] or '':<12}{v:>13}{r['targets']:>9}"
+              f"{r['failures']:>9}{seconds:>9}  {r['started']}")
+    if any(r["verified"] is False for r in runs):
+        print("* UNVERIFIED: the route did not reach the threshold on held-out demonstrations")
+    return 0
+
+
+def cmd_delete_run(args) -> int:
+    from conceptseg.runs import delete_run
+
+    report = delete_run(_load(args.dataset), args.pred_field)
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    print(f"deleted run(s) {', '.join(report['run_keys'])}: fields {', '.join(report['fields']) or 'none'}, "
+          f"{report['files']} mask file(s)")
+    return 0
+
+
+def _add_run_commands(sub) -> None:
+    """Subcommands that manage recorded runs."""
+    p = sub.add_parser("runs", help="list the dataset's segmentation runs (route, verification, targets, time)")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--json", action="store_true", help="print the runs as one JSON list")
+    p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser("delete-run", help="delete a segmentation run: its record, fields and mask files")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--pred-field", required=True, help="the run's prediction field")
+    p.add_argument("--json", action="store_true", help="print what was deleted as JSON")
+    p.set_defaults(func=cmd_delete_run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (kept separate so tests can read its contract)."""
     parser = argparse.ArgumentParser(prog="conceptseg", description=__doc__)
@@ -263,6 +318,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True)
     p.add_argument("--demo-tag", required=True, help="tag of the demonstration samples")
     p.add_argument("--mask-field", required=True, help="field with the demonstrations' masks")
+    p.add_argument("--classes", help="class(es) of --mask-field that are the concept, by name or mask value "
+                   "(A[,B]); needed when the demonstrations show several classes")
+    p.add_argument("--resize-masks", action="store_true",
+                   help="stretch demonstration masks of another size than their image (nearest) instead of stopping")
     p.add_argument("--pred-field", required=True, help="Segmentation field to write")
     p.add_argument("--view", help="saved view of targets (default: every sample not tagged --demo-tag)")
     p.add_argument("--route", default="auto", choices=["auto", "appearance", "prototype", "reasoning"])
@@ -298,6 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True)
     p.add_argument("--pred-field", required=True)
     p.add_argument("--gt-field", required=True)
+    p.add_argument("--classes", help="class(es) of --gt-field that are the concept (A[,B]; default: every label)")
     p.add_argument("--view", help="saved view to evaluate (default: the whole dataset)")
     p.add_argument("--eval-key", help="run key and field prefix (default eval_<pred-field>)")
     p.add_argument("--size", type=int, help="resize masks to SIZE x SIZE first (600: the paper's protocol)")
@@ -368,6 +428,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("setup-db", help="make sure FiftyOne has a MongoDB it can start")
     p.set_defaults(func=cmd_setup_db)
+
+    _add_run_commands(sub)
     return parser
 
 

@@ -13,22 +13,39 @@ from conceptseg.jobs import Progress
 METRIC_NAMES = ("iou", "wfm", "sm", "em", "mae", "dice", "ber", "miou")
 
 
+def metric_field(eval_key: str, metric: str) -> str:
+    """Per-sample field of one metric: ``<eval_key>_concept_<metric>``.
+
+    The ``concept_`` infix keeps clear of the fields FiftyOne's own ``evaluate_segmentations``
+    writes under the same key (``<key>_accuracy``, ``<key>_dice`` with ``compute_dice``).
+    """
+    return f"{eval_key}_concept_{metric}"
+
+
 def score_samples(
     collection: fo.core.collections.SampleCollection,
     pred_field: str,
     gt_field: str,
     size: int | None = None,
     progress: Progress | None = None,
+    classes: list[str] | None = None,
 ) -> tuple[dict[str, dict], list[str], list[str]]:
-    """Per-sample scores of every sample with both masks, and the ids missing either."""
+    """Per-sample scores of every sample with both masks, and the ids missing either.
+
+    ``classes`` of ``gt_field`` are the ground truth's concept (default: every labelled pixel).
+    """
+    from conceptseg import classes as classes_
     from conceptseg import metrics
+
+    fio.check_mask_field(collection, gt_field, "ground truth")
+    concept = classes_.named(collection, gt_field, classes)
 
     samples, missing_gt, missing_pred = {}, [], []
     view = collection.select_fields([pred_field, gt_field, "metadata"])
     total = len(view)
     for done, sample in enumerate(view.iter_samples(), 1):
         frame = fio.frame_size(sample, gt_field, pred_field)
-        gt = fio.label_to_mask(sample[gt_field], frame)
+        gt = fio.label_to_mask(sample[gt_field], frame, concept)
         pred = fio.label_to_mask(sample[pred_field], frame)
         if gt is None:
             missing_gt.append(sample.id)
@@ -47,7 +64,7 @@ def _check_eval_key(dataset: fo.Dataset, eval_key: str) -> None:
         if dataset.get_run_info(eval_key).config.method != "conceptseg.evaluate":
             raise FieldError(f"Run key {eval_key!r} belongs to another run; choose another evaluation key.")
         return  # re-running an evaluation replaces its own fields, as FiftyOne's do
-    taken = [f"{eval_key}_{n}" for n in METRIC_NAMES if dataset.has_field(f"{eval_key}_{n}")]
+    taken = [metric_field(eval_key, n) for n in METRIC_NAMES if dataset.has_field(metric_field(eval_key, n))]
     if taken:
         raise FieldError(
             f"Fields {', '.join(taken)} exist and are not from a conceptseg evaluation; "
@@ -62,10 +79,14 @@ def evaluate(
     eval_key: str | None = None,
     size: int | None = None,
     progress: Progress | None = None,
+    classes: list[str] | None = None,
 ) -> dict:
     """Scores ``pred_field`` against ``gt_field`` on every sample that has both.
 
-    Writes ``<eval_key>_<metric>`` on each scored sample for metric in iou, wfm, sm, em,
+    ``classes`` of ``gt_field`` (names or mask values) are the concept the predictions
+    are scored against; by default every labelled pixel of the ground truth is.
+
+    Writes ``<eval_key>_concept_<metric>`` on each scored sample for metric in iou, wfm, sm, em,
     mae, dice, ber, miou, and records the aggregate as the FiftyOne run ``eval_key``
     (default ``eval_<pred_field>``). ``size`` = 600 reproduces the paper's protocol
     (both masks resized to 600x600). Samples missing either field are listed, not scored.
@@ -82,18 +103,20 @@ def evaluate(
     eval_key = eval_key or "eval_" + re.sub(r"\W", "_", pred_field)
     dataset = collection._dataset
     _check_eval_key(dataset, eval_key)
-    samples, missing_gt, missing_pred = score_samples(collection, pred_field, gt_field, size, progress)
+    classes = [c.strip() for c in classes.split(",")] if isinstance(classes, str) else classes
+    samples, missing_gt, missing_pred = score_samples(collection, pred_field, gt_field, size, progress, classes)
     for name in METRIC_NAMES:
         collection.set_values(
-            f"{eval_key}_{name}", {i: s[name] for i, s in samples.items()}, key_field="id"
+            metric_field(eval_key, name), {i: s[name] for i, s in samples.items()}, key_field="id"
         )
     aggregate = metrics.aggregate(samples.values())
     config = dataset.init_run(
         method="conceptseg.evaluate",
         pred_field=pred_field,
         gt_field=gt_field,
+        classes=classes or None,
         size=size,
-        metric_fields=[f"{eval_key}_{n}" for n in METRIC_NAMES],
+        metric_fields=[metric_field(eval_key, n) for n in METRIC_NAMES],
     )
     dataset.register_run(eval_key, config, overwrite=True)
     results = dataset.init_run_results(
