@@ -2,6 +2,7 @@
 
 Usage: python check_plugin_install.py PLUGIN_DIR. The environment names a private database
 (FIFTYONE_DATABASE_URI) and plugins dir. Prints each check; exits non-zero on the first failure.
+Its last line counts the checks ("install-route: N passed, M failed").
 """
 
 import importlib.metadata
@@ -10,6 +11,7 @@ import os
 import sys
 import sysconfig
 import tempfile
+import time
 
 import numpy as np
 import yaml
@@ -17,9 +19,14 @@ import yaml
 PLUGIN = "@conceptseg/conceptseg-r1"
 
 
+PASSED = []
+
+
 def check(ok: bool, what: str) -> None:
     if not ok:
-        sys.exit(f"FAIL: {what}")
+        print(f"FAIL: {what}\ninstall-route: {len(PASSED)} passed, 1 failed")
+        sys.exit(1)
+    PASSED.append(what)
     print(f"ok: {what}")
 
 
@@ -113,6 +120,9 @@ def main() -> None:
     engine_not_installed(plugin_dir)
     registry(plugin_dir)
     operators_run(plugin_dir)
+    if os.environ.get("CHECK_STARTED_AT"):  # set by check_plugin_install.sh
+        print(f"all checks passed in {time.time() - float(os.environ['CHECK_STARTED_AT']):.0f} s")
+    print(f"install-route: {len(PASSED)} passed, 0 failed")  # the closing line CI reads
 
 
 if __name__ == "__main__":
