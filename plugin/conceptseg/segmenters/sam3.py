@@ -225,7 +225,7 @@ class Sam3Segmenter:
         from conceptseg.hub import hf_token
 
         path = _resolve_path(config.path)
-        token = hf_token()  # facebook/sam3 is gated: the hub id needs one
+        token = hf_token()  # for hub ids (a gated repository needs one); None: huggingface_hub decides
         device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
         try:
             processor = Sam3Processor.from_pretrained(path, token=token)
