@@ -4,6 +4,13 @@ FiftyOne runs this file again for every operator request, so it imports only the
 operator modules; the engine (and torch, scikit-learn) loads inside ``execute``.
 """
 
+# The engine ships in this directory (plugin/conceptseg), so a plugin fetched with
+# `fiftyone plugins download` works without pip-installing it; model_zoo/ holds the one rule
+# for finding it, shared with the zoo source.
+from .model_zoo import use_plugin_engine
+
+use_plugin_engine()
+
 from .operators.delete_concept_run import DeleteConceptRun
 from .operators.evaluate_concept_segmentation import EvaluateConceptSegmentation
 from .operators.evaluation_metrics import ConceptDice, ConceptIoU, SMeasure, WeightedFMeasure

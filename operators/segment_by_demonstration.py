@@ -131,6 +131,8 @@ class SegmentByDemonstration(foo.Operator):
 
         from conceptseg.errors import ConceptSegError
 
+        from ._forms import with_hf_token
+
         params = ctx.params
         picked = _selected_labels(ctx)
         if picked.error:
@@ -139,7 +141,8 @@ class SegmentByDemonstration(foo.Operator):
         mask_field = params.get("mask_field") or picked.field
         if not mask_field:
             raise ConceptSegError("Choose the mask field that holds the demonstrations' masks (mask_field).")
-        return segment_by_demonstration(
+        return with_hf_token(  # model downloads use the HF_TOKEN secret
+            ctx, segment_by_demonstration,
             demonstrations=demonstrations if demonstrations is not None else ctx.view.limit(0),
             targets=ctx.target_view(),
             mask_field=mask_field,
