@@ -13,6 +13,7 @@ from conceptseg.errors import ConceptSegError
 from conceptseg.policy import PolicyRequest
 from conceptseg.router import Router, make_router
 from conceptseg.routes.reasoning import ReasoningRoute
+from conceptseg.testing import ScriptedPolicy, scripted_bundle
 from conceptseg.types import Demonstration
 
 DEMO_INDICES = (0, 5, 10)
@@ -27,20 +28,13 @@ def _demos(tiles, indices=DEMO_INDICES):
     return [Demonstration(tiles[i][1], tiles[i][2], tiles[i][0]) for i in indices]
 
 
-class ScriptedPolicy:
-    """The real tiny policy and hidden states, with the completion text replaced.
+UNPARSABLE = "I think it is the round thing."  # what a policy that ignores the format writes
+PARSABLE = ("<think>bright round blobs</think><rule>nuclei are bright ovals</rule>"
+            "<check>[0, 0, 299, 299]</check><bbox>[150, 300, 449, 599]</bbox><answer>nucleus</answer>")
 
-    A random tiny policy never writes the tagged format, so the one path that needs
-    well-formed text (box parsed → mapped → given to the segmenter) gets it from here.
-    """
 
-    def __init__(self, policy, text):
-        self.policy, self.text = policy, text
-
-    def generate(self, requests, **kwargs):
-        out = self.policy.generate(requests, **kwargs)
-        out.completions = [self.text] * len(out.completions)
-        return out
+def _scripted(bundle, text):
+    return dataclasses.replace(bundle, policy=ScriptedPolicy(bundle.policy, text))
 
 
 class TestBundleOnDisk:
@@ -167,33 +161,30 @@ class TestOfficialLayout:
 
 class TestReasoningRoute:
     def test_malformed_completion_still_gives_a_mask_from_tokens(self, tiny_bundle, nuclei_tiles):
-        route = ReasoningRoute(tiny_bundle)
+        route = ReasoningRoute(_scripted(tiny_bundle, UNPARSABLE))
         route.fit(_demos(nuclei_tiles))
         probability, details = route.segment_with_details(nuclei_tiles[1][1])
         assert probability.shape == (128, 128) and probability.dtype == np.float32
         assert np.isfinite(probability).all() and 0 <= probability.min() <= probability.max() <= 1
         assert details["parse_error"] and details["box"] is None and details["answer"] is None
-        assert isinstance(details["completion"], str)
+        assert details["completion"] == UNPARSABLE
 
     def test_parsed_box_is_mapped_to_the_image_and_prompts_the_segmenter(self, tiny_bundle, nuclei_tiles):
-        text = ("<think>bright round blobs</think><rule>nuclei are bright ovals</rule>"
-                "<check>[0, 0, 299, 299]</check><bbox>[150, 300, 449, 599]</bbox><answer>nucleus</answer>")
-        scripted = dataclasses.replace(tiny_bundle, policy=ScriptedPolicy(tiny_bundle.policy, text))
-        route = ReasoningRoute(scripted)
+        route = ReasoningRoute(_scripted(tiny_bundle, PARSABLE))
         route.fit(_demos(nuclei_tiles))
         image = nuclei_tiles[1][1]
         with_box, details = route.segment_with_details(image)
         assert details["parse_error"] is None and details["answer"] == "nucleus"
         assert details["rule"] == "nuclei are bright ovals"
         assert details["box"] == [32, 64, 95, 127]  # 600² box → 128² tile: ×128/600 by pixel edges
-        plain = ReasoningRoute(tiny_bundle)
+        plain = ReasoningRoute(_scripted(tiny_bundle, UNPARSABLE))
         plain.fit(_demos(nuclei_tiles))
         assert not np.allclose(with_box, plain.segment(image))
 
     def test_verification_is_the_check_iou(self, tiny_bundle, nuclei_tiles):
         text = ("<think>t</think><rule>r</rule><check>[0, 0, 299, 299]</check>"
                 "<bbox>[0, 0, 599, 599]</bbox><answer>a</answer>")
-        scripted = dataclasses.replace(tiny_bundle, policy=ScriptedPolicy(tiny_bundle.policy, text))
+        scripted = _scripted(tiny_bundle, text)
         demos = _demos(nuclei_tiles)
         scores = ReasoningRoute(scripted).verify(demos)
         from conceptseg.episode import build_episode
@@ -204,7 +195,7 @@ class TestReasoningRoute:
         assert 0 < scores[demos[0].id] < 1
 
     def test_unparsable_check_verifies_at_zero_and_one_demo_is_unavailable(self, tiny_bundle, nuclei_tiles):
-        route = ReasoningRoute(tiny_bundle)
+        route = ReasoningRoute(_scripted(tiny_bundle, UNPARSABLE))
         assert route.verify(_demos(nuclei_tiles)) == {nuclei_tiles[0][0]: 0.0}
         assert route.verify(_demos(nuclei_tiles, (0,))) == {}
 
@@ -219,16 +210,38 @@ class TestReasoningRoute:
         after = tiny_bundle.segmenter.cache_info()
         assert after["hits"] == before["hits"] + 1 and after["misses"] == before["misses"]
 
-    def test_nan_weights_are_a_recorded_failure(self, tiny_bundle_dir, nuclei_tiles):
+    @pytest.mark.parametrize("text", [PARSABLE, UNPARSABLE], ids=["box", "tokens-only"])
+    def test_nan_weights_are_a_recorded_failure(self, tiny_bundle_dir, nuclei_tiles, text):
         bundle = load_bundle(tiny_bundle_dir)
         with torch.no_grad():
             next(bundle.segmenter.model.sam_mask_decoder.parameters()).fill_(float("nan"))
-        router = make_router("reasoning", bundle=bundle)
+        router = make_router("reasoning", bundle=_scripted(bundle, text))
         choice = router.choose(_demos(nuclei_tiles))
         from conceptseg.types import Target
 
         result = next(router.segment(choice, [Target(nuclei_tiles[1][1], "t")]))
         assert result.mask is None and "NaN" in result.error
+        assert "sam_mask_decoder.transformer.layers.0.self_attn.q_proj.weight" in result.error
+
+    def test_weights_are_checked_again_after_they_change(self):
+        from conceptseg.segmenters.cache import FiniteWeights, NonFiniteError
+
+        layer = torch.nn.Linear(4, 4)
+        guard = FiniteWeights(layer)
+        guard.check()
+        with torch.no_grad():
+            layer.weight[0, 0] = float("inf")
+        with pytest.raises(NonFiniteError, match="NaN or infinite.*weight"):
+            guard.check()
+
+    def test_nan_concept_tokens_are_a_recorded_failure(self, tiny_bundle_dir, nuclei_tiles):
+        bundle = load_bundle(tiny_bundle_dir)
+        with torch.no_grad():
+            bundle.translator.proj_to_sam[2].bias.fill_(float("nan"))
+        route = ReasoningRoute(_scripted(bundle, PARSABLE))
+        route.fit(_demos(nuclei_tiles))
+        with pytest.raises(ConceptSegError, match="concept translator returned NaN"):
+            route.segment(nuclei_tiles[1][1])
 
 
 class TestRouterWithBundle:
@@ -258,9 +271,10 @@ class TestThroughTheCliAndOperators:
         from conceptseg import cli
 
         nuclei_dataset.persistent = True
-        code = cli.main(["segment", "--dataset", nuclei_dataset.name, "--demo-tag", "demo", "--view", "nuclei",
-                         "--mask-field", "ground_truth", "--pred-field", "rp", "--route", "reasoning",
-                         "--model", tiny_bundle_dir, "--json"])
+        with scripted_bundle(tiny_bundle_dir, UNPARSABLE):
+            code = cli.main(["segment", "--dataset", nuclei_dataset.name, "--demo-tag", "demo", "--view", "nuclei",
+                             "--mask-field", "ground_truth", "--pred-field", "rp", "--route", "reasoning",
+                             "--model", tiny_bundle_dir, "--json"])
         assert code == 0
         summary = json.loads(capsys.readouterr().out)
         assert summary["route"] == "reasoning" and summary["segmented"] == 13
@@ -354,3 +368,15 @@ class TestSam3Bundle:
         probability, details = route.segment_with_details(nuclei_tiles[1][1])
         assert probability.shape == (128, 128) and np.isfinite(probability).all()
         assert details["shortcut"] is None  # the shortcut is for text queries only
+
+    def test_nan_weights_are_a_recorded_failure(self, sam3_bundle, nuclei_tiles):
+        import copy
+
+        broken = dataclasses.replace(sam3_bundle, segmenter=copy.deepcopy(sam3_bundle.segmenter))
+        with torch.no_grad():
+            next(broken.segmenter.model.mask_decoder.parameters()).fill_(float("nan"))
+        router = make_router("reasoning", bundle=_scripted(broken, PARSABLE))
+        from conceptseg.types import Target
+
+        result = next(router.segment(router.choose(_demos(nuclei_tiles)), [Target(nuclei_tiles[1][1], "t")]))
+        assert result.mask is None and "SAM 3 segmenter's weights hold NaN" in result.error

@@ -338,7 +338,11 @@ def _download_sam2(entry: dict, out_dir: str) -> None:
         json.dump(spec, f, indent=2)
 
 
-@functools.lru_cache(maxsize=2)
 def load_bundle_cached(path: str, device: str | None = None):
     """``load_bundle`` once per process: operators run again and again in one worker."""
+    return _load_bundle_once(path, device)  # one cache key however device is passed
+
+
+@functools.lru_cache(maxsize=2)
+def _load_bundle_once(path: str, device: str | None):
     return load_bundle(path, device=device)

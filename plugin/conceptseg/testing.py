@@ -9,6 +9,7 @@ exercise the real code paths. The masks of a tiny bundle are meaningless by desi
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 
@@ -145,3 +146,49 @@ def build_tiny_bundle(out_dir: str, seed: int = 0, max_new_tokens: int = 32, seg
             Sam2SegmenterConfig(config_name=TINY_SAM2_CONFIG, image_size=256, device="cpu")
         )
     return save_bundle(out_dir, policy_dir, translator, segmenter, max_new_tokens=max_new_tokens)
+
+
+class ScriptedPolicy:
+    """A real policy whose ``generate`` writes a fixed completion: tests that need a given
+    text (a parsable box, an unparsable answer) cannot rely on what a random policy writes,
+    which differs between CPUs.
+
+    ``completion`` is one text for every request, or a list cycled over the rows. Sequences,
+    completion mask and hidden states are the real model's over prompt + that text, exactly
+    as after a generation that wrote it; every other attribute is the wrapped policy's.
+    """
+
+    def __init__(self, policy, completion):
+        self.policy = policy
+        self.texts = [completion] if isinstance(completion, str) else list(completion)
+
+    def __getattr__(self, name):
+        return getattr(self.policy, name)
+
+    def generate(self, requests, sample: bool = False, num_return_sequences: int = 1, hidden: bool = True):
+        from conceptseg.policy import PolicyOutput
+
+        rows = [r for r in requests for _ in range(num_return_sequences)]
+        texts = [self.texts[i % len(self.texts)] for i in range(len(rows))]
+        inputs, sequences, mask = self.policy.encode_with_response(rows, texts)
+        states = self.policy.completion_hidden_states(inputs, sequences, mask) if hidden else None
+        return PolicyOutput(texts, states, mask, sequences, inputs["input_ids"].shape[1], inputs)
+
+
+@contextlib.contextmanager
+def scripted_bundle(path: str, completion, device: str | None = None):
+    """Within the block, the bundle every job loads from ``path`` writes ``completion``.
+
+    Jobs, the CLI, the zoo model and the benchmark load bundles once per process through
+    ``load_bundle_cached``; this swaps that cached bundle's policy for a ScriptedPolicy and
+    puts the real one back afterwards.
+    """
+    from conceptseg.checkpoint import load_bundle_cached
+
+    bundle = load_bundle_cached(path, device)
+    real = bundle.policy
+    bundle.policy = ScriptedPolicy(real, completion)
+    try:
+        yield bundle
+    finally:
+        bundle.policy = real

@@ -22,6 +22,7 @@ from conceptseg.imaging import content_key, to_uint8
 from conceptseg.prompts import CompletionParseError, box_iou, build_prompt, parse_completion
 from conceptseg.routes.base import Route
 from conceptseg.segmenters import is_sam3
+from conceptseg.segmenters.cache import check_finite_output
 from conceptseg.types import Demonstration
 
 DEFAULT_QUESTION = "the concept that the boxed objects in the reference image share"
@@ -92,8 +93,7 @@ class ReasoningRoute(Route):
             # One target at a time is already the smallest batch: record it and go on.
             torch.cuda.empty_cache()
             raise ConceptSegError(f"Out of GPU memory on this image ({e}); free memory or use a smaller model.") from e
-        if not np.isfinite(logits).all():
-            raise ConceptSegError("The segmenter returned NaN or infinite logits for this image; check the model weights.")
+        check_finite_output(logits, "segmenter")  # the segmenters check too; a stand-in may not
         details["box"] = None if box is None else [int(v) for v in box]
         return torch.sigmoid(torch.from_numpy(logits)).numpy().astype(np.float32), details
 
@@ -132,6 +132,7 @@ class ReasoningRoute(Route):
             images, require_check = [target], False
         out = self.bundle.policy.generate([PolicyRequest(images=images, text=prompt)])
         tokens = self.bundle.translator(out.hidden_states, out.completion_mask).tokens[0]
+        check_finite_output(tokens, "concept translator")
         details = {"completion": out.completions[0], "_tokens": tokens, "parse_error": None,
                    "reasoning": None, "rule": None, "answer": None, "check": None}
         try:

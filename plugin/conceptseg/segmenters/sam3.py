@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from conceptseg.errors import ConceptSegError
-from conceptseg.segmenters.cache import EmbeddingCache, check_rgb_uint8
+from conceptseg.segmenters.cache import EmbeddingCache, FiniteWeights, check_finite_output, check_rgb_uint8
 
 _WEIGHTS_HINT = (
     "Use a directory saved with Sam3Segmenter.save / save_pretrained (config.json, "
@@ -214,6 +214,7 @@ class Sam3Segmenter:
         processor.target_size = s
         self._max_text_len = int(model.config.text_config.max_position_embeddings)
         self._cache = EmbeddingCache(config.cache_size)
+        self._finite = FiniteWeights(self.model)
         self._text_cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
 
     @classmethod
@@ -307,6 +308,7 @@ class Sam3Segmenter:
         check_rgb_uint8(image)
         if self._cache.lookup(key, image.shape[:2]) is not None:
             return
+        self._finite.check("SAM 3 segmenter")
         s = self.image_size
         pixels = self.processor.image_processor(
             images=image, size={"height": s, "width": s}, input_data_format="channels_last",
@@ -335,10 +337,14 @@ class Sam3Segmenter:
         text: the phrase for SAM 3's text encoder (the MLLM's answer phrase; may be "").
         concept_tokens: (N, 256) or (1, N, 256), appended after the text features with the
         attention mask extended by N ones (method.md §1.3); None runs plain SAM 3.
-        Text is truncated to the text encoder's 32 positions.
+        Text is truncated to the text encoder's 32 positions. NaN or infinite weights, logits
+        or presence raise NonFiniteError (a ConceptSegError).
         """
         with torch.no_grad():
+            self._finite.check("SAM 3 segmenter")
             out = self._forward(key, text, concept_tokens)
+            check_finite_output(out.logits, "SAM 3 segmenter")
+            check_finite_output(out.presence, "SAM 3 segmenter")
         return Sam3Prediction(logits=out.logits.cpu().numpy(), presence=float(out.presence))
 
     def predict_with_grad(self, key: str, text: str,
