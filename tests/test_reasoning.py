@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conceptseg.checkpoint import BundleError, is_official_checkpoint, load_bundle, save_bundle
+from conceptseg.checkpoint import BundleError, load_bundle, save_bundle
 from conceptseg.errors import ConceptSegError
 from conceptseg.policy import PolicyRequest
 from conceptseg.router import Router, make_router
@@ -129,34 +129,6 @@ class TestLoraAdapter:
             a = tiny_bundle.policy.model(**inputs).logits
             b = adapted.policy.model(**inputs).logits
         assert not torch.allclose(a, b)
-
-
-class TestOfficialLayout:
-    def test_released_checkpoint_layout_loads_policy_and_translator(self, tiny_bundle, tiny_bundle_dir, tmp_path):
-        from safetensors.torch import load_file, save_file
-
-        from conceptseg.segmenters.sam2 import Sam2SegmenterConfig
-
-        official = tmp_path / "ConceptSeg-R1-tiny"
-        official.mkdir()
-        policy_dir = os.path.join(tiny_bundle_dir, "policy")
-        for name in os.listdir(policy_dir):
-            if name != "model.safetensors":
-                os.symlink(os.path.join(policy_dir, name), official / name)
-        # one HF checkpoint: Qwen weights plus the translator as top-level tensors
-        state = load_file(os.path.join(policy_dir, "model.safetensors"))
-        state.update({k: v.contiguous() for k, v in tiny_bundle.translator.state_dict().items()})
-        save_file(state, str(official / "model.safetensors"), metadata={"format": "pt"})
-        assert is_official_checkpoint(str(official))
-
-        # without a segmenter it pairs with SAM 3 from the Hub, unreachable here
-        with pytest.raises(ConceptSegError, match="facebook/sam3"):
-            load_bundle(str(official))
-        seg = Sam2SegmenterConfig(config_name="configs/sam2.1/sam2.1_hiera_t.yaml", image_size=256,
-                                  checkpoint=os.path.join(tiny_bundle_dir, "segmenter", "sam2.safetensors"))
-        bundle = load_bundle(str(official), segmenter_config=seg)
-        for key, value in tiny_bundle.translator.state_dict().items():
-            assert torch.equal(bundle.translator.state_dict()[key], value), key
 
 
 class TestReasoningRoute:

@@ -27,8 +27,6 @@ from conceptseg.errors import ConceptSegError
 
 BUNDLE_FILE = "bundle.json"
 FORMAT = "conceptseg-bundle"
-# The released checkpoint stores the translator as top-level tensors with these prefixes.
-_TRANSLATOR_PREFIXES = ("learnable_query.", "connector.", "proj_to_sam.")
 
 
 class BundleError(ConceptSegError):
@@ -55,13 +53,15 @@ def _require(path: str, what: str, how: str) -> str:
 
 
 def save_bundle(out_dir: str, policy_dir: str, translator, segmenter, adapter_dir: str | None = None,
-                max_new_tokens: int = 512, copy_segmenter: bool = True) -> str:
+                max_new_tokens: int | None = None, copy_segmenter: bool = True) -> str:
     """Writes bundle.json plus the translator and segmenter weights; the policy is referenced.
 
     ``policy_dir`` and ``adapter_dir`` are stored relative to ``out_dir`` when inside it,
     else as given (a hub id or an absolute path). ``copy_segmenter=False`` references the
     segmenter's own (absolute) files instead of copying them: training checkpoints use it,
     since the frozen segmenter would otherwise be rewritten at every checkpoint.
+    ``max_new_tokens`` None leaves the budget to the policy's generation_config.json or the
+    official 2048.
     """
     from conceptseg.translator import save_translator
 
@@ -86,10 +86,12 @@ def save_bundle(out_dir: str, policy_dir: str, translator, segmenter, adapter_di
     spec = {
         "format": FORMAT,
         "version": 1,
-        "policy": {"path": _relative(policy_dir, out_dir), "adapter": _relative(adapter_dir, out_dir), "max_new_tokens": max_new_tokens},
+        "policy": {"path": _relative(policy_dir, out_dir), "adapter": _relative(adapter_dir, out_dir)},
         "translator": {"file": "translator.safetensors"},
         "segmenter": {"kind": kind, "config": seg_config},
     }
+    if max_new_tokens is not None:
+        spec["policy"]["max_new_tokens"] = max_new_tokens
     with open(os.path.join(out_dir, BUNDLE_FILE), "w") as f:
         json.dump(spec, f, indent=2)
     return out_dir
@@ -110,45 +112,17 @@ def _resolve(value: str | None, root: str) -> str | None:
 
 
 def is_official_checkpoint(path: str) -> bool:
-    """Whether ``path`` is a Hugging Face directory that also holds translator tensors."""
-    if not os.path.isfile(os.path.join(path, "config.json")):
-        return False
-    return any(k.startswith(_TRANSLATOR_PREFIXES) for k in _safetensors_keys(path))
+    """Whether ``path`` is a released ConceptSeg-R1 checkpoint (see conceptseg.release)."""
+    from conceptseg.release import is_release
 
-
-def _safetensors_files(path: str) -> list[str]:
-    index = os.path.join(path, "model.safetensors.index.json")
-    if os.path.isfile(index):
-        with open(index) as f:
-            return sorted({os.path.join(path, v) for v in json.load(f)["weight_map"].values()})
-    return sorted(os.path.join(path, f) for f in os.listdir(path) if f.endswith(".safetensors"))
-
-
-def _safetensors_keys(path: str) -> list[str]:
-    from safetensors import safe_open
-
-    keys = []
-    for file in _safetensors_files(path):
-        with safe_open(file, framework="pt") as f:
-            keys.extend(f.keys())
-    return keys
+    return is_release(path)
 
 
 def load_official_translator(path: str):
-    """Reads only the translator tensors of a released checkpoint (shards opened lazily)."""
-    from safetensors import safe_open
+    """The translator tensors of a released checkpoint (see conceptseg.release)."""
+    from conceptseg.release import load_release_translator
 
-    from conceptseg.translator import PREFIXES, ConceptTranslator, config_from_state, load_translator_state
-
-    state = {}
-    for file in _safetensors_files(path):
-        with safe_open(file, framework="pt") as f:
-            for key in f.keys():
-                if key.startswith(PREFIXES):
-                    state[key] = f.get_tensor(key)
-    translator = ConceptTranslator(config_from_state(state))
-    load_translator_state(translator, state)
-    return translator
+    return load_release_translator(path)
 
 
 def download(repo_id: str) -> str:
@@ -205,6 +179,7 @@ def load_bundle(path: str, device: str | None = None, segmenter_config=None):
     (``facebook/sam3`` from the Hub) unless one is given.
     """
     from conceptseg.policy import Policy, PolicyConfig
+    from conceptseg.release import RELEASE_MAX_NEW_TOKENS, generation_max_new_tokens, processor_source
     from conceptseg.translator import load_translator
 
     if not os.path.isdir(path):
@@ -227,10 +202,15 @@ def load_bundle(path: str, device: str | None = None, segmenter_config=None):
             translator = load_translator(translator_file, device=device or "cpu")
         if segmenter_config is None:
             segmenter_config = _segmenter_config(spec["segmenter"], path, device)
-        max_new_tokens = policy_spec.get("max_new_tokens", 512)
+        # bundle.json's budget, else the policy's generation_config.json, else the official one
+        max_new_tokens = (policy_spec.get("max_new_tokens") or generation_max_new_tokens(policy_path)
+                          or RELEASE_MAX_NEW_TOKENS)
+        processor_path = None
     elif is_official_checkpoint(path):
         spec = {"format": "conceptseg-r1-official", "policy": {"path": path}}
-        policy_path, adapter, max_new_tokens = path, None, 512
+        policy_path, adapter = path, None
+        max_new_tokens = generation_max_new_tokens(path) or RELEASE_MAX_NEW_TOKENS
+        processor_path = processor_source(path)
         translator = load_official_translator(path)
         if segmenter_config is None:  # the released model's backbone, from the Hub
             from conceptseg.segmenters.sam3 import Sam3SegmenterConfig
@@ -244,7 +224,8 @@ def load_bundle(path: str, device: str | None = None, segmenter_config=None):
     segmenter = _build_segmenter(segmenter_config)
     if policy_path is None:  # a segmenter-only bundle: the SAM 2 routes, no reasoning
         return Bundle(policy=None, translator=None, segmenter=segmenter, spec=spec, path=path)
-    policy = Policy.from_pretrained(policy_path, adapter=adapter, config=PolicyConfig(max_new_tokens=max_new_tokens, device=device))
+    policy = Policy.from_pretrained(policy_path, adapter=adapter, processor_path=processor_path,
+                                    config=PolicyConfig(max_new_tokens=max_new_tokens, device=device))
     return Bundle(policy=policy, translator=translator.to(policy.device).eval(), segmenter=segmenter, spec=spec,
                   path=path, policy_path=policy_path, adapter_path=adapter)
 

@@ -22,14 +22,14 @@ class PolicyConfig:
     """Generation settings.
 
     Attributes:
-        max_new_tokens: longest completion (the paper trains with up to 2048; reasoning
-            usually fits in a few hundred)
+        max_new_tokens: longest completion (the official run allows 2048: a completion cut
+            shorter loses its box and answer, and is marked truncated)
         temperature: sampling temperature for training rollouts (greedy for inference)
         device: "cuda", "cpu" or None (cuda when available)
         dtype: "bfloat16", "float32" or None (bfloat16 on GPU, float32 on CPU)
     """
 
-    max_new_tokens: int = 512
+    max_new_tokens: int = 2048
     temperature: float = 1.0
     device: str | None = None
     dtype: str | None = None
@@ -87,18 +87,41 @@ class Policy:
         self.processor.tokenizer.padding_side = "left"
 
     @classmethod
-    def from_pretrained(cls, path: str, adapter: str | None = None, config: PolicyConfig | None = None) -> "Policy":
-        """Loads a Hugging Face directory or hub id, plus a peft LoRA adapter directory."""
-        from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+    def from_pretrained(cls, path: str, adapter: str | None = None, config: PolicyConfig | None = None,
+                        processor_path: str | None = None) -> "Policy":
+        """Loads a Hugging Face directory or hub id, plus a peft LoRA adapter directory.
+
+        Weights saved by transformers 4.x (``model.*``, ``visual.*``) are renamed by
+        transformers itself; a Qwen weight the checkpoint lacks is an error, not a random
+        initialisation. Tensors that are not Qwen's (the released translator's) are left.
+        ``processor_path`` names where the processor comes from when it is not ``path``.
+        """
+        from transformers import Qwen2_5_VLForConditionalGeneration
+
+        from conceptseg.release import ReleaseError, load_processor
 
         config = config or PolicyConfig()
         device, dtype = _device_and_dtype(config)
-        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, dtype=dtype)
+        # transformers logs a table of the release's translator tensors as "unexpected";
+        # they are expected here, and missing weights are checked below.
+        from transformers.utils import logging as hf_logging
+
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        try:
+            model, info = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, dtype=dtype, output_loading_info=True)
+        finally:
+            hf_logging.set_verbosity(verbosity)
+        missing = [k for k in info.get("missing_keys", []) if k != "lm_head.weight" or not _tied(model)]
+        if missing:
+            shown = ", ".join(sorted(missing)[:5])
+            raise ReleaseError(f"{path} lacks {len(missing)} policy weights ({shown}...); it is incomplete or "
+                               "not a Qwen2.5-VL checkpoint.")
         if adapter:
             from peft import PeftModel
 
             model = PeftModel.from_pretrained(model, adapter)
-        processor = AutoProcessor.from_pretrained(path)
+        processor = load_processor(processor_path or path, path)
         return cls(model.to(device).eval(), processor, config)
 
     @property
@@ -219,6 +242,12 @@ class Policy:
         targets = sequences[:, prompt_length:]
         logp = torch.gather(logits, 2, targets.unsqueeze(2)).squeeze(2) - torch.logsumexp(logits, dim=2)
         return logp, out.hidden_states[-1][:, prompt_length:, :]
+
+
+def _tied(model) -> bool:
+    config = model.config
+    return bool(getattr(config, "tie_word_embeddings", False)
+                or getattr(getattr(config, "text_config", None), "tie_word_embeddings", False))
 
 
 def forward_inputs(inputs: dict, sequences, completion_mask) -> dict:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import os
 
 from conceptseg.errors import SetupError
@@ -121,11 +122,13 @@ def build_tiny_policy(out_dir: str, seed: int = 0, tie_embeddings: bool = True) 
 
 
 def build_tiny_bundle(out_dir: str, seed: int = 0, max_new_tokens: int = 32, segmenter: str = "sam2",
-                      tie_embeddings: bool = True) -> str:
+                      tie_embeddings: bool = True, translator_heads: int = 4) -> str:
     """Saves a complete tiny bundle (policy, translator, segmenter) to ``out_dir``.
 
     The segmenter is SAM 2 hiera-t at 256 px, or with ``segmenter="sam3"`` a tiny random
     SAM 3 (the paper's backbone). Different seeds give different random weights.
+    ``translator_heads=16`` is the official head count, which a released checkpoint implies
+    (it stores none): only such a translator can be written in the release layout.
     """
     import torch
 
@@ -135,7 +138,7 @@ def build_tiny_bundle(out_dir: str, seed: int = 0, max_new_tokens: int = 32, seg
 
     policy_dir = build_tiny_policy(os.path.join(out_dir, "policy"), seed, tie_embeddings)
     torch.manual_seed(seed)
-    translator = ConceptTranslator(TranslatorConfig(hidden_size=64, num_heads=4))
+    translator = ConceptTranslator(TranslatorConfig(hidden_size=64, num_heads=translator_heads))
     if segmenter == "sam3":
         from conceptseg.segmenters.sam3 import Sam3Segmenter, Sam3SegmenterConfig, build_tiny_sam3
 
@@ -192,3 +195,143 @@ def scripted_bundle(path: str, completion, device: str | None = None):
         yield bundle
     finally:
         bundle.policy = real
+
+
+# ---- the released checkpoint's layout, from tiny weights -------------------------------
+
+TINY_BASE_ID = "conceptseg-tests/tiny-qwen2.5-vl"  # the base model id a tiny release names
+RELEASE_ARCHITECTURE = "ConceptSegR1ForConditionalGeneration_qwen2p5"
+
+
+def _release_key(key: str) -> str:
+    """transformers 5 names → transformers 4.51's (model.language_model.* → model.*, model.visual.* → visual.*)."""
+    if key.startswith("model.language_model."):
+        return "model." + key[len("model.language_model."):]
+    if key.startswith("model.visual."):
+        return key[len("model."):]
+    return key
+
+
+def _release_config(config: dict, num_queries: int, base_model: str) -> dict:
+    """A transformers 5 Qwen2.5-VL config.json → the flat form 4.51.3 wrote for the release."""
+    text = dict(config["text_config"])
+    rope = text.pop("rope_parameters")
+    for key in ("model_type", "layer_types", "dtype"):
+        text.pop(key, None)
+    vision = dict(config["vision_config"])
+    vision.pop("rope_parameters", None)
+    vision["model_type"] = "qwen2_5_vl"
+    vision["in_chans"] = vision.pop("in_channels", 3)
+    vision["spatial_patch_size"] = vision["patch_size"]
+    out = {
+        "_name_or_path": base_model,
+        "architectures": [RELEASE_ARCHITECTURE],
+        "model_type": "qwen2_5_vl",
+        **text,
+        "rope_theta": rope["rope_theta"],
+        # 4.51 rewrote "mrope" to "default" and saved both keys
+        "rope_scaling": {"type": "default", "mrope_section": rope["mrope_section"], "rope_type": "default"},
+        "vision_config": vision,
+        "torch_dtype": config.get("dtype", "float32"),
+        "transformers_version": "4.51.3",
+        "num_of_query": num_queries,
+        "if_use_qwen_connector": False,
+    }
+    for key in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id",
+                "tie_word_embeddings"):
+        out[key] = config[key]
+    out["vision_token_id"] = out["vision_start_token_id"] + 2
+    return out
+
+
+def _write_release_processor(out_dir: str, policy_dir: str) -> None:
+    """The processor files as 4.51 saved them: tokenizer files, preprocessor_config.json and
+    chat_template.json (read from the tiny policy's own, transformers 5, processor)."""
+    import shutil
+
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(policy_dir)
+    image = processor.image_processor
+    for name in ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(os.path.join(qwen_tokenizer_dir(), name), os.path.join(out_dir, name))
+    size = image.size if isinstance(image.size, dict) else {"shortest_edge": image.size.shortest_edge,
+                                                              "longest_edge": image.size.longest_edge}
+    preprocessor = {
+        "do_convert_rgb": True, "do_normalize": True, "do_rescale": True, "do_resize": True,
+        "image_mean": list(image.image_mean), "image_std": list(image.image_std),
+        "image_processor_type": "Qwen2VLImageProcessor", "processor_class": "Qwen2_5_VLProcessor",
+        "min_pixels": size["shortest_edge"], "max_pixels": size["longest_edge"],
+        "merge_size": image.merge_size, "patch_size": image.patch_size, "resample": 3,
+        "rescale_factor": 1 / 255, "temporal_patch_size": image.temporal_patch_size,
+    }
+    with open(os.path.join(out_dir, "preprocessor_config.json"), "w") as f:
+        json.dump(preprocessor, f, indent=2)
+    with open(os.path.join(out_dir, "chat_template.json"), "w") as f:
+        json.dump({"chat_template": processor.chat_template}, f, indent=2)
+
+
+def write_release_layout(out_dir: str, policy_dir: str, translator, processor_files: bool = True,
+                         base_model: str = TINY_BASE_ID) -> str:
+    """Writes a policy and translator exactly as the released ConceptSeg-R1-7B is laid out.
+
+    That is, as the official code saved it with transformers 4.51.3: Qwen weights under
+    4.51 names (``model.*``, ``visual.*``, ``lm_head.*``) and the translator's tensors
+    beside them, in two shards with ``model.safetensors.index.json`` (the translator's
+    tensors fall in both); a flat config naming ``ConceptSegR1ForConditionalGeneration_qwen2p5``
+    with ``num_of_query``; a 4.51 generation_config.json; and, with ``processor_files``, the
+    tokenizer, preprocessor_config.json and chat_template.json. Without them the processor
+    must come from ``base_model``, the config's ``_name_or_path``.
+    """
+    from safetensors.torch import load_file, save_file
+
+    if translator.config.num_heads != 16:
+        raise ValueError("The release stores no head count and the official code uses 16: build the "
+                         "translator with num_heads=16 (build_tiny_bundle(translator_heads=16)).")
+    os.makedirs(out_dir, exist_ok=True)
+    state = {_release_key(k): v for k, v in load_file(os.path.join(policy_dir, "model.safetensors")).items()}
+    state.update({k: v.detach().cpu().contiguous() for k, v in translator.state_dict().items()})
+    first = ("visual.", "learnable_query.", "connector.pos_embed", "connector.blocks.0.")
+    shards = {"model-00001-of-00002.safetensors": {k: v for k, v in state.items() if k.startswith(first)}}
+    shards["model-00002-of-00002.safetensors"] = {k: v for k, v in state.items() if not k.startswith(first)}
+    weight_map = {}
+    for name, tensors in shards.items():
+        save_file(tensors, os.path.join(out_dir, name), metadata={"format": "pt"})
+        weight_map.update({k: name for k in tensors})
+    index = {"metadata": {"total_size": sum(v.numel() * v.element_size() for v in state.values())},
+             "weight_map": dict(sorted(weight_map.items()))}
+    with open(os.path.join(out_dir, "model.safetensors.index.json"), "w") as f:
+        json.dump(index, f, indent=2)
+    with open(os.path.join(policy_dir, "config.json")) as f:
+        config = _release_config(json.load(f), translator.config.num_queries, base_model)
+    with open(os.path.join(out_dir, "config.json"), "w") as f:
+        json.dump(config, f, indent=2)
+    with open(os.path.join(policy_dir, "generation_config.json")) as f:
+        generation = json.load(f)
+    generation.update(transformers_version="4.51.3")
+    generation.pop("output_attentions", None)
+    generation.pop("output_hidden_states", None)
+    with open(os.path.join(out_dir, "generation_config.json"), "w") as f:
+        json.dump(generation, f, indent=2)
+    if processor_files:
+        _write_release_processor(out_dir, policy_dir)
+    return out_dir
+
+
+def put_in_hub_cache(repo_id: str, src_dir: str, revision: str = "0" * 40) -> str:
+    """Copies ``src_dir`` into the local Hugging Face cache as ``repo_id``'s snapshot.
+
+    With HF_HUB_OFFLINE=1 the hub client then resolves ``repo_id`` from the cache, as it does
+    for a user who downloaded the model once: the real lookup, without a network.
+    """
+    import shutil
+
+    from huggingface_hub import constants
+
+    root = os.path.join(constants.HF_HUB_CACHE, "models--" + repo_id.replace("/", "--"))
+    snapshot = os.path.join(root, "snapshots", revision)
+    shutil.copytree(src_dir, snapshot, dirs_exist_ok=True)
+    os.makedirs(os.path.join(root, "refs"), exist_ok=True)
+    with open(os.path.join(root, "refs", "main"), "w") as f:
+        f.write(revision)
+    return snapshot
