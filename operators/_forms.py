@@ -47,3 +47,22 @@ def progress_callback(ctx):
         ctx.set_progress(progress=done / max(total, 1), label=f"{done}/{total} samples")
 
     return report
+
+
+def prompt_template_input(ctx, inputs) -> None:
+    """The optional prompt template file field; marked invalid, with the reason, when unusable."""
+    field = inputs.str(
+        "prompt_template",
+        label="Prompt template file",
+        description="Optional: a text file with the policy prompt's wording ({question}, {output_format}, ...)",
+    )
+    path = ctx.params.get("prompt_template")
+    if path:
+        from conceptseg.errors import ConceptSegError
+        from conceptseg.prompts import load_prompt_template
+
+        try:
+            load_prompt_template(path)
+        except ConceptSegError as e:
+            field.invalid = True
+            field.error_message = str(e)

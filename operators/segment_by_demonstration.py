@@ -7,7 +7,7 @@ import time
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-from ._forms import field_choice, progress_callback
+from ._forms import field_choice, progress_callback, prompt_template_input
 
 ROUTES = ("auto", "appearance", "prototype", "reasoning")
 # Views larger than this default to delegated execution (the App would wait too long).
@@ -82,6 +82,7 @@ class SegmentByDemonstration(foo.Operator):
         if ctx.params.get("route") == "reasoning" and not ctx.params.get("model"):
             model.invalid = True
             model.error_message = "The reasoning route needs a model: give a bundle directory or id."
+        prompt_template_input(ctx, inputs)
         inputs.float("threshold", default=0.5, min=0.0, max=1.0, label="Verification threshold (IoU)")
         inputs.str("concept", default="concept", label="Concept name", description="Label of the predicted masks")
         inputs.bool("overwrite", default=False, label="Overwrite existing labels in the output field")
@@ -134,6 +135,7 @@ class SegmentByDemonstration(foo.Operator):
             resume=params.get("resume", False),
             model=params.get("model") or None,
             progress=progress,
+            prompt_template=params.get("prompt_template") or None,
         )
 
     def _segment_live(self, ctx):

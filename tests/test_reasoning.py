@@ -70,6 +70,14 @@ class TestBundleOnDisk:
         with pytest.raises(BundleError, match="translator.safetensors"):
             load_bundle(str(broken))
 
+    def test_bundle_json_names_its_prompt_template(self, tiny_bundle_dir, tmp_path):
+        for name in ("policy", "translator.safetensors", "segmenter"):
+            os.symlink(os.path.join(tiny_bundle_dir, name), tmp_path / name)
+        spec = json.load(open(os.path.join(tiny_bundle_dir, "bundle.json")))
+        json.dump({**spec, "prompt_template": "wording.txt"}, open(tmp_path / "bundle.json", "w"))
+        (tmp_path / "wording.txt").write_text("Find {question}. {output_format}")
+        assert load_bundle(str(tmp_path)).prompt_template.text == "Find {question}. {output_format}"
+
     def test_not_a_bundle(self, tmp_path):
         with pytest.raises(BundleError, match="tiny-bundle"):
             load_bundle(str(tmp_path))
@@ -95,6 +103,13 @@ class TestPolicy:
         out = tiny_bundle.policy.generate([PolicyRequest([image], "the animal")], sample=True, num_return_sequences=3)
         assert len(out.completions) == 3 and out.hidden_states.shape[0] == 3
         assert len(set(out.completions)) > 1  # sampling, not greedy
+
+    def test_a_completion_without_its_end_token_at_the_budget_is_truncated(self):
+        from conceptseg.policy import _truncated
+
+        ids = torch.tensor([[5, 6, 9, 0], [5, 6, 7, 8]])
+        assert _truncated(ids, eos=9, max_new_tokens=4) == [False, True]
+        assert _truncated(ids[:, :3], eos=9, max_new_tokens=4) == [False, False]  # stopped early: all ended
 
     def test_completion_mask_stops_after_the_first_end_of_turn(self):
         from conceptseg.policy import _completion_mask
@@ -152,6 +167,31 @@ class TestReasoningRoute:
         plain = ReasoningRoute(_scripted(tiny_bundle, UNPARSABLE))
         plain.fit(_demos(nuclei_tiles))
         assert not np.allclose(with_box, plain.segment(image))
+
+    def test_truncated_completion_is_recorded_as_such(self, tiny_bundle, nuclei_tiles):
+        cut = PARSABLE[:60]  # reasoning cut before its box and answer
+        route = ReasoningRoute(dataclasses.replace(tiny_bundle, policy=ScriptedPolicy(tiny_bundle.policy, cut, truncated=True)))
+        route.fit(_demos(nuclei_tiles))
+        _, details = route.segment_with_details(nuclei_tiles[1][1])
+        assert details["truncated"] is True and details["parse_error"].startswith("cut at 32 tokens (max_new_tokens)")
+
+    def test_a_prompt_template_replaces_the_wording(self, tiny_bundle, nuclei_tiles):
+        from conceptseg.prompts import PromptTemplate
+        from conceptseg.routes.reasoning import ReasoningConfig
+
+        seen = []
+
+        class Recording(ScriptedPolicy):
+            def generate(self, requests, **kwargs):
+                seen.extend(r.text for r in requests)
+                return super().generate(requests, **kwargs)
+
+        template = PromptTemplate("Find {question}. Boxes: {reference_boxes}.{check} Reply as {output_format}")
+        bundle = dataclasses.replace(tiny_bundle, policy=Recording(tiny_bundle.policy, PARSABLE))
+        route = ReasoningRoute(bundle, ReasoningConfig(question="nucleus", prompt_template=template))
+        route.fit(_demos(nuclei_tiles))
+        route.segment(nuclei_tiles[1][1])
+        assert seen[0].startswith("Find nucleus. Boxes: [[") and "<check>" in seen[0]
 
     def test_verification_is_the_check_iou(self, tiny_bundle, nuclei_tiles):
         text = ("<think>t</think><rule>r</rule><check>[0, 0, 299, 299]</check>"
@@ -253,8 +293,19 @@ class TestThroughTheCliAndOperators:
         assert summary["verification"] == 0.0 and summary["verified"] is False
         label = nuclei_dataset.load_saved_view("nuclei").exists("rp").first().rp
         assert label.route == "reasoning" and label.parse_error and label.answer is None
+        assert label.truncated is False and label.shortcut is None  # SAM 2: no shortcut to take
         assert label.get_mask().shape == (128, 128)
         assert nuclei_dataset.get_run_info("conceptseg_rp").config.model == tiny_bundle_dir
+
+    def test_a_bad_prompt_template_is_refused_before_any_work(self, tiny_bundle_dir, nuclei_dataset, tmp_path, capsys):
+        from conceptseg import cli
+
+        bad = tmp_path / "wording.txt"
+        bad.write_text("Find {question}.")
+        code = cli.main(["query", "--dataset", nuclei_dataset.name, "--text", "the animal", "--pred-field", "qt",
+                         "--model", tiny_bundle_dir, "--prompt-template", str(bad)])
+        assert code != 0 and "{output_format}" in capsys.readouterr().err
+        assert not nuclei_dataset.has_field("qt")
 
     def test_query_command(self, tiny_bundle_dir, nuclei_dataset, capsys):
         from conceptseg import cli
@@ -339,7 +390,28 @@ class TestSam3Bundle:
         route.fit(_demos(nuclei_tiles))
         probability, details = route.segment_with_details(nuclei_tiles[1][1])
         assert probability.shape == (128, 128) and np.isfinite(probability).all()
-        assert details["shortcut"] is None  # the shortcut is for text queries only
+        assert details["shortcut_taken"] is False and "τ = 102.4" in details["shortcut"]  # 11-word default question
+
+    @pytest.mark.parametrize("bias,taken", [(20.0, True), (-20.0, False)])
+    def test_demonstration_episodes_take_the_shortcut_too(self, sam3_bundle, nuclei_tiles, bias, taken):
+        import copy
+
+        from conceptseg.routes.reasoning import ReasoningConfig
+
+        segmenter = copy.deepcopy(sam3_bundle.segmenter)
+        head = segmenter.model.detr_decoder.presence_head.layer3
+        with torch.no_grad():  # presence = sigmoid(bias): certain, or certainly not
+            head.weight.zero_()
+            head.bias.fill_(bias)
+        bundle = dataclasses.replace(sam3_bundle, segmenter=segmenter, policy=ScriptedPolicy(sam3_bundle.policy, PARSABLE))
+        route = ReasoningRoute(bundle, ReasoningConfig(question="nucleus"))
+        route.fit(_demos(nuclei_tiles))
+        _, details = route.segment_with_details(nuclei_tiles[1][1])
+        assert details["shortcut_taken"] is taken and (details["completion"] is None) is taken
+        off = ReasoningRoute(bundle, ReasoningConfig(question="nucleus", shortcut=False))
+        off.fit(_demos(nuclei_tiles))
+        _, details = off.segment_with_details(nuclei_tiles[1][1])
+        assert details["shortcut_taken"] is None and details["completion"] == PARSABLE
 
     def test_nan_weights_are_a_recorded_failure(self, sam3_bundle, nuclei_tiles):
         import copy

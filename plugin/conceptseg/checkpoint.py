@@ -44,6 +44,7 @@ class Bundle:
     path: str
     policy_path: str | None = None  # resolved base policy directory or hub id
     adapter_path: str | None = None  # resolved LoRA adapter directory, if any
+    prompt_template: object = None  # bundle.json "prompt_template": the wording it was trained with
 
 
 def _require(path: str, what: str, how: str) -> str:
@@ -226,8 +227,13 @@ def load_bundle(path: str, device: str | None = None, segmenter_config=None):
         return Bundle(policy=None, translator=None, segmenter=segmenter, spec=spec, path=path)
     policy = Policy.from_pretrained(policy_path, adapter=adapter, processor_path=processor_path,
                                     config=PolicyConfig(max_new_tokens=max_new_tokens, device=device))
+    template = None
+    if spec.get("prompt_template"):
+        from conceptseg.prompts import load_prompt_template
+
+        template = load_prompt_template(_resolve(spec["prompt_template"], path))
     return Bundle(policy=policy, translator=translator.to(policy.device).eval(), segmenter=segmenter, spec=spec,
-                  path=path, policy_path=policy_path, adapter_path=adapter)
+                  path=path, policy_path=policy_path, adapter_path=adapter, prompt_template=template)
 
 
 # Zoo entries: how each is obtained. The zoo source's download_model calls download_zoo_bundle.

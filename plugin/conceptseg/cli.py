@@ -71,6 +71,7 @@ def cmd_segment(args) -> int:
         instances=not args.no_instances,
         model=args.model,
         progress=None if args.json else _progress,
+        prompt_template=args.prompt_template,
     )
     return _report(summary, args.json)
 
@@ -104,6 +105,7 @@ def cmd_query(args) -> int:
         resume=args.resume,
         instances=not args.no_instances,
         progress=None if args.json else _progress,
+        prompt_template=args.prompt_template,
     )
     return _report(summary, args.json)
 
@@ -269,6 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="bundle directory or Hugging Face id (enables the reasoning route)")
     p.add_argument("--threshold", type=float, default=0.5, help="held-out IoU a route must reach")
     p.add_argument("--concept", default="concept", help="label of the predicted masks")
+    p.add_argument("--prompt-template", metavar="FILE", help="the policy prompt's wording, with {placeholders}")
     p.add_argument("--no-instances", action="store_true", help="skip the <pred-field>_instances Detections")
     p.add_argument("--json", action="store_true", help="print the run summary as JSON")
     mode = p.add_mutually_exclusive_group()
@@ -282,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pred-field", required=True)
     p.add_argument("--model", required=True, help="bundle directory or Hugging Face id")
     p.add_argument("--view", help="saved view of targets (default: the whole dataset)")
+    p.add_argument("--prompt-template", metavar="FILE", help="the policy prompt's wording, with {placeholders}")
     p.add_argument("--no-instances", action="store_true")
     p.add_argument("--json", action="store_true")
     mode = p.add_mutually_exclusive_group()

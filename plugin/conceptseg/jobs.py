@@ -93,6 +93,13 @@ def _load_model(model):
     )
 
 
+def _template(path: str | None):
+    """A prompt template file (``--prompt-template``), read and checked before any work."""
+    from conceptseg.prompts import load_prompt_template
+
+    return load_prompt_template(path) if path else None
+
+
 def label_attributes(choice, result, run_key: str) -> dict:
     """Attributes every predicted label carries; the route's own words win over the run's."""
     details = result.details
@@ -104,6 +111,8 @@ def label_attributes(choice, result, run_key: str) -> dict:
         reasoning=details.get("reasoning"),
         answer=details.get("answer"),
         parse_error=details.get("parse_error"),
+        truncated=details.get("truncated"),
+        shortcut=details.get("shortcut_taken"),
         run_key=run_key,
     )
 
@@ -170,6 +179,7 @@ def segment_by_demonstration(
     output_dir: str | None = None,
     model=None,
     progress: Progress | None = None,
+    prompt_template: str | None = None,
 ) -> dict:
     """Learns the concept from ``demonstrations`` and writes masks on every target.
 
@@ -207,7 +217,8 @@ def segment_by_demonstration(
 
     skipped = len(targets) - len(todo)  # before segmenting: the view is re-evaluated lazily
     question = concept if concept != "concept" else None
-    router = make_router(route, threshold, bundle=_load_model(model), question=question)
+    router = make_router(route, threshold, bundle=_load_model(model), question=question,
+                         prompt_template=_template(prompt_template))
     demos = fio.read_demonstrations(demonstrations, mask_field)
     choice = router.choose(demos)
     _ensure_mask_targets(dataset, pred_field, concept)
@@ -264,6 +275,7 @@ def segment_by_query(
     instances: bool = True,
     output_dir: str | None = None,
     progress: Progress | None = None,
+    prompt_template: str | None = None,
 ) -> dict:
     """Reasoning segmentation: the policy reads ``text`` and each target, no demonstrations.
 
@@ -283,7 +295,7 @@ def segment_by_query(
     inst_field = instances_field_for(pred_field) if instances else None
     todo = _targets_to_do(targets, pred_field, inst_field, None, overwrite, resume, run_key)
     skipped = len(targets) - len(todo)  # before segmenting: the view is re-evaluated lazily
-    router = make_router("reasoning", bundle=bundle, question=text.strip())
+    router = make_router("reasoning", bundle=bundle, question=text.strip(), prompt_template=_template(prompt_template))
     route = router.routes[0]
     route.fit([])
     choice = RouteChoice(route, [Verification(route.name)], verified=False,

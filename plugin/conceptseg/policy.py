@@ -58,6 +58,8 @@ class PolicyOutput:
             including the end-of-turn token)
         sequences: (B, P + T) prompt + completion token ids
         prompt_length: P, the (left-padded) prompt length
+        truncated: per row, True when the completion reached max_new_tokens without its
+            end-of-turn token (cut: its later tags are missing)
     """
 
     completions: list[str]
@@ -66,6 +68,7 @@ class PolicyOutput:
     sequences: "torch.Tensor"
     prompt_length: int
     inputs: dict = field(default_factory=dict, repr=False)
+    truncated: list[bool] = field(default_factory=list)
 
 
 def _device_and_dtype(config: PolicyConfig):
@@ -184,7 +187,8 @@ class Policy:
             inputs = _repeat_inputs(inputs, num_return_sequences)
         hidden = self.completion_hidden_states(inputs, sequences, completion_mask) if hidden else None
         texts = self.processor.tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
-        return PolicyOutput(texts, hidden, completion_mask, sequences, prompt_length, inputs)
+        truncated = _truncated(completion_ids, eos, self.config.max_new_tokens)
+        return PolicyOutput(texts, hidden, completion_mask, sequences, prompt_length, inputs, truncated)
 
     def completion_hidden_states(self, inputs: dict, sequences, completion_mask, grad: bool = False):
         """(B, T, H) last-layer hidden states of the completion tokens of ``sequences``."""
@@ -261,6 +265,12 @@ def forward_inputs(inputs: dict, sequences, completion_mask) -> dict:
         pad = torch.zeros_like(completion_mask, dtype=out["mm_token_type_ids"].dtype)
         out["mm_token_type_ids"] = torch.cat([out["mm_token_type_ids"], pad], dim=1)
     return out
+
+
+def _truncated(completion_ids, eos: int, max_new_tokens: int) -> list[bool]:
+    """Per row: the completion used the whole budget and never wrote the end-of-turn token."""
+    ended = (completion_ids == eos).any(dim=1).tolist()
+    return [not e and completion_ids.shape[1] >= max_new_tokens for e in ended]
 
 
 def _completion_mask(completion_ids, eos: int):

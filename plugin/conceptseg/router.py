@@ -155,7 +155,8 @@ class Router:
             )
 
 
-def make_router(route: str = "auto", threshold: float = DEFAULT_THRESHOLD, bundle=None, question: str | None = None) -> Router:
+def make_router(route: str = "auto", threshold: float = DEFAULT_THRESHOLD, bundle=None, question: str | None = None,
+                prompt_template=None) -> Router:
     """A router over every available route (``auto``) or over the one named route.
 
     With a bundle, routes join in order of cost: the SAM 2 prototype route (when the
@@ -171,6 +172,7 @@ def make_router(route: str = "auto", threshold: float = DEFAULT_THRESHOLD, bundl
             available[PrototypeRoute.name] = PrototypeRoute(bundle.segmenter)
         if bundle.policy is not None:
             config = ReasoningConfig(question=question) if question else ReasoningConfig()
+            config.prompt_template = prompt_template  # a PromptTemplate or None (the bundle's)
             available[ReasoningRoute.name] = ReasoningRoute(bundle, config)
     if route == "auto":
         return Router(list(available.values()), threshold=threshold)

@@ -161,9 +161,10 @@ class ScriptedPolicy:
     as after a generation that wrote it; every other attribute is the wrapped policy's.
     """
 
-    def __init__(self, policy, completion):
+    def __init__(self, policy, completion, truncated: bool = False):
         self.policy = policy
         self.texts = [completion] if isinstance(completion, str) else list(completion)
+        self.truncated = truncated  # report the text as cut at max_new_tokens
 
     def __getattr__(self, name):
         return getattr(self.policy, name)
@@ -175,7 +176,7 @@ class ScriptedPolicy:
         texts = [self.texts[i % len(self.texts)] for i in range(len(rows))]
         inputs, sequences, mask = self.policy.encode_with_response(rows, texts)
         states = self.policy.completion_hidden_states(inputs, sequences, mask) if hidden else None
-        return PolicyOutput(texts, states, mask, sequences, inputs["input_ids"].shape[1], inputs)
+        return PolicyOutput(texts, states, mask, sequences, inputs["input_ids"].shape[1], inputs, [self.truncated] * len(texts))
 
 
 @contextlib.contextmanager

@@ -173,6 +173,8 @@ class ConceptSegModel(fom.Model, fom.SupportsGetItem, fom.TorchModelMixin):
             reasoning=details.get("reasoning"),
             answer=details.get("answer"),
             parse_error=details.get("parse_error"),
+            truncated=details.get("truncated"),
+            shortcut=details.get("shortcut_taken"),
         )
         segmentation = fo.Segmentation(mask=result.mask.astype(np.uint8), cost=result.seconds, **attrs)
         if self.config.output == "segmentation":
