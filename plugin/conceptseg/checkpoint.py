@@ -236,6 +236,25 @@ def load_bundle(path: str, device: str | None = None, segmenter_config=None):
                   path=path, policy_path=policy_path, adapter_path=adapter, prompt_template=template)
 
 
+def load_policy(path: str, device: str | None = None):
+    """The policy alone of a bundle or released checkpoint (no translator, no segmenter)."""
+    from conceptseg.policy import Policy, PolicyConfig
+    from conceptseg.release import processor_source
+
+    if not os.path.isdir(path):
+        path = download(path)
+    spec_path = os.path.join(path, BUNDLE_FILE)
+    if os.path.isfile(spec_path):
+        with open(spec_path) as f:
+            policy_spec = json.load(f).get("policy") or {}
+        if not policy_spec.get("path"):
+            raise BundleError(f"{path} has no policy.")
+        policy_path, adapter, processor = _resolve(policy_spec["path"], path), _resolve(policy_spec.get("adapter"), path), None
+    else:
+        policy_path, adapter, processor = path, None, processor_source(path)
+    return Policy.from_pretrained(policy_path, adapter=adapter, processor_path=processor, config=PolicyConfig(device=device))
+
+
 # Zoo entries: how each is obtained. The zoo source's download_model calls download_zoo_bundle.
 ZOO = {
     "conceptseg-r1-7b": {"repo": "zhaoyuan666/ConceptSeg-R1-7B"},
