@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-from conceptseg.episode import TARGET_SIZE, BoxMap, build_episode
+from conceptseg.episode import TARGET_SIZE, BoxMap, build_episode, build_reference_episode
 from conceptseg.errors import ConceptSegError
 from conceptseg.imaging import content_key, to_uint8
 from conceptseg.prompts import CompletionParseError, PromptTemplate, box_iou, build_prompt, parse_completion
@@ -59,12 +59,19 @@ class ReasoningRoute(Route):
         self.bundle = bundle
         self.config = config or ReasoningConfig()
         self._demonstrations: list[Demonstration] | None = None
+        self._references: list[np.ndarray] = []
         self._rule = ""
         self._shortcut_reason = None
 
     def fit(self, demonstrations: Sequence[Demonstration]) -> None:
         """Keeps the demonstrations (none for a text query); the policy learns in context."""
         self._demonstrations = list(demonstrations)
+        self._references = []
+
+    def fit_references(self, images: Sequence[np.ndarray]) -> None:
+        """Reference images without masks (a multi-image CR item): shown, no box drawn or checked."""
+        self._demonstrations = []
+        self._references = list(images)
 
     def rule(self) -> str:
         """The rule the policy induced while verifying (per-target rules are on the labels)."""
@@ -134,7 +141,11 @@ class ReasoningRoute(Route):
 
         demos = self._demonstrations
         template = self.config.prompt_template or getattr(self.bundle, "prompt_template", None)
-        if demos:
+        if self._references:
+            episode = build_reference_episode(self._references, image)
+            prompt = build_prompt(self.config.question, (), True, False, template)
+            images, target_map, require_check = [episode.canvas, episode.target], episode.target_map, False
+        elif demos:
             episode = build_episode(demos, image)
             prompt = build_prompt(self.config.question, episode.reference_boxes, True, episode.has_proxy, template)
             images, target_map, require_check = [episode.canvas, episode.target], episode.target_map, episode.has_proxy
