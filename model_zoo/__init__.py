@@ -1,13 +1,13 @@
 """Remote zoo source for ConceptSeg-R1 models: download, load, and the App's form.
 
-Each function is a few lines over the engine (``conceptseg.checkpoint`` and
+Each function is a few lines over the engine (``conceptseg.zoo`` and
 ``conceptseg.zoo_model``), which must be installed in the same environment.
 """
 
 
 def download_model(model_name, model_path):
     """Fetches the model into ``model_path`` (idempotent: FiftyOne calls it on every load)."""
-    from conceptseg.checkpoint import download_zoo_bundle
+    from conceptseg.zoo import download_zoo_bundle
 
     download_zoo_bundle(model_name, model_path)
 

@@ -140,6 +140,7 @@ def download(repo_id: str) -> str:
 
 
 OFFICIAL_SEGMENTER = "facebook/sam3"  # the segmenter ConceptSeg-R1-7B was trained with
+LOCAL_SEGMENTER_DIR = "sam3"  # where the zoo puts SAM 3 beside a released checkpoint
 
 
 def _segmenter_config(seg_spec: dict, root: str, device: str | None):
@@ -213,10 +214,12 @@ def load_bundle(path: str, device: str | None = None, segmenter_config=None):
         max_new_tokens = generation_max_new_tokens(path) or RELEASE_MAX_NEW_TOKENS
         processor_path = processor_source(path)
         translator = load_official_translator(path)
-        if segmenter_config is None:  # the released model's backbone, from the Hub
+        if segmenter_config is None:  # the released model's backbone: the zoo's copy, else the Hub
             from conceptseg.segmenters.sam3 import Sam3SegmenterConfig
 
-            segmenter_config = Sam3SegmenterConfig(path=OFFICIAL_SEGMENTER, device=device)
+            local = os.path.join(path, LOCAL_SEGMENTER_DIR)
+            source = local if os.path.isfile(os.path.join(local, "config.json")) else OFFICIAL_SEGMENTER
+            segmenter_config = Sam3SegmenterConfig(path=source, device=device)
     else:
         raise BundleError(
             f"{path} holds neither {BUNDLE_FILE} nor a ConceptSeg-R1 checkpoint. Build one with "
@@ -253,95 +256,6 @@ def load_policy(path: str, device: str | None = None):
     else:
         policy_path, adapter, processor = path, None, processor_source(path)
     return Policy.from_pretrained(policy_path, adapter=adapter, processor_path=processor, config=PolicyConfig(device=device))
-
-
-# Zoo entries: how each is obtained. The zoo source's download_model calls download_zoo_bundle.
-ZOO = {
-    "conceptseg-r1-7b": {"repo": "zhaoyuan666/ConceptSeg-R1-7B"},
-    "conceptseg-sam2-hiera-large": {
-        "repo": "facebook/sam2.1-hiera-large",
-        "file": "sam2.1_hiera_large.pt",
-        "config": "configs/sam2.1/sam2.1_hiera_l.yaml",
-    },
-    "conceptseg-tiny-random": {"tiny": True},
-}
-
-
-def is_downloaded(path: str) -> bool:
-    """Whether a zoo model directory is complete (a bundle or a released checkpoint)."""
-    return os.path.isfile(os.path.join(path, BUNDLE_FILE)) or os.path.isfile(os.path.join(path, "config.json"))
-
-
-def download_zoo_bundle(name: str, path: str) -> str:
-    """Fetches a zoo entry into ``path`` once; a failed download leaves no partial directory.
-
-    Files go to a temporary sibling directory first and are moved into place at the end.
-    The Hugging Face token, if any, comes from the HF_TOKEN environment variable (or
-    FiftyOne's secrets, which set it) and is never logged.
-    """
-    import shutil
-    import tempfile
-
-    if name not in ZOO:
-        raise BundleError(f"Unknown ConceptSeg zoo model {name!r}; known: {', '.join(ZOO)}.")
-    if is_downloaded(path):
-        return path
-    entry = ZOO[name]
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{name}-", dir=parent)
-    try:
-        if entry.get("tiny"):
-            from conceptseg.testing import build_tiny_bundle
-
-            build_tiny_bundle(tmp)
-        elif "file" in entry:
-            _download_sam2(entry, tmp)
-        else:
-            _snapshot(entry["repo"], tmp)
-        if os.path.isdir(path):
-            shutil.rmtree(path)  # an incomplete earlier attempt (is_downloaded was False)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return path
-
-
-def _snapshot(repo: str, out_dir: str) -> None:
-    try:
-        from huggingface_hub import snapshot_download
-
-        snapshot_download(repo, local_dir=out_dir, token=os.environ.get("HF_TOKEN"))
-    except Exception as e:  # the hub client raises many types; the user needs one sentence
-        raise BundleError(f"Could not download {repo!r} from the Hugging Face Hub: {type(e).__name__}: {e}") from e
-
-
-def _download_sam2(entry: dict, out_dir: str) -> None:
-    """Meta's .pt becomes safetensors once, here (read with weights_only: tensors, no code)."""
-    import torch
-    from safetensors.torch import save_file
-
-    try:
-        from huggingface_hub import hf_hub_download
-
-        pt = hf_hub_download(entry["repo"], entry["file"], local_dir=out_dir, token=os.environ.get("HF_TOKEN"))
-    except Exception as e:
-        raise BundleError(f"Could not download {entry['repo']}/{entry['file']}: {type(e).__name__}: {e}") from e
-    state = torch.load(pt, map_location="cpu", weights_only=True)
-    state = state.get("model", state)
-    os.makedirs(os.path.join(out_dir, "segmenter"), exist_ok=True)
-    save_file({k: v.contiguous() for k, v in state.items()}, os.path.join(out_dir, "segmenter", "sam2.safetensors"))
-    os.remove(pt)
-    spec = {
-        "format": FORMAT,
-        "version": 1,
-        "policy": None,
-        "translator": None,
-        "segmenter": {"kind": "sam2", "config": {"config_name": entry["config"], "checkpoint": os.path.join("segmenter", "sam2.safetensors")}},
-    }
-    with open(os.path.join(out_dir, BUNDLE_FILE), "w") as f:
-        json.dump(spec, f, indent=2)
 
 
 def load_bundle_cached(path: str, device: str | None = None):

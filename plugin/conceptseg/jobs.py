@@ -78,7 +78,8 @@ def _load_model(model):
     """A Bundle, or one loaded (once per process) from a directory, zoo name or hub id."""
     if model is None or not isinstance(model, str):
         return model
-    from conceptseg.checkpoint import ZOO, load_bundle_cached
+    from conceptseg.checkpoint import load_bundle_cached
+    from conceptseg.zoo import ZOO
 
     if os.path.isdir(model) or "/" in model:  # a local bundle, or a Hugging Face id
         return load_bundle_cached(model)

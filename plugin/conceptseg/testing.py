@@ -140,7 +140,7 @@ def build_tiny_bundle(out_dir: str, seed: int = 0, max_new_tokens: int = 32, seg
     torch.manual_seed(seed)
     translator = ConceptTranslator(TranslatorConfig(hidden_size=64, num_heads=translator_heads))
     if segmenter == "sam3":
-        from conceptseg.segmenters.sam3 import Sam3Segmenter, Sam3SegmenterConfig, build_tiny_sam3
+        from conceptseg.segmenters.sam3 import Sam3Segmenter, Sam3SegmenterConfig
 
         sam3_dir = build_tiny_sam3(os.path.join(out_dir, "sam3-build"), seed=seed)
         segmenter = Sam3Segmenter.from_config(Sam3SegmenterConfig(path=sam3_dir, device="cpu"))
@@ -149,6 +149,94 @@ def build_tiny_bundle(out_dir: str, seed: int = 0, max_new_tokens: int = 32, seg
             Sam2SegmenterConfig(config_name=TINY_SAM2_CONFIG, image_size=256, device="cpu")
         )
     return save_bundle(out_dir, policy_dir, translator, segmenter, max_new_tokens=max_new_tokens)
+
+
+# ---- a tiny random SAM 3 for tests ------------------------------------------------------
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP's byte -> printable character table (byte-level BPE alphabet)."""
+    bs = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("\xa1"), ord("\xac") + 1))
+          + list(range(ord("\xae"), ord("\xff") + 1)))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+def tiny_clip_tokenizer():
+    """transformers' real ``CLIPTokenizer`` (byte-level BPE, CLIP's normaliser, pre-tokeniser
+    and <|startoftext|>/<|endoftext|> post-processor) over a 514-entry vocabulary with no
+    merges: the 256 byte symbols, the same with CLIP's "</w>" word-end suffix, then the two
+    special tokens. Every text encodes (one token per byte), offline; CLIP's 49408-entry
+    vocabulary is not shipped in any installed package."""
+    from transformers import CLIPTokenizer
+
+    chars = list(_bytes_to_unicode().values())
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({c + "</w>": 256 + i for i, c in enumerate(chars)})
+    vocab["<|startoftext|>"] = 512
+    vocab["<|endoftext|>"] = 513
+    return CLIPTokenizer(vocab=vocab, merges=[])
+
+
+def build_tiny_sam3(out_dir: str, seed: int = 0, width: int = 256, image_size: int = 112) -> str:
+    """Saves a tiny random ``Sam3Model`` and its ``Sam3Processor`` to ``out_dir``.
+
+    The architecture is SAM 3's, shrunk: a 2-layer ViT (width 32, patch 14, windows of 4
+    patches, global attention in layer 1, position embeddings tiled from 4x4 like SAM 3's
+    24x24) on ``image_size`` px, the four FPN scales (4, 2, 1, 0.5) at ``width``, a 1-layer
+    CLIP text encoder (width 32, 32 positions) with ``tiny_clip_tokenizer``, 1-layer fusion
+    encoder and DETR decoder (8 queries + the presence token), the mask decoder's pixel decoder
+    with its 2 used upsampling stages, and the box (geometry) encoder without layers (it is
+    never used here). ``width`` is the prompt/concept-token width; 256 matches the released
+    SAM 3 (about 6.4 M parameters; width=128 gives about 1.8 M). Same seed, same weights.
+    """
+    import torch
+    from transformers import Sam3Config, Sam3ImageProcessor, Sam3Model, Sam3Processor
+
+    grid = image_size // 14
+    scales = [4.0, 2.0, 1.0, 0.5]
+    tokenizer = tiny_clip_tokenizer()
+    config = Sam3Config(
+        vision_config=dict(
+            backbone_config=dict(
+                model_type="sam3_vit_model", hidden_size=32, intermediate_size=64,
+                num_hidden_layers=2, num_attention_heads=2, image_size=image_size, patch_size=14,
+                window_size=4, global_attn_indexes=[1], pretrain_image_size=56,
+            ),
+            fpn_hidden_size=width, scale_factors=scales,
+            backbone_feature_sizes=[[int(grid * s)] * 2 for s in scales[:-1]],
+        ),
+        text_config=dict(
+            model_type="clip_text_model", vocab_size=len(tokenizer), hidden_size=32,
+            intermediate_size=64, projection_dim=32, num_hidden_layers=1, num_attention_heads=2,
+            max_position_embeddings=32, bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        ),
+        geometry_encoder_config=dict(hidden_size=width, num_layers=0, intermediate_size=64,
+                                     num_attention_heads=2, roi_size=1),
+        detr_encoder_config=dict(hidden_size=width, num_layers=1, intermediate_size=64,
+                                 num_attention_heads=2),
+        detr_decoder_config=dict(hidden_size=width, num_layers=1, intermediate_size=64,
+                                 num_attention_heads=2, num_queries=8),
+        mask_decoder_config=dict(hidden_size=width, num_upsampling_stages=2, num_attention_heads=2),
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Sam3Model(config).eval()
+    processor = Sam3Processor(
+        image_processor=Sam3ImageProcessor(size={"height": image_size, "width": image_size}),
+        tokenizer=tokenizer,
+    )
+    os.makedirs(out_dir, exist_ok=True)
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    return out_dir
 
 
 class ScriptedPolicy:
@@ -336,3 +424,93 @@ def put_in_hub_cache(repo_id: str, src_dir: str, revision: str = "0" * 40) -> st
     with open(os.path.join(root, "refs", "main"), "w") as f:
         f.write(revision)
     return snapshot
+
+
+class StandInHub:
+    """A local HTTP server that answers the few Hugging Face Hub calls a snapshot download
+    makes (repo info, tree listing, file HEAD/GET), serving directories as repositories.
+
+    For tests of downloads where the real Hub cannot be reached: point ``HF_ENDPOINT`` at
+    ``url``. A repository in ``gated`` answers its files only to ``Authorization: Bearer
+    <token>``, as a gated repository does after access was granted, and 401 with the
+    Hub's ``X-Error-Code: GatedRepo`` otherwise.
+    """
+
+    def __init__(self, repos: dict[str, str], gated: dict[str, str] | None = None):
+        import hashlib
+        import http.server
+        import threading
+
+        hub = self
+        self.repos, self.gated, self.requests = repos, gated or {}, []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):  # quiet
+                pass
+
+            def do_HEAD(self):
+                hub._answer(self, body=False)
+
+            def do_GET(self):
+                hub._answer(self, body=True)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def _files(self, repo: str) -> list[str]:
+        root = self.repos[repo]
+        return sorted(os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs)
+
+    def _answer(self, handler, body: bool) -> None:
+        import hashlib
+        from urllib.parse import unquote, urlparse
+
+        path = unquote(urlparse(handler.path).path).strip("/")
+        self.requests.append((handler.command, path))
+        parts = path.split("/")
+        if parts[:2] == ["api", "models"]:
+            repo, rest = "/".join(parts[2:4]), parts[4:]
+        else:
+            repo, rest = "/".join(parts[0:2]), parts[2:]
+        if repo not in self.repos:
+            return self._send(handler, 404, {"error": "Repository not found"}, body, {"X-Error-Code": "RepoNotFound"})
+        files = self._files(repo)
+        sha = hashlib.sha1(repo.encode()).hexdigest()  # one commit per repository
+        if parts[:2] == ["api", "models"] and rest[:1] == ["revision"]:
+            info = {"id": repo, "sha": sha, "siblings": [{"rfilename": f} for f in files],
+                    "gated": "manual" if repo in self.gated else False, "private": False}
+            return self._send(handler, 200, info, body)
+        if parts[:2] == ["api", "models"] and rest[:1] == ["tree"]:
+            entries = [{"type": "file", "path": f, "size": os.path.getsize(os.path.join(self.repos[repo], f)),
+                        "oid": hashlib.sha1(f.encode()).hexdigest()} for f in files]
+            return self._send(handler, 200, entries, body)
+        if rest[:1] == ["resolve"] and len(rest) >= 3:
+            if repo in self.gated and handler.headers.get("Authorization") != f"Bearer {self.gated[repo]}":
+                return self._send(handler, 401, {"error": f"Access to model {repo} is restricted."}, body,
+                                  {"X-Error-Code": "GatedRepo", "X-Error-Message": "Access restricted"})
+            name = "/".join(rest[2:])
+            if name not in files:
+                return self._send(handler, 404, {"error": "Entry not found"}, body, {"X-Error-Code": "EntryNotFound"})
+            with open(os.path.join(self.repos[repo], name), "rb") as f:
+                data = f.read()
+            headers = {"X-Repo-Commit": sha, "ETag": f'"{hashlib.sha1(data).hexdigest()}"'}
+            return self._send(handler, 200, data, body, headers)
+        return self._send(handler, 404, {"error": "not found"}, body)
+
+    @staticmethod
+    def _send(handler, status: int, payload, body: bool, headers: dict | None = None) -> None:
+        data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        handler.send_response(status)
+        handler.send_header("Content-Length", str(len(data)))
+        handler.send_header("Content-Type", "application/octet-stream" if isinstance(payload, bytes) else "application/json")
+        for key, value in (headers or {}).items():
+            handler.send_header(key, value)
+        handler.end_headers()
+        if body:
+            handler.wfile.write(data)
