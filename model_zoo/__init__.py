@@ -1,6 +1,6 @@
 """Remote zoo source for ConceptSeg-R1 models: download, load, and the App's form.
 
-Each function is a few lines over the engine (``conceptseg.checkpoint`` and
+Each function is a few lines over the engine (``conceptseg.zoo`` and
 ``conceptseg.zoo_model``). The engine ships in the plugin's ``plugin/`` directory; this file
 finds it there (see ``use_plugin_engine``), so it needs no pip install.
 """
@@ -42,7 +42,7 @@ def use_plugin_engine() -> None:
 def download_model(model_name, model_path):
     """Fetches the model into ``model_path`` (idempotent: FiftyOne calls it on every load)."""
     use_plugin_engine()
-    from conceptseg.checkpoint import download_zoo_bundle
+    from conceptseg.zoo import download_zoo_bundle
 
     download_zoo_bundle(model_name, model_path)
 

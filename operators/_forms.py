@@ -155,3 +155,22 @@ def with_hf_token(ctx, job, *args, **kwargs):
 
     with using_hf_token(hf_token(ctx)):
         return job(*args, **kwargs)
+
+
+def prompt_template_input(ctx, inputs) -> None:
+    """The optional prompt template file field; marked invalid, with the reason, when unusable."""
+    field = inputs.str(
+        "prompt_template",
+        label="Prompt template file",
+        description="Optional: a text file with the policy prompt's wording ({question}, {output_format}, ...)",
+    )
+    path = ctx.params.get("prompt_template")
+    if path:
+        from conceptseg.errors import ConceptSegError
+        from conceptseg.prompts import load_prompt_template
+
+        try:
+            load_prompt_template(path)
+        except ConceptSegError as e:
+            field.invalid = True
+            field.error_message = str(e)

@@ -7,7 +7,8 @@ import time
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-from ._forms import class_choice, field_choice, progress_callback, selected_labels as _selected_labels
+from ._forms import class_choice, field_choice, progress_callback, prompt_template_input
+from ._forms import selected_labels as _selected_labels
 
 ROUTES = ("auto", "appearance", "object", "prototype", "reasoning")
 # The router's DEFAULT_THRESHOLD (the engine loads only inside execute).
@@ -93,6 +94,7 @@ class SegmentByDemonstration(foo.Operator):
         if ctx.params.get("route") == "reasoning" and not ctx.params.get("model"):
             model.invalid = True
             model.error_message = "The reasoning route needs a model: give a bundle directory or id."
+        prompt_template_input(ctx, inputs)
         inputs.float("threshold", default=VERIFY_THRESHOLD, min=0.0, max=1.0, label="Verification threshold (IoU)")
         inputs.str("concept", default="concept", label="Concept name",
                    description="Label of the predicted masks (default: the classes)")
@@ -127,9 +129,8 @@ class SegmentByDemonstration(foo.Operator):
         return self._segment_live(ctx)
 
     def _segment(self, ctx, progress):
-        from conceptseg.jobs import segment_by_demonstration
-
         from conceptseg.errors import ConceptSegError
+        from conceptseg.jobs import segment_by_demonstration
 
         from ._forms import with_hf_token
 
@@ -155,6 +156,7 @@ class SegmentByDemonstration(foo.Operator):
             resume=params.get("resume", False),
             model=params.get("model") or None,
             progress=progress,
+            prompt_template=params.get("prompt_template") or None,
         )
 
     def _segment_live(self, ctx):

@@ -2,7 +2,7 @@
 
 import fiftyone.operators as foo
 import pytest
-from fiftyone.operators.executor import ExecutionContext, ExecutionError
+from fiftyone.operators.executor import ExecutionContext
 
 from conceptseg.install import PLUGIN_NAME
 

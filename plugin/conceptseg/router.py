@@ -13,7 +13,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Sequence
 
-import numpy as np
 
 from conceptseg.errors import ConceptSegError, DemonstrationError
 from conceptseg.routes import ROUTES, Route
@@ -190,7 +189,8 @@ def _score(value: float | None) -> str:
     return "unavailable" if value is None else f"{value:.3f}"
 
 
-def make_router(route: str = "auto", threshold: float = DEFAULT_THRESHOLD, bundle=None, question: str | None = None) -> Router:
+def make_router(route: str = "auto", threshold: float = DEFAULT_THRESHOLD, bundle=None, question: str | None = None,
+                prompt_template=None) -> Router:
     """A router over every available route (``auto``) or over the one named route.
 
     With a bundle, routes join in order of cost: the SAM 2 prototype route (when the
@@ -206,6 +206,7 @@ def make_router(route: str = "auto", threshold: float = DEFAULT_THRESHOLD, bundl
             available[PrototypeRoute.name] = PrototypeRoute(bundle.segmenter)
         if bundle.policy is not None:
             config = ReasoningConfig(question=question) if question else ReasoningConfig()
+            config.prompt_template = prompt_template  # a PromptTemplate or None (the bundle's)
             available[ReasoningRoute.name] = ReasoningRoute(bundle, config)
     if route == "auto":
         return Router(list(available.values()), threshold=threshold)
