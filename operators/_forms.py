@@ -136,3 +136,41 @@ def progress_callback(ctx, every: float = PROGRESS_EVERY, clock=time.monotonic):
         ctx.set_progress(progress=done / max(total, 1), label=f"{done}/{total} samples")
 
     return report
+
+
+def hf_token(ctx) -> str | None:
+    """The HF_TOKEN plugin secret (declared in fiftyone.yml), or None. Never log or return it."""
+    value = ctx.secrets.get("HF_TOKEN")
+    # A secret first resolved on access comes back as FiftyOne's secret object, later as a str.
+    return getattr(value, "value", value) or None
+
+
+def with_hf_token(ctx, job, *args, **kwargs):
+    """Runs an engine ``job`` whose model downloads use the HF_TOKEN secret.
+
+    The token goes to the engine's downloads (``conceptseg.hub``) for this call only; it is
+    not put in ``os.environ``, where other operators and child processes would see it.
+    """
+    from conceptseg.hub import using_hf_token
+
+    with using_hf_token(hf_token(ctx)):
+        return job(*args, **kwargs)
+
+
+def prompt_template_input(ctx, inputs) -> None:
+    """The optional prompt template file field; marked invalid, with the reason, when unusable."""
+    field = inputs.str(
+        "prompt_template",
+        label="Prompt template file",
+        description="Optional: a text file with the policy prompt's wording ({question}, {output_format}, ...)",
+    )
+    path = ctx.params.get("prompt_template")
+    if path:
+        from conceptseg.errors import ConceptSegError
+        from conceptseg.prompts import load_prompt_template
+
+        try:
+            load_prompt_template(path)
+        except ConceptSegError as e:
+            field.invalid = True
+            field.error_message = str(e)

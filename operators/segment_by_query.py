@@ -3,7 +3,7 @@
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-from ._forms import progress_callback
+from ._forms import progress_callback, prompt_template_input, with_hf_token
 
 DELEGATE_ABOVE = 50  # the policy is slow on CPU: delegate all but small views
 
@@ -31,6 +31,7 @@ class SegmentByQuery(foo.Operator):
         inputs = types.Object()
         inputs.str("text", required=True, label="Query", description="e.g. 'the animal that is hiding'")
         inputs.str("model", required=True, label="Model", description="Bundle directory or Hugging Face id")
+        prompt_template_input(ctx, inputs)
         inputs.view_target(ctx)
         pred = inputs.str("pred_field", default="query_predictions", required=True, label="Output field")
         name = ctx.params.get("pred_field") or "query_predictions"
@@ -47,7 +48,8 @@ class SegmentByQuery(foo.Operator):
         from conceptseg.jobs import segment_by_query
 
         params = ctx.params
-        summary = segment_by_query(
+        summary = with_hf_token(
+            ctx, segment_by_query,
             ctx.target_view(),
             params["text"],
             params.get("pred_field", "query_predictions"),
@@ -55,6 +57,7 @@ class SegmentByQuery(foo.Operator):
             overwrite=params.get("overwrite", False),
             resume=params.get("resume", False),
             progress=progress_callback(ctx),
+            prompt_template=params.get("prompt_template") or None,
         )
         if not ctx.delegated:
             ctx.ops.reload_dataset()

@@ -19,6 +19,7 @@ _ENV = {
     "FIFTYONE_DATABASE_VALIDATION": "false",
     "FIFTYONE_SHOW_PROGRESS_BARS": "false",
     "HF_HUB_OFFLINE": "1",
+    "HF_HOME": os.path.join(_ROOT, "hf"),  # a private, empty Hugging Face cache
 }
 if os.environ.get("FIFTYONE_DATABASE_URI"):
     # An external MongoDB: stay out of the user's data with a database of our own.

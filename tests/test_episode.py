@@ -271,3 +271,21 @@ class TestFormatBoxes:
 
     def test_no_boxes(self):
         assert format_boxes([]) == "[]"
+
+
+class TestReferenceEpisode:
+    def test_unmasked_references_make_a_mosaic_without_boxes(self):
+        from conceptseg.episode import build_reference_episode, resize_square
+
+        rng = np.random.default_rng(0)
+        refs = [rng.integers(0, 256, (40 + 10 * i, 70, 3), dtype=np.uint8) for i in range(3)]
+        target = rng.integers(0, 256, (50, 80, 3), dtype=np.uint8)
+        episode = build_reference_episode(refs, target)
+        assert episode.canvas.shape == (600, 600, 3) and not episode.has_proxy and episode.reference_boxes == []
+        for i, ref in enumerate(refs):  # row-major 300² tiles, nothing drawn on them
+            row, col = divmod(i, 2)
+            assert np.array_equal(episode.canvas[row * 300:(row + 1) * 300, col * 300:(col + 1) * 300],
+                                  resize_square(ref, 300))
+        assert not episode.canvas[300:, 300:].any()  # three references: the fourth tile stays empty
+        assert np.array_equal(build_reference_episode(refs[:1], target).canvas, resize_square(refs[0], 600))
+        assert episode.target_map.to_original((0, 0, 599, 599)) == (0, 0, 79, 49)

@@ -413,3 +413,42 @@ class TestBoxIou:
     def test_symmetric(self):
         a, b = (3, 7, 40, 50), (10, 0, 60, 20)
         assert box_iou(a, b) == box_iou(b, a)
+
+
+class TestPromptTemplate:
+    def test_missing_placeholders_are_named(self):
+        from conceptseg.prompts import PromptTemplate, PromptTemplateError
+
+        with pytest.raises(PromptTemplateError, match=r"lacks the placeholders \{question\}, \{output_format\}"):
+            PromptTemplate("Find the thing.", "t.txt")
+        with pytest.raises(PromptTemplateError, match=r"lacks the placeholders \{output_format\}"):
+            PromptTemplate("Find {question}.")
+
+    def test_unknown_placeholders_and_stray_braces_are_refused(self):
+        from conceptseg.prompts import PromptTemplate, PromptTemplateError
+
+        with pytest.raises(PromptTemplateError, match=r"unknown placeholders \{ref_bboxes\}; known: \{question\}"):
+            PromptTemplate("{question} {ref_bboxes} {output_format}")
+        with pytest.raises(PromptTemplateError, match="literal brace"):
+            PromptTemplate("{question} {output_format} {")
+        assert "{x}" in PromptTemplate("{question} {{x}} {output_format}").render("q", [], True, False)
+
+    def test_render_fills_every_placeholder(self):
+        from conceptseg.prompts import PromptTemplate
+
+        t = PromptTemplate("Q={question}|B={reference_boxes}|C={check}|F={output_format}")
+        with_check = t.render(" cat ", [(0, 0, 9, 9)], True, True)
+        assert with_check.startswith("Q=cat|B=[[0, 0, 9, 9]]|C= Check the rule first")
+        assert with_check.endswith("<check>[x1, y1, x2, y2]</check> <bbox>[x1, y1, x2, y2]</bbox> <answer>noun phrase</answer>")
+        plain = t.render("cat", [], False, False)
+        assert "|B=N/A|C=|" in plain and "<check>" not in plain
+        assert build_prompt("cat", with_references=False, template=t) == plain
+
+    def test_file_is_read_and_checked(self, tmp_path):
+        from conceptseg.prompts import PromptTemplateError, load_prompt_template
+
+        path = tmp_path / "official.txt"
+        path.write_text("Locate {question}.\n{output_format}\n", encoding="utf-8")
+        assert load_prompt_template(str(path)).source == str(path)
+        with pytest.raises(PromptTemplateError, match="Cannot read the prompt template"):
+            load_prompt_template(str(tmp_path / "missing.txt"))

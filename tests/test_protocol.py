@@ -77,10 +77,10 @@ class TestConceptProtocol:
 
     def test_counts_skips_labels_and_run_record(self, scored):
         dataset, results = scored
-        assert results["counts"] == dict(targets=7, no_ground_truth=0, no_concept=0, no_train=1, needs_model=0,
+        assert results["counts"] == dict(targets=7, no_ground_truth=0, no_concept=0, no_train=0, needs_model=1,
                                          scored_before=0, scored_now=6, failed=0)
         mig = results["concepts"]["MIG_common_object/nuclei"]
-        assert mig["n"] == 0 and "no train sample" in mig["skipped"]
+        assert mig["n"] == 0 and "multi-image items need the reasoning route" in mig["skipped"]
         assert "| **mean** |  |  | 0 | **—** |" in results["tables"]["CR"]
         assert sorted(results["tables"]) == ["CD", "CI", "CR"] and "### CD" in results["markdown"]
         json.dumps(results)
@@ -118,6 +118,42 @@ class TestConceptProtocol:
             run_benchmark(dataset, route="appearance", run_key="taken")
         with pytest.raises(ConceptSegError, match="needs a model"):
             run_benchmark(dataset, route="reasoning")
+
+
+class TestMultiImageItems:
+    def test_cr_items_are_scored_with_their_own_references_and_question(self, demo_files, tmp_path, tiny_bundle_dir):
+        import dataclasses
+
+        from conceptseg.checkpoint import load_bundle
+        from conceptseg.testing import ScriptedPolicy
+
+        seen = []
+
+        class Recording(ScriptedPolicy):
+            def generate(self, requests, **kwargs):
+                seen.extend(requests)
+                return super().generate(requests, **kwargs)
+
+        bundle = load_bundle(tiny_bundle_dir)
+        text = "<think>t</think><rule>r</rule><bbox>[0, 0, 599, 599]</bbox><answer>nuclei</answer>"
+        bundle = dataclasses.replace(bundle, policy=Recording(bundle.policy, text))
+        layout = fixtures.write_conceptseg_benchmark(str(tmp_path / "cb"), demo_files)
+        dataset = _import("conceptseg-benchmark", layout, str(tmp_path))
+        cr = dataset.match(F("level") == "CR").first()
+        results = run_benchmark(dataset, route="reasoning", model=bundle)
+        assert results["levels"]["CR"]["n"] == 1 and "wfm" in results["levels"]["CR"]
+        assert results["samples"][cr.id]["level"] == "CR" and "| **mean** |" in results["tables"]["CR"]
+        asked = [r for r in seen if r.text.find(cr.question) >= 0 and cr.question not in ("nucleus", "quokka")]
+        assert len(asked) == 1 and len(asked[0].images) == 2  # its references' canvas, then the target
+        assert "<check>" not in asked[0].text  # no box withheld: the references have no masks
+        from conceptseg.episode import build_reference_episode
+        from conceptseg.imaging import load_rgb
+
+        canvas = build_reference_episode([load_rgb(p) for p in cr.references], load_rgb(cr.filepath)).canvas
+        assert np.array_equal(asked[0].images[0], canvas)
+        assert json.loads(json.dumps(results))["levels"]["CR"]["n"] == 1
+        assert dataset[cr.id].benchmark_pred.answer == "nuclei"
+        fo.delete_dataset(dataset.name)
 
 
 class TestFolderFromTheCli:

@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from conceptseg.checkpoint import BundleError, is_official_checkpoint, load_bundle, save_bundle
+from conceptseg.checkpoint import BundleError, load_bundle, save_bundle
 from conceptseg.errors import ConceptSegError
 from conceptseg.policy import PolicyRequest
-from conceptseg.router import Router, make_router
+from conceptseg.router import make_router
 from conceptseg.routes.reasoning import ReasoningRoute
+from conceptseg.testing import ScriptedPolicy, scripted_bundle
 from conceptseg.types import Demonstration
 
 DEMO_INDICES = (0, 5, 10)
@@ -27,20 +28,13 @@ def _demos(tiles, indices=DEMO_INDICES):
     return [Demonstration(tiles[i][1], tiles[i][2], tiles[i][0]) for i in indices]
 
 
-class ScriptedPolicy:
-    """The real tiny policy and hidden states, with the completion text replaced.
+UNPARSABLE = "I think it is the round thing."  # what a policy that ignores the format writes
+PARSABLE = ("<think>bright round blobs</think><rule>nuclei are bright ovals</rule>"
+            "<check>[0, 0, 299, 299]</check><bbox>[150, 300, 449, 599]</bbox><answer>nucleus</answer>")
 
-    A random tiny policy never writes the tagged format, so the one path that needs
-    well-formed text (box parsed → mapped → given to the segmenter) gets it from here.
-    """
 
-    def __init__(self, policy, text):
-        self.policy, self.text = policy, text
-
-    def generate(self, requests, **kwargs):
-        out = self.policy.generate(requests, **kwargs)
-        out.completions = [self.text] * len(out.completions)
-        return out
+def _scripted(bundle, text):
+    return dataclasses.replace(bundle, policy=ScriptedPolicy(bundle.policy, text))
 
 
 class TestBundleOnDisk:
@@ -76,6 +70,14 @@ class TestBundleOnDisk:
         with pytest.raises(BundleError, match="translator.safetensors"):
             load_bundle(str(broken))
 
+    def test_bundle_json_names_its_prompt_template(self, tiny_bundle_dir, tmp_path):
+        for name in ("policy", "translator.safetensors", "segmenter"):
+            os.symlink(os.path.join(tiny_bundle_dir, name), tmp_path / name)
+        spec = json.load(open(os.path.join(tiny_bundle_dir, "bundle.json")))
+        json.dump({**spec, "prompt_template": "wording.txt"}, open(tmp_path / "bundle.json", "w"))
+        (tmp_path / "wording.txt").write_text("Find {question}. {output_format}")
+        assert load_bundle(str(tmp_path)).prompt_template.text == "Find {question}. {output_format}"
+
     def test_not_a_bundle(self, tmp_path):
         with pytest.raises(BundleError, match="tiny-bundle"):
             load_bundle(str(tmp_path))
@@ -101,6 +103,13 @@ class TestPolicy:
         out = tiny_bundle.policy.generate([PolicyRequest([image], "the animal")], sample=True, num_return_sequences=3)
         assert len(out.completions) == 3 and out.hidden_states.shape[0] == 3
         assert len(set(out.completions)) > 1  # sampling, not greedy
+
+    def test_a_completion_without_its_end_token_at_the_budget_is_truncated(self):
+        from conceptseg.policy import _truncated
+
+        ids = torch.tensor([[5, 6, 9, 0], [5, 6, 7, 8]])
+        assert _truncated(ids, eos=9, max_new_tokens=4) == [False, True]
+        assert _truncated(ids[:, :3], eos=9, max_new_tokens=4) == [False, False]  # stopped early: all ended
 
     def test_completion_mask_stops_after_the_first_end_of_turn(self):
         from conceptseg.policy import _completion_mask
@@ -137,63 +146,57 @@ class TestLoraAdapter:
         assert not torch.allclose(a, b)
 
 
-class TestOfficialLayout:
-    def test_released_checkpoint_layout_loads_policy_and_translator(self, tiny_bundle, tiny_bundle_dir, tmp_path):
-        from safetensors.torch import load_file, save_file
-
-        from conceptseg.segmenters.sam2 import Sam2SegmenterConfig
-
-        official = tmp_path / "ConceptSeg-R1-tiny"
-        official.mkdir()
-        policy_dir = os.path.join(tiny_bundle_dir, "policy")
-        for name in os.listdir(policy_dir):
-            if name != "model.safetensors":
-                os.symlink(os.path.join(policy_dir, name), official / name)
-        # one HF checkpoint: Qwen weights plus the translator as top-level tensors
-        state = load_file(os.path.join(policy_dir, "model.safetensors"))
-        state.update({k: v.contiguous() for k, v in tiny_bundle.translator.state_dict().items()})
-        save_file(state, str(official / "model.safetensors"), metadata={"format": "pt"})
-        assert is_official_checkpoint(str(official))
-
-        # without a segmenter it pairs with SAM 3 from the Hub, unreachable here
-        with pytest.raises(ConceptSegError, match="facebook/sam3"):
-            load_bundle(str(official))
-        seg = Sam2SegmenterConfig(config_name="configs/sam2.1/sam2.1_hiera_t.yaml", image_size=256,
-                                  checkpoint=os.path.join(tiny_bundle_dir, "segmenter", "sam2.safetensors"))
-        bundle = load_bundle(str(official), segmenter_config=seg)
-        for key, value in tiny_bundle.translator.state_dict().items():
-            assert torch.equal(bundle.translator.state_dict()[key], value), key
-
-
 class TestReasoningRoute:
     def test_malformed_completion_still_gives_a_mask_from_tokens(self, tiny_bundle, nuclei_tiles):
-        route = ReasoningRoute(tiny_bundle)
+        route = ReasoningRoute(_scripted(tiny_bundle, UNPARSABLE))
         route.fit(_demos(nuclei_tiles))
         probability, details = route.segment_with_details(nuclei_tiles[1][1])
         assert probability.shape == (128, 128) and probability.dtype == np.float32
         assert np.isfinite(probability).all() and 0 <= probability.min() <= probability.max() <= 1
         assert details["parse_error"] and details["box"] is None and details["answer"] is None
-        assert isinstance(details["completion"], str)
+        assert details["completion"] == UNPARSABLE
 
     def test_parsed_box_is_mapped_to_the_image_and_prompts_the_segmenter(self, tiny_bundle, nuclei_tiles):
-        text = ("<think>bright round blobs</think><rule>nuclei are bright ovals</rule>"
-                "<check>[0, 0, 299, 299]</check><bbox>[150, 300, 449, 599]</bbox><answer>nucleus</answer>")
-        scripted = dataclasses.replace(tiny_bundle, policy=ScriptedPolicy(tiny_bundle.policy, text))
-        route = ReasoningRoute(scripted)
+        route = ReasoningRoute(_scripted(tiny_bundle, PARSABLE))
         route.fit(_demos(nuclei_tiles))
         image = nuclei_tiles[1][1]
         with_box, details = route.segment_with_details(image)
         assert details["parse_error"] is None and details["answer"] == "nucleus"
         assert details["rule"] == "nuclei are bright ovals"
         assert details["box"] == [32, 64, 95, 127]  # 600² box → 128² tile: ×128/600 by pixel edges
-        plain = ReasoningRoute(tiny_bundle)
+        plain = ReasoningRoute(_scripted(tiny_bundle, UNPARSABLE))
         plain.fit(_demos(nuclei_tiles))
         assert not np.allclose(with_box, plain.segment(image))
+
+    def test_truncated_completion_is_recorded_as_such(self, tiny_bundle, nuclei_tiles):
+        cut = PARSABLE[:60]  # reasoning cut before its box and answer
+        route = ReasoningRoute(dataclasses.replace(tiny_bundle, policy=ScriptedPolicy(tiny_bundle.policy, cut, truncated=True)))
+        route.fit(_demos(nuclei_tiles))
+        _, details = route.segment_with_details(nuclei_tiles[1][1])
+        assert details["truncated"] is True and details["parse_error"].startswith("cut at 32 tokens (max_new_tokens)")
+
+    def test_a_prompt_template_replaces_the_wording(self, tiny_bundle, nuclei_tiles):
+        from conceptseg.prompts import PromptTemplate
+        from conceptseg.routes.reasoning import ReasoningConfig
+
+        seen = []
+
+        class Recording(ScriptedPolicy):
+            def generate(self, requests, **kwargs):
+                seen.extend(r.text for r in requests)
+                return super().generate(requests, **kwargs)
+
+        template = PromptTemplate("Find {question}. Boxes: {reference_boxes}.{check} Reply as {output_format}")
+        bundle = dataclasses.replace(tiny_bundle, policy=Recording(tiny_bundle.policy, PARSABLE))
+        route = ReasoningRoute(bundle, ReasoningConfig(question="nucleus", prompt_template=template))
+        route.fit(_demos(nuclei_tiles))
+        route.segment(nuclei_tiles[1][1])
+        assert seen[0].startswith("Find nucleus. Boxes: [[") and "<check>" in seen[0]
 
     def test_verification_is_the_check_iou(self, tiny_bundle, nuclei_tiles):
         text = ("<think>t</think><rule>r</rule><check>[0, 0, 299, 299]</check>"
                 "<bbox>[0, 0, 599, 599]</bbox><answer>a</answer>")
-        scripted = dataclasses.replace(tiny_bundle, policy=ScriptedPolicy(tiny_bundle.policy, text))
+        scripted = _scripted(tiny_bundle, text)
         demos = _demos(nuclei_tiles)
         scores = ReasoningRoute(scripted).verify(demos)
         from conceptseg.episode import build_episode
@@ -204,7 +207,7 @@ class TestReasoningRoute:
         assert 0 < scores[demos[0].id] < 1
 
     def test_unparsable_check_verifies_at_zero_and_one_demo_is_unavailable(self, tiny_bundle, nuclei_tiles):
-        route = ReasoningRoute(tiny_bundle)
+        route = ReasoningRoute(_scripted(tiny_bundle, UNPARSABLE))
         assert route.verify(_demos(nuclei_tiles)) == {nuclei_tiles[0][0]: 0.0}
         assert route.verify(_demos(nuclei_tiles, (0,))) == {}
 
@@ -219,16 +222,38 @@ class TestReasoningRoute:
         after = tiny_bundle.segmenter.cache_info()
         assert after["hits"] == before["hits"] + 1 and after["misses"] == before["misses"]
 
-    def test_nan_weights_are_a_recorded_failure(self, tiny_bundle_dir, nuclei_tiles):
+    @pytest.mark.parametrize("text", [PARSABLE, UNPARSABLE], ids=["box", "tokens-only"])
+    def test_nan_weights_are_a_recorded_failure(self, tiny_bundle_dir, nuclei_tiles, text):
         bundle = load_bundle(tiny_bundle_dir)
         with torch.no_grad():
             next(bundle.segmenter.model.sam_mask_decoder.parameters()).fill_(float("nan"))
-        router = make_router("reasoning", bundle=bundle)
+        router = make_router("reasoning", bundle=_scripted(bundle, text))
         choice = router.choose(_demos(nuclei_tiles))
         from conceptseg.types import Target
 
         result = next(router.segment(choice, [Target(nuclei_tiles[1][1], "t")]))
         assert result.mask is None and "NaN" in result.error
+        assert "sam_mask_decoder.transformer.layers.0.self_attn.q_proj.weight" in result.error
+
+    def test_weights_are_checked_again_after_they_change(self):
+        from conceptseg.segmenters.cache import FiniteWeights, NonFiniteError
+
+        layer = torch.nn.Linear(4, 4)
+        guard = FiniteWeights(layer)
+        guard.check()
+        with torch.no_grad():
+            layer.weight[0, 0] = float("inf")
+        with pytest.raises(NonFiniteError, match="NaN or infinite.*weight"):
+            guard.check()
+
+    def test_nan_concept_tokens_are_a_recorded_failure(self, tiny_bundle_dir, nuclei_tiles):
+        bundle = load_bundle(tiny_bundle_dir)
+        with torch.no_grad():
+            bundle.translator.proj_to_sam[2].bias.fill_(float("nan"))
+        route = ReasoningRoute(_scripted(bundle, PARSABLE))
+        route.fit(_demos(nuclei_tiles))
+        with pytest.raises(ConceptSegError, match="concept translator returned NaN"):
+            route.segment(nuclei_tiles[1][1])
 
 
 class TestRouterWithBundle:
@@ -239,7 +264,7 @@ class TestRouterWithBundle:
 
     def test_when_nothing_passes_the_best_verified_route_runs(self, tiny_bundle, nuclei_tiles):
         choice = make_router("auto", threshold=0.99, bundle=tiny_bundle).choose(_demos(nuclei_tiles))
-        assert [v.route for v in choice.verifications] == ["appearance", "prototype", "reasoning"]
+        assert [v.route for v in choice.verifications] == ["appearance", "object", "prototype", "reasoning"]
         best = max(choice.verifications, key=lambda v: v.score)
         assert choice.route.name == best.route and not choice.verified
 
@@ -258,17 +283,29 @@ class TestThroughTheCliAndOperators:
         from conceptseg import cli
 
         nuclei_dataset.persistent = True
-        code = cli.main(["segment", "--dataset", nuclei_dataset.name, "--demo-tag", "demo", "--view", "nuclei",
-                         "--mask-field", "ground_truth", "--pred-field", "rp", "--route", "reasoning",
-                         "--model", tiny_bundle_dir, "--json"])
+        with scripted_bundle(tiny_bundle_dir, UNPARSABLE):
+            code = cli.main(["segment", "--dataset", nuclei_dataset.name, "--demo-tag", "demo", "--view", "nuclei",
+                             "--mask-field", "ground_truth", "--pred-field", "rp", "--route", "reasoning",
+                             "--model", tiny_bundle_dir, "--json"])
         assert code == 0
         summary = json.loads(capsys.readouterr().out)
         assert summary["route"] == "reasoning" and summary["segmented"] == 13
         assert summary["verification"] == 0.0 and summary["verified"] is False
         label = nuclei_dataset.load_saved_view("nuclei").exists("rp").first().rp
         assert label.route == "reasoning" and label.parse_error and label.answer is None
+        assert label.truncated is False and label.shortcut is None  # SAM 2: no shortcut to take
         assert label.get_mask().shape == (128, 128)
         assert nuclei_dataset.get_run_info("conceptseg_rp").config.model == tiny_bundle_dir
+
+    def test_a_bad_prompt_template_is_refused_before_any_work(self, tiny_bundle_dir, nuclei_dataset, tmp_path, capsys):
+        from conceptseg import cli
+
+        bad = tmp_path / "wording.txt"
+        bad.write_text("Find {question}.")
+        code = cli.main(["query", "--dataset", nuclei_dataset.name, "--text", "the animal", "--pred-field", "qt",
+                         "--model", tiny_bundle_dir, "--prompt-template", str(bad)])
+        assert code != 0 and "{output_format}" in capsys.readouterr().err
+        assert not nuclei_dataset.has_field("qt")
 
     def test_query_command(self, tiny_bundle_dir, nuclei_dataset, capsys):
         from conceptseg import cli
@@ -353,4 +390,37 @@ class TestSam3Bundle:
         route.fit(_demos(nuclei_tiles))
         probability, details = route.segment_with_details(nuclei_tiles[1][1])
         assert probability.shape == (128, 128) and np.isfinite(probability).all()
-        assert details["shortcut"] is None  # the shortcut is for text queries only
+        assert details["shortcut_taken"] is False and "τ = 102.4" in details["shortcut"]  # 11-word default question
+
+    @pytest.mark.parametrize("bias,taken", [(20.0, True), (-20.0, False)])
+    def test_demonstration_episodes_take_the_shortcut_too(self, sam3_bundle, nuclei_tiles, bias, taken):
+        import copy
+
+        from conceptseg.routes.reasoning import ReasoningConfig
+
+        segmenter = copy.deepcopy(sam3_bundle.segmenter)
+        head = segmenter.model.detr_decoder.presence_head.layer3
+        with torch.no_grad():  # presence = sigmoid(bias): certain, or certainly not
+            head.weight.zero_()
+            head.bias.fill_(bias)
+        bundle = dataclasses.replace(sam3_bundle, segmenter=segmenter, policy=ScriptedPolicy(sam3_bundle.policy, PARSABLE))
+        route = ReasoningRoute(bundle, ReasoningConfig(question="nucleus"))
+        route.fit(_demos(nuclei_tiles))
+        _, details = route.segment_with_details(nuclei_tiles[1][1])
+        assert details["shortcut_taken"] is taken and (details["completion"] is None) is taken
+        off = ReasoningRoute(bundle, ReasoningConfig(question="nucleus", shortcut=False))
+        off.fit(_demos(nuclei_tiles))
+        _, details = off.segment_with_details(nuclei_tiles[1][1])
+        assert details["shortcut_taken"] is None and details["completion"] == PARSABLE
+
+    def test_nan_weights_are_a_recorded_failure(self, sam3_bundle, nuclei_tiles):
+        import copy
+
+        broken = dataclasses.replace(sam3_bundle, segmenter=copy.deepcopy(sam3_bundle.segmenter))
+        with torch.no_grad():
+            next(broken.segmenter.model.mask_decoder.parameters()).fill_(float("nan"))
+        router = make_router("reasoning", bundle=_scripted(broken, PARSABLE))
+        from conceptseg.types import Target
+
+        result = next(router.segment(router.choose(_demos(nuclei_tiles)), [Target(nuclei_tiles[1][1], "t")]))
+        assert result.mask is None and "SAM 3 segmenter's weights hold NaN" in result.error

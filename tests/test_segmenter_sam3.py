@@ -16,11 +16,11 @@ from conceptseg.segmenters.sam3 import (
     Sam3Prediction,
     Sam3Segmenter,
     Sam3SegmenterConfig,
-    build_tiny_sam3,
     shortcut_threshold,
     shortcut_word_count,
     text_shortcut,
 )
+from conceptseg.testing import build_tiny_sam3
 
 H, W = 50, 80  # non-square on purpose; the model's input is 112x112
 

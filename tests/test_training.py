@@ -252,8 +252,21 @@ def test_a_trained_bundle_segments(stage2_run):
     assert "completion" in details
 
 
-def test_resume_continues_to_the_same_step_and_weights(tiny_bundle_dir, tmp_path):
-    config = dict(stage=2, group_size=2, max_new_tokens=8, save_every=1, learning_rate=1e-3, seed=1)
+def _weights(out_dir):
+    """Every tensor of a final bundle's own safetensors (translator, adapter or full policy)."""
+    found = {}
+    for root, dirs, files in os.walk(out_dir):
+        dirs[:] = [d for d in dirs if not d.startswith("step-")]
+        for name in files:
+            if name.endswith(".safetensors"):
+                rel = os.path.relpath(os.path.join(root, name), out_dir)
+                found.update({f"{rel}:{k}": v for k, v in _state(os.path.join(root, name)).items()})
+    return found
+
+
+@pytest.mark.parametrize("lora", [True, False], ids=["lora", "full"])
+def test_resume_continues_to_the_same_step_and_weights(tiny_bundle_dir, tmp_path, lora):
+    config = dict(stage=2, group_size=2, max_new_tokens=8, save_every=1, learning_rate=1e-3, seed=1, lora=lora)
     straight = train(tiny_bundle_dir, _episode_specs(), str(tmp_path / "straight"), TrainConfig(steps=2, **config))
     train(tiny_bundle_dir, _episode_specs(), str(tmp_path / "resumed"), TrainConfig(steps=1, **config))
     # Pretend the run stopped after its step-1 checkpoint and before its final save.
@@ -264,10 +277,15 @@ def test_resume_continues_to_the_same_step_and_weights(tiny_bundle_dir, tmp_path
     assert [m["step"] for m in lines] == [1, 2]
     reference = [json.loads(line) for line in open(straight.metrics_file)]
     assert lines[1]["targets"] == reference[1]["targets"]
+    # the KL term at step 2 is against the input for both: a reference that had become the
+    # step-1 checkpoint would give 0 here
+    assert lines[1]["kl"] == pytest.approx(reference[1]["kl"], abs=1e-6) and reference[1]["kl"] > 0
     assert lines[1]["reward"] == pytest.approx(reference[1]["reward"], abs=1e-6)
-    a = _state(str(tmp_path / "straight" / "translator.safetensors"))
-    b = _state(str(tmp_path / "resumed" / "translator.safetensors"))
-    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    a, b = _weights(str(tmp_path / "straight")), _weights(str(tmp_path / "resumed"))
+    assert set(a) == set(b) and any(("policy" if not lora else "adapter") in k for k in a)
+    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    print(f"resume {'lora' if lora else 'full'}: max |straight - resumed| = {worst:.3g}")
+    assert worst <= 1e-6, worst
 
 
 def test_full_fine_tune_moves_every_policy_weight(tiny_bundle_dir, tmp_path):

@@ -37,6 +37,61 @@ class TestBoxReward:
         assert box_reward(GOOD, None) is None
 
 
+class TestOfficialRewards:
+    """The default rewards (method.md §2.5), against hand values; where they part from the strict ones."""
+
+    def test_format_needs_the_tags_in_order_not_a_parsable_completion(self):
+        from conceptseg.training.rewards import official_format_reward as fmt
+
+        assert fmt(GOOD, False) == 1.0 and fmt(GOOD, True) == 0.0 and fmt(GOOD_CHECK, True) == 1.0
+        # text around the tags, and a box the strict parser refuses (out of range, floats), pass
+        loose = "Sure! <think>t</think>\n<rule>r</rule> <bbox>[0.5, 0, 900, 9]</bbox><answer>a</answer> done"
+        assert fmt(loose, False) == 1.0 and format_reward(loose, with_check=False) == 0.0
+        # the check must hold 4 integers; the rule must come first
+        assert fmt(GOOD_CHECK.replace("[0, 0, 4, 9]", "[0, 0, 4]"), True) == 0.0
+        assert fmt("<rule>r</rule><think>t</think><bbox>[0, 0, 9, 9]</bbox><answer>a</answer>", False) == 0.0
+
+    def test_box_iou_is_the_official_one(self):
+        from conceptseg.training.rewards import official_box_iou as iou
+
+        # areas 10·10 = 100 and 5·10 = 50 (no +1), overlap (5 − 0)·(10 − 0) = 50: IoU 0.5
+        assert iou((0, 0, 10, 10), (0, 0, 5, 10)) == pytest.approx(0.5)
+        assert iou((0, 0, 9, 9), (0, 0, 4, 9)) == pytest.approx(36 / 81)  # 4·9 of 81 + 36 − 36
+        assert iou((0, 0, 10, 10), (9, 0, 20, 10)) == 0.0  # a one-pixel-wide overlap counts as none
+        assert iou((0, 0, 10, 10), (8, 0, 20, 10)) == pytest.approx(20 / (100 + 120 - 20))
+        assert iou((3, 3, 3, 3), (3, 3, 3, 3)) == 0.0  # zero area: no union
+
+    def test_box_reward_reads_the_last_well_formed_box(self):
+        from conceptseg.training.rewards import official_box_reward as box
+
+        assert box(GOOD, (0, 0, 4, 9)) == pytest.approx((36 / 81) ** 2)
+        assert box(GOOD_CHECK, (0, 0, 9, 9), proxy_box=(0, 0, 4, 9)) == pytest.approx(1.0 * 1.0)
+        assert box(GOOD_CHECK, (0, 0, 4, 9), proxy_box=(0, 0, 9, 9)) == pytest.approx((36 / 81) ** 2)
+        # an unparsable rest of the completion does not matter; the last box does
+        messy = "<bbox>[0, 0, 2, 2]</bbox> and then <bbox>[0, 0, 9, 9]</bbox> <answer>"
+        assert box(messy, (0, 0, 9, 9)) == 1.0 and box_reward(messy, (0, 0, 9, 9)) == 0.0
+        assert box(GOOD, (0, 0, 9, 9), proxy_box=(0, 0, 4, 9)) == 0.0  # proxy but no <check>
+        assert box("garbage", (0, 0, 4, 9)) == 0.0 and box(GOOD, None) is None
+
+    def test_the_sets(self):
+        from conceptseg.training.rewards import REWARDS, official_box_reward, official_format_reward
+
+        assert REWARDS["official"] == (official_format_reward, official_box_reward)
+        assert REWARDS["strict"] == (format_reward, box_reward)
+
+
+class TestSchedule:
+    def test_linear_is_the_trainers_without_warmup(self):
+        from conceptseg.training.loop import TrainConfig
+
+        config = TrainConfig(steps=4)
+        assert [config.lr_factor(s) for s in (1, 2, 3, 4)] == [1.0, 0.75, 0.5, 0.25]
+        assert TrainConfig(steps=4, lr_schedule="constant").lr_factor(4) == 1.0
+        assert config.weight_decay == 0.0 and config.reward == "official"
+        assert TrainConfig(learning_rate=1e-3).translator_lr == 1e-3
+        assert TrainConfig(learning_rate=1e-3, translator_learning_rate=3e-5).translator_lr == 3e-5
+
+
 class TestMaskReward:
     def test_hand_values(self):
         a = np.zeros((4, 4), bool)

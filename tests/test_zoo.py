@@ -4,10 +4,12 @@ import os
 
 import fiftyone as fo
 import fiftyone.zoo as foz
+import fiftyone.zoo.models as fozm
 import numpy as np
 import pytest
 
-from conceptseg.checkpoint import ZOO, BundleError, download_zoo_bundle
+from conceptseg.checkpoint import BundleError
+from conceptseg.zoo import ZOO, download_zoo_bundle
 from conceptseg.errors import ConceptSegError
 from conceptseg.metrics import score_sample
 
@@ -16,8 +18,10 @@ TINY = "conceptseg-tiny-random"
 
 class TestZooSource:
     def test_source_and_models_are_listed(self, plugin_installed):
-        assert any("conceptseg" in s for s in foz.list_zoo_model_sources())
+        # The manifest has no url (the project has no public home): FiftyOne lists its models
+        # as remote ones but not the source; `register-source URL` would stamp the URL.
         assert set(ZOO) <= set(foz.list_zoo_models())
+        assert all(isinstance(foz.get_zoo_model(n), fozm.RemoteZooModel) for n in ZOO)
         assert not os.path.islink(os.path.join(fo.config.model_zoo_dir, "conceptseg", "conceptseg-models"))
 
     def test_download_is_idempotent_and_lands_in_the_zoo_dir(self, plugin_installed):
@@ -64,9 +68,13 @@ class TestApplyModel:
         assert all(d.confidence > 0 for d in tile.zoo_instances.detections)
 
     def test_query_mode_with_the_reasoning_route(self, plugin_installed, nuclei_dataset):
-        model = foz.load_zoo_model(TINY, text="the animal")
-        view = nuclei_dataset.limit(2)
-        view.apply_model(model, label_field="q", batch_size=2, num_workers=0, skip_failures=False)
+        from conceptseg.testing import scripted_bundle
+
+        _, path = foz.download_zoo_model(TINY)
+        with scripted_bundle(path, "no tags here"):  # a random policy's text differs between CPUs
+            model = foz.load_zoo_model(TINY, text="the animal")
+            view = nuclei_dataset.limit(2)
+            view.apply_model(model, label_field="q", batch_size=2, num_workers=0, skip_failures=False)
         labels = view.values("q")
         assert all(l is not None and l.route == "reasoning" and l.parse_error for l in labels)
         assert labels[0].mask.shape == (128, 128)
@@ -163,3 +171,62 @@ class TestApplyModelRuns:
         assert _masks(nuclei_dataset, field) == before
         assert nuclei_dataset.list_runs() == [] and dict(nuclei_dataset.mask_targets) == mask_targets
         assert not nuclei_dataset.has_field("ground_instances")
+
+
+class TestReleaseThroughAStandInHub:
+    """The 7B entry against a local stand-in for the Hub serving tiny weights in the release's
+    layout under the real names: everything lands in the zoo dir, then loads offline."""
+
+    @pytest.fixture
+    def hub(self, tmp_path, monkeypatch):
+        import huggingface_hub.constants
+
+        from conceptseg.checkpoint import load_bundle
+        from conceptseg.testing import (TINY_BASE_ID, StandInHub, build_tiny_bundle, build_tiny_sam3,
+                                        write_release_layout)
+
+        tiny = build_tiny_bundle(str(tmp_path / "tiny"), translator_heads=16, tie_embeddings=False)
+        release = write_release_layout(str(tmp_path / "release"), os.path.join(tiny, "policy"),
+                                       load_bundle(tiny).translator, processor_files=False)
+        sam3 = build_tiny_sam3(str(tmp_path / "sam3"))
+        server = StandInHub({"zhaoyuan666/ConceptSeg-R1-7B": release, "facebook/sam3": sam3,
+                             TINY_BASE_ID: os.path.join(tiny, "policy")}, gated={"facebook/sam3": "hf_granted"})
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # the tests run offline
+        yield server
+        server.close()
+
+    def test_everything_lands_in_the_zoo_dir_and_loads_offline(self, hub, tmp_path, monkeypatch):
+        import huggingface_hub.constants
+
+        from conceptseg.checkpoint import load_bundle
+        from conceptseg.zoo import is_downloaded
+
+        monkeypatch.setenv("HF_TOKEN", "hf_granted")
+        path = download_zoo_bundle("conceptseg-r1-7b", str(tmp_path / "zoo" / "conceptseg-r1-7b"))
+        assert is_downloaded(path) and os.path.isfile(os.path.join(path, "sam3", "model.safetensors"))
+        assert {"tokenizer_config.json", "processor_config.json"} <= set(os.listdir(path)), os.listdir(path)  # the base's processor files
+        assert not os.path.exists(os.path.join(path, "model.safetensors"))  # not the base's weights
+        fetched = {p.split("/resolve/")[0] for m, p in hub.requests if "/resolve/" in p}
+        assert fetched == {"zhaoyuan666/ConceptSeg-R1-7B", "facebook/sam3", "conceptseg-tests/tiny-qwen2.5-vl"}
+        hub.close()
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+        monkeypatch.delenv("HF_TOKEN")
+        bundle = load_bundle(path)
+        assert type(bundle.segmenter).__name__ == "Sam3Segmenter"
+        assert bundle.segmenter.config.path == os.path.join(path, "sam3")
+        assert bundle.policy.config.max_new_tokens == 2048
+
+    @pytest.mark.parametrize("token", [None, "hf_not_granted"])
+    def test_a_missing_or_refused_token_says_what_to_do(self, hub, tmp_path, monkeypatch, token):
+        from conceptseg.zoo import GatedModelError
+
+        if token:
+            monkeypatch.setenv("HF_TOKEN", token)
+        else:
+            monkeypatch.delenv("HF_TOKEN", raising=False)
+        target = tmp_path / "zoo" / "conceptseg-r1-7b"
+        with pytest.raises(GatedModelError, match=r"facebook/sam3 is gated: request access on "
+                                                  r"https://huggingface.co/facebook/sam3.*set HF_TOKEN.*FiftyOne secret"):
+            download_zoo_bundle("conceptseg-r1-7b", str(target))
+        assert not target.exists() and os.listdir(tmp_path / "zoo") == []

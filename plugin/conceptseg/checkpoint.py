@@ -24,11 +24,10 @@ import os
 from dataclasses import dataclass
 
 from conceptseg.errors import ConceptSegError
+from conceptseg.hub import hf_token
 
 BUNDLE_FILE = "bundle.json"
 FORMAT = "conceptseg-bundle"
-# The released checkpoint stores the translator as top-level tensors with these prefixes.
-_TRANSLATOR_PREFIXES = ("learnable_query.", "connector.", "proj_to_sam.")
 
 
 class BundleError(ConceptSegError):
@@ -46,6 +45,7 @@ class Bundle:
     path: str
     policy_path: str | None = None  # resolved base policy directory or hub id
     adapter_path: str | None = None  # resolved LoRA adapter directory, if any
+    prompt_template: object = None  # bundle.json "prompt_template": the wording it was trained with
 
 
 def _require(path: str, what: str, how: str) -> str:
@@ -55,13 +55,15 @@ def _require(path: str, what: str, how: str) -> str:
 
 
 def save_bundle(out_dir: str, policy_dir: str, translator, segmenter, adapter_dir: str | None = None,
-                max_new_tokens: int = 512, copy_segmenter: bool = True) -> str:
+                max_new_tokens: int | None = None, copy_segmenter: bool = True) -> str:
     """Writes bundle.json plus the translator and segmenter weights; the policy is referenced.
 
     ``policy_dir`` and ``adapter_dir`` are stored relative to ``out_dir`` when inside it,
     else as given (a hub id or an absolute path). ``copy_segmenter=False`` references the
     segmenter's own (absolute) files instead of copying them: training checkpoints use it,
     since the frozen segmenter would otherwise be rewritten at every checkpoint.
+    ``max_new_tokens`` None leaves the budget to the policy's generation_config.json or the
+    official 2048.
     """
     from conceptseg.translator import save_translator
 
@@ -86,10 +88,12 @@ def save_bundle(out_dir: str, policy_dir: str, translator, segmenter, adapter_di
     spec = {
         "format": FORMAT,
         "version": 1,
-        "policy": {"path": _relative(policy_dir, out_dir), "adapter": _relative(adapter_dir, out_dir), "max_new_tokens": max_new_tokens},
+        "policy": {"path": _relative(policy_dir, out_dir), "adapter": _relative(adapter_dir, out_dir)},
         "translator": {"file": "translator.safetensors"},
         "segmenter": {"kind": kind, "config": seg_config},
     }
+    if max_new_tokens is not None:
+        spec["policy"]["max_new_tokens"] = max_new_tokens
     with open(os.path.join(out_dir, BUNDLE_FILE), "w") as f:
         json.dump(spec, f, indent=2)
     return out_dir
@@ -110,53 +114,25 @@ def _resolve(value: str | None, root: str) -> str | None:
 
 
 def is_official_checkpoint(path: str) -> bool:
-    """Whether ``path`` is a Hugging Face directory that also holds translator tensors."""
-    if not os.path.isfile(os.path.join(path, "config.json")):
-        return False
-    return any(k.startswith(_TRANSLATOR_PREFIXES) for k in _safetensors_keys(path))
+    """Whether ``path`` is a released ConceptSeg-R1 checkpoint (see conceptseg.release)."""
+    from conceptseg.release import is_release
 
-
-def _safetensors_files(path: str) -> list[str]:
-    index = os.path.join(path, "model.safetensors.index.json")
-    if os.path.isfile(index):
-        with open(index) as f:
-            return sorted({os.path.join(path, v) for v in json.load(f)["weight_map"].values()})
-    return sorted(os.path.join(path, f) for f in os.listdir(path) if f.endswith(".safetensors"))
-
-
-def _safetensors_keys(path: str) -> list[str]:
-    from safetensors import safe_open
-
-    keys = []
-    for file in _safetensors_files(path):
-        with safe_open(file, framework="pt") as f:
-            keys.extend(f.keys())
-    return keys
+    return is_release(path)
 
 
 def load_official_translator(path: str):
-    """Reads only the translator tensors of a released checkpoint (shards opened lazily)."""
-    from safetensors import safe_open
+    """The translator tensors of a released checkpoint (see conceptseg.release)."""
+    from conceptseg.release import load_release_translator
 
-    from conceptseg.translator import PREFIXES, ConceptTranslator, config_from_state, load_translator_state
-
-    state = {}
-    for file in _safetensors_files(path):
-        with safe_open(file, framework="pt") as f:
-            for key in f.keys():
-                if key.startswith(PREFIXES):
-                    state[key] = f.get_tensor(key)
-    translator = ConceptTranslator(config_from_state(state))
-    load_translator_state(translator, state)
-    return translator
+    return load_release_translator(path)
 
 
 def download(repo_id: str) -> str:
-    """A local snapshot of a hub repository (uses HF_TOKEN from the environment if set)."""
+    """A local snapshot of a hub repository (with the token of ``conceptseg.hub``, if any)."""
     try:
         from huggingface_hub import snapshot_download
 
-        return snapshot_download(repo_id)
+        return snapshot_download(repo_id, token=hf_token())
     except Exception as e:  # the hub client raises many types; the user needs one sentence
         raise BundleError(
             f"Cannot get {repo_id!r} from the Hugging Face Hub ({type(e).__name__}: {e}). "
@@ -165,6 +141,7 @@ def download(repo_id: str) -> str:
 
 
 OFFICIAL_SEGMENTER = "facebook/sam3"  # the segmenter ConceptSeg-R1-7B was trained with
+LOCAL_SEGMENTER_DIR = "sam3"  # where the zoo puts SAM 3 beside a released checkpoint
 
 
 def _segmenter_config(seg_spec: dict, root: str, device: str | None):
@@ -205,6 +182,7 @@ def load_bundle(path: str, device: str | None = None, segmenter_config=None):
     (``facebook/sam3`` from the Hub) unless one is given.
     """
     from conceptseg.policy import Policy, PolicyConfig
+    from conceptseg.release import RELEASE_MAX_NEW_TOKENS, generation_max_new_tokens, processor_source
     from conceptseg.translator import load_translator
 
     if not os.path.isdir(path):
@@ -227,15 +205,22 @@ def load_bundle(path: str, device: str | None = None, segmenter_config=None):
             translator = load_translator(translator_file, device=device or "cpu")
         if segmenter_config is None:
             segmenter_config = _segmenter_config(spec["segmenter"], path, device)
-        max_new_tokens = policy_spec.get("max_new_tokens", 512)
+        # bundle.json's budget, else the policy's generation_config.json, else the official one
+        max_new_tokens = (policy_spec.get("max_new_tokens") or generation_max_new_tokens(policy_path)
+                          or RELEASE_MAX_NEW_TOKENS)
+        processor_path = None
     elif is_official_checkpoint(path):
         spec = {"format": "conceptseg-r1-official", "policy": {"path": path}}
-        policy_path, adapter, max_new_tokens = path, None, 512
+        policy_path, adapter = path, None
+        max_new_tokens = generation_max_new_tokens(path) or RELEASE_MAX_NEW_TOKENS
+        processor_path = processor_source(path)
         translator = load_official_translator(path)
-        if segmenter_config is None:  # the released model's backbone, from the Hub
+        if segmenter_config is None:  # the released model's backbone: the zoo's copy, else the Hub
             from conceptseg.segmenters.sam3 import Sam3SegmenterConfig
 
-            segmenter_config = Sam3SegmenterConfig(path=OFFICIAL_SEGMENTER, device=device)
+            local = os.path.join(path, LOCAL_SEGMENTER_DIR)
+            source = local if os.path.isfile(os.path.join(local, "config.json")) else OFFICIAL_SEGMENTER
+            segmenter_config = Sam3SegmenterConfig(path=source, device=device)
     else:
         raise BundleError(
             f"{path} holds neither {BUNDLE_FILE} nor a ConceptSeg-R1 checkpoint. Build one with "
@@ -244,101 +229,41 @@ def load_bundle(path: str, device: str | None = None, segmenter_config=None):
     segmenter = _build_segmenter(segmenter_config)
     if policy_path is None:  # a segmenter-only bundle: the SAM 2 routes, no reasoning
         return Bundle(policy=None, translator=None, segmenter=segmenter, spec=spec, path=path)
-    policy = Policy.from_pretrained(policy_path, adapter=adapter, config=PolicyConfig(max_new_tokens=max_new_tokens, device=device))
+    policy = Policy.from_pretrained(policy_path, adapter=adapter, processor_path=processor_path,
+                                    config=PolicyConfig(max_new_tokens=max_new_tokens, device=device))
+    template = None
+    if spec.get("prompt_template"):
+        from conceptseg.prompts import load_prompt_template
+
+        template = load_prompt_template(_resolve(spec["prompt_template"], path))
     return Bundle(policy=policy, translator=translator.to(policy.device).eval(), segmenter=segmenter, spec=spec,
-                  path=path, policy_path=policy_path, adapter_path=adapter)
+                  path=path, policy_path=policy_path, adapter_path=adapter, prompt_template=template)
 
 
-# Zoo entries: how each is obtained. The zoo source's download_model calls download_zoo_bundle.
-ZOO = {
-    "conceptseg-r1-7b": {"repo": "zhaoyuan666/ConceptSeg-R1-7B"},
-    "conceptseg-sam2-hiera-large": {
-        "repo": "facebook/sam2.1-hiera-large",
-        "file": "sam2.1_hiera_large.pt",
-        "config": "configs/sam2.1/sam2.1_hiera_l.yaml",
-    },
-    "conceptseg-tiny-random": {"tiny": True},
-}
+def load_policy(path: str, device: str | None = None):
+    """The policy alone of a bundle or released checkpoint (no translator, no segmenter)."""
+    from conceptseg.policy import Policy, PolicyConfig
+    from conceptseg.release import processor_source
+
+    if not os.path.isdir(path):
+        path = download(path)
+    spec_path = os.path.join(path, BUNDLE_FILE)
+    if os.path.isfile(spec_path):
+        with open(spec_path) as f:
+            policy_spec = json.load(f).get("policy") or {}
+        if not policy_spec.get("path"):
+            raise BundleError(f"{path} has no policy.")
+        policy_path, adapter, processor = _resolve(policy_spec["path"], path), _resolve(policy_spec.get("adapter"), path), None
+    else:
+        policy_path, adapter, processor = path, None, processor_source(path)
+    return Policy.from_pretrained(policy_path, adapter=adapter, processor_path=processor, config=PolicyConfig(device=device))
 
 
-def is_downloaded(path: str) -> bool:
-    """Whether a zoo model directory is complete (a bundle or a released checkpoint)."""
-    return os.path.isfile(os.path.join(path, BUNDLE_FILE)) or os.path.isfile(os.path.join(path, "config.json"))
-
-
-def download_zoo_bundle(name: str, path: str) -> str:
-    """Fetches a zoo entry into ``path`` once; a failed download leaves no partial directory.
-
-    Files go to a temporary sibling directory first and are moved into place at the end.
-    The Hugging Face token, if any, comes from the HF_TOKEN environment variable (or
-    FiftyOne's secrets, which set it) and is never logged.
-    """
-    import shutil
-    import tempfile
-
-    if name not in ZOO:
-        raise BundleError(f"Unknown ConceptSeg zoo model {name!r}; known: {', '.join(ZOO)}.")
-    if is_downloaded(path):
-        return path
-    entry = ZOO[name]
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{name}-", dir=parent)
-    try:
-        if entry.get("tiny"):
-            from conceptseg.testing import build_tiny_bundle
-
-            build_tiny_bundle(tmp)
-        elif "file" in entry:
-            _download_sam2(entry, tmp)
-        else:
-            _snapshot(entry["repo"], tmp)
-        if os.path.isdir(path):
-            shutil.rmtree(path)  # an incomplete earlier attempt (is_downloaded was False)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return path
-
-
-def _snapshot(repo: str, out_dir: str) -> None:
-    try:
-        from huggingface_hub import snapshot_download
-
-        snapshot_download(repo, local_dir=out_dir, token=os.environ.get("HF_TOKEN"))
-    except Exception as e:  # the hub client raises many types; the user needs one sentence
-        raise BundleError(f"Could not download {repo!r} from the Hugging Face Hub: {type(e).__name__}: {e}") from e
-
-
-def _download_sam2(entry: dict, out_dir: str) -> None:
-    """Meta's .pt becomes safetensors once, here (read with weights_only: tensors, no code)."""
-    import torch
-    from safetensors.torch import save_file
-
-    try:
-        from huggingface_hub import hf_hub_download
-
-        pt = hf_hub_download(entry["repo"], entry["file"], local_dir=out_dir, token=os.environ.get("HF_TOKEN"))
-    except Exception as e:
-        raise BundleError(f"Could not download {entry['repo']}/{entry['file']}: {type(e).__name__}: {e}") from e
-    state = torch.load(pt, map_location="cpu", weights_only=True)
-    state = state.get("model", state)
-    os.makedirs(os.path.join(out_dir, "segmenter"), exist_ok=True)
-    save_file({k: v.contiguous() for k, v in state.items()}, os.path.join(out_dir, "segmenter", "sam2.safetensors"))
-    os.remove(pt)
-    spec = {
-        "format": FORMAT,
-        "version": 1,
-        "policy": None,
-        "translator": None,
-        "segmenter": {"kind": "sam2", "config": {"config_name": entry["config"], "checkpoint": os.path.join("segmenter", "sam2.safetensors")}},
-    }
-    with open(os.path.join(out_dir, BUNDLE_FILE), "w") as f:
-        json.dump(spec, f, indent=2)
+def load_bundle_cached(path: str, device: str | None = None):
+    """``load_bundle`` once per process: operators run again and again in one worker."""
+    return _load_bundle_once(path, device)  # one cache key however device is passed
 
 
 @functools.lru_cache(maxsize=2)
-def load_bundle_cached(path: str, device: str | None = None):
-    """``load_bundle`` once per process: operators run again and again in one worker."""
+def _load_bundle_once(path: str, device: str | None):
     return load_bundle(path, device=device)

@@ -73,6 +73,7 @@ def cmd_segment(args) -> int:
         progress=None if args.json else _progress,
         classes=args.classes,
         resize_masks=args.resize_masks,
+        prompt_template=args.prompt_template,
         shards=args.shards,
     )
     if summary.get("queued"):
@@ -115,6 +116,7 @@ def cmd_query(args) -> int:
         resume=args.resume,
         instances=not args.no_instances,
         progress=None if args.json else _progress,
+        prompt_template=args.prompt_template,
     )
     return _report(summary, args.json)
 
@@ -222,7 +224,8 @@ def cmd_train(args) -> int:
         stage=args.stage, steps=args.steps, batch_size=args.batch_size, group_size=args.group_size,
         learning_rate=args.lr, lora=args.lora, max_new_tokens=args.max_new_tokens,
         gradient_checkpointing=args.gradient_checkpointing, save_every=args.save_every, seed=args.seed,
-        mixed_precision=args.mixed_precision, cpu=args.cpu,
+        mixed_precision=args.mixed_precision, cpu=args.cpu, reward=args.reward,
+        translator_learning_rate=args.translator_lr, weight_decay=args.weight_decay, lr_schedule=args.lr_schedule,
     )
     summary = train_concept_policy(
         view, args.concept_field, args.mask_field, args.model, args.out, config=config,
@@ -331,10 +334,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stretch demonstration masks of another size than their image (nearest) instead of stopping")
     p.add_argument("--pred-field", required=True, help="Segmentation field to write")
     p.add_argument("--view", help="saved view of targets (default: every sample not tagged --demo-tag)")
-    p.add_argument("--route", default="auto", choices=["auto", "appearance", "prototype", "reasoning"])
+    p.add_argument("--route", default="auto", choices=["auto", "appearance", "object", "prototype", "reasoning"])
     p.add_argument("--model", help="bundle directory or Hugging Face id (enables the reasoning route)")
-    p.add_argument("--threshold", type=float, default=0.5, help="held-out IoU a route must reach")
+    p.add_argument("--threshold", type=float, default=0.6, help="held-out IoU a route must reach (router.DEFAULT_THRESHOLD)")
     p.add_argument("--concept", default="concept", help="label of the predicted masks")
+    p.add_argument("--prompt-template", metavar="FILE", help="the policy prompt's wording, with {placeholders}")
     p.add_argument("--no-instances", action="store_true", help="skip the <pred-field>_instances Detections")
     p.add_argument("--json", action="store_true", help="print the run summary as JSON")
     mode = p.add_mutually_exclusive_group()
@@ -350,6 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pred-field", required=True)
     p.add_argument("--model", required=True, help="bundle directory or Hugging Face id")
     p.add_argument("--view", help="saved view of targets (default: the whole dataset)")
+    p.add_argument("--prompt-template", metavar="FILE", help="the policy prompt's wording, with {placeholders}")
     p.add_argument("--no-instances", action="store_true")
     p.add_argument("--json", action="store_true")
     mode = p.add_mutually_exclusive_group()
@@ -388,7 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("benchmark", help="the paper's protocol: segment and score every test sample")
     p.add_argument("--dataset", required=True)
-    p.add_argument("--route", default="auto", choices=["auto", "appearance", "prototype", "reasoning"])
+    p.add_argument("--route", default="auto", choices=["auto", "appearance", "object", "prototype", "reasoning"])
     p.add_argument("--model", help="bundle directory or Hugging Face id (reasoning route, text queries)")
     p.add_argument("--seed", type=int, default=0, help="seed of the demonstration draw")
     p.add_argument("--demonstrations", type=int, default=3, help="demonstrations drawn per concept")
@@ -418,6 +423,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--group-size", type=int, default=8, help="stage 2: rollouts per episode (G, at least 2)")
     p.add_argument("--demonstrations", type=int, default=4, help="demonstrations per episode, 1 to 4")
     p.add_argument("--lr", type=float, help="learning rate (default: 3e-5 stage 1, 1e-5 LoRA, 1e-6 full)")
+    p.add_argument("--translator-lr", type=float, help="the translator's learning rate (default: --lr's)")
+    p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (official: 0)")
+    p.add_argument("--lr-schedule", default="linear", choices=["linear", "constant"],
+                   help="linear decay to 0 over --steps, no warm-up (official), or constant")
+    p.add_argument("--reward", default="official", choices=["official", "strict"],
+                   help="official: the official rewards' semantics; strict: every reward needs a parsable completion")
     p.add_argument("--save-every", type=int, default=50, help="steps between checkpoints")
     p.add_argument("--max-new-tokens", type=int, help="longest rollout (default: the bundle's)")
     p.add_argument("--gradient-checkpointing", action="store_true", help="stage 2: less memory, slower steps")

@@ -227,6 +227,28 @@ def build_episode(
     return episode
 
 
+def build_reference_episode(references: Sequence[np.ndarray], target_image: np.ndarray) -> Episode:
+    """Reference images without masks (a multi-image CR item) + target → an Episode.
+
+    As the official multi-image episodes: one reference is the canvas, resized to 600²;
+    two to four make the 2×2 mosaic, with no boxes drawn and none withheld (method.md §2.2).
+    """
+    if len(references) == 0:
+        raise DemonstrationError("A multi-image item needs at least one reference image.")
+    used = list(references[:MAX_REFERENCES])
+    if len(used) == 1:
+        canvas = resize_square(used[0], TARGET_SIZE)
+    else:
+        canvas = np.zeros((TARGET_SIZE, TARGET_SIZE, 3), dtype=np.uint8)
+        for index, image in enumerate(used):
+            row, col = divmod(index, 2)
+            canvas[row * TILE_SIZE:(row + 1) * TILE_SIZE, col * TILE_SIZE:(col + 1) * TILE_SIZE] = \
+                resize_square(image, TILE_SIZE)
+    target = np.asarray(target_image)
+    return Episode(canvas=canvas, target=resize_square(target, TARGET_SIZE),
+                   target_map=BoxMap(target.shape[0], target.shape[1], TARGET_SIZE))
+
+
 def format_boxes(boxes: Sequence[Sequence[int]]) -> str:
     """Boxes → the prompt's text form "[[x1, y1, x2, y2], ...]" ("[]" when there are none)."""
     return "[" + ", ".join("[" + ", ".join(str(int(v)) for v in box) + "]" for box in boxes) + "]"

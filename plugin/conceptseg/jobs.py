@@ -107,7 +107,8 @@ def _load_model(model):
     """A Bundle, or one loaded (once per process) from a directory, zoo name or hub id."""
     if model is None or not isinstance(model, str):
         return model
-    from conceptseg.checkpoint import ZOO, load_bundle_cached
+    from conceptseg.checkpoint import load_bundle_cached
+    from conceptseg.zoo import ZOO
 
     if os.path.isdir(model) or "/" in model:  # a local bundle, or a Hugging Face id
         return load_bundle_cached(model)
@@ -120,6 +121,13 @@ def _load_model(model):
         f"Unknown model {model!r}: give a bundle directory, a Hugging Face id, or one of the "
         f"zoo models {', '.join(ZOO)} (run `conceptseg install-plugin` to register them)."
     )
+
+
+def _template(path: str | None):
+    """A prompt template file (``--prompt-template``), read and checked before any work."""
+    from conceptseg.prompts import load_prompt_template
+
+    return load_prompt_template(path) if path else None
 
 
 def label_attributes(choice, result, run_key: str, run_id: str | None = None) -> dict:
@@ -136,6 +144,8 @@ def label_attributes(choice, result, run_key: str, run_id: str | None = None) ->
         reasoning=details.get("reasoning"),
         answer=details.get("answer"),
         parse_error=details.get("parse_error"),
+        truncated=details.get("truncated"),
+        shortcut=details.get("shortcut_taken"),
         run_key=run_key,
     )
     if run_id:
@@ -225,6 +235,7 @@ def segment_by_demonstration(
     progress: Progress | None = None,
     classes: list[str] | None = None,
     resize_masks: bool = False,
+    prompt_template: str | None = None,
     shards: int | None = None,
 ) -> dict:
     """Learns the concept from ``demonstrations`` and writes masks on every target.
@@ -261,7 +272,7 @@ def segment_by_demonstration(
         return segment_sharded(demonstrations, targets, mask_field, pred_field, shards, route=route,
                                threshold=threshold, concept=concept, overwrite=overwrite, resume=resume,
                                instances=instances, output_dir=output_dir, model=model, classes=classes,
-                               resize_masks=resize_masks)
+                               resize_masks=resize_masks, prompt_template=prompt_template)
     check_field_name(pred_field)
     if not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
         raise ConceptSegError(f"threshold must be an IoU in [0, 1], got {threshold!r}.")
@@ -290,7 +301,8 @@ def segment_by_demonstration(
     if concept == "concept" and found.classes:
         concept = ", ".join(found.classes)
     question = concept if concept != "concept" else None
-    router = make_router(route, threshold, bundle=_load_model(model), question=question)
+    router = make_router(route, threshold, bundle=_load_model(model), question=question,
+                         prompt_template=_template(prompt_template))
     choice = router.choose(demos)
     negatives = sum(1 for d in demos if not d.mask.any())
     _ensure_mask_targets(targets, pred_field, concept)
@@ -391,6 +403,7 @@ def segment_by_query(
     instances: bool = True,
     output_dir: str | None = None,
     progress: Progress | None = None,
+    prompt_template: str | None = None,
 ) -> dict:
     """Reasoning segmentation: the policy reads ``text`` and each target, no demonstrations.
 
@@ -412,7 +425,7 @@ def segment_by_query(
     inst_field = instances_field_for(pred_field) if instances else None
     todo = _targets_to_do(targets, pred_field, inst_field, None, overwrite, resume, run_key, run_id)
     skipped = len(targets) - len(todo)  # before segmenting: the view is re-evaluated lazily
-    router = make_router("reasoning", bundle=bundle, question=text.strip())
+    router = make_router("reasoning", bundle=bundle, question=text.strip(), prompt_template=_template(prompt_template))
     route = router.routes[0]
     route.fit([])
     choice = RouteChoice(route, [Verification(route.name)], verified=False,

@@ -22,14 +22,14 @@ class PolicyConfig:
     """Generation settings.
 
     Attributes:
-        max_new_tokens: longest completion (the paper trains with up to 2048; reasoning
-            usually fits in a few hundred)
+        max_new_tokens: longest completion (the official run allows 2048: a completion cut
+            shorter loses its box and answer, and is marked truncated)
         temperature: sampling temperature for training rollouts (greedy for inference)
         device: "cuda", "cpu" or None (cuda when available)
         dtype: "bfloat16", "float32" or None (bfloat16 on GPU, float32 on CPU)
     """
 
-    max_new_tokens: int = 512
+    max_new_tokens: int = 2048
     temperature: float = 1.0
     device: str | None = None
     dtype: str | None = None
@@ -58,6 +58,8 @@ class PolicyOutput:
             including the end-of-turn token)
         sequences: (B, P + T) prompt + completion token ids
         prompt_length: P, the (left-padded) prompt length
+        truncated: per row, True when the completion reached max_new_tokens without its
+            end-of-turn token (cut: its later tags are missing)
     """
 
     completions: list[str]
@@ -66,6 +68,7 @@ class PolicyOutput:
     sequences: "torch.Tensor"
     prompt_length: int
     inputs: dict = field(default_factory=dict, repr=False)
+    truncated: list[bool] = field(default_factory=list)
 
 
 def _device_and_dtype(config: PolicyConfig):
@@ -87,18 +90,45 @@ class Policy:
         self.processor.tokenizer.padding_side = "left"
 
     @classmethod
-    def from_pretrained(cls, path: str, adapter: str | None = None, config: PolicyConfig | None = None) -> "Policy":
-        """Loads a Hugging Face directory or hub id, plus a peft LoRA adapter directory."""
-        from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+    def from_pretrained(cls, path: str, adapter: str | None = None, config: PolicyConfig | None = None,
+                        processor_path: str | None = None) -> "Policy":
+        """Loads a Hugging Face directory or hub id, plus a peft LoRA adapter directory.
+
+        Weights saved by transformers 4.x (``model.*``, ``visual.*``) are renamed by
+        transformers itself; a Qwen weight the checkpoint lacks is an error, not a random
+        initialisation. Tensors that are not Qwen's (the released translator's) are left.
+        ``processor_path`` names where the processor comes from when it is not ``path``.
+        """
+        from transformers import Qwen2_5_VLForConditionalGeneration
+
+        from conceptseg.release import ReleaseError, load_processor
+
+        from conceptseg.hub import hf_token
 
         config = config or PolicyConfig()
         device, dtype = _device_and_dtype(config)
-        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, dtype=dtype)
+        token = hf_token()  # for hub ids; None leaves huggingface_hub's own lookup
+        # transformers logs a table of the release's translator tensors as "unexpected";
+        # they are expected here, and missing weights are checked below.
+        from transformers.utils import logging as hf_logging
+
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        try:
+            model, info = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+                path, dtype=dtype, output_loading_info=True, token=token)
+        finally:
+            hf_logging.set_verbosity(verbosity)
+        missing = [k for k in info.get("missing_keys", []) if k != "lm_head.weight" or not _tied(model)]
+        if missing:
+            shown = ", ".join(sorted(missing)[:5])
+            raise ReleaseError(f"{path} lacks {len(missing)} policy weights ({shown}...); it is incomplete or "
+                               "not a Qwen2.5-VL checkpoint.")
         if adapter:
             from peft import PeftModel
 
-            model = PeftModel.from_pretrained(model, adapter)
-        processor = AutoProcessor.from_pretrained(path)
+            model = PeftModel.from_pretrained(model, adapter, token=token)
+        processor = load_processor(processor_path or path, path, token=token)
         return cls(model.to(device).eval(), processor, config)
 
     @property
@@ -161,7 +191,8 @@ class Policy:
             inputs = _repeat_inputs(inputs, num_return_sequences)
         hidden = self.completion_hidden_states(inputs, sequences, completion_mask) if hidden else None
         texts = self.processor.tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
-        return PolicyOutput(texts, hidden, completion_mask, sequences, prompt_length, inputs)
+        truncated = _truncated(completion_ids, eos, self.config.max_new_tokens)
+        return PolicyOutput(texts, hidden, completion_mask, sequences, prompt_length, inputs, truncated)
 
     def completion_hidden_states(self, inputs: dict, sequences, completion_mask, grad: bool = False):
         """(B, T, H) last-layer hidden states of the completion tokens of ``sequences``."""
@@ -221,6 +252,12 @@ class Policy:
         return logp, out.hidden_states[-1][:, prompt_length:, :]
 
 
+def _tied(model) -> bool:
+    config = model.config
+    return bool(getattr(config, "tie_word_embeddings", False)
+                or getattr(getattr(config, "text_config", None), "tie_word_embeddings", False))
+
+
 def forward_inputs(inputs: dict, sequences, completion_mask) -> dict:
     """Model keyword arguments for one pass over prompt + completion (``sequences``)."""
     import torch
@@ -232,6 +269,12 @@ def forward_inputs(inputs: dict, sequences, completion_mask) -> dict:
         pad = torch.zeros_like(completion_mask, dtype=out["mm_token_type_ids"].dtype)
         out["mm_token_type_ids"] = torch.cat([out["mm_token_type_ids"], pad], dim=1)
     return out
+
+
+def _truncated(completion_ids, eos: int, max_new_tokens: int) -> list[bool]:
+    """Per row: the completion used the whole budget and never wrote the end-of-turn token."""
+    ended = (completion_ids == eos).any(dim=1).tolist()
+    return [not e and completion_ids.shape[1] >= max_new_tokens for e in ended]
 
 
 def _completion_mask(completion_ids, eos: int):

@@ -7,7 +7,8 @@ target, when there are no references). The policy answers with tagged sections, 
     <bbox>[x1, y1, x2, y2]</bbox> <answer>noun phrase</answer>
 
 Parsing is strict like the official format reward: only whitespace may sit between the tags.
-Leading/trailing whitespace and trailing end-of-text tokens are tolerated. A tag repeated in a
+Leading/trailing whitespace and trailing end-of-text tokens are tolerated.
+A user's ``PromptTemplate`` (named placeholders, validated) can replace the built-in wording. A tag repeated in a
 row (e.g. two ``<bbox>`` blocks) is accepted and the LAST one is used, as the official box
 reward does; any other repetition is an order error. Unlike the official box reward, a last
 ``<bbox>`` that is malformed is an error rather than falling back to an earlier valid one.
@@ -81,8 +82,13 @@ def build_prompt(
     reference_boxes: Sequence[Box] = (),
     with_references: bool = True,
     with_check: bool = False,
+    template: "PromptTemplate | None" = None,
 ) -> str:
-    """User-turn text that follows the images (reference canvas first, then the target)."""
+    """User-turn text that follows the images (reference canvas first, then the target).
+
+    ``template`` replaces the built-in wording (e.g. with the official one, which the
+    released model was trained on); the checks on the arguments stay the same.
+    """
     # These are caller bugs, not user input: the episode decides references and check.
     if with_check and not with_references:
         raise ValueError("with_check needs with_references: the check is made on the references")
@@ -96,6 +102,8 @@ def build_prompt(
     question = question.strip()
     if not question and not with_references:
         raise ValueError("a prompt without references needs a non-empty question")
+    if template is not None:
+        return template.render(question, reference_boxes, with_references, with_check)
 
     size = f"{TARGET_SIZE}x{TARGET_SIZE}"
     # Demonstrations alone can define the concept, so an empty question is allowed with them.
@@ -268,3 +276,67 @@ def box_iou(a: Box, b: Box) -> float:
     area_b = max(b[2] - b[0] + 1, 0) * max(b[3] - b[1] + 1, 0)
     union = area_a + area_b - inter
     return inter / union if union > 0 else 0.0
+
+
+# ---- a prompt template the user supplies --------------------------------------------------
+
+# What a template may use. Required: the task and the answer format (the parser needs it).
+TEMPLATE_FIELDS = {
+    "question": "the task text (a concept name, a query)",
+    "reference_boxes": "the red boxes drawn on the reference mosaic, [[x1, y1, x2, y2], ...] at 600², "
+                       "or N/A when there are none",
+    "check": "the instruction to re-find the withheld top-left box (empty when the episode withholds none)",
+    "output_format": "the tagged answer line, with <check> when the episode withholds a box",
+}
+REQUIRED_FIELDS = ("question", "output_format")
+
+
+class PromptTemplateError(ConceptSegError):
+    """A prompt template file is missing, unreadable, or uses the wrong placeholders."""
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """A user's wording of the policy prompt, with named placeholders ({question}, ...)."""
+
+    text: str
+    source: str = "<text>"
+
+    def __post_init__(self):
+        import string
+
+        try:
+            parsed = list(string.Formatter().parse(self.text))
+        except ValueError as e:  # an unmatched { or }
+            raise PromptTemplateError(f"Prompt template {self.source}: {e}; write a literal brace as {{{{ or }}}}.") from e
+        names = {name for _, name, _, _ in parsed if name is not None}
+        unknown = sorted(n for n in names if n not in TEMPLATE_FIELDS)
+        if unknown:
+            raise PromptTemplateError(
+                f"Prompt template {self.source} uses unknown placeholders {', '.join('{' + n + '}' for n in unknown)}; "
+                f"known: {', '.join('{' + n + '}' for n in TEMPLATE_FIELDS)}."
+            )
+        missing = [n for n in REQUIRED_FIELDS if n not in names]
+        if missing:
+            raise PromptTemplateError(
+                f"Prompt template {self.source} lacks the placeholders {', '.join('{' + n + '}' for n in missing)}: "
+                + "; ".join(f"{{{n}}} is {TEMPLATE_FIELDS[n]}" for n in missing) + "."
+            )
+
+    def render(self, question: str, reference_boxes: Sequence[Box], with_references: bool, with_check: bool) -> str:
+        """The user-turn text for one episode."""
+        check = (" Check the rule first: locate the one example in the top-left tile of the Reference Image "
+                 "whose box is not drawn, and give its box inside <check>.") if with_check else ""
+        boxes = format_boxes(reference_boxes) if len(reference_boxes) > 0 else "N/A"
+        return self.text.format(question=question.strip(), reference_boxes=boxes, check=check,
+                                output_format=_output_format(with_check))
+
+
+def load_prompt_template(path: str) -> PromptTemplate:
+    """Reads and validates a prompt template file (UTF-8 text)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise PromptTemplateError(f"Cannot read the prompt template {path}: {e}") from e
+    return PromptTemplate(text, path)

@@ -7,7 +7,10 @@ segments each of its targets; prediction and ground truth are binarised and resi
 600² and scored with Fω, Sα, the fg/bg mIoU, IoU and the rest of ``metrics.score_sample``.
 A sample with a ``query`` and no concept (ReasonSeg) is segmented from its text by the
 reasoning route (a model is needed; without one it is skipped and counted) and scored at
-its original resolution, ignore regions left out, for gIoU and cIoU.
+its original resolution, ignore regions left out, for gIoU and cIoU. A multi-image (CR)
+sample is segmented by the reasoning route from its own ``references`` (images without
+masks: no boxes drawn, none withheld) and its own ``question``, and scored as a concept
+(600², Fω, Sα, mIoU); it needs a model too.
 
 Differences from the paper's scripts, on purpose: demonstrations are drawn once per
 concept, not per target (one fit per concept instead of one per target), and without
@@ -56,6 +59,7 @@ class Group:
     split: str | None
     query: bool
     ids: list[str] = field(default_factory=list)
+    multi_image: bool = False  # CR: each target brings its own references and question
     todo: list[str] = field(default_factory=list)
     info: dict = field(default_factory=dict)
 
@@ -176,8 +180,8 @@ def _plan(dataset, targets, fields: Fields, gt_field: str) -> tuple[list[Group],
     """Groups the targets by concept (or ReasonSeg split) and counts what cannot be scored."""
     ids, tags = targets.values("id"), targets.values("tags")
     n = len(ids)
-    level, category, dkey, concept, query = (_column(targets, f, n) for f in
-                                             ("level", "category", "dataset_key", "concept", "query"))
+    level, category, dkey, concept, query, refs = (_column(targets, f, n) for f in
+                                                   ("level", "category", "dataset_key", "concept", "query", "references"))
     with_gt = set(targets.exists(gt_field).values("id"))
     scored = set()
     if dataset.has_field(fields.scored):
@@ -196,7 +200,7 @@ def _plan(dataset, targets, fields: Fields, gt_field: str) -> tuple[list[Group],
         if group is None:
             lvl = f"{level[i] or 'ReasonSeg'}-{split}" if is_query else (level[i] or "other")
             group = groups[gkey] = Group(gkey, lvl, category[i], dkey[i], concept[i],
-                                         split if is_query else None, is_query)
+                                         split if is_query else None, is_query, multi_image=bool(refs[i]))
         group.ids.append(sample_id)
         if sample_id in scored:
             counts["scored_before"] += 1
@@ -232,8 +236,14 @@ def draw_demonstrations(
 def _choose(dataset, group: Group, config: dict, bundle):
     """(router, choice, demonstration ids) for a group, or (None, reason, []) when it cannot run."""
     route, threshold = config["route"], config["threshold"]
+    if group.multi_image:
+        if bundle is None or bundle.policy is None or route in ("appearance", "prototype"):
+            return None, "multi-image items need the reasoning route: pass a model (--model)", []
+        router = make_router("reasoning", threshold, bundle)
+        return router, RouteChoice(router.routes[0], [Verification("reasoning")], verified=False,
+                                   reason="multi-image item: its own references, nothing withheld to verify"), []
     if group.query:
-        if bundle is None or route == "appearance":
+        if bundle is None or route in ("appearance", "object"):  # the weight-free routes read no text
             return None, "text queries need the reasoning route: pass a model (--model)", []
         router = make_router("reasoning", threshold, bundle)
         reasoning = router.routes[0]
@@ -255,7 +265,7 @@ def _choose(dataset, group: Group, config: dict, bundle):
 def _run_group(dataset, group: Group, fields: Fields, config: dict, bundle, counts: dict, state: dict) -> None:
     router, choice, demo_ids = _choose(dataset, group, config, bundle)
     if router is None:
-        counts["needs_model" if group.query else "no_train"] += len(group.todo)
+        counts["needs_model" if group.query or group.multi_image else "no_train"] += len(group.todo)
         group.info = dict(key=group.key, skipped=choice)
         return
     group.info = dict(key=group.key, skipped=None, route=choice.route.name, verification=choice.verification,
@@ -274,6 +284,9 @@ def _segment(dataset, group: Group, router, choice, fields: Fields, gt_field: st
             if target is not None:
                 if group.query:  # one reasoning route serves every query; only its question changes
                     choice.route.config.question = sample["query"]
+                if group.multi_image:  # each CR item: its own references and question
+                    error = _fit_references(choice.route, sample)
+            if target is not None and error is None:
                 result = next(router.segment(choice, [target]))
                 error = result.error
             if error is None:
@@ -294,6 +307,19 @@ def _segment(dataset, group: Group, router, choice, fields: Fields, gt_field: st
             state["done"] += 1
             if state["progress"] is not None:
                 state["progress"](state["done"], state["total"])
+
+
+def _fit_references(route, sample) -> str | None:
+    """Gives the route a CR item's question and reference images; why not, if they cannot be read."""
+    from conceptseg.errors import ImageReadError
+    from conceptseg.imaging import load_rgb
+
+    route.config.question = sample["question"] or route.config.question
+    try:
+        route.fit_references([load_rgb(path) for path in sample["references"]])
+    except (ImageReadError, OSError) as e:
+        return f"cannot read a reference image: {e}"
+    return None
 
 
 def _score_target(dataset, sample, pred: np.ndarray, gt_field: str, query: bool) -> tuple[dict | None, str | None]:

@@ -186,7 +186,7 @@ def _op_state(op_id) -> str | None:
 def segment_sharded(demonstrations, targets, mask_field: str, pred_field: str, shards: int, route: str = "auto",
                     threshold: float | None = None, concept: str = "concept", overwrite: bool = False,
                     resume: bool = False, instances: bool = True, output_dir: str | None = None, model=None,
-                    classes=None, resize_masks: bool = False) -> dict:
+                    classes=None, resize_masks: bool = False, prompt_template: str | None = None) -> dict:
     """Chooses the route once, records the run and queues its targets as ``shards`` delegated operations.
 
     Same arguments and checks as :func:`conceptseg.jobs.segment_by_demonstration`; returns
@@ -232,7 +232,8 @@ def segment_sharded(demonstrations, targets, mask_field: str, pred_field: str, s
     if concept == "concept" and found.classes:
         concept = ", ".join(found.classes)
     question = concept if concept != "concept" else None
-    router = make_router(route, threshold, bundle=jobs._load_model(model), question=question)
+    template = jobs._template(prompt_template)  # read and checked here; every worker reads the same path
+    router = make_router(route, threshold, bundle=jobs._load_model(model), question=question, prompt_template=template)
     choice = router.choose(demos)
     jobs._ensure_mask_targets(targets, pred_field, concept)
     out_dir = os.path.abspath(output_dir or jobs.default_output_dir(dataset, pred_field))
@@ -246,7 +247,8 @@ def segment_sharded(demonstrations, targets, mask_field: str, pred_field: str, s
         verifications={v.route: v.scores for v in choice.verifications}, verified=choice.verified,
         reason=choice.reason, rule=choice.route.rule(), concept=concept, question=question, frames=False,
         fit_seconds=choice.fit_seconds, targets=len(targets), skipped=len(targets) - len(todo_ids),
-        shards=n, shards_requested=shards, demonstrations_file=demo_file, **settings,
+        shards=n, shards_requested=shards, demonstrations_file=demo_file,
+        prompt_template=os.path.abspath(prompt_template) if prompt_template else None, **settings,
     )
     jobs._start_run(targets, run_key, record)
     op_ids = queue_shards(dataset, run_key, run_id, pred_field, todo_ids, n)
@@ -277,12 +279,12 @@ class _RecordedRule:
 
 def _recorded_choice(config: dict, demos: list[Demonstration]):
     """The run's route choice, rebuilt: the named route re-fitted on the same demonstrations."""
-    from conceptseg.jobs import _load_model
+    from conceptseg.jobs import _load_model, _template
     from conceptseg.router import RouteChoice, make_router, usable
     from conceptseg.types import Verification
 
     router = make_router(config["route"], config["threshold"], bundle=_load_model(config.get("model")),
-                         question=config.get("question"))
+                         question=config.get("question"), prompt_template=_template(config.get("prompt_template")))
     route = router.routes[0]
     start = time.perf_counter()
     route.fit(usable(route, demos))

@@ -195,6 +195,6 @@ class _Reader:
             level=level, category=category, dataset_key=dataset_key, concept=concept, cls_name=cls_name,
             task_name=item.get("task_name"),
             question=item.get("problem") or QUESTIONS.get(dataset_key) or concept.replace("_", " "),
-            references=images[:-1] or None, ref_boxes=item.get("ref_box"),
+            references=[os.path.abspath(p) for p in images[:-1]] or None, ref_boxes=item.get("ref_box"),
         )
         return Record(os.path.abspath(images[-1]), size[0], size[1], [split], fields, {GT_FIELD: written})

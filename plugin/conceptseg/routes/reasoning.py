@@ -16,12 +16,13 @@ from typing import Sequence
 
 import numpy as np
 
-from conceptseg.episode import TARGET_SIZE, BoxMap, build_episode
+from conceptseg.episode import TARGET_SIZE, BoxMap, build_episode, build_reference_episode
 from conceptseg.errors import ConceptSegError
 from conceptseg.imaging import content_key, to_uint8
-from conceptseg.prompts import CompletionParseError, box_iou, build_prompt, parse_completion
+from conceptseg.prompts import CompletionParseError, PromptTemplate, box_iou, build_prompt, parse_completion
 from conceptseg.routes.base import Route
 from conceptseg.segmenters import is_sam3
+from conceptseg.segmenters.cache import check_finite_output
 from conceptseg.types import Demonstration
 
 DEFAULT_QUESTION = "the concept that the boxed objects in the reference image share"
@@ -36,10 +37,17 @@ class ReasoningConfig:
             helps ("nucleus"), for text queries it is the query itself
         threshold: probability (sigmoid of the segmenter's logits) above which a pixel is
             the concept; 0.5 is logit 0, the paper's cut
+        prompt_template: the user's wording of the prompt; None uses the bundle's
+            (bundle.json "prompt_template"), else the built-in one
+        shortcut: with a SAM 3 segmenter, try plain SAM 3 on ``question`` first and skip the
+            policy when it is confident (method.md §3.2), for text queries and, as in the
+            official ConceptSeg evaluation, for demonstration episodes too
     """
 
     question: str = DEFAULT_QUESTION
     threshold: float = 0.5
+    prompt_template: PromptTemplate | None = None
+    shortcut: bool = True
 
 
 class ReasoningRoute(Route):
@@ -51,12 +59,19 @@ class ReasoningRoute(Route):
         self.bundle = bundle
         self.config = config or ReasoningConfig()
         self._demonstrations: list[Demonstration] | None = None
+        self._references: list[np.ndarray] = []
         self._rule = ""
         self._shortcut_reason = None
 
     def fit(self, demonstrations: Sequence[Demonstration]) -> None:
         """Keeps the demonstrations (none for a text query); the policy learns in context."""
         self._demonstrations = list(demonstrations)
+        self._references = []
+
+    def fit_references(self, images: Sequence[np.ndarray]) -> None:
+        """Reference images without masks (a multi-image CR item): shown, no box drawn or checked."""
+        self._demonstrations = []
+        self._references = list(images)
 
     def rule(self) -> str:
         """The rule the policy induced while verifying (per-target rules are on the labels)."""
@@ -82,6 +97,7 @@ class ReasoningRoute(Route):
                 return shortcut
             details, box_600, target_map = self._ask(image)
             details["shortcut"] = self._shortcut_reason
+            details["shortcut_taken"] = False if self._shortcut_reason is not None else None
             box = None if box_600 is None else target_map.to_original(box_600)
             tokens = details.pop("_tokens")
             if is_sam3(segmenter):  # SAM 3 reads the answer phrase, not a box (method.md §1.3)
@@ -92,28 +108,31 @@ class ReasoningRoute(Route):
             # One target at a time is already the smallest batch: record it and go on.
             torch.cuda.empty_cache()
             raise ConceptSegError(f"Out of GPU memory on this image ({e}); free memory or use a smaller model.") from e
-        if not np.isfinite(logits).all():
-            raise ConceptSegError("The segmenter returned NaN or infinite logits for this image; check the model weights.")
+        check_finite_output(logits, "segmenter")  # the segmenters check too; a stand-in may not
         details["box"] = None if box is None else [int(v) for v in box]
         return torch.sigmoid(torch.from_numpy(logits)).numpy().astype(np.float32), details
 
     def _shortcut(self, key: str):
-        """The paper's text shortcut: for a short query SAM 3 alone, when it is confident.
+        """The paper's shortcut: for a short question SAM 3 alone, when it is confident.
 
-        Only for text queries on a SAM 3 segmenter (method.md §3.2); returns the result
-        or None when the policy must run.
+        On a SAM 3 segmenter with ``config.shortcut`` (method.md §3.2): text queries, and
+        demonstration episodes, whose question is then the concept name (a short class
+        name takes it, the generic default question never does). Returns the result or
+        None when the policy must run.
         """
         import torch
 
-        if self._demonstrations or not is_sam3(self.bundle.segmenter):
+        self._shortcut_reason = None
+        if not self.config.shortcut or not is_sam3(self.bundle.segmenter):
             return None
         decision = self.bundle.segmenter.try_shortcut(key, self.config.question)
         if not decision.taken:
             self._shortcut_reason = decision.reason
             return None
         logits = torch.from_numpy(decision.prediction.logits)
-        details = {"shortcut": decision.reason, "answer": self.config.question, "parse_error": None,
-                   "reasoning": None, "rule": None, "check": None, "box": None, "completion": None}
+        details = {"shortcut": decision.reason, "shortcut_taken": True, "answer": self.config.question,
+                   "parse_error": None, "truncated": None, "reasoning": None, "rule": None, "check": None,
+                   "box": None, "completion": None}
         return torch.sigmoid(logits).numpy().astype(np.float32), details
 
     def _ask(self, image: np.ndarray):
@@ -121,23 +140,31 @@ class ReasoningRoute(Route):
         from conceptseg.policy import PolicyRequest
 
         demos = self._demonstrations
-        if demos:
+        template = self.config.prompt_template or getattr(self.bundle, "prompt_template", None)
+        if self._references:
+            episode = build_reference_episode(self._references, image)
+            prompt = build_prompt(self.config.question, (), True, False, template)
+            images, target_map, require_check = [episode.canvas, episode.target], episode.target_map, False
+        elif demos:
             episode = build_episode(demos, image)
-            prompt = build_prompt(self.config.question, episode.reference_boxes, True, episode.has_proxy)
+            prompt = build_prompt(self.config.question, episode.reference_boxes, True, episode.has_proxy, template)
             images, target_map, require_check = [episode.canvas, episode.target], episode.target_map, episode.has_proxy
         else:  # a text query: the target alone
             target_map = BoxMap(image.shape[0], image.shape[1], TARGET_SIZE)
             target = _resize_600(image)
-            prompt = build_prompt(self.config.question, with_references=False)
+            prompt = build_prompt(self.config.question, with_references=False, template=template)
             images, require_check = [target], False
         out = self.bundle.policy.generate([PolicyRequest(images=images, text=prompt)])
         tokens = self.bundle.translator(out.hidden_states, out.completion_mask).tokens[0]
-        details = {"completion": out.completions[0], "_tokens": tokens, "parse_error": None,
+        check_finite_output(tokens, "concept translator")
+        truncated = bool(out.truncated and out.truncated[0])
+        details = {"completion": out.completions[0], "_tokens": tokens, "parse_error": None, "truncated": truncated,
                    "reasoning": None, "rule": None, "answer": None, "check": None}
         try:
             parsed = parse_completion(out.completions[0], require_check=require_check)
         except CompletionParseError as e:
-            details["parse_error"] = str(e)
+            cut = f"cut at {self.bundle.policy.config.max_new_tokens} tokens (max_new_tokens): " if truncated else ""
+            details["parse_error"] = cut + str(e)
             return details, None, target_map
         details.update(reasoning=parsed.think, rule=parsed.rule, answer=parsed.answer,
                        check=None if parsed.check is None else list(parsed.check))

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from conceptseg.errors import ConceptSegError
-from conceptseg.segmenters.cache import EmbeddingCache, check_rgb_uint8
+from conceptseg.segmenters.cache import EmbeddingCache, FiniteWeights, check_finite_output, check_rgb_uint8
 
 _WEIGHTS_HINT = (
     "Download SAM 2 weights (e.g. sam2.1_hiera_tiny.pt) from "
@@ -119,6 +119,7 @@ class Sam2Segmenter:
                 resolution=model.image_size, mask_threshold=config.mask_threshold
             )
         self._cache = EmbeddingCache(config.cache_size)
+        self._finite = FiniteWeights(self.model)
 
     @classmethod
     def from_config(cls, config: Sam2SegmenterConfig) -> "Sam2Segmenter":
@@ -177,6 +178,7 @@ class Sam2Segmenter:
         check_rgb_uint8(image)
         if self._cache.lookup(key, image.shape[:2]) is not None:
             return
+        self._finite.check("SAM 2 segmenter")
         x = self._transforms(image)[None].to(self.device, self.dtype)  # 1x3xSxS, normalised
         feats = _backbone_feature_maps(self.model, self.model.forward_image(x))
         if self.model.directly_add_no_mem_embed:  # as SAM2ImagePredictor.set_image does
@@ -212,9 +214,14 @@ class Sam2Segmenter:
         matter: the decoder attends over prompt tokens without positional codes. SAM 2's
         eval-time fallback applies: an unstable single mask is replaced by the best of its
         three multimask outputs (build_sam2's default post-processing).
+
+        NaN or infinite weights or logits raise NonFiniteError (a ConceptSegError).
         """
         with torch.no_grad():
-            return self._forward(key, box, concept_tokens).cpu().numpy()
+            self._finite.check("SAM 2 segmenter")
+            logits = self._forward(key, box, concept_tokens)
+            check_finite_output(logits, "SAM 2 segmenter")
+            return logits.cpu().numpy()
 
     def predict_with_grad(self, key: str, box: Sequence[float] | None = None,
                           concept_tokens: torch.Tensor | None = None) -> torch.Tensor:

@@ -29,13 +29,13 @@ import torch
 import torch.nn.functional as F
 
 from conceptseg.errors import ConceptSegError
-from conceptseg.segmenters.cache import EmbeddingCache, check_rgb_uint8
+from conceptseg.segmenters.cache import EmbeddingCache, FiniteWeights, check_finite_output, check_rgb_uint8
 
 _WEIGHTS_HINT = (
     "Use a directory saved with Sam3Segmenter.save / save_pretrained (config.json, "
     "model.safetensors and the processor files), or a Hugging Face hub id such as "
     "facebook/sam3 (gated: accept its licence on huggingface.co, then `hf auth login`); "
-    "build_tiny_sam3(out_dir) makes a tiny random one for tests."
+    "conceptseg.testing.build_tiny_sam3(out_dir) makes a tiny random one for tests."
 )
 _TEXT_CACHE_SIZE = 64  # encoded text prompts kept (they are small: L x 256 floats each)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -214,6 +214,7 @@ class Sam3Segmenter:
         processor.target_size = s
         self._max_text_len = int(model.config.text_config.max_position_embeddings)
         self._cache = EmbeddingCache(config.cache_size)
+        self._finite = FiniteWeights(self.model)
         self._text_cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
 
     @classmethod
@@ -222,11 +223,14 @@ class Sam3Segmenter:
         the model config is a ``CheckpointError`` listing the missing and unexpected keys."""
         from transformers import AutoConfig, Sam3Config, Sam3Model, Sam3Processor
 
+        from conceptseg.hub import hf_token
+
         path = _resolve_path(config.path)
+        token = hf_token()  # for hub ids (a gated repository needs one); None: huggingface_hub decides
         device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
         try:
-            processor = Sam3Processor.from_pretrained(path)
-            model_config = AutoConfig.from_pretrained(path)
+            processor = Sam3Processor.from_pretrained(path, token=token)
+            model_config = AutoConfig.from_pretrained(path, token=token)
         except (OSError, ValueError, KeyError) as e:
             raise CheckpointError(f"Cannot load a SAM 3 processor and config from {config.path}: {e}. "
                                   f"{_WEIGHTS_HINT}") from e
@@ -243,7 +247,7 @@ class Sam3Segmenter:
             raise ValueError(f"image_size must be a multiple of the SAM 3 patch size {patch}; got {size}.")
         model_config.image_size = size  # the ViT's global-attention positions are built for it
         try:
-            model, info = Sam3Model.from_pretrained(path, config=model_config, output_loading_info=True)
+            model, info = Sam3Model.from_pretrained(path, config=model_config, output_loading_info=True, token=token)
         except (OSError, ValueError, RuntimeError) as e:  # shape mismatches, corrupt files
             raise CheckpointError(f"Cannot load SAM 3 weights from {config.path}: {e}") from e
         missing = list(info.get("missing_keys", []))
@@ -307,6 +311,7 @@ class Sam3Segmenter:
         check_rgb_uint8(image)
         if self._cache.lookup(key, image.shape[:2]) is not None:
             return
+        self._finite.check("SAM 3 segmenter")
         s = self.image_size
         pixels = self.processor.image_processor(
             images=image, size={"height": s, "width": s}, input_data_format="channels_last",
@@ -335,10 +340,14 @@ class Sam3Segmenter:
         text: the phrase for SAM 3's text encoder (the MLLM's answer phrase; may be "").
         concept_tokens: (N, 256) or (1, N, 256), appended after the text features with the
         attention mask extended by N ones (method.md §1.3); None runs plain SAM 3.
-        Text is truncated to the text encoder's 32 positions.
+        Text is truncated to the text encoder's 32 positions. NaN or infinite weights, logits
+        or presence raise NonFiniteError (a ConceptSegError).
         """
         with torch.no_grad():
+            self._finite.check("SAM 3 segmenter")
             out = self._forward(key, text, concept_tokens)
+            check_finite_output(out.logits, "SAM 3 segmenter")
+            check_finite_output(out.presence, "SAM 3 segmenter")
         return Sam3Prediction(logits=out.logits.cpu().numpy(), presence=float(out.presence))
 
     def predict_with_grad(self, key: str, text: str,
@@ -431,90 +440,3 @@ class Sam3Segmenter:
                 f"with N >= 1; got {tuple(tokens.shape)}."
             )
         return t.to(self.device, self.dtype)
-
-
-# ---- a tiny random SAM 3 for tests ------------------------------------------------------
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP's byte -> printable character table (byte-level BPE alphabet)."""
-    bs = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("\xa1"), ord("\xac") + 1))
-          + list(range(ord("\xae"), ord("\xff") + 1)))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
-
-
-def tiny_clip_tokenizer():
-    """transformers' real ``CLIPTokenizer`` (byte-level BPE, CLIP's normaliser, pre-tokeniser
-    and <|startoftext|>/<|endoftext|> post-processor) over a 514-entry vocabulary with no
-    merges: the 256 byte symbols, the same with CLIP's "</w>" word-end suffix, then the two
-    special tokens. Every text encodes (one token per byte), offline; CLIP's 49408-entry
-    vocabulary is not shipped in any installed package."""
-    from transformers import CLIPTokenizer
-
-    chars = list(_bytes_to_unicode().values())
-    vocab = {c: i for i, c in enumerate(chars)}
-    vocab.update({c + "</w>": 256 + i for i, c in enumerate(chars)})
-    vocab["<|startoftext|>"] = 512
-    vocab["<|endoftext|>"] = 513
-    return CLIPTokenizer(vocab=vocab, merges=[])
-
-
-def build_tiny_sam3(out_dir: str, seed: int = 0, width: int = 256, image_size: int = 112) -> str:
-    """Saves a tiny random ``Sam3Model`` and its ``Sam3Processor`` to ``out_dir``.
-
-    The architecture is SAM 3's, shrunk: a 2-layer ViT (width 32, patch 14, windows of 4
-    patches, global attention in layer 1, position embeddings tiled from 4x4 like SAM 3's
-    24x24) on ``image_size`` px, the four FPN scales (4, 2, 1, 0.5) at ``width``, a 1-layer
-    CLIP text encoder (width 32, 32 positions) with ``tiny_clip_tokenizer``, 1-layer fusion
-    encoder and DETR decoder (8 queries + the presence token), the mask decoder's pixel decoder
-    with its 2 used upsampling stages, and the box (geometry) encoder without layers (it is
-    never used here). ``width`` is the prompt/concept-token width; 256 matches the released
-    SAM 3 (about 6.4 M parameters; width=128 gives about 1.8 M). Same seed, same weights.
-    """
-    from transformers import Sam3Config, Sam3ImageProcessor, Sam3Model, Sam3Processor
-
-    grid = image_size // 14
-    scales = [4.0, 2.0, 1.0, 0.5]
-    tokenizer = tiny_clip_tokenizer()
-    config = Sam3Config(
-        vision_config=dict(
-            backbone_config=dict(
-                model_type="sam3_vit_model", hidden_size=32, intermediate_size=64,
-                num_hidden_layers=2, num_attention_heads=2, image_size=image_size, patch_size=14,
-                window_size=4, global_attn_indexes=[1], pretrain_image_size=56,
-            ),
-            fpn_hidden_size=width, scale_factors=scales,
-            backbone_feature_sizes=[[int(grid * s)] * 2 for s in scales[:-1]],
-        ),
-        text_config=dict(
-            model_type="clip_text_model", vocab_size=len(tokenizer), hidden_size=32,
-            intermediate_size=64, projection_dim=32, num_hidden_layers=1, num_attention_heads=2,
-            max_position_embeddings=32, bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-        ),
-        geometry_encoder_config=dict(hidden_size=width, num_layers=0, intermediate_size=64,
-                                     num_attention_heads=2, roi_size=1),
-        detr_encoder_config=dict(hidden_size=width, num_layers=1, intermediate_size=64,
-                                 num_attention_heads=2),
-        detr_decoder_config=dict(hidden_size=width, num_layers=1, intermediate_size=64,
-                                 num_attention_heads=2, num_queries=8),
-        mask_decoder_config=dict(hidden_size=width, num_upsampling_stages=2, num_attention_heads=2),
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = Sam3Model(config).eval()
-    processor = Sam3Processor(
-        image_processor=Sam3ImageProcessor(size={"height": image_size, "width": image_size}),
-        tokenizer=tokenizer,
-    )
-    os.makedirs(out_dir, exist_ok=True)
-    model.save_pretrained(out_dir)
-    processor.save_pretrained(out_dir)
-    return out_dir

@@ -40,7 +40,14 @@ class TrainConfig:
         steps: optimizer steps in total (a resumed run counts the steps already done)
         batch_size: episodes per step per process
         group_size: G rollouts per episode in stage 2 (the paper's 8)
-        learning_rate: None takes the stage's default (``DEFAULT_LR``)
+        learning_rate: the policy's; None takes the stage's default (``DEFAULT_LR``)
+        translator_learning_rate: the translator's; None shares the policy's (the official
+            run trains both at 1e-6 in stage 2; stage 1 trains the translator alone)
+        weight_decay: AdamW's decoupled weight decay (official: 0, the Trainer default)
+        lr_schedule: "linear" decays every learning rate to 0 over ``steps`` without warm-up
+            (official: the Trainer default), "constant" keeps it
+        reward: "official" (method.md §2.5, the default) or "strict" (every reward needs the
+            whole completion to parse, as inference does)
         lora: stage 2 trains LoRA adapters (the reference policy is the same weights with
             the adapters disabled); False fine-tunes every policy weight and keeps a
             frozen copy as the reference, doubling the policy's memory
@@ -64,6 +71,10 @@ class TrainConfig:
     batch_size: int = 1
     group_size: int = 8
     learning_rate: float | None = None
+    translator_learning_rate: float | None = None
+    weight_decay: float = 0.0
+    lr_schedule: str = "linear"
+    reward: str = "official"
     lora: bool = True
     lora_rank: int = 16
     lora_alpha: int = 32
@@ -90,6 +101,12 @@ class TrainConfig:
         if self.stage == 2 and self.group_size < 2:
             raise ConceptSegError(f"Stage 2 needs group_size >= 2 rollouts per episode, got {self.group_size}.")
         self.lora_targets = tuple(self.lora_targets)
+        if self.lr_schedule not in ("linear", "constant"):
+            raise ConceptSegError(f"lr_schedule must be linear or constant, got {self.lr_schedule!r}.")
+        if self.reward not in ("official", "strict"):
+            raise ConceptSegError(f"reward must be official or strict, got {self.reward!r}.")
+        if self.weight_decay < 0:
+            raise ConceptSegError(f"weight_decay must be >= 0, got {self.weight_decay}.")
 
     @property
     def lr(self) -> float:
@@ -97,6 +114,16 @@ class TrainConfig:
         if self.learning_rate is not None:
             return self.learning_rate
         return DEFAULT_LR[1] if self.stage == 1 else DEFAULT_LR[(2, "lora" if self.lora else "full")]
+
+    @property
+    def translator_lr(self) -> float:
+        """The translator's learning rate."""
+        return self.translator_learning_rate if self.translator_learning_rate is not None else self.lr
+
+    def lr_factor(self, step: int) -> float:
+        """The schedule's multiplier for optimizer step ``step`` (1-based): linear is 1 at the
+        first step and 1/steps at the last, as the Trainer's linear schedule without warm-up."""
+        return 1.0 if self.lr_schedule == "constant" else (self.steps - step + 1) / self.steps
 
 
 @dataclass
@@ -146,8 +173,12 @@ def _take(stream, specs, count: int, report: EpisodeReport, tries: int) -> list[
     )
 
 
-def _trainable_policy(bundle, config: TrainConfig):
-    """Sets which policy weights learn; returns (model, reference model or None)."""
+def _trainable_policy(bundle, config: TrainConfig, start_from: Callable | None = None):
+    """Sets which policy weights learn; returns (model, reference model or None).
+
+    A full fine-tune's reference is a frozen copy of the model the stage starts from;
+    ``start_from`` loads that model when ``bundle`` is a checkpoint that has moved on.
+    """
     model = bundle.policy.model
     if config.stage == 1:
         model.requires_grad_(False)
@@ -172,8 +203,18 @@ def _trainable_policy(bundle, config: TrainConfig):
         model = model.merge_and_unload()
         bundle.policy.model = model
     model.requires_grad_(True)
-    reference = copy.deepcopy(model).eval().requires_grad_(False) if config.beta > 0 else None
-    return model, reference
+    if config.beta <= 0:
+        return model, None
+    reference = start_from() if start_from is not None else copy.deepcopy(model)
+    return model, reference.eval().requires_grad_(False)
+
+
+def _input_policy(model_path: str, device: str):
+    """The policy model of the run's input (bundle or release; adapters merged), alone."""
+    from conceptseg.checkpoint import load_policy
+
+    model = load_policy(model_path, device=device).model
+    return model.merge_and_unload() if hasattr(model, "peft_config") else model
 
 
 def enable_checkpointing(model) -> None:
@@ -274,12 +315,18 @@ def train(
     if config.max_new_tokens:
         bundle.policy.config.max_new_tokens = config.max_new_tokens
     bundle.policy.config.temperature = config.temperature
-    policy_model, reference = _trainable_policy(bundle, config)
+    # Resuming a full fine-tune: the checkpoint has moved on, the KL reference is the input.
+    start_from = (lambda: _input_policy(model_path, str(accelerator.device))) if resume else None
+    policy_model, reference = _trainable_policy(bundle, config, start_from)
     if config.gradient_checkpointing and config.stage == 2:
         enable_checkpointing(policy_model)
     translator = bundle.translator.train().requires_grad_(True)
-    params = list(translator.parameters()) + [p for p in policy_model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr)
+    trained = [p for p in policy_model.parameters() if p.requires_grad]
+    params = list(translator.parameters()) + trained
+    groups = [{"params": list(translator.parameters()), "lr": config.translator_lr, "base_lr": config.translator_lr}]
+    if trained:
+        groups.append({"params": trained, "lr": config.lr, "base_lr": config.lr})
+    optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
     if config.stage == 2:
         policy_model, translator, optimizer = accelerator.prepare(policy_model, translator, optimizer)
     else:
@@ -308,10 +355,12 @@ def train(
         accelerator.backward(loss)
         if config.max_grad_norm:
             accelerator.clip_grad_norm_(params, config.max_grad_norm)
+        for group in optimizer.param_groups:
+            group["lr"] = group["base_lr"] * config.lr_factor(step)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         last = {"step": step, "stage": config.stage, "loss": float(loss.detach()), **metrics,
-                "lr": config.lr, "seconds": round(time.perf_counter() - began, 3), "targets": [e.target_id for e in mine]}
+                "lr": config.lr * config.lr_factor(step), "seconds": round(time.perf_counter() - began, 3), "targets": [e.target_id for e in mine]}
         if accelerator.is_main_process:
             with open(metrics_file, "a") as f:
                 f.write(json.dumps(json_ready(last)) + "\n")

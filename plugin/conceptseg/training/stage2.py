@@ -22,7 +22,7 @@ import torch
 from conceptseg.policy import PolicyRequest
 from conceptseg.prompts import CompletionParseError, parse_completion
 from conceptseg.training.grpo import group_advantages, mask_loss, policy_loss, total_loss
-from conceptseg.training.rewards import box_reward, format_reward, mask_iou_reward
+from conceptseg.training.rewards import REWARDS, mask_iou_reward
 from conceptseg.training.segment import ground_truth, logits_600
 
 
@@ -55,8 +55,9 @@ def step(ctx, episodes) -> tuple[torch.Tensor, dict]:
     policy.model.train()
     rollouts = [episodes[i // group] for i in range(len(out.completions))]
 
-    fmt = [format_reward(c, e.require_check) for c, e in zip(out.completions, rollouts)]
-    box = [box_reward(c, e.gt_box, e.proxy_box) for c, e in zip(out.completions, rollouts)]
+    format_fn, box_fn = REWARDS[config.reward]
+    fmt = [format_fn(c, e.require_check) for c, e in zip(out.completions, rollouts)]
+    box = [box_fn(c, e.gt_box, e.proxy_box) for c, e in zip(out.completions, rollouts)]
     logp, hidden = policy.score(out.inputs, out.sequences, out.completion_mask, model=ctx.model)
     ref_logp = _reference_logp(ctx, out.inputs, out.sequences, out.completion_mask)
 
