@@ -18,6 +18,7 @@ Only safetensors are read: no pickle, no ``trust_remote_code``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -48,6 +49,24 @@ class Bundle:
     adapter_path: str | None = None  # resolved LoRA adapter directory, if any
 
 
+@contextlib.contextmanager
+def _reading(what: str, path: str):
+    """Turns a loader's failure on a damaged file (truncated download, cut-off copy) into one sentence."""
+    try:
+        yield
+    except ConceptSegError:
+        raise
+    except Exception as e:  # safetensors, torch and transformers raise many types for the same damage
+        cause = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}"
+        if path is None or not os.path.exists(str(path)):  # a hub id: not a file of ours
+            raise BundleError(f"Cannot load the {what} {path!r} ({cause}). Check the name, the network and, for "
+                              "gated models, HF_TOKEN; or pass a local directory.") from e
+        raise BundleError(
+            f"Cannot read the {what} at {path} ({cause}). The file is probably truncated or damaged (an "
+            "interrupted download or copy): download or copy it again, or rebuild the bundle."
+        ) from e
+
+
 def _require(path: str, what: str, how: str) -> str:
     if not os.path.exists(path):
         raise BundleError(f"Missing {what}: {path}. {how}")
@@ -56,16 +75,20 @@ def _require(path: str, what: str, how: str) -> str:
 
 def save_bundle(out_dir: str, policy_dir: str, translator, segmenter, adapter_dir: str | None = None,
                 max_new_tokens: int = 512, copy_segmenter: bool = True) -> str:
-    """Writes bundle.json plus the translator and segmenter weights; the policy is referenced.
+    """Writes bundle.json plus the translator and segmenter weights: a self-contained directory.
 
-    ``policy_dir`` and ``adapter_dir`` are stored relative to ``out_dir`` when inside it,
-    else as given (a hub id or an absolute path). ``copy_segmenter=False`` references the
-    segmenter's own (absolute) files instead of copying them: training checkpoints use it,
-    since the frozen segmenter would otherwise be rewritten at every checkpoint.
+    A local ``policy_dir`` or ``adapter_dir`` outside ``out_dir`` is copied into it
+    (``policy/``, ``adapter/``) and referenced by relative path: moving or deleting the input bundle does not
+    break this one. A hub id stays a hub id. ``copy_segmenter=False`` references the
+    policy and the segmenter's own (absolute) files instead of copying them: training
+    checkpoints use it, since the frozen parts would otherwise be rewritten every time.
     """
     from conceptseg.translator import save_translator
 
     os.makedirs(out_dir, exist_ok=True)
+    if copy_segmenter:
+        policy_dir = _bring_inside(policy_dir, out_dir, "policy")
+        adapter_dir = _bring_inside(adapter_dir, out_dir, "adapter")
     save_translator(translator, os.path.join(out_dir, "translator.safetensors"))
     seg_config = segmenter.config.to_dict()
     seg_config["device"] = None  # where it runs is the loader's choice, not the bundle's
@@ -95,6 +118,20 @@ def save_bundle(out_dir: str, policy_dir: str, translator, segmenter, adapter_di
     return out_dir
 
 
+def _bring_inside(path: str | None, root: str, name: str) -> str | None:
+    """A local directory outside ``root`` is copied to ``root/name``; anything else is returned as it is."""
+    import shutil
+
+    if path is None or not os.path.isdir(path):
+        return path
+    if not os.path.relpath(os.path.abspath(path), os.path.abspath(root)).startswith(".."):
+        return path
+    target = os.path.join(root, name)
+    # Copies, not hard links: a later full fine-tune writing into one must not change the other.
+    shutil.copytree(path, target, dirs_exist_ok=True)
+    return target
+
+
 def _relative(path: str | None, root: str) -> str | None:
     if path is None or not os.path.exists(path):
         return path
@@ -113,7 +150,8 @@ def is_official_checkpoint(path: str) -> bool:
     """Whether ``path`` is a Hugging Face directory that also holds translator tensors."""
     if not os.path.isfile(os.path.join(path, "config.json")):
         return False
-    return any(k.startswith(_TRANSLATOR_PREFIXES) for k in _safetensors_keys(path))
+    with _reading("safetensors shards", path):
+        return any(k.startswith(_TRANSLATOR_PREFIXES) for k in _safetensors_keys(path))
 
 
 def _safetensors_files(path: str) -> list[str]:
@@ -224,14 +262,16 @@ def load_bundle(path: str, device: str | None = None, segmenter_config=None):
                 os.path.join(path, spec["translator"]["file"]), "translator weights",
                 "Rebuild the bundle (conceptseg tiny-bundle, or save_bundle after training).",
             )
-            translator = load_translator(translator_file, device=device or "cpu")
+            with _reading("translator weights", translator_file):
+                translator = load_translator(translator_file, device=device or "cpu")
         if segmenter_config is None:
             segmenter_config = _segmenter_config(spec["segmenter"], path, device)
         max_new_tokens = policy_spec.get("max_new_tokens", 512)
     elif is_official_checkpoint(path):
         spec = {"format": "conceptseg-r1-official", "policy": {"path": path}}
         policy_path, adapter, max_new_tokens = path, None, 512
-        translator = load_official_translator(path)
+        with _reading("checkpoint's translator tensors", path):
+            translator = load_official_translator(path)
         if segmenter_config is None:  # the released model's backbone, from the Hub
             from conceptseg.segmenters.sam3 import Sam3SegmenterConfig
 
@@ -241,17 +281,22 @@ def load_bundle(path: str, device: str | None = None, segmenter_config=None):
             f"{path} holds neither {BUNDLE_FILE} nor a ConceptSeg-R1 checkpoint. Build one with "
             "`conceptseg tiny-bundle DIR` or save one with conceptseg.checkpoint.save_bundle."
         )
-    segmenter = _build_segmenter(segmenter_config)
+    with _reading("segmenter weights", getattr(segmenter_config, "checkpoint", None) or getattr(segmenter_config, "path", path)):
+        segmenter = _build_segmenter(segmenter_config)
     if policy_path is None:  # a segmenter-only bundle: the SAM 2 routes, no reasoning
         return Bundle(policy=None, translator=None, segmenter=segmenter, spec=spec, path=path)
-    policy = Policy.from_pretrained(policy_path, adapter=adapter, config=PolicyConfig(max_new_tokens=max_new_tokens, device=device))
+    with _reading("policy", policy_path):
+        policy = Policy.from_pretrained(policy_path, adapter=adapter, config=PolicyConfig(max_new_tokens=max_new_tokens, device=device))
     return Bundle(policy=policy, translator=translator.to(policy.device).eval(), segmenter=segmenter, spec=spec,
                   path=path, policy_path=policy_path, adapter_path=adapter)
 
 
 # Zoo entries: how each is obtained. The zoo source's download_model calls download_zoo_bundle.
 ZOO = {
-    "conceptseg-r1-7b": {"repo": "zhaoyuan666/ConceptSeg-R1-7B"},
+    "conceptseg-r1-7b": {"repo": "zhaoyuan666/ConceptSeg-R1-7B", "gpu": True, "disk_gb": 22,
+                         "needs": "a CUDA GPU with about 24 GB of memory (bf16), about 18 GB of disk for the "
+                                  "checkpoint and 3.5 GB for SAM 3, and access to the gated facebook/sam3 on "
+                                  "Hugging Face (accept its licence, then set HF_TOKEN)"},
     "conceptseg-sam2-hiera-large": {
         "repo": "facebook/sam2.1-hiera-large",
         "file": "sam2.1_hiera_large.pt",
@@ -283,6 +328,7 @@ def download_zoo_bundle(name: str, path: str) -> str:
     entry = ZOO[name]
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
+    check_requirements(name, parent)
     tmp = tempfile.mkdtemp(prefix=f".{name}-", dir=parent)
     try:
         if entry.get("tiny"):
@@ -300,6 +346,32 @@ def download_zoo_bundle(name: str, path: str) -> str:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+ANYWAY = "CONCEPTSEG_DOWNLOAD_ANYWAY"  # set to 1 to download a GPU model on a machine without one
+
+
+def check_requirements(name: str, parent: str) -> None:
+    """Refuses, before a byte is downloaded, a zoo model this machine cannot run or store."""
+    import shutil
+
+    entry = ZOO.get(name, {})
+    if not entry.get("needs") or os.environ.get(ANYWAY) == "1":
+        return
+    free_gb = shutil.disk_usage(parent).free / 1e9
+    problems = []
+    if free_gb < entry.get("disk_gb", 0):
+        problems.append(f"{parent} has {free_gb:.0f} GB free")
+    if entry.get("gpu"):
+        import torch
+
+        if not torch.cuda.is_available():
+            problems.append("this machine has no CUDA GPU")
+    if problems:
+        raise BundleError(
+            f"{name} needs {entry['needs']}; not downloading: {' and '.join(problems)}. Use it on a machine "
+            f"with a GPU, or set {ANYWAY}=1 to download it anyway (on a CPU it would take minutes per image)."
+        )
 
 
 def _snapshot(repo: str, out_dir: str) -> None:

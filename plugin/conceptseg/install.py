@@ -110,6 +110,9 @@ def install_plugin(plugins_dir: str | None = None, zoo_dir: str | None = None) -
     zoo_dir = zoo_dir or fo.config.model_zoo_dir
     if not plugins_dir:
         raise SetupError("FiftyOne has no plugins directory: set FIFTYONE_PLUGINS_DIR.")
+    for what, path in (("plugins directory", plugins_dir), ("model zoo directory", zoo_dir)):
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise SetupError(f"The {what} {path} is a file, not a directory: pass a directory.")
     org, name = PLUGIN_NAME.split("/")
     messages = [_link(root, os.path.join(plugins_dir, org, name))]
     # The zoo source is a real directory with its two files linked in: FiftyOne downloads

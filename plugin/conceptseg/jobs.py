@@ -15,6 +15,8 @@ from fiftyone import ViewField as F
 
 from conceptseg import fiftyone_io as fio
 from conceptseg.errors import ConceptSegError, EmptyViewError, FieldError
+from conceptseg.locks import locks_output_field
+from conceptseg.outputs import writable_dir
 from conceptseg.router import DEFAULT_THRESHOLD, make_router
 
 Progress = Callable[[int, int], None]
@@ -128,7 +130,8 @@ def _segment_targets(router, choice, todo, pred_field, inst_field, concept, run_
                     result.mask, path, cost=result.seconds, box=result.details.get("box"), **attrs
                 )
                 if inst_field:
-                    sample[inst_field] = fio.mask_to_detections(result.mask, result.probability, concept, **attrs)
+                    sample[inst_field] = fio.mask_to_detections(result.mask, result.probability, concept,
+                                                               cost=result.seconds, **attrs)
                 saver.save(sample)
             if progress is not None:
                 progress(done, total)
@@ -156,6 +159,7 @@ def _ensure_mask_targets(dataset, pred_field: str, concept: str) -> None:
         dataset.save()
 
 
+@locks_output_field  # one run per output field at a time (conceptseg.locks)
 def segment_by_demonstration(
     demonstrations: fo.core.collections.SampleCollection,
     targets: fo.core.collections.SampleCollection,
@@ -197,6 +201,7 @@ def segment_by_demonstration(
     demo_ids = demonstrations.values("id")
     targets = targets.exclude(demo_ids)
     todo = _targets_to_do(targets, pred_field, inst_field, mask_field, overwrite, resume, run_key)
+    out_dir = writable_dir(output_dir or default_output_dir(dataset, pred_field), "mask output directory")
     if resume and run_key in dataset.list_runs():
         started = dataset.get_run_info(run_key).config.demonstration_ids
         if sorted(started or []) != sorted(demo_ids):
@@ -228,8 +233,7 @@ def segment_by_demonstration(
         model=model if isinstance(model, str) else None,
     ))
     seconds, failures = _segment_targets(
-        router, choice, todo, pred_field, inst_field, concept, run_key,
-        output_dir or default_output_dir(dataset, pred_field), progress,
+        router, choice, todo, pred_field, inst_field, concept, run_key, out_dir, progress,
     )
     summary = dict(
         run_key=run_key,
@@ -253,6 +257,7 @@ def segment_by_demonstration(
     return summary
 
 
+@locks_output_field
 def segment_by_query(
     targets: fo.core.collections.SampleCollection,
     text: str,
@@ -289,14 +294,14 @@ def segment_by_query(
     choice = RouteChoice(route, [Verification(route.name)], verified=False,
                          reason="text query: no demonstration to verify against")
     concept = concept or text.strip()
+    out_dir = writable_dir(output_dir or default_output_dir(dataset, pred_field), "mask output directory")
     _ensure_mask_targets(dataset, pred_field, concept)
     _start_run(dataset, run_key, dict(
         method="conceptseg.segment_by_query", pred_field=pred_field, instances_field=inst_field,
         query=text, route=route.name, concept=concept, model=model if isinstance(model, str) else None,
     ))
     seconds, failures = _segment_targets(
-        router, choice, todo, pred_field, inst_field, concept, run_key,
-        output_dir or default_output_dir(dataset, pred_field), progress,
+        router, choice, todo, pred_field, inst_field, concept, run_key, out_dir, progress,
     )
     summary = dict(
         run_key=run_key, pred_field=pred_field, instances_field=inst_field, route=route.name,

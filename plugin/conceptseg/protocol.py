@@ -112,6 +112,12 @@ def run_benchmark(
             f"No sample of {dataset.name!r} is tagged test or val; import a benchmark with splits "
             "or tag the samples to score."
         )
+    if not any(dataset.has_field(f) and len(targets.exists(f)) for f in ("concept", "query")):
+        raise FieldError(
+            f"No test or val sample of {dataset.name!r} has a concept or a query field, so nothing can be scored: "
+            "give each sample a string field 'concept' (segment by demonstration) or 'query' (text), e.g. "
+            "by importing with `conceptseg import` (README: Bring your own data)."
+        )
     bundle = _load_model(model)
     make_router(route, threshold, bundle)  # refuses an unknown route, or reasoning without a model, first
     fields = Fields(key)
