@@ -280,6 +280,17 @@ def cmd_setup_db(args) -> int:
     return 0
 
 
+class _DefaultsFormatter(argparse.HelpFormatter):
+    """Shows each option's default, except where there is none worth showing or the help says it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if default is None or default is False or default == argparse.SUPPRESS or action.required or "default" in text:
+            return text
+        return f"{text} (default: %(default)s)".strip()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (kept separate so tests can read its contract)."""
     from conceptseg.checkpoint import ZOO
@@ -288,11 +299,11 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True)
     # Every command's --help shows the defaults.
     sub = argparse.Namespace(add_parser=functools.partial(
-        subparsers.add_parser, formatter_class=argparse.ArgumentDefaultsHelpFormatter))
+        subparsers.add_parser, formatter_class=_DefaultsFormatter))
     zoo = ", ".join(ZOO)
 
     p = sub.add_parser("demo", help="segment nuclei by demonstration on the bundled real images")
-    p.add_argument("--dataset", default="conceptseg-demo")
+    p.add_argument("--dataset", default="conceptseg-demo", help="name of the dataset to (re)build")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("segment", help="segment a concept shown by tagged demonstrations")
@@ -301,7 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask-field", required=True, help="field with the demonstrations' masks")
     p.add_argument("--pred-field", required=True, help="Segmentation field to write")
     p.add_argument("--view", help="saved view of targets (default: every sample not tagged --demo-tag)")
-    p.add_argument("--route", default="auto", choices=["auto", "appearance", "prototype", "reasoning"])
+    p.add_argument("--route", default="auto", choices=["auto", "appearance", "prototype", "reasoning"],
+                   help="auto: the cheapest route that passes verification")
     p.add_argument("--model", help=f"bundle directory, Hugging Face id or zoo name ({zoo}); enables the reasoning route")
     p.add_argument("--threshold", type=float, default=0.5, help="held-out IoU a route must reach")
     p.add_argument("--concept", default="concept", help="label of the predicted masks")
@@ -318,11 +330,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pred-field", required=True)
     p.add_argument("--model", required=True, help=f"bundle directory, Hugging Face id or zoo name ({zoo})")
     p.add_argument("--view", help="saved view of targets (default: the whole dataset)")
-    p.add_argument("--no-instances", action="store_true")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--no-instances", action="store_true", help="skip the <pred-field>_instances Detections")
+    p.add_argument("--json", action="store_true", help="print the run summary as JSON")
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--overwrite", action="store_true")
-    mode.add_argument("--resume", action="store_true")
+    mode.add_argument("--overwrite", action="store_true", help="replace existing labels in the output fields")
+    mode.add_argument("--resume", action="store_true", help="finish an interrupted run")
     p.set_defaults(func=cmd_query)
 
     p = sub.add_parser("tiny-bundle", help="build a tiny random bundle offline (tests, trying without a GPU)")
@@ -356,7 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("benchmark", help="the paper's protocol: segment and score every test sample")
     p.add_argument("--dataset", required=True)
-    p.add_argument("--route", default="auto", choices=["auto", "appearance", "prototype", "reasoning"])
+    p.add_argument("--route", default="auto", choices=["auto", "appearance", "prototype", "reasoning"],
+                   help="auto: the cheapest route that passes verification")
     p.add_argument("--model", help=f"bundle directory, Hugging Face id or zoo name ({zoo}): reasoning route, text queries")
     p.add_argument("--seed", type=int, default=0, help="seed of the demonstration draw")
     p.add_argument("--demonstrations", type=int, default=3, help="demonstrations drawn per concept")
@@ -389,7 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-every", type=int, default=50, help="steps between checkpoints")
     p.add_argument("--max-new-tokens", type=int, help="longest rollout (default: the bundle's)")
     p.add_argument("--gradient-checkpointing", action="store_true", help="stage 2: less memory, slower steps")
-    p.add_argument("--mixed-precision", default="no", choices=["no", "bf16", "fp16"])
+    p.add_argument("--mixed-precision", default="no", choices=["no", "bf16", "fp16"], help="accelerate's mixed precision")
     p.add_argument("--seed", type=int, default=0, help="drives the episode order, draws and rollouts")
     p.add_argument("--cpu", action="store_true", help="train on the CPU even where a GPU is present")
     p.add_argument("--json", action="store_true", help="print the run summary as JSON (no progress lines)")
