@@ -329,3 +329,15 @@ class TestBundles:
             assert "24 GB" in str(error.value) and "gated facebook/sam3" in str(error.value)
             assert ANYWAY in str(error.value)
             assert os.listdir(tmp_path / "zoo") == []  # nothing downloaded, no partial directory
+
+
+class TestDemo:
+    def test_demo_rebuilds_an_existing_dataset_of_its_name(self, capsys):
+        # tests/test_isolation.py runs this against a name the "user's" database also holds.
+        name = os.environ.get("CONCEPTSEG_TEST_DEMO_NAME", "conceptseg-demo-test")
+        fo.Dataset(name, persistent=True, overwrite=True).add_sample(fo.Sample(filepath="/nowhere/old.png"))
+        try:
+            assert cli.main(["demo", "--dataset", name]) == 0
+            assert len(fo.load_dataset(name)) == 17 and "mean IoU" in capsys.readouterr().out
+        finally:
+            fo.delete_dataset(name)
