@@ -1,9 +1,13 @@
-"""Small form helpers shared by the operators (no engine import: forms must stay fast)."""
+"""Small form helpers shared by the operators (no torch import: forms must stay fast)."""
+
+import dataclasses
 
 import fiftyone as fo
 import fiftyone.operators.types as types
 
-MASK_TYPES = (fo.Segmentation, fo.Detections)
+MASK_TYPES = (fo.Segmentation, fo.Detections, fo.Detection, fo.Polylines, fo.Polyline)
+# Reading masks for the class picker: a Segmentation field's classes need its masks read.
+MAX_MASKS_READ = 50
 
 
 def mask_fields(collection) -> list[str]:
@@ -19,7 +23,7 @@ def mask_fields(collection) -> list[str]:
 
 def field_choice(inputs, ctx, name: str, label: str, description: str, default: str | None = None):
     """A dropdown of mask fields; invalid with a sentence when the dataset has none."""
-    fields = mask_fields(ctx.dataset)
+    fields = mask_fields(ctx.view if ctx.dataset is not None else None)
     choices = types.DropdownView()
     for f in fields:
         choices.add_choice(f, label=f)
@@ -34,7 +38,81 @@ def field_choice(inputs, ctx, name: str, label: str, description: str, default: 
     )
     if not fields:
         prop.invalid = True
-        prop.error_message = "This dataset has no Segmentation or Detections field to use."
+        prop.error_message = "This dataset has no Segmentation, Detections or Polylines field to use."
+    return prop
+
+
+@dataclasses.dataclass
+class SelectedLabels:
+    """What the labels selected in the App say: their field, their classes, or why they can't be used."""
+
+    field: str | None = None
+    classes: list[str] = dataclasses.field(default_factory=list)
+    error: str | None = None
+
+
+def selected_labels(ctx) -> SelectedLabels:
+    """The field and classes of the labels selected in the App (one field only)."""
+    picked = ctx.selected_labels or []
+    if not picked or ctx.dataset is None:
+        return SelectedLabels()
+    fields = sorted({label["field"] for label in picked})
+    if len(fields) > 1:
+        return SelectedLabels(error=(
+            f"The selected labels come from {len(fields)} fields ({', '.join(fields)}): a concept lives in "
+            "one field, so select labels of one field only."))
+    name = fields[0]
+    view = ctx.view.select_labels(labels=picked)
+    paths = {fo.Detections: ".detections.label", fo.Polylines: ".polylines.label",
+             fo.Detection: ".label", fo.Polyline: ".label"}
+    schema = view.get_field_schema()
+    doc_type = getattr(schema.get(name), "document_type", None)
+    classes = sorted(str(c) for c in view.distinct(name + paths[doc_type])) if doc_type in paths else []
+    return SelectedLabels(field=name, classes=classes)
+
+
+def present_classes(demonstrations, mask_field: str) -> list[str]:
+    """The classes the demonstrations show in ``mask_field`` (masks read for Segmentation fields)."""
+    from conceptseg import classes as classes_
+
+    schema = demonstrations.get_field_schema()
+    doc_type = getattr(schema.get(mask_field), "document_type", None)
+    if doc_type is None:
+        return []
+    if doc_type in (fo.Detections, fo.Polylines):
+        kind = "detections" if doc_type is fo.Detections else "polylines"
+        return sorted(str(c) for c in demonstrations.distinct(f"{mask_field}.{kind}.label"))
+    if doc_type in (fo.Detection, fo.Polyline):
+        return sorted(str(c) for c in demonstrations.distinct(f"{mask_field}.label"))
+    targets = classes_.mask_targets_of(demonstrations, mask_field)
+    found = set()
+    for label in demonstrations.limit(MAX_MASKS_READ).values(mask_field):
+        found |= classes_.label_classes(label, targets)
+    return sorted(found)
+
+
+def class_choice(inputs, demonstrations, mask_field: str, picked: list[str]):
+    """The classes picker: the classes on the demonstrations; the only one, or the selected labels', by default."""
+    try:
+        present = present_classes(demonstrations, mask_field)
+    except Exception as e:  # an unreadable mask: the engine will name it at run time
+        inputs.view("classes_notice", types.Warning(label=f"Could not read the demonstrations' classes: {e}"))
+        return None
+    if len(present) <= 1 and not picked:
+        return None  # one class (or a binary mask): it is the concept, nothing to choose
+    choices = types.AutocompleteView(allow_user_input=False, allow_duplicates=False)
+    for name in present:
+        choices.add_choice(name, label=name)
+    default = [c for c in picked if c in present] or (present if len(present) == 1 else None)
+    prop = inputs.list(
+        "classes",
+        types.String(),
+        default=default,
+        required=len(present) > 1 and not default,
+        label="Classes",
+        description=f"Which classes of {mask_field!r} are the concept (the demonstrations show: {', '.join(present)})",
+        view=choices,
+    )
     return prop
 
 

@@ -7,7 +7,7 @@ import time
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-from ._forms import field_choice, progress_callback
+from ._forms import class_choice, field_choice, progress_callback, selected_labels as _selected_labels
 
 ROUTES = ("auto", "appearance", "prototype", "reasoning")
 # Views larger than this default to delegated execution (the App would wait too long).
@@ -40,26 +40,33 @@ class SegmentByDemonstration(foo.Operator):
 
     def resolve_input(self, ctx):
         inputs = types.Object()
+        picked = _selected_labels(ctx)
         source = inputs.enum(
             "demo_source",
             ["selected", "tag"],
-            default="selected" if ctx.selected else "tag",
+            default="selected" if ctx.selected or ctx.selected_labels else "tag",
             label="Demonstrations",
-            description="The selected samples, or every sample with a tag",
+            description="The selected samples (or the samples of the selected labels), or every sample with a tag",
             view=types.RadioGroup(),
         )
         by_tag = ctx.params.get("demo_source", source.default) == "tag"
         if by_tag:
-            tags = sorted(ctx.dataset.distinct("tags")) if ctx.dataset else []
+            tags = sorted(ctx.view.distinct("tags")) if ctx.dataset else []
             inputs.enum("demo_tag", tags, required=True, label="Demonstration tag", view=types.DropdownView())
         mask = field_choice(
-            inputs, ctx, "mask_field", "Mask field", "Where the demonstrations' masks are", "ground_truth"
+            inputs, ctx, "mask_field", "Mask field", "Where the demonstrations' masks are",
+            picked.field or "ground_truth",
         )
+        if picked.error:
+            mask.invalid, mask.error_message = True, picked.error
         mask_field = ctx.params.get("mask_field") or mask.default
         demos = _demonstrations(ctx, by_tag)
         if demos is not None or not by_tag:
             _demonstration_notice(inputs, demos, mask_field, ctx.dataset)
-        inputs.view_target(ctx)
+        if demos is not None and mask_field:
+            class_choice(inputs, demos, mask_field, picked.classes)
+        # The selected samples are the demonstrations, never targets: no "Current selection".
+        inputs.view_target(ctx, default_target="CURRENT_VIEW", allow_selected_samples=False)
         pred = inputs.str(
             "pred_field",
             default="predictions",
@@ -70,7 +77,7 @@ class SegmentByDemonstration(foo.Operator):
         overwrite = ctx.params.get("overwrite", False)
         resume = ctx.params.get("resume", False)
         name = ctx.params.get("pred_field") or "predictions"
-        if ctx.dataset is not None and ctx.dataset.has_field(name) and not (overwrite or resume):
+        if ctx.dataset is not None and ctx.view.has_field(name) and not (overwrite or resume):
             pred.invalid = True
             pred.error_message = f"{name!r} exists: tick overwrite or resume, or choose another name."
         inputs.enum("route", list(ROUTES), default="auto", label="Route", view=types.DropdownView())
@@ -83,14 +90,15 @@ class SegmentByDemonstration(foo.Operator):
             model.invalid = True
             model.error_message = "The reasoning route needs a model: give a bundle directory or id."
         inputs.float("threshold", default=0.5, min=0.0, max=1.0, label="Verification threshold (IoU)")
-        inputs.str("concept", default="concept", label="Concept name", description="Label of the predicted masks")
+        inputs.str("concept", default="concept", label="Concept name",
+                   description="Label of the predicted masks (default: the classes)")
         inputs.bool("overwrite", default=False, label="Overwrite existing labels in the output field")
         inputs.bool("resume", default=False, label="Resume an interrupted run (skip finished targets)")
         if ctx.dataset is not None:
             targets = ctx.target_view()
             n = targets.exclude(demos.values("id")).count() if demos is not None else targets.count()
             if n or demos is None:
-                inputs.view("estimate", types.Notice(label=_estimate(ctx, n)))
+                inputs.view("estimate", types.Notice(label=f"{n} target(s). " + _estimate(ctx, n)))
             else:  # demonstrations are never their own targets, so the run would have nothing to do
                 empty = inputs.view("estimate", types.Warning(
                     label="No targets: the target view holds only the demonstrations. Choose the current "
@@ -117,15 +125,21 @@ class SegmentByDemonstration(foo.Operator):
     def _segment(self, ctx, progress):
         from conceptseg.jobs import segment_by_demonstration
 
+        from conceptseg.errors import ConceptSegError
+
         params = ctx.params
-        if params.get("demo_source", "selected") == "tag":
-            demonstrations = ctx.dataset.match_tags(params["demo_tag"])
-        else:
-            demonstrations = ctx.dataset.select(ctx.selected)
+        picked = _selected_labels(ctx)
+        if picked.error:
+            raise ConceptSegError(picked.error)
+        demonstrations = _demonstrations(ctx, params.get("demo_source", "selected") == "tag")
+        mask_field = params.get("mask_field") or picked.field
+        if not mask_field:
+            raise ConceptSegError("Choose the mask field that holds the demonstrations' masks (mask_field).")
         return segment_by_demonstration(
-            demonstrations=demonstrations,
+            demonstrations=demonstrations if demonstrations is not None else ctx.view.limit(0),
             targets=ctx.target_view(),
-            mask_field=params["mask_field"],
+            mask_field=mask_field,
+            classes=params.get("classes") or picked.classes or None,
             pred_field=params.get("pred_field", "predictions"),
             route=params.get("route", "auto"),
             threshold=params.get("threshold", 0.5),
@@ -199,32 +213,28 @@ def _from_app(ctx) -> bool:
 
 
 def _demonstrations(ctx, by_tag: bool):
-    """The demonstrations the form points at, or None while none are chosen."""
+    """The demonstrations the form points at, read through the current view (its filters count)."""
     if ctx.dataset is None:
         return None
     if by_tag:
         tag = ctx.params.get("demo_tag")
-        return ctx.dataset.match_tags(tag) if tag else None
-    return ctx.dataset.select(ctx.selected) if ctx.selected else None
+        return ctx.view.match_tags(tag) if tag else None
+    ids = list(ctx.selected) or sorted({label["sample_id"] for label in ctx.selected_labels or []})
+    return ctx.view.select(ids) if ids else None
 
 
 def _demonstration_notice(inputs, demos, mask_field, dataset) -> None:
-    """How many demonstrations there are; invalid when none, or when any lacks a mask."""
+    """How many demonstrations there are, and how many are negatives; invalid when none."""
     n = demos.count() if demos is not None else 0
     if not n:
         prop = inputs.view("demo_count", types.Warning(
-            label="Select the demonstration samples in the grid first, or use a tag."))
+            label="Select the demonstration samples (or labels) in the grid first, or use a tag."))
         prop.invalid = True
         return
-    missing = demos.exists(mask_field, False).count() if mask_field and dataset.has_field(mask_field) else 0
-    if missing:
-        prop = inputs.view("demo_count", types.Warning(
-            label=f"{missing} of {n} demonstration(s) have no mask in {mask_field!r}: give them one, "
-                  "deselect them, or choose another mask field."))
-        prop.invalid = True  # the engine would stop on the first of them
-    else:
-        inputs.view("demo_count", types.Notice(
-            label=f"{n} demonstration(s), each with a mask in {mask_field!r}."))
+    without = demos.exists(mask_field, False).count() if mask_field and demos.has_field(mask_field) else 0
+    negatives = (f"; {without} without a label there are negatives (the concept is absent: they teach "
+                 "background)") if without else ""
+    inputs.view("demo_count", types.Notice(label=f"{n} demonstration(s), masks from {mask_field!r}{negatives}."))
 
 
 def _estimate(ctx, n_targets: int) -> str:

@@ -9,7 +9,7 @@ import pytest
 import tifffile
 
 from conceptseg import jobs
-from conceptseg.errors import DemonstrationError, EmptyViewError, FieldError
+from conceptseg.errors import ConceptSegError, DemonstrationError, EmptyViewError, FieldError
 from conceptseg.metrics import score_sample
 
 
@@ -72,21 +72,28 @@ class TestSegmentWritesLabels:
 
 
 class TestBadDemonstrations:
-    def test_demonstration_without_mask(self, nuclei_dataset):
-        demo = nuclei_dataset.match_tags("demo").first()
-        demo.ground_truth = None
-        demo.save()
-        with pytest.raises(DemonstrationError, match=f"{demo.id}.*no mask in field 'ground_truth'"):
-            _run(nuclei_dataset)
-
-    def test_demonstration_with_empty_mask(self, nuclei_dataset, tmp_path):
-        demo = nuclei_dataset.match_tags("demo").first()
+    def test_demonstration_without_a_label_is_a_negative(self, nuclei_dataset, tmp_path):
+        demos = nuclei_dataset.match_tags("demo")
+        first, second = demos.first(), demos.skip(1).first()
+        first.ground_truth = None  # no label at all
+        first.save()
         path = str(tmp_path / "empty.png")
         cv2.imwrite(path, np.zeros((128, 128), np.uint8))
-        demo.ground_truth = fo.Segmentation(mask_path=path)
-        demo.save()
-        with pytest.raises(DemonstrationError, match="empty mask"):
+        second.ground_truth = fo.Segmentation(mask_path=path)  # a label without the concept
+        second.save()
+        summary = _run(nuclei_dataset)
+        assert summary["negative_demonstrations"] == 2 and summary["demonstrations"] == 3
+        assert nuclei_dataset.get_run_info("conceptseg_pred").config.negative_demonstrations == 2
+
+    def test_only_negative_demonstrations_are_refused(self, nuclei_dataset, tmp_path):
+        path = str(tmp_path / "empty.png")
+        cv2.imwrite(path, np.zeros((128, 128), np.uint8))
+        for demo in nuclei_dataset.match_tags("demo"):
+            demo.ground_truth = fo.Segmentation(mask_path=path)
+            demo.save()
+        with pytest.raises(DemonstrationError, match="at least one must show the concept"):
             _run(nuclei_dataset)
+        assert "conceptseg_pred" not in nuclei_dataset.list_runs()
 
     def test_one_demonstration_runs_unverified(self, nuclei_dataset):
         nuclei = _nuclei(nuclei_dataset)
@@ -242,3 +249,42 @@ class TestResume:
             jobs.segment_by_demonstration(
                 nuclei.match_tags("demo").limit(2), nuclei, "ground_truth", "pred", resume=True
             )
+
+
+class TestNothingSilentlyWrong:
+    def test_resume_refuses_other_settings(self, nuclei_dataset):
+        nuclei = _nuclei(nuclei_dataset)
+        _run(nuclei_dataset, targets=nuclei.match_tags("demo", bool=False).limit(4), route="appearance")
+        with pytest.raises(ConceptSegError, match="other settings.*route_requested 'appearance' \\(now 'auto'\\)"):
+            _run(nuclei_dataset, resume=True)
+        summary = _run(nuclei_dataset, resume=True, route="appearance")
+        assert summary["skipped"] == 4 and summary["segmented"] == 9
+
+    def test_overwrite_drops_the_old_label_of_a_target_that_fails(self, nuclei_dataset, tmp_path):
+        _run(nuclei_dataset)
+        target = _nuclei(nuclei_dataset).match_tags("demo", bool=False).first()
+        broken = tmp_path / "gone.png"
+        broken.write_bytes(b"not an image")
+        target.filepath = str(broken)
+        target.save()
+        summary = _run(nuclei_dataset, overwrite=True)
+        assert [f["sample_id"] for f in summary["failures"]] == [target.id]
+        target.reload()
+        assert target.pred is None and target.pred_instances is None
+        assert _run(nuclei_dataset, resume=True)["failures"][0]["sample_id"] == target.id  # retried, not skipped
+
+    @pytest.mark.parametrize("field", ["/tmp/x", "a.b", "a$b", "../up", "", "_private"])
+    def test_bad_output_field_names_write_nothing(self, nuclei_dataset, field):
+        with pytest.raises(FieldError, match="field name .* is not allowed"):
+            _run(nuclei_dataset, pred_field=field)
+        assert not any(k.startswith("conceptseg_") for k in nuclei_dataset.list_runs())
+        assert set(nuclei_dataset.mask_targets) <= {"ground_truth"}
+
+    def test_masks_of_another_size_are_refused_unless_resized(self, nuclei_dataset, tmp_path):
+        demo = nuclei_dataset.match_tags("demo").first()
+        small = cv2.resize(demo.ground_truth.get_mask().astype(np.uint8), (64, 64), interpolation=cv2.INTER_NEAREST)
+        demo.ground_truth = fo.Segmentation(mask=small)
+        demo.save()
+        with pytest.raises(DemonstrationError, match=f"{demo.id}.*64x64 but its image is 128x128.*--resize-masks"):
+            _run(nuclei_dataset)
+        assert _run(nuclei_dataset, resize_masks=True)["segmented"] == 13

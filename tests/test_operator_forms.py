@@ -11,12 +11,19 @@ SEGMENT = f"{PLUGIN_NAME}/segment_by_demonstration"
 FROM_APP = {"sample_selection_style": {"default": "checkmark", "alt": "checkmark"}}
 
 
-def form(dataset, selected=(), **params):
+def context(dataset, selected=(), view=None, selected_labels=(), **params):
+    """An execution context as the App sends it: dataset, view, selection and form params."""
+    request = {"dataset_name": dataset.name, "selected": list(selected), "selected_labels": list(selected_labels),
+               "params": params}
+    if view is not None:
+        request["view"] = view._serialize()
+    return ExecutionContext(request_params=request)
+
+
+def form(dataset, selected=(), view=None, selected_labels=(), **params):
     """The properties the operator's resolve_input builds for this selection and params."""
-    ctx = ExecutionContext(request_params={
-        "dataset_name": dataset.name, "selected": list(selected),
-        "params": {"mask_field": "ground_truth", "view_target": "DATASET", **params},
-    })
+    params = {"mask_field": "ground_truth", "view_target": "DATASET", **params}
+    ctx = context(dataset, selected, view, selected_labels, **params)
     return foo.get_operator(SEGMENT).resolve_input(ctx).type.properties
 
 
@@ -28,33 +35,38 @@ class TestForm:
     def test_selection_is_counted(self, plugin_installed, nuclei_dataset):
         demos = nuclei_dataset.match_tags("demo").values("id")
         notice = form(nuclei_dataset, demos)["demo_count"]
-        assert notice.view.label == "3 demonstration(s), each with a mask in 'ground_truth'."
+        assert notice.view.label == "3 demonstration(s), masks from 'ground_truth'."
         assert not notice.invalid
 
-    def test_a_demonstration_without_mask_is_flagged(self, plugin_installed, nuclei_dataset):
+    def test_a_demonstration_without_mask_is_a_negative(self, plugin_installed, nuclei_dataset):
         demos = nuclei_dataset.match_tags("demo").values("id")
         unmasked = nuclei_dataset.match_tags("demo", bool=False).first()
         unmasked.ground_truth = None
         unmasked.save()
         notice = form(nuclei_dataset, demos + [unmasked.id])["demo_count"]
-        assert notice.invalid and notice.view.label.startswith("1 of 4 demonstration(s) have no mask")
-        with pytest.raises(ExecutionError, match="demo_count"):
-            foo.execute_operator(SEGMENT, dataset=nuclei_dataset, selected=demos + [unmasked.id],
-                                 params=run_params(view_target="DATASET"))
+        assert not notice.invalid and "1 without a label there are negatives" in notice.view.label
 
     def test_tagged_demonstrations_are_counted(self, plugin_installed, nuclei_dataset):
         props = form(nuclei_dataset, demo_source="tag", demo_tag="demo")
         assert props["demo_count"].view.label.startswith("3 demonstration(s)")
 
     def test_demonstrations_alone_are_no_targets(self, plugin_installed, nuclei_dataset):
-        demos = nuclei_dataset.match_tags("demo").values("id")
-        estimate = form(nuclei_dataset, demos, view_target="SELECTED_SAMPLES")["estimate"]
+        demos = nuclei_dataset.match_tags("demo")
+        estimate = form(nuclei_dataset, demos.values("id"), view=demos, view_target="CURRENT_VIEW")["estimate"]
         assert estimate.invalid and estimate.view.label.startswith("No targets")
+
+    def test_the_default_target_is_the_current_view(self, plugin_installed, nuclei_dataset):
+        nuclei = nuclei_dataset.load_saved_view("nuclei")
+        demos = nuclei.match_tags("demo").values("id")
+        ctx = context(nuclei_dataset, demos, view=nuclei, mask_field="ground_truth")
+        target = foo.get_operator(SEGMENT).resolve_input(ctx).type.properties["view_target"]
+        assert target.default == "CURRENT_VIEW"
+        assert [c.value for c in target.view.choices] == ["DATASET", "CURRENT_VIEW"]  # no "Current selection"
 
     def test_estimate_counts_targets_without_demonstrations(self, plugin_installed, nuclei_dataset):
         demos = nuclei_dataset.match_tags("demo").values("id")
         label = form(nuclei_dataset, demos)["estimate"].view.label
-        assert label.startswith("Estimate: ~14 targets × ~0.05 s (appearance)")  # 17 samples - 3 demos
+        assert label.startswith("14 target(s). Estimate: ~14 targets × ~0.05 s (appearance)")  # 17 - 3 demos
         label = form(nuclei_dataset, demos, route="reasoning", model="some/bundle")["estimate"].view.label
         assert "per target with the model" in label
 

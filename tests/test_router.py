@@ -106,11 +106,32 @@ class TestBadDemonstrations:
         with pytest.raises(DemonstrationError, match="at least one"):
             Router().choose([])
 
-    def test_empty_mask_names_the_demonstration(self, nuclei_tiles):
+    def test_empty_mask_is_a_negative_demonstration(self, nuclei_tiles):
         demos = _demos(nuclei_tiles)
         demos[1] = Demonstration(demos[1].image, np.zeros((128, 128), bool), "tile-without-nuclei")
-        with pytest.raises(DemonstrationError, match="tile-without-nuclei.*empty mask"):
+        choice = Router().choose(demos)
+        # the held-out negative is scored like any demonstration (IoU of two empty masks is 1)
+        assert "tile-without-nuclei" in choice.verifications[0].scores
+
+    def test_only_negatives_are_refused(self, nuclei_tiles):
+        demos = [Demonstration(d.image, np.zeros((128, 128), bool), d.id) for d in _demos(nuclei_tiles)]
+        with pytest.raises(DemonstrationError, match="all negatives"):
             Router().choose(demos)
+
+    def test_tiny_demonstration_is_refused_by_size(self, nuclei_tiles):
+        demos = _demos(nuclei_tiles)
+        demos.append(Demonstration(np.zeros((1, 500, 3), np.float32), np.zeros((1, 500), bool), "sliver"))
+        with pytest.raises(DemonstrationError, match="sliver is 500x1 pixels"):
+            Router().choose(demos)
+
+    def test_a_target_that_breaks_the_route_is_its_own_failure(self, nuclei_tiles):
+        router = Router()
+        choice = router.choose(_demos(nuclei_tiles))
+        good = _targets(nuclei_tiles)[0][0]
+        targets = [Target(np.zeros((1, 1, 3), np.float32), "dot"), Target(np.zeros((1, 500, 3), np.float32), "sliver"), good]
+        results = list(router.segment(choice, targets))
+        assert [r.error is None for r in results] == [False, False, True]
+        assert "1x1 image" in results[0].error and "500x1 image" in results[1].error
 
     def test_mask_of_other_size(self, nuclei_tiles):
         demos = _demos(nuclei_tiles)

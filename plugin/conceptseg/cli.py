@@ -103,6 +103,8 @@ def cmd_segment(args) -> int:
         instances=not args.no_instances,
         model=args.model,
         progress=None if args.json else _progress,
+        classes=args.classes,
+        resize_masks=args.resize_masks,
     )
     return _report(summary, args.json)
 
@@ -115,6 +117,10 @@ def _report(summary: dict, as_json: bool) -> int:
           f"{'' if summary['verified'] else ' (UNVERIFIED)'}")
     if summary.get("rule"):
         print(f"rule: {summary['rule']}")
+    if summary.get("classes"):
+        negatives = summary.get("negative_demonstrations") or 0
+        print(f"concept: {', '.join(summary['classes'])}"
+              + (f" ({negatives} negative demonstration(s) teach background)" if negatives else ""))
     print(f"segmented {summary['segmented']}, skipped {summary['skipped']}, failed {len(summary['failures'])}")
     for f in summary["failures"]:
         print(f"  failed {f['sample_id']} ({f['filepath']}): {f['error']}")
@@ -152,7 +158,8 @@ def cmd_evaluate(args) -> int:
 
     dataset = _load(args.dataset)
     scope = _saved_view(dataset, args.view)
-    report = evaluate(scope, args.pred_field, args.gt_field, eval_key=args.eval_key, size=args.size)
+    report = evaluate(scope, args.pred_field, args.gt_field, eval_key=args.eval_key, size=args.size,
+                      classes=args.classes)
     for notice in report["notices"]:  # on stderr, so --json prints the documented document only
         print(f"note: {notice}", file=sys.stderr)
     if args.json:
@@ -310,6 +317,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True)
     p.add_argument("--demo-tag", required=True, help="tag of the demonstration samples")
     p.add_argument("--mask-field", required=True, help="field with the demonstrations' masks")
+    p.add_argument("--classes", help="class(es) of --mask-field that are the concept, by name or mask value "
+                   "(A[,B]); needed when the demonstrations show several classes")
+    p.add_argument("--resize-masks", action="store_true",
+                   help="stretch demonstration masks of another size than their image (nearest) instead of stopping")
     p.add_argument("--pred-field", required=True, help="Segmentation field to write")
     p.add_argument("--view", help="saved view of targets (default: every sample not tagged --demo-tag)")
     p.add_argument("--route", default="auto", choices=["auto", "appearance", "prototype", "reasoning"],
@@ -347,6 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True)
     p.add_argument("--pred-field", required=True)
     p.add_argument("--gt-field", required=True)
+    p.add_argument("--classes", help="class(es) of --gt-field that are the concept (A[,B]; default: every label)")
     p.add_argument("--view", help="saved view to evaluate (default: the whole dataset)")
     p.add_argument("--eval-key", help="run key and field prefix (default eval_<pred-field>)")
     p.add_argument("--size", type=int, help="resize masks to SIZE x SIZE first (600: the paper's protocol)")

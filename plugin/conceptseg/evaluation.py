@@ -29,14 +29,20 @@ def score_samples(
     gt_field: str,
     size: int | None = None,
     progress: Progress | None = None,
+    classes: list[str] | None = None,
     gt_values: set | None = None,
 ) -> tuple[dict[str, dict], list[str], list[str]]:
     """Per-sample scores of every sample with both masks, and the ids missing either.
 
+    ``classes`` of ``gt_field`` are the ground truth's concept (default: every labelled pixel).
     ``gt_values``, when given, collects the ground truth's non-zero mask values until it
-    holds two (several values all count as foreground: the caller says so).
+    holds two (without ``classes`` several values all count as foreground: the caller says so).
     """
+    from conceptseg import classes as classes_
     from conceptseg import metrics
+
+    fio.check_mask_field(collection, gt_field, "ground truth")
+    concept = classes_.named(collection, gt_field, classes)
 
     samples, missing_gt, missing_pred = {}, [], []
     view = collection.select_fields([pred_field, gt_field, "metadata"])
@@ -45,7 +51,7 @@ def score_samples(
         frame = fio.frame_size(sample, gt_field, pred_field)
         if gt_values is not None and len(gt_values) < 2:
             gt_values |= _label_values(sample[gt_field])
-        gt = fio.label_to_mask(sample[gt_field], frame)
+        gt = fio.label_to_mask(sample[gt_field], frame, concept)
         pred = fio.label_to_mask(sample[pred_field], frame)
         if gt is None:
             missing_gt.append(sample.id)
@@ -84,8 +90,12 @@ def evaluate(
     eval_key: str | None = None,
     size: int | None = None,
     progress: Progress | None = None,
+    classes: list[str] | None = None,
 ) -> dict:
     """Scores ``pred_field`` against ``gt_field`` on every sample that has both.
+
+    ``classes`` of ``gt_field`` (names or mask values) are the concept the predictions
+    are scored against; by default every labelled pixel of the ground truth is.
 
     Writes ``<eval_key>_<metric>`` on each scored sample for metric in iou, wfm, sm, em,
     mae, dice, ber, miou, and records the aggregate as the FiftyOne run ``eval_key``
@@ -109,8 +119,10 @@ def evaluate(
     eval_key = eval_key or "eval_" + re.sub(r"\W", "_", pred_field)
     dataset = collection._dataset
     _check_eval_key(dataset, eval_key)
+    classes = [c.strip() for c in classes.split(",")] if isinstance(classes, str) else classes
     gt_values: set = set()
-    samples, missing_gt, missing_pred = score_samples(collection, pred_field, gt_field, size, progress, gt_values)
+    samples, missing_gt, missing_pred = score_samples(collection, pred_field, gt_field, size, progress, classes,
+                                                      None if classes else gt_values)
     for name in METRIC_NAMES:
         field = f"{eval_key}_{name}"
         values = {i: s[name] for i, s in samples.items()}
@@ -131,6 +143,7 @@ def evaluate(
         method="conceptseg.evaluate",
         pred_field=pred_field,
         gt_field=gt_field,
+        classes=classes or None,
         size=size,
         metric_fields=[f"{eval_key}_{n}" for n in METRIC_NAMES],
     )

@@ -13,43 +13,26 @@ import cv2
 import fiftyone as fo
 import numpy as np
 
-from conceptseg.errors import ConceptSegError, DemonstrationError, FieldError
-from conceptseg.imaging import load_rgb
+from conceptseg import classes as classes_
+from conceptseg.errors import ConceptSegError, DemonstrationError, FieldError, ImageReadError
+from conceptseg.imaging import load_rgb, to_rgb_float
 from conceptseg.types import Demonstration, Target
+from conceptseg.video import FrameReader, is_video_path
 
-MASK_TYPES = (fo.Segmentation, fo.Detections, fo.Detection)
+MASK_TYPES = classes_.CONCEPT_TYPES
 
 
-def label_to_mask(label, frame_size: tuple[int, int]) -> np.ndarray | None:
-    """A Segmentation, Detection(s) with instance masks → HxW bool mask (None if absent).
+def label_to_mask(label, frame_size: tuple[int, int], concept: classes_.Concept | None = None,
+                  resize: bool = True) -> np.ndarray | None:
+    """A label's concept pixels as an HxW bool mask (None if absent); see :mod:`conceptseg.classes`.
 
-    ``frame_size`` is (width, height). Segmentation values > 0 are the concept (RGB
-    masks: any non-black pixel). A Detection without an instance mask counts as its
-    filled box, so box-only ground truth still teaches a rough concept.
+    Ground truth read for evaluation and training keeps its old leniency (``resize``);
+    demonstrations are read strictly by :func:`read_demonstrations`.
+
+    ``frame_size`` is (width, height). Without a concept every labelled pixel counts; a
+    Detection without an instance mask counts as its filled box.
     """
-    width, height = frame_size
-    if label is None:
-        return None
-    if isinstance(label, fo.Segmentation):
-        if label.mask is None and label.mask_path is None:
-            return None
-        mask = label.get_mask()
-        if mask.ndim == 3:
-            mask = mask.any(axis=2)
-        mask = mask > 0
-        if mask.shape != (height, width):
-            mask = cv2.resize(mask.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST) > 0
-        return mask
-    detections = [label] if isinstance(label, fo.Detection) else label.detections
-    if isinstance(label, fo.Detections) and not detections:
-        return np.zeros((height, width), bool)
-    out = np.zeros((height, width), bool)
-    for det in detections:
-        if det.mask is not None or det.mask_path is not None:
-            out |= det.to_segmentation(frame_size=frame_size, target=1).get_mask() > 0
-        else:
-            out |= _box_mask(det.bounding_box, frame_size)
-    return out
+    return classes_.concept_mask(label, frame_size, concept, resize=resize)
 
 
 def frame_size(sample, *fields: str) -> tuple[int, int]:
@@ -66,16 +49,6 @@ def frame_size(sample, *fields: str) -> tuple[int, int]:
     return meta.width, meta.height
 
 
-def _box_mask(box, frame_size) -> np.ndarray:
-    width, height = frame_size
-    x, y, w, h = box
-    out = np.zeros((height, width), bool)
-    x1, y1 = int(round(x * width)), int(round(y * height))
-    x2, y2 = int(round((x + w) * width)), int(round((y + h) * height))
-    out[y1:y2, x1:x2] = True
-    return out
-
-
 def check_mask_field(collection, field: str, role: str) -> None:
     """Raises FieldError unless ``field`` exists and holds masks."""
     schema = collection.get_field_schema()
@@ -88,7 +61,7 @@ def check_mask_field(collection, field: str, role: str) -> None:
     if doc_type not in MASK_TYPES:
         raise FieldError(
             f"The {role} field {field!r} holds {getattr(doc_type, '__name__', type(schema[field]).__name__)}; "
-            "it must be a Segmentation or Detections with instance masks."
+            "it must be a Segmentation, Detections (with instance masks, or boxes) or Polylines."
         )
 
 
@@ -114,19 +87,72 @@ def read_demonstration(sample, mask_field: str) -> Demonstration:
     return Demonstration(image=image, mask=mask, id=sample.id)
 
 
-def read_demonstrations(collection, mask_field: str) -> list[Demonstration]:
-    """Every sample of ``collection`` as a Demonstration (images read once)."""
+def read_demonstrations(collection, mask_field: str, classes: list[str] | None = None,
+                        resize_masks: bool = False) -> tuple[list[Demonstration], "classes_.Concept"]:
+    """Every sample of ``collection`` as a Demonstration of the concept, and that Concept.
+
+    The concept is ``classes`` of ``mask_field`` (see :mod:`conceptseg.classes`); the labels
+    are read through the collection, so a view's label filters count. A demonstration
+    without any label of the concept is a negative (an empty mask: "absent here"); at
+    least one must show the concept. Images are read once.
+    """
     check_mask_field(collection, mask_field, "demonstration mask")
-    return [read_demonstration(s, mask_field) for s in collection.select_fields(mask_field)]
+    mask_targets = classes_.mask_targets_of(collection, mask_field)
+    label_type = collection.get_field_schema()[mask_field].document_type
+    frames = FrameReader()
+    rows = []
+    try:
+        for sample in collection.select_fields(mask_field).iter_samples():
+            rows.append((sample.id, sample.filepath, load_sample_image(sample, frames), sample[mask_field]))
+    finally:
+        frames.close()
+    present = set().union(*(classes_.label_classes(label, mask_targets) for *_, label in rows))
+    concept = classes_.resolve(mask_field, label_type, classes, present, mask_targets)
+    demonstrations = []
+    for sample_id, filepath, image, label in rows:
+        height, width = image.shape[:2]
+        try:
+            mask = classes_.concept_mask(label, (width, height), concept, resize=resize_masks)
+        except DemonstrationError as e:
+            raise DemonstrationError(f"Demonstration {sample_id} ({os.path.basename(filepath)}): {e}") from None
+        concept.box_only += classes_.box_only_count(label, concept)
+        if mask is None:
+            mask = np.zeros((height, width), bool)
+        demonstrations.append(Demonstration(image=image, mask=mask, id=sample_id))
+    if demonstrations and not any(d.mask.any() for d in demonstrations):
+        raise DemonstrationError(
+            f"None of the {len(demonstrations)} demonstrations shows {concept.describe()!r} in "
+            f"{mask_field!r}: they are all negatives. Add at least one that shows the concept."
+        )
+    return demonstrations, concept
+
+
+def load_sample_image(sample, frames: FrameReader | None = None) -> np.ndarray:
+    """A sample's image as HxWx3 float; a frame sample of a video is decoded from the video."""
+    if frames is not None and is_video_path(sample.filepath):
+        number = sample["frame_number"] if sample.has_field("frame_number") else None
+        if number is None:
+            raise ImageReadError(
+                f"{sample.filepath} is a video: segment its frames (a frames view), not the file."
+            )
+        return to_rgb_float(frames.read(sample.filepath, int(number)))
+    return load_rgb(sample.filepath)
 
 
 def iter_targets(collection) -> Iterator[tuple[object, Target | None, str | None]]:
-    """Yields (sample, Target or None, error) per sample; unreadable images don't stop it."""
-    for sample in collection.iter_samples():
-        try:
-            yield sample, Target(image=load_rgb(sample.filepath), id=sample.id), None
-        except ConceptSegError as e:
-            yield sample, None, str(e)
+    """Yields (sample, Target or None, error) per sample; unreadable images don't stop it.
+
+    Frames of a video are decoded in order from the video itself.
+    """
+    frames = FrameReader()
+    try:
+        for sample in collection.iter_samples():
+            try:
+                yield sample, Target(image=load_sample_image(sample, frames), id=sample.id), None
+            except ConceptSegError as e:
+                yield sample, None, str(e)
+    finally:
+        frames.close()
 
 
 def write_mask(mask: np.ndarray, path: str) -> None:

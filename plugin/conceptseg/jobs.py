@@ -18,8 +18,23 @@ from conceptseg.errors import ConceptSegError, EmptyViewError, FieldError
 from conceptseg.locks import locks_output_field
 from conceptseg.outputs import writable_dir
 from conceptseg.router import DEFAULT_THRESHOLD, make_router
+from conceptseg.video import as_frames
 
 Progress = Callable[[int, int], None]
+
+
+# Plain names only: '.' would address an embedded field, '$' is refused by MongoDB, and the
+# name is also a directory under the dataset's mask folder (so no '/' or absolute paths).
+FIELD_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+
+
+def check_field_name(name: str, role: str = "output") -> None:
+    """Raises FieldError unless ``name`` is a plain field name (letters, digits, underscores)."""
+    if not isinstance(name, str) or not FIELD_NAME.match(name):
+        raise FieldError(
+            f"The {role} field name {name!r} is not allowed: use letters, digits and underscores, "
+            "starting with a letter (e.g. 'predictions')."
+        )
 
 
 def run_key_for(pred_field: str) -> str:
@@ -122,6 +137,12 @@ def _segment_targets(router, choice, todo, pred_field, inst_field, concept, run_
                 error = result.error
             if error is not None:
                 failures.append({"sample_id": sample.id, "filepath": sample.filepath, "error": error})
+                # An old label here (kept only with overwrite) must not pass for this run's.
+                stale = [f for f in (pred_field, inst_field) if f and sample[f] is not None]
+                for f in stale:
+                    sample[f] = None
+                if stale:
+                    saver.save(sample)
             else:
                 seconds.append(result.seconds)
                 attrs = label_attributes(choice, result, run_key)
@@ -151,12 +172,19 @@ def _finish_run(dataset, run_key: str, summary: dict) -> None:
     dataset.save_run_results(run_key, results, overwrite=True)
 
 
-def _ensure_mask_targets(dataset, pred_field: str, concept: str) -> None:
+def _ensure_mask_targets(targets, pred_field: str, concept: str) -> None:
+    dataset = targets._root_dataset
+    if targets._is_frames:  # predictions on a frames view are the videos' frame labels
+        pred_field = dataset._FRAMES_PREFIX + pred_field
     if pred_field not in dataset.mask_targets:
         mask_targets = dict(dataset.mask_targets)
         mask_targets[pred_field] = {1: concept}
         dataset.mask_targets = mask_targets
         dataset.save()
+
+
+# Settings a resumed run must share with the run it finishes (else two runs mix under one key).
+RESUME_SETTINGS = ("mask_field", "classes", "route_requested", "threshold", "model")
 
 
 @locks_output_field  # one run per output field at a time (conceptseg.locks)
@@ -174,71 +202,91 @@ def segment_by_demonstration(
     output_dir: str | None = None,
     model=None,
     progress: Progress | None = None,
+    classes: list[str] | None = None,
+    resize_masks: bool = False,
 ) -> dict:
     """Learns the concept from ``demonstrations`` and writes masks on every target.
+
+    The concept is ``classes`` of ``mask_field`` (a Segmentation with mask targets,
+    Detections or Polylines; see :mod:`conceptseg.classes`); without classes the field
+    must show one class on the demonstrations. A demonstration without any label of the
+    concept is a negative: it teaches background. Labels are read through the given
+    views, so their label filters count. Video datasets and clips are segmented frame by
+    frame (frame-level masks are the demonstrations; predictions become frame labels).
 
     Writes a Segmentation per target in ``pred_field`` (a 0/1 PNG under ``output_dir``)
     and, with ``instances``, its connected components as Detections in
     ``<pred_field>_instances``. Each label carries route, verification, verified, rule,
     reasoning, answer, parse_error, run_key and cost (seconds). The run is recorded as
-    the FiftyOne custom run ``conceptseg_<pred_field>``. Demonstrations are never
-    segmented as targets. ``model`` (a bundle directory, hub id or loaded Bundle) makes
-    the reasoning route available.
+    the FiftyOne custom run ``conceptseg_<pred_field>`` on the dataset. Demonstrations are
+    never segmented as targets. ``model`` (a bundle directory, hub id or loaded Bundle)
+    makes the model routes available. Demonstration masks of another size than their
+    image are refused unless ``resize_masks``.
 
     With ``resume``, targets that already hold a label from this run are skipped, so an
-    interrupted run finishes where it stopped. Labels written by anything else are only
-    replaced with ``overwrite``.
+    interrupted run finishes where it stopped; it must use the run's own settings. Labels
+    written by anything else are only replaced with ``overwrite``.
 
     Returns a JSON-able summary (route, verification, counts, failures, timings).
     """
+    check_field_name(pred_field)
+    if not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
+        raise ConceptSegError(f"threshold must be an IoU in [0, 1], got {threshold!r}.")
+    demonstrations = _image_samples(demonstrations, mask_field)
+    targets, unreadable = as_frames(targets)
     if len(demonstrations) == 0:
         raise EmptyViewError(
             "No demonstrations: select samples (or tag them) whose masks show the concept."
         )
-    dataset = targets._dataset
+    dataset = targets._root_dataset
     run_key = run_key_for(pred_field)
     inst_field = instances_field_for(pred_field) if instances else None
+    if inst_field:
+        check_field_name(inst_field)
     demo_ids = demonstrations.values("id")
     targets = targets.exclude(demo_ids)
     todo = _targets_to_do(targets, pred_field, inst_field, mask_field, overwrite, resume, run_key)
     out_dir = writable_dir(output_dir or default_output_dir(dataset, pred_field), "mask output directory")
+    classes = _class_list(classes)
+    settings = dict(mask_field=mask_field, classes=classes, route_requested=route, threshold=threshold,
+                    model=model if isinstance(model, str) else None)
     if resume and run_key in dataset.list_runs():
-        started = dataset.get_run_info(run_key).config.demonstration_ids
-        if sorted(started or []) != sorted(demo_ids):
-            raise ConceptSegError(
-                f"Cannot resume run {run_key!r}: it was started with other demonstrations. "
-                "Select the same ones, or pass overwrite instead of resume to start over."
-            )
+        _check_resume(dataset, run_key, demo_ids, settings)
 
     skipped = len(targets) - len(todo)  # before segmenting: the view is re-evaluated lazily
+    demos, found = fio.read_demonstrations(demonstrations, mask_field, classes=classes, resize_masks=resize_masks)
+    if concept == "concept" and found.classes:
+        concept = ", ".join(found.classes)
     question = concept if concept != "concept" else None
     router = make_router(route, threshold, bundle=_load_model(model), question=question)
-    demos = fio.read_demonstrations(demonstrations, mask_field)
     choice = router.choose(demos)
-    _ensure_mask_targets(dataset, pred_field, concept)
+    negatives = sum(1 for d in demos if not d.mask.any())
+    _ensure_mask_targets(targets, pred_field, concept)
     _start_run(dataset, run_key, dict(
         method="conceptseg.segment_by_demonstration",
         pred_field=pred_field,
         instances_field=inst_field,
-        mask_field=mask_field,
         demonstration_ids=demo_ids,
-        route_requested=route,
+        negative_demonstrations=negatives,
+        box_only_detections=found.box_only,
         route=choice.route.name,
-        threshold=threshold,
         verification=choice.verification,
         verified=choice.verified,
         reason=choice.reason,
         rule=choice.route.rule(),
         concept=concept,
-        model=model if isinstance(model, str) else None,
+        frames=bool(targets._is_frames),
+        **settings,
     ))
     seconds, failures = _segment_targets(
         router, choice, todo, pred_field, inst_field, concept, run_key, out_dir, progress,
     )
+    failures = unreadable + failures
     summary = dict(
         run_key=run_key,
         pred_field=pred_field,
         instances_field=inst_field,
+        classes=found.classes,
         route=choice.route.name,
         verification=choice.verification,
         verifications={v.route: v.scores for v in choice.verifications},
@@ -246,6 +294,8 @@ def segment_by_demonstration(
         reason=choice.reason,
         rule=choice.route.rule(),
         demonstrations=len(demos),
+        negative_demonstrations=negatives,
+        box_only_detections=found.box_only,
         targets=len(targets),
         segmented=len(seconds),
         skipped=skipped,
@@ -255,6 +305,44 @@ def segment_by_demonstration(
     )
     _finish_run(dataset, run_key, summary)
     return summary
+
+
+def _class_list(classes) -> list[str] | None:
+    """``classes`` as a list of names: "A,B", ["A", "B"] or None."""
+    if classes is None:
+        return None
+    if isinstance(classes, str):
+        classes = classes.split(",")
+    out = [str(c).strip() for c in classes if str(c).strip()]
+    return out or None
+
+
+def _image_samples(demonstrations, mask_field: str):
+    """Demonstrations as image samples: a video's demonstrations are its frames with a mask label."""
+    frames, _ = as_frames(demonstrations)
+    if frames is not demonstrations and mask_field in frames.get_field_schema():
+        return frames.exists(mask_field)
+    return frames
+
+
+def _check_resume(dataset, run_key: str, demo_ids: list[str], settings: dict) -> None:
+    """Refuses to resume with other demonstrations or settings than the run was started with."""
+    config = dataset.get_run_info(run_key).config
+    if sorted(getattr(config, "demonstration_ids", None) or []) != sorted(demo_ids):
+        raise ConceptSegError(
+            f"Cannot resume run {run_key!r}: it was started with other demonstrations. "
+            "Select the same ones, or pass overwrite instead of resume to start over."
+        )
+    changed = [
+        f"{name} {getattr(config, name, None)!r} (now {value!r})"
+        for name, value in settings.items()
+        if getattr(config, name, None) != value
+    ]
+    if changed:
+        raise ConceptSegError(
+            f"Cannot resume run {run_key!r} with other settings: it was started with "
+            f"{'; '.join(changed)}. Resume with the run's own settings, or pass overwrite to start over."
+        )
 
 
 @locks_output_field
@@ -280,10 +368,12 @@ def segment_by_query(
 
     if not text or not text.strip():
         raise ConceptSegError("The query is empty: say what to segment, e.g. --text 'the animal'.")
+    check_field_name(pred_field)
+    targets, unreadable = as_frames(targets)
     bundle = _load_model(model)
     if bundle is None:
         raise ConceptSegError("Text queries need a model: pass a bundle (--model DIR or a zoo name).")
-    dataset = targets._dataset
+    dataset = targets._root_dataset
     run_key = run_key_for(pred_field)
     inst_field = instances_field_for(pred_field) if instances else None
     todo = _targets_to_do(targets, pred_field, inst_field, None, overwrite, resume, run_key)
@@ -295,7 +385,7 @@ def segment_by_query(
                          reason="text query: no demonstration to verify against")
     concept = concept or text.strip()
     out_dir = writable_dir(output_dir or default_output_dir(dataset, pred_field), "mask output directory")
-    _ensure_mask_targets(dataset, pred_field, concept)
+    _ensure_mask_targets(targets, pred_field, concept)
     _start_run(dataset, run_key, dict(
         method="conceptseg.segment_by_query", pred_field=pred_field, instances_field=inst_field,
         query=text, route=route.name, concept=concept, model=model if isinstance(model, str) else None,
@@ -303,6 +393,7 @@ def segment_by_query(
     seconds, failures = _segment_targets(
         router, choice, todo, pred_field, inst_field, concept, run_key, out_dir, progress,
     )
+    failures = unreadable + failures
     summary = dict(
         run_key=run_key, pred_field=pred_field, instances_field=inst_field, route=route.name,
         query=text, verification=None, verified=False, reason=choice.reason,

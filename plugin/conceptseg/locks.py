@@ -131,7 +131,7 @@ def locks_output_field(func):
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         bound = signature.bind(*args, **kwargs)
-        dataset = bound.arguments["targets"]._dataset
+        dataset = bound.arguments["targets"]._root_dataset  # a frames view writes its videos
         with field_lock(dataset.name, bound.arguments["pred_field"], func.__name__):
             return func(*args, **kwargs)
 

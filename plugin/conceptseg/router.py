@@ -49,8 +49,16 @@ class RouteChoice:
         return None
 
 
+# Below this many pixels a side, the routes' multiscale features and SAM's grid have nothing to read.
+MIN_SIDE = 8
+
+
 def check_demonstrations(demonstrations: Sequence[Demonstration]) -> None:
-    """Raises DemonstrationError unless every demonstration can teach the concept."""
+    """Raises DemonstrationError unless the demonstrations can teach the concept.
+
+    An empty mask is a negative demonstration ("the concept is absent here"); at least one
+    demonstration must show the concept.
+    """
     if not demonstrations:
         raise DemonstrationError(
             "No demonstrations: select at least one sample whose mask shows the concept "
@@ -59,21 +67,33 @@ def check_demonstrations(demonstrations: Sequence[Demonstration]) -> None:
     for d in demonstrations:
         if d.mask is None:
             raise DemonstrationError(f"Demonstration {d.id} has no mask; give it one or deselect it.")
+        height, width = d.image.shape[:2]
+        if min(height, width) < MIN_SIDE:
+            raise DemonstrationError(
+                f"Demonstration {d.id} is {width}x{height} pixels: too small to learn from "
+                f"(each side needs at least {MIN_SIDE}); deselect it."
+            )
         if d.mask.shape != d.image.shape[:2]:
             raise DemonstrationError(
                 f"Demonstration {d.id}: mask is {d.mask.shape[1]}x{d.mask.shape[0]} but the image "
                 f"is {d.image.shape[1]}x{d.image.shape[0]}; the mask must cover the image pixel for pixel."
-            )
-        if not d.mask.any():
-            raise DemonstrationError(
-                f"Demonstration {d.id} has an empty mask: it shows no concept. "
-                "Draw the concept in its mask or deselect it."
             )
         if d.mask.all():
             raise DemonstrationError(
                 f"Demonstration {d.id}: the mask covers the whole image, so nothing tells the "
                 "concept apart from its background. Use a sample with background."
             )
+    if not any(d.mask.any() for d in demonstrations):
+        raise DemonstrationError(
+            "Every demonstration's mask is empty (all negatives): at least one must show the concept."
+        )
+
+
+def usable(route: Route, demonstrations: Sequence[Demonstration]) -> list[Demonstration]:
+    """The demonstrations a route learns from: all, or only positives for routes without negatives."""
+    if route.uses_negatives:
+        return list(demonstrations)
+    return [d for d in demonstrations if d.mask.any()]
 
 
 class Router:
@@ -102,7 +122,7 @@ class Router:
             )
         else:
             choice = self._choose_verified(demonstrations)
-        choice.route.fit(demonstrations)
+        choice.route.fit(usable(choice.route, demonstrations))
         choice.fit_seconds = time.perf_counter() - start
         return choice
 
@@ -110,10 +130,12 @@ class Router:
         verifications = []
         for route in self.routes:
             t = time.perf_counter()
-            v = Verification(route.name, route.verify(demonstrations))
+            demos = usable(route, demonstrations)
+            # A route that sees fewer than two demonstrations has none to hold out.
+            v = Verification(route.name, route.verify(demos) if len(demos) >= 2 else {})
             v.seconds = time.perf_counter() - t
             verifications.append(v)
-            if v.score >= self.threshold:
+            if v.score is not None and v.score >= self.threshold:
                 return RouteChoice(
                     route,
                     verifications,
@@ -121,14 +143,15 @@ class Router:
                     reason=f"{route.name} re-found held-out demonstrations with IoU "
                     f"{v.score:.3f} >= {self.threshold:.2f}",
                 )
-        best = max(range(len(verifications)), key=lambda i: verifications[i].score)
+        best = max(range(len(verifications)), key=lambda i: -1.0 if verifications[i].score is None
+                   else verifications[i].score)
         v = verifications[best]
         return RouteChoice(
             self.routes[best],
             verifications,
             verified=False,
             reason=f"no route reached IoU {self.threshold:.2f} on held-out demonstrations; "
-            f"best was {v.route} with {v.score:.3f}, results flagged unverified",
+            f"best was {v.route} with {_score(v.score)}, results flagged unverified",
         )
 
     def segment(self, choice: RouteChoice, targets: Iterable[Target]) -> Iterator[TargetResult]:
@@ -142,6 +165,10 @@ class Router:
                 error = None
             except ConceptSegError as e:
                 probability, mask, error, details = None, None, str(e), {}
+            except Exception as e:  # one bad target is that target's failure; the run goes on
+                height, width = target.image.shape[:2]
+                probability, mask, details = None, None, {}
+                error = f"{route.name} route failed on this {width}x{height} image: {type(e).__name__}: {e}"
             yield TargetResult(
                 id=target.id,
                 mask=mask,
@@ -153,6 +180,10 @@ class Router:
                 error=error,
                 details=details,
             )
+
+
+def _score(value: float | None) -> str:
+    return "unavailable" if value is None else f"{value:.3f}"
 
 
 def make_router(route: str = "auto", threshold: float = DEFAULT_THRESHOLD, bundle=None, question: str | None = None) -> Router:

@@ -103,7 +103,8 @@ class ConceptSegModel(fom.Model, fom.SupportsGetItem, fom.TorchModelMixin):
             self.concept = config.concept or config.text
         else:
             self.router = make_router(config.route, config.threshold, bundle=bundle, question=config.concept)
-            self.choice = self.router.choose(fio.read_demonstrations(config.demonstrations, config.mask_field))
+            demonstrations, _ = fio.read_demonstrations(config.demonstrations, config.mask_field)
+            self.choice = self.router.choose(demonstrations)
             self.concept = config.concept or "concept"
         self._transforms = None
         self._preprocess = False

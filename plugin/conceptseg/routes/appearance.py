@@ -62,6 +62,7 @@ class AppearanceRoute(Route):
     """Random forest on scikit-image's multiscale basic features."""
 
     name = "appearance"
+    uses_negatives = True  # an empty mask is all background pixels: exactly what it needs
 
     def __init__(self, config: AppearanceConfig | None = None):
         self.config = config or AppearanceConfig()

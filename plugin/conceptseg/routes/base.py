@@ -25,6 +25,9 @@ class Route(abc.ABC):
     """
 
     name: ClassVar[str]
+    # Whether empty-mask (negative) demonstrations teach this route background; routes
+    # built on the concept's box or prototype learn from positives only.
+    uses_negatives: ClassVar[bool] = False
 
     @abc.abstractmethod
     def fit(self, demonstrations: Sequence[Demonstration]) -> None:
