@@ -71,6 +71,6 @@ def test_readme_blocks_run_in_order(newcomer_dir):
             assert run.returncode == 0, f"README.md:{line} exited {run.returncode}\n{run.stdout[-2000:]}\n{run.stderr[-3000:]}"
     # What the blocks promise: predictions from Python, the zoo and the trained bundle.
     demo = fo.load_dataset("conceptseg-demo")
-    assert demo.exists("predictions").count() == 13 and demo.exists("zoo_predictions").count() >= 13
+    assert demo.exists("predictions").count() == 13 and demo.exists("zoo_predictions_segmentation").count() >= 13
     concepts = fo.load_dataset("concepts")
     assert concepts.load_saved_view("circles").exists("trained").count() == len(concepts.load_saved_view("circles")) - 3
