@@ -30,7 +30,7 @@ import fiftyone as fo
 name = sys.argv[1]
 ds = fo.load_dataset(name) if fo.dataset_exists(name) else None
 out = None if ds is None else dict(count=len(ds), owner=ds.values("owner"), fields=sorted(ds.get_field_schema()))
-if len(sys.argv) > 2:
+if len(sys.argv) > 2 and ds is not None:
     fo.delete_dataset(name)
 print(json.dumps(out))
 """
