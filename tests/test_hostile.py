@@ -114,6 +114,19 @@ class TestBenchmark:
         assert fo.load_dataset(name).list_runs() == []
 
 
+    def test_mask_directory_that_cannot_be_written_records_nothing(self, demo_files, tmp_path, name, capsys):
+        from conceptseg.jobs import default_output_dir
+
+        root = fixtures.write_folder(str(tmp_path / "cells"), demo_files)
+        import_dataset("folder", root, name)
+        blocked = default_output_dir(fo.load_dataset(name), "benchmark_pred")
+        os.makedirs(os.path.dirname(blocked), exist_ok=True)
+        with open(blocked, "w") as f:
+            f.write("a file where the masks would go")
+        _refused(capsys, ["benchmark", "--dataset", name, "--route", "appearance"], "is a file")
+        assert fo.load_dataset(name).list_runs() == []
+
+
 class TestTinyBundleAndInstallPaths:
     def test_non_empty_directory_is_refused(self, tmp_path, capsys):
         out = tmp_path / "trained"

@@ -455,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _run(args)
     except ConceptSegError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)  # one line, whatever the message holds
         return 2
     except KeyboardInterrupt:
         print(f"interrupted: {_AFTER_INTERRUPT.get(args.command, 'nothing more was written')}", file=sys.stderr)

@@ -31,6 +31,7 @@ from conceptseg import metrics
 from conceptseg.datasets.base import GT_FIELD, IGNORE_FIELD
 from conceptseg.errors import ConceptSegError, EmptyViewError, FieldError
 from conceptseg.jobs import Progress, label_attributes, default_output_dir
+from conceptseg.outputs import writable_dir
 from conceptseg.router import DEFAULT_THRESHOLD, RouteChoice, make_router
 from conceptseg.tables import summarise
 from conceptseg.types import Demonstration, Verification
@@ -118,6 +119,7 @@ def run_benchmark(
             "give each sample a string field 'concept' (segment by demonstration) or 'query' (text), e.g. "
             "by importing with `conceptseg import` (README: Bring your own data)."
         )
+    writable_dir(default_output_dir(dataset, Fields(key).pred), "mask output directory")
     bundle = _load_model(model)
     make_router(route, threshold, bundle)  # refuses an unknown route, or reasoning without a model, first
     fields = Fields(key)
