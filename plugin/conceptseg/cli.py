@@ -233,8 +233,8 @@ def _number(value) -> str:
 
 def cmd_train(args) -> int:
     from conceptseg.episode import MAX_REFERENCES
-    from conceptseg.outputs import writable_dir
     from conceptseg.jobs import train_concept_policy
+    from conceptseg.outputs import writable_dir
     from conceptseg.training.loop import TrainConfig
 
     if not 1 <= args.demonstrations <= MAX_REFERENCES:
