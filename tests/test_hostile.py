@@ -180,7 +180,7 @@ class TestSegmentAndEvaluateInputs:
         (tmp_path / "afile").write_text("x")
         _refused(capsys, ["train", "--stage", "1", "--dataset", nuclei_dataset.name, "--concept-field", "concept",
                           "--mask-field", "ground_truth", "--model", "conceptseg-tiny-random",
-                          "--out", str(tmp_path / "afile" / "out")], "cannot be written")
+                          "--out", str(tmp_path / "afile" / "out")], "is a file")
 
     def test_output_dir_that_cannot_be_written_writes_nothing(self, nuclei_dataset, tmp_path):
         from conceptseg.jobs import segment_by_demonstration

@@ -234,7 +234,7 @@ def _number(value) -> str:
 def cmd_train(args) -> int:
     from conceptseg.episode import MAX_REFERENCES
     from conceptseg.jobs import train_concept_policy
-    from conceptseg.outputs import writable_dir
+    from conceptseg.outputs import creatable_dir
     from conceptseg.training.loop import TrainConfig
 
     if not 1 <= args.demonstrations <= MAX_REFERENCES:
@@ -248,7 +248,7 @@ def cmd_train(args) -> int:
         gradient_checkpointing=args.gradient_checkpointing, save_every=args.save_every, seed=args.seed,
         mixed_precision=args.mixed_precision, cpu=args.cpu,
     )
-    writable_dir(args.out, "output directory")
+    creatable_dir(args.out, "output directory")  # created by the run, after the data was checked
     summary = train_concept_policy(
         view, args.concept_field, args.mask_field, args.model, args.out, config=config,
         test_tag=args.test_tag, num_demonstrations=args.demonstrations,

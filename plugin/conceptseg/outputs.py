@@ -36,3 +36,17 @@ def empty_or_overwrite(path: str, overwrite: bool, what: str = "output directory
             "replace the files in it."
         )
     return writable_dir(path, what)
+
+
+def creatable_dir(path: str, what: str = "output directory") -> str:
+    """Checks that ``path`` is or can become a writable directory, creating nothing."""
+    if os.path.isdir(path):
+        return writable_dir(path, what)
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or (os.path.exists(path) and not os.path.isdir(path)):
+        raise OutputDirError(f"The {what} {path} cannot be created: {parent if not os.path.isdir(parent) else path} "
+                             "is a file. Choose a directory.")
+    writable_dir(parent, what)
+    return path
