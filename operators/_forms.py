@@ -2,6 +2,8 @@
 
 import dataclasses
 
+import time
+
 import fiftyone as fo
 import fiftyone.operators.types as types
 
@@ -116,12 +118,40 @@ def class_choice(inputs, demonstrations, mask_field: str, picked: list[str]):
     return prop
 
 
-def progress_callback(ctx):
-    """Forwards (done, total) to the App when delegated; immediate runs report at the end."""
+# Delegated progress is a database write: one every few seconds, not one per target.
+PROGRESS_EVERY = 3.0
+
+
+def progress_callback(ctx, every: float = PROGRESS_EVERY, clock=time.monotonic):
+    """Forwards (done, total) to the App when delegated, at most every ``every`` s and always the last."""
     if not ctx.delegated:
         return None
+    last = [None]
 
     def report(done: int, total: int) -> None:
+        now = clock()
+        if done < total and last[0] is not None and now - last[0] < every:
+            return
+        last[0] = now
         ctx.set_progress(progress=done / max(total, 1), label=f"{done}/{total} samples")
 
     return report
+
+
+def hf_token(ctx) -> str | None:
+    """The HF_TOKEN plugin secret (declared in fiftyone.yml), or None. Never log or return it."""
+    value = ctx.secrets.get("HF_TOKEN")
+    # A secret first resolved on access comes back as FiftyOne's secret object, later as a str.
+    return getattr(value, "value", value) or None
+
+
+def with_hf_token(ctx, job, *args, **kwargs):
+    """Runs an engine ``job`` whose model downloads use the HF_TOKEN secret.
+
+    The token goes to the engine's downloads (``conceptseg.hub``) for this call only; it is
+    not put in ``os.environ``, where other operators and child processes would see it.
+    """
+    from conceptseg.hub import using_hf_token
+
+    with using_hf_token(hf_token(ctx)):
+        return job(*args, **kwargs)

@@ -3,7 +3,8 @@
 FiftyOne's own segmentation evaluation reports pixel accuracy (and a "dice" that is
 pixel accuracy too, shared/reference/metrics.md §4); these add the field's metrics to any
 ``evaluate_segmentations(..., custom_metrics=[...])`` run and to the App's Evaluate form.
-Each writes ``<eval_key>_<metric>`` per sample and returns the mean.
+Each writes ``<eval_key>_concept_<metric>`` per sample (FiftyOne's own ``<eval_key>_dice``
+stays free) and returns the mean.
 """
 
 import fiftyone.operators as foo
@@ -28,15 +29,15 @@ class _ConceptMetric(foo.EvaluationMetric):
         )
 
     def compute(self, samples, results, **kwargs):
-        from conceptseg.evaluation import score_samples
+        from conceptseg.evaluation import metric_field, score_samples
 
         scores, _, _ = score_samples(samples, results.config.pred_field, results.config.gt_field)
         values = {i: s[self.metric] for i, s in scores.items()}
-        samples.set_values(f"{results.key}_{self.metric}", values, key_field="id")
+        samples.set_values(metric_field(results.key, self.metric), values, key_field="id")
         return sum(values.values()) / len(values) if values else None
 
     def get_fields(self, samples, config, eval_key):
-        return [f"{eval_key}_{self.metric}"]
+        return [f"{eval_key}_concept_{self.metric}"]  # conceptseg.evaluation.metric_field, without the import
 
 
 class ConceptIoU(_ConceptMetric):

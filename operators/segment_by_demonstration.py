@@ -9,12 +9,16 @@ import fiftyone.operators.types as types
 
 from ._forms import class_choice, field_choice, progress_callback, selected_labels as _selected_labels
 
-ROUTES = ("auto", "appearance", "prototype", "reasoning")
+ROUTES = ("auto", "appearance", "object", "prototype", "reasoning")
+# The router's DEFAULT_THRESHOLD (the engine loads only inside execute).
+VERIFY_THRESHOLD = 0.6
 # Views larger than this default to delegated execution (the App would wait too long).
 DELEGATE_ABOVE = 200
 # Appearance route on a CPU, per 128-512 px target (demo: 0.04 s) and to fit + verify (demo: 2.7 s);
 # used for the estimate until a run on this dataset has measured its own.
 APPEARANCE_SECONDS, FIT_SECONDS = 0.05, 3.0
+# Object route on a CPU per 128 px target (benchmarks/concepts.py: candidates, features, forest).
+OBJECT_SECONDS = 0.1
 
 
 class SegmentByDemonstration(foo.Operator):
@@ -89,7 +93,7 @@ class SegmentByDemonstration(foo.Operator):
         if ctx.params.get("route") == "reasoning" and not ctx.params.get("model"):
             model.invalid = True
             model.error_message = "The reasoning route needs a model: give a bundle directory or id."
-        inputs.float("threshold", default=0.5, min=0.0, max=1.0, label="Verification threshold (IoU)")
+        inputs.float("threshold", default=VERIFY_THRESHOLD, min=0.0, max=1.0, label="Verification threshold (IoU)")
         inputs.str("concept", default="concept", label="Concept name",
                    description="Label of the predicted masks (default: the classes)")
         inputs.bool("overwrite", default=False, label="Overwrite existing labels in the output field")
@@ -127,6 +131,8 @@ class SegmentByDemonstration(foo.Operator):
 
         from conceptseg.errors import ConceptSegError
 
+        from ._forms import with_hf_token
+
         params = ctx.params
         picked = _selected_labels(ctx)
         if picked.error:
@@ -135,14 +141,15 @@ class SegmentByDemonstration(foo.Operator):
         mask_field = params.get("mask_field") or picked.field
         if not mask_field:
             raise ConceptSegError("Choose the mask field that holds the demonstrations' masks (mask_field).")
-        return segment_by_demonstration(
+        return with_hf_token(  # model downloads use the HF_TOKEN secret
+            ctx, segment_by_demonstration,
             demonstrations=demonstrations if demonstrations is not None else ctx.view.limit(0),
             targets=ctx.target_view(),
             mask_field=mask_field,
             classes=params.get("classes") or picked.classes or None,
             pred_field=params.get("pred_field", "predictions"),
             route=params.get("route", "auto"),
-            threshold=params.get("threshold", 0.5),
+            threshold=params.get("threshold", VERIFY_THRESHOLD),
             concept=params.get("concept", "concept"),
             overwrite=params.get("overwrite", False),
             resume=params.get("resume", False),
@@ -245,6 +252,9 @@ def _estimate(ctx, n_targets: int) -> str:
     with_model = f"~{measured:.1f} s" if measured else "seconds (GPU) to minutes (CPU)"
     if route == "reasoning":
         text = f"Estimate: ~{n_targets} targets × {with_model} per target with the model"
+    elif route == "object":
+        per = _measured_seconds(ctx.dataset, "object") or OBJECT_SECONDS
+        text = f"Estimate: ~{n_targets} targets × ~{per:.2f} s (object) + ~{FIT_SECONDS:.0f} s to fit and verify"
     elif route == "auto" and model:
         text = (f"Estimate: ~{n_targets} targets × ~{appearance:.2f} s if the appearance route verifies, "
                 f"else × {with_model} per target with the model")

@@ -3,7 +3,7 @@
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-from ._forms import progress_callback
+from ._forms import progress_callback, with_hf_token
 
 DELEGATE_ABOVE = 50  # the policy is slow on CPU: delegate all but small views
 
@@ -47,7 +47,8 @@ class SegmentByQuery(foo.Operator):
         from conceptseg.jobs import segment_by_query
 
         params = ctx.params
-        summary = segment_by_query(
+        summary = with_hf_token(
+            ctx, segment_by_query,
             ctx.target_view(),
             params["text"],
             params.get("pred_field", "query_predictions"),

@@ -8,7 +8,7 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 from fiftyone import ViewField as F
 
-from ._forms import field_choice
+from ._forms import field_choice, with_hf_token
 
 STAGES = {"1": "1: align the translator (policy frozen)", "2": "2: Meta-GRPO on the policy"}
 
@@ -68,7 +68,8 @@ class TrainConceptPolicy(foo.Operator):
         def progress(step: int, total: int, metrics: dict) -> None:
             ctx.set_progress(progress=step / total, label=_progress_label(step, total, metrics))
 
-        summary = train_concept_policy(
+        summary = with_hf_token(
+            ctx, train_concept_policy,
             ctx.target_view(),
             params["concept_field"],
             params["mask_field"],

@@ -30,6 +30,11 @@ def evaluation_runs(dataset) -> list[str]:
     return [key for _, key in sorted(runs, reverse=True)]
 
 
+def metric_field(eval_key: str, metric: str) -> str:
+    """The per-sample field of a metric (``conceptseg.evaluation.metric_field``, without the engine import)."""
+    return f"{eval_key}_concept_{metric}"
+
+
 def group_field(dataset) -> str | None:
     """The field the bars group by: ``level`` when present, else ``concept``, else none."""
     return next((f for f in GROUP_FIELDS if dataset.has_field(f)), None)
@@ -43,7 +48,7 @@ def group_scores(scored, field: str | None, key: str) -> dict:
     out = {}
     for group in groups:
         view = scored.match(F(field) == group) if field else scored
-        means = view.aggregate([fo.Count()] + [fo.Mean(f"{key}_{m}") for m, _ in METRICS])
+        means = view.aggregate([fo.Count()] + [fo.Mean(metric_field(key, m)) for m, _ in METRICS])
         out[str(group)] = {"count": means[0], **{m: v for (m, _), v in zip(METRICS, means[1:])}}
     return out
 
@@ -105,13 +110,13 @@ class ConceptEvaluation(foo.Panel):
 
     def on_bar_click(self, ctx):
         """Filters the grid to the scored samples of the clicked level or concept."""
-        scored = ctx.dataset.exists(f"{ctx.panel.state.eval_key}_iou")
+        scored = ctx.dataset.exists(metric_field(ctx.panel.state.eval_key, "iou"))
         group, field = ctx.params.get("x"), ctx.panel.state.group_field
         ctx.ops.set_view(view=scored.match(F(field) == group) if field and group != ALL else scored)
 
     def on_histogram_click(self, ctx):
         """Filters the grid to the samples whose IoU falls in the clicked bin."""
-        iou = f"{ctx.panel.state.eval_key}_iou"
+        iou = metric_field(ctx.panel.state.eval_key, "iou")
         lo = float(ctx.params["x"]) - 0.5 / BINS
         hi = lo + 1.0 / BINS
         upper = F(iou) <= hi if hi >= 1.0 - 1e-9 else F(iou) < hi  # the last bin holds IoU = 1
@@ -124,8 +129,8 @@ class ConceptEvaluation(foo.Panel):
             ctx.panel.state.set({**state, "notice": NO_EVALUATIONS})
             return
         config = ctx.dataset.get_run_info(key).config
-        iou = f"{key}_iou"
-        missing = [f"{key}_{m}" for m, _ in METRICS if not ctx.dataset.has_field(f"{key}_{m}")]
+        iou = metric_field(key, "iou")
+        missing = [metric_field(key, m) for m, _ in METRICS if not ctx.dataset.has_field(metric_field(key, m))]
         scored = ctx.dataset.exists(iou) if not missing else None
         if missing or scored.count() == 0:
             why = f"fields {', '.join(missing)} were deleted" if missing else "it scored no sample"

@@ -8,6 +8,8 @@ from urllib.parse import urlencode
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
+from .concept_evaluation import metric_field
+
 SEGMENT_METHODS = ("conceptseg.segment_by_demonstration", "conceptseg.segment_by_query")
 EVALUATE_METHOD = "conceptseg.evaluate"
 MAX_THUMBNAILS = 8  # more demonstrations than this are counted, not drawn
@@ -38,7 +40,7 @@ def evaluation_for(dataset, pred_field: str) -> dict | None:
     for key in dataset.list_runs():
         info = dataset.get_run_info(key)
         config = info.config
-        if config.method == EVALUATE_METHOD and config.pred_field == pred_field and dataset.has_field(f"{key}_iou"):
+        if config.method == EVALUATE_METHOD and config.pred_field == pred_field and dataset.has_field(metric_field(key, "iou")):
             found.append((info.timestamp, {"key": key, "gt_field": config.gt_field}))
     return max(found, key=lambda t: t[0])[1] if found else None
 
@@ -135,7 +137,7 @@ class ConceptRules(foo.Panel):
 
     def open_worst(self, ctx):
         """Shows the evaluated samples, lowest IoU first."""
-        iou = f"{ctx.panel.state.eval_key}_iou"
+        iou = metric_field(ctx.panel.state.eval_key, "iou")
         ctx.ops.set_view(view=ctx.dataset.exists(iou).sort_by(iou))
 
     def _load_run(self, ctx) -> None:

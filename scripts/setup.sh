@@ -27,5 +27,17 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 
+# Video datasets need ffmpeg and ffprobe (FiftyOne reads video metadata and frames with them).
+if ! command -v ffmpeg >/dev/null 2>&1 || ! command -v ffprobe >/dev/null 2>&1; then
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo -n"
+  if command -v apt-get >/dev/null 2>&1 && { [ -z "$sudo" ] || sudo -n true 2>/dev/null; }; then
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq ffmpeg >/dev/null 2>&1 || {
+      $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq ffmpeg >/dev/null; }
+  else
+    echo "note: video datasets need ffmpeg; install it (sudo apt install ffmpeg) to segment videos" >&2
+  fi
+fi
+
 .venv/bin/conceptseg setup-db
 .venv/bin/conceptseg install-plugin

@@ -15,6 +15,7 @@ import time
 import urllib.request
 
 import fiftyone as fo
+import numpy as np
 import pytest
 
 from conceptseg.evaluation import evaluate
@@ -133,15 +134,18 @@ def _select_demonstrations(page: Page) -> None:
     expect(page.locator("[data-cy=action-manage-selected]").first).to_have_text("3")
 
 
-def _segment_by_demonstration(page: Page, tmp_path) -> None:
-    """Runs the operator from the operator browser on the current view (the 16 tiles)."""
+def _open_segment_form(page: Page):
     page.locator("[data-cy=action-browse-operations]").click()
     page.locator("[data-cy=operators-browser-search]").fill("Segment by demonstration")
     page.locator("[data-cy=operators-browser]").get_by_text("Segment by demonstration").click()
-    prompt = page.locator("[data-cy=operators-prompt-modal]")
-    expect(prompt).to_contain_text("3 demonstration(s), each with a mask in 'ground_truth'.")
-    prompt.get_by_text("Current view", exact=True).click()
-    expect(prompt).to_contain_text("Estimate: ~13 targets")
+    return page.locator("[data-cy=operators-prompt-modal]")
+
+
+def _segment_by_demonstration(page: Page, tmp_path) -> None:
+    """Runs the operator with the form's defaults only: the target is the current view (16 tiles)."""
+    prompt = _open_segment_form(page)
+    expect(prompt).to_contain_text("3 demonstration(s), masks from 'ground_truth'.")
+    expect(prompt).to_contain_text("13 target(s). Estimate: ~13 targets")
     prompt.get_by_role("button", name="Execute", exact=True).click()
     # The live progress bar (a generator run) ends at 13/13, then the success notification.
     expect(page.get_by_text("13/13 targets")).to_be_visible(timeout=RUN_S * 1000)
@@ -194,3 +198,43 @@ def _check_concept_evaluation(page: Page, tmp_path) -> None:
     page.locator("[data-cy=panel-tab-samples]").first.click()  # the grid tab shares the evaluation's space
     expect(page.locator("[data-cy=entry-counts]")).to_have_text("13 samples")
     _shot(page, tmp_path, "5-bar-clicked.png")
+
+
+@pytest.fixture
+def two_class_dataset(name, tmp_path):
+    from conceptseg.datasets import two_classes
+
+    dataset, truth = two_classes.build(name, str(tmp_path / "media"))
+    return dataset, truth
+
+
+def test_a_class_picked_on_a_multi_class_dataset(app_url, page, two_class_dataset, tmp_path):
+    dataset, truth = two_class_dataset
+    page.goto(f"{app_url}/datasets/{dataset.name}")
+    expect(page.locator("[data-cy=looker]").first).to_be_visible()
+    page.get_by_role("button", name="Dismiss").click()
+    page.locator("[data-cy=checkbox-tags]").click()
+    demos = page.locator("[data-cy=looker]").filter(has_text="demo")
+    expect(demos).to_have_count(3)
+    for i in range(3):
+        demos.nth(i).click(position={"x": 10, "y": 5})
+    prompt = _open_segment_form(page)
+    # the mask field defaults to the first mask field (gt): it shows two classes, so one must be picked
+    expect(prompt).to_contain_text("the demonstrations show: blue, red")
+    picker = prompt.locator("input[role=combobox]").first  # the classes autocomplete (dropdowns are divs)
+    picker.click()
+    picker.fill("red")
+    _shot(page, tmp_path, "multi-class-picker.png")
+    page.get_by_role("option", name="red", exact=True).click()
+    expect(prompt).to_contain_text("9 target(s).")
+    _shot(page, tmp_path, "multi-class-form.png")
+    prompt.get_by_role("button", name="Execute", exact=True).click()
+    expect(page.get_by_text("Segmented 9 targets with the appearance route")).to_be_visible(timeout=RUN_S * 1000)
+    dataset.reload()
+    ious = []
+    for sample in dataset.match_tags("demo", bool=False).exists("predictions"):
+        pred, red = sample.predictions.get_mask() > 0, truth[sample.id]["red"]
+        if red.any():
+            ious.append((pred & red).sum() / (pred | red).sum())
+        assert (pred & truth[sample.id]["blue"]).sum() < 0.05 * truth[sample.id]["blue"].sum()
+    assert len(ious) == 8 and np.mean(ious) >= 0.8

@@ -7,63 +7,13 @@ import pytest
 from fiftyone import ViewField as F
 
 from conceptseg import jobs
+from conceptseg.datasets import two_classes as two_class_dataset
 from conceptseg.errors import DemonstrationError, FieldError
-
-RED, BLUE = (220, 40, 40), (40, 60, 220)
-
-
-def _scene(rng, size=128, red=2, blue=2):
-    """A noisy gray image with red discs and blue squares; their masks."""
-    image = np.clip(rng.normal(128, 12, (size, size, 3)), 0, 255).astype(np.uint8)
-    masks = {"red": np.zeros((size, size), np.uint8), "blue": np.zeros((size, size), np.uint8)}
-    for kind, count in (("red", red), ("blue", blue)):
-        for _ in range(count):
-            x, y, r = (int(v) for v in rng.integers([14, 14, 7], [size - 14, size - 14, 13]))
-            shape = np.zeros((size, size), np.uint8)
-            if kind == "red":
-                cv2.circle(shape, (x, y), r, 1, -1)
-            else:
-                cv2.rectangle(shape, (x - r, y - r), (x + r, y + r), 1, -1)
-            shape &= (masks["red"] | masks["blue"]) == 0
-            image[shape > 0] = RED if kind == "red" else BLUE
-            masks[kind] |= shape
-    return image, {k: v > 0 for k, v in masks.items()}
-
-
-def _detections(masks):
-    dets = []
-    for kind, mask in masks.items():
-        count, components, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8))
-        h, w = mask.shape
-        for i in range(1, count):
-            x, y, bw, bh, _ = stats[i]
-            dets.append(fo.Detection(label=kind, bounding_box=[x / w, y / h, bw / w, bh / h],
-                                     mask=components[y:y + bh, x:x + bw] == i))
-    return fo.Detections(detections=dets)
-
 
 @pytest.fixture
 def two_classes(name, tmp_path):
     """12 scenes with red discs and blue squares (the last one blue only), GT in three label types."""
-    rng = np.random.default_rng(0)
-    dataset = fo.Dataset(name)
-    truth = {}
-    for i in range(12):
-        image, masks = _scene(rng, red=0 if i == 11 else 2)
-        path = str(tmp_path / f"scene{i}.png")
-        cv2.imwrite(path, cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-        seg = np.zeros(image.shape[:2], np.uint8)
-        seg[masks["red"]], seg[masks["blue"]] = 1, 2
-        rgb = np.zeros(image.shape, np.uint8)
-        rgb[masks["red"]], rgb[masks["blue"]] = (255, 0, 0), (0, 0, 255)
-        sample = fo.Sample(filepath=path, tags=["demo"] if i < 3 else [],
-                           gt=fo.Segmentation(mask=seg), gt_rgb=fo.Segmentation(mask=rgb),
-                           dets=_detections(masks))
-        dataset.add_sample(sample)
-        truth[sample.id] = masks
-    dataset.mask_targets = {"gt": {1: "red", 2: "blue"}, "gt_rgb": {"#ff0000": "red", "#0000ff": "blue"}}
-    dataset.save()
-    return dataset, truth
+    return two_class_dataset.build(name, str(tmp_path / "media"))
 
 
 def _scores(dataset, truth, field="pred"):

@@ -62,7 +62,7 @@ class TestHandValues:
 
     def test_per_sample_fields_and_stored_run(self, ab_dataset):
         evaluation.evaluate(ab_dataset, "pred", "gt", eval_key="ev")
-        assert ab_dataset.values("ev_iou") == pytest.approx([784 / 1264, 440 / 781])
+        assert ab_dataset.values("ev_concept_iou") == pytest.approx([784 / 1264, 440 / 781])
         assert "ev" in ab_dataset.list_runs()
         stored = ab_dataset.load_run_results("ev")
         assert stored.metrics["ciou"] == pytest.approx(0.5985330073349633, abs=1e-9)
@@ -118,7 +118,7 @@ class TestProtocolAndMissing:
         report = evaluation.evaluate(ab_dataset, "pred", "gt")
         assert report["missing_gt"] == [sample.id]
         assert list(report["samples"]) == [ab_dataset.last().id]
-        assert ab_dataset.first()["eval_pred_iou"] is None
+        assert ab_dataset.first()["eval_pred_concept_iou"] is None
 
     def test_missing_prediction_is_listed(self, ab_dataset):
         sample = ab_dataset.first()
@@ -153,10 +153,10 @@ class TestEvaluationKeyIsSafe:
         assert ab_dataset.get_run_info("mine").config.method == "someone.else"
 
     def test_foreign_fields_with_the_same_names_are_refused(self, ab_dataset):
-        ab_dataset.set_values("k_iou", ["note", "note"])
-        with pytest.raises(FieldError, match="k_iou"):
+        ab_dataset.set_values("k_concept_iou", ["note", "note"])
+        with pytest.raises(FieldError, match="k_concept_iou"):
             evaluation.evaluate(ab_dataset, "pred", "gt", eval_key="k")
-        assert ab_dataset.values("k_iou") == ["note", "note"]
+        assert ab_dataset.values("k_concept_iou") == ["note", "note"]
 
     def test_rerun_replaces_its_own_fields(self, ab_dataset):
         evaluation.evaluate(ab_dataset, "pred", "gt", eval_key="k")

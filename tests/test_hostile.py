@@ -206,8 +206,8 @@ class TestEvaluateTruth:
         gone.save()
         report = evaluate(nuclei, "pred", "ground_truth")
         assert len(report["samples"]) == 12 and gone.id in report["missing_pred"]
-        assert nuclei_dataset[gone.id].eval_pred_iou is None
-        stored = [v for v in nuclei_dataset.values("eval_pred_iou") if v is not None]
+        assert nuclei_dataset[gone.id].eval_pred_concept_iou is None
+        stored = [v for v in nuclei_dataset.values("eval_pred_concept_iou") if v is not None]
         assert len(stored) == 12 and np.isclose(np.mean(stored), report["metrics"]["iou"])
 
     def test_several_ground_truth_values_get_a_notice(self, nuclei_dataset, tmp_path, capsys):
@@ -300,7 +300,7 @@ class TestCommandLine:
         with pytest.raises(SystemExit):
             cli.main(["segment", "--help"])
         out = " ".join(capsys.readouterr().out.split())
-        assert "(default: 0.5)" in out and "(default: auto)" in out and "(default: None)" not in out
+        assert "(default: 0.6)" in out and "(default: auto)" in out and "(default: None)" not in out
         assert "conceptseg-r1-7b" in out and "conceptseg-tiny-random" in out
 
 

@@ -69,6 +69,8 @@ class TestForm:
         assert label.startswith("14 target(s). Estimate: ~14 targets × ~0.05 s (appearance)")  # 17 - 3 demos
         label = form(nuclei_dataset, demos, route="reasoning", model="some/bundle")["estimate"].view.label
         assert "per target with the model" in label
+        label = form(nuclei_dataset, demos, route="object")["estimate"].view.label
+        assert label.startswith("14 target(s). Estimate: ~14 targets × ~0.10 s (object) + ~3 s to fit and verify")
 
 
 class TestLiveProgress:

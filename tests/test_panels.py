@@ -159,7 +159,7 @@ class TestConceptRulesPanel:
         state, *_ = call_panel(RULES, evaluated)
         _, _, _, requests = call_panel(RULES, evaluated, "open_worst", state)
         view = rebuilt_view(evaluated, request_named(requests, "set_view"))
-        ious = view.values("ev_iou")
+        ious = view.values("ev_concept_iou")
         assert len(ious) == 13 and ious == sorted(ious)
 
     def test_no_runs_explains_what_to_do(self, plugin_installed, nuclei_dataset):
@@ -196,12 +196,12 @@ class TestConceptEvaluationPanel:
         assert "| appearance | 13 |" in rendered
 
     def test_levels_group_the_bars_in_benchmark_order(self, evaluated):
-        scored = evaluated.exists("ev_iou")
+        scored = evaluated.exists("ev_concept_iou")
         levels = ["CR", "CI", "CD"] * 5
         scored.set_values("level", levels[: len(scored)])
         try:
             state, data, *_ = call_panel(EVALUATION, evaluated)
-            expected = [scored.match({"level": lv}).mean("ev_iou") for lv in ("CI", "CD", "CR")]
+            expected = [scored.match({"level": lv}).mean("ev_concept_iou") for lv in ("CI", "CD", "CR")]
         finally:
             evaluated.delete_sample_field("level")
         assert state["group_field"] == "level"
@@ -221,7 +221,7 @@ class TestConceptEvaluationPanel:
         _, _, _, requests = call_panel(EVALUATION, evaluated, "on_histogram_click", state, x=hist["x"][i])
         view = rebuilt_view(evaluated, request_named(requests, "set_view"))
         assert view.count() == hist["y"][i]
-        assert all(abs(v - hist["x"][i]) <= 0.05 + 1e-9 for v in view.values("ev_iou"))
+        assert all(abs(v - hist["x"][i]) <= 0.05 + 1e-9 for v in view.values("ev_concept_iou"))
 
     def test_no_evaluations_explains_what_to_do(self, run_without_evaluation):
         state, _, schema, _ = call_panel(EVALUATION, run_without_evaluation)
@@ -233,6 +233,6 @@ class TestConceptEvaluationPanel:
             EVALUATE, dataset=run_without_evaluation,
             params=dict(pred_field="gone", gt_field="ground_truth", eval_key="ev2", view_target="DATASET"),
         )
-        run_without_evaluation.delete_sample_field("ev2_wfm")
+        run_without_evaluation.delete_sample_field("ev2_concept_wfm")
         _, _, schema, _ = call_panel(EVALUATION, run_without_evaluation)
-        assert "Evaluation 'ev2' has nothing to plot: fields ev2_wfm were deleted" in texts(schema)
+        assert "Evaluation 'ev2' has nothing to plot: fields ev2_concept_wfm were deleted" in texts(schema)

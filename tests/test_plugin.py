@@ -52,7 +52,8 @@ class TestRegistry:
         registry = OperatorRegistry()
         uris = {op.uri for op in registry.list_operators(type="operator") if op.uri.startswith(PLUGIN_NAME)}
         metrics = {f"{PLUGIN_NAME}/concept_{m}" for m in ("iou", "dice", "wfm", "sm")}
-        assert uris == {SEGMENT, EVALUATE, TRAIN, f"{PLUGIN_NAME}/segment_by_query"} | metrics
+        assert uris == {SEGMENT, EVALUATE, TRAIN, f"{PLUGIN_NAME}/segment_by_query",
+                        f"{PLUGIN_NAME}/delete_concept_run"} | metrics
         assert registry.list_errors() == []
 
     def test_plugin_import_loads_no_heavy_packages(self):
@@ -172,7 +173,7 @@ class TestEvaluateOperator:
         assert result.error is None
         assert result.result["scored"] == 13 and result.result["missing_pred"] == 3
         assert result.result["metrics"]["iou"] >= 0.8
-        assert len(nuclei_dataset.exists("ev_wfm")) == 13
+        assert len(nuclei_dataset.exists("ev_concept_wfm")) == 13
 
 
 class TestCustomEvaluationMetrics:
@@ -186,10 +187,14 @@ class TestCustomEvaluationMetrics:
         )
         targets = nuclei.exists("p")
         uris = [f"{PLUGIN_NAME}/concept_{m}" for m in ("iou", "dice", "wfm", "sm")]
-        results = targets.evaluate_segmentations("p", gt_field="ground_truth", eval_key="fo", custom_metrics=uris)
+        results = targets.evaluate_segmentations("p", gt_field="ground_truth", eval_key="fo", custom_metrics=uris,
+                                                 compute_dice=True)
         ours = evaluate(targets, "p", "ground_truth", eval_key="cs")["metrics"]
         for uri, name in zip(uris, ("iou", "dice", "wfm", "sm")):
             assert results.custom_metrics[uri]["value"] == pytest.approx(ours[name], abs=1e-9)
-        assert targets.values("fo_iou") == pytest.approx(targets.values("cs_iou"))
+        assert targets.values("fo_concept_iou") == pytest.approx(targets.values("cs_concept_iou"))
+        # FiftyOne's own Dice field under the same key is its own, not overwritten by ours
+        assert targets.values("fo_concept_dice") == pytest.approx(targets.values("cs_concept_dice"))
+        assert len(targets.exists("fo_dice")) == len(targets.exists("fo_concept_dice")) == len(targets)
         # FiftyOne's own per-sample accuracy on binary masks is foreground IoU too (metrics.md §4)
-        assert targets.values("fo_accuracy") == pytest.approx(targets.values("cs_iou"), abs=1e-9)
+        assert targets.values("fo_accuracy") == pytest.approx(targets.values("cs_concept_iou"), abs=1e-9)

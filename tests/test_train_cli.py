@@ -140,7 +140,7 @@ class TestBadInput:
         args[args.index("ground_truth")] = "shape"
         code, _, stderr = run(*args)
         assert code == 2
-        assert "'shape' holds Classification; it must be a Segmentation or Detections" in stderr
+        assert "'shape' holds Classification; it must be a Segmentation, Detections (with instance masks, or boxes) or Polylines" in stderr
 
     def test_one_sample_per_concept_makes_no_episodes(self, tmp_path):
         single = procedural_dataset(str(tmp_path / "single"), per_concept=1)

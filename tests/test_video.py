@@ -112,3 +112,13 @@ def test_patches_views_are_refused_with_what_to_run():
             jobs.segment_by_demonstration(patches, patches, "gt", "pred")
     finally:
         dataset.delete()
+
+
+def test_clips_are_segmented_frame_by_frame(videos):
+    dataset, truth = videos
+    clips = dataset.to_clips([[(2, 6)]] * len(dataset))
+    summary = jobs.segment_by_demonstration(dataset.match_tags("demo"), clips, "gt", "pred", route="appearance")
+    assert summary["targets"] == 5 * 3 - 1  # frame 4 of the first video is a demonstration
+    assert summary["segmented"] == 14 and not summary["failures"]
+    second = dataset.match_tags("demo", bool=False).first()
+    assert second.frames[2]["pred"] is not None and second.frames[7]["pred"] is None

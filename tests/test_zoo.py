@@ -4,6 +4,7 @@ import os
 
 import fiftyone as fo
 import fiftyone.zoo as foz
+import fiftyone.zoo.models as fozm
 import numpy as np
 import pytest
 
@@ -16,8 +17,10 @@ TINY = "conceptseg-tiny-random"
 
 class TestZooSource:
     def test_source_and_models_are_listed(self, plugin_installed):
-        assert any("conceptseg" in s for s in foz.list_zoo_model_sources())
+        # The manifest has no url (the project has no public home): FiftyOne lists its models
+        # as remote ones but not the source; `register-source URL` would stamp the URL.
         assert set(ZOO) <= set(foz.list_zoo_models())
+        assert all(isinstance(foz.get_zoo_model(n), fozm.RemoteZooModel) for n in ZOO)
         assert not os.path.islink(os.path.join(fo.config.model_zoo_dir, "conceptseg", "conceptseg-models"))
 
     def test_download_is_idempotent_and_lands_in_the_zoo_dir(self, plugin_installed):
@@ -77,9 +80,23 @@ class TestApplyModel:
         model = foz.load_zoo_model(TINY, bundle=path, text="the animal")
         assert model.router.routes[0].bundle.path == path
 
-    def test_either_demonstrations_or_text(self, plugin_installed):
-        with pytest.raises(ConceptSegError, match="either demonstrations"):
-            foz.load_zoo_model(TINY)
+    def test_loads_without_arguments_and_apply_model_names_both_ways(self, plugin_installed, nuclei_dataset):
+        from conceptseg.zoo_model import ConceptSegModel
+
+        model = foz.load_zoo_model(TINY)
+        assert isinstance(model, ConceptSegModel)
+        view = nuclei_dataset.limit(2)
+        with pytest.raises(ConceptSegError, match=r"demonstrations=<view>.*text=") as error:
+            view.apply_model(model, label_field="zoo", num_workers=0, skip_failures=False)
+        assert "model.text" in str(error.value) and "load_zoo_model" in str(error.value)
+        assert not nuclei_dataset.has_field("zoo") and nuclei_dataset.list_runs() == []
+
+    def test_demonstrations_and_text_together_are_refused(self, plugin_installed):
+        with pytest.raises(ConceptSegError, match="not both"):
+            foz.load_zoo_model(TINY, text="the animal", demo_tag="demo")
+        model = foz.load_zoo_model(TINY, text="the animal")
+        with pytest.raises(ConceptSegError, match="not both"):
+            model.demo_tag = "demo"
 
     def test_predict_on_a_plain_array(self, plugin_installed, nuclei_dataset):
         model = foz.load_zoo_model(TINY, text="the animal")
@@ -93,3 +110,60 @@ class TestModelNames:
 
         summary = segment_by_query(nuclei_dataset.limit(1), "the animal", "zq", TINY)
         assert summary["segmented"] == 1 and summary["route"] == "reasoning"
+
+
+def _masks(dataset, field):
+    """Every sample's mask in ``field`` as bytes (None where absent): to compare before and after."""
+    return [None if l is None else l.get_mask().tobytes() for l in dataset.values(field)]
+
+
+class TestApplyModelRuns:
+    def test_tag_set_on_the_model_records_a_run_and_skips_demonstrations(
+            self, plugin_installed, nuclei_dataset, tmp_path):
+        model = foz.load_zoo_model(TINY)
+        model.demo_tag, model.mask_field = "demo", "ground_truth"
+        nuclei = nuclei_dataset.load_saved_view("nuclei")  # 16 tiles, 3 of them demonstrations
+        nuclei.apply_model(model, label_field="zoo", batch_size=4, num_workers=0, skip_failures=False,
+                           output_dir=str(tmp_path / "masks"))
+        demos = nuclei_dataset.match_tags("demo")
+        assert demos.values("zoo") == [None, None, None]  # never their own targets
+        targets = nuclei.match_tags("demo", bool=False)
+        labels = targets.values("zoo")
+        assert len(labels) == 13 and all(l is not None for l in labels)
+        info = nuclei_dataset.get_run_info("conceptseg_zoo")
+        assert info.config.entry == "apply_model" and info.config.pred_field == "zoo"
+        assert sorted(info.config.demonstration_ids) == sorted(demos.values("id"))
+        assert all(l.run_key == "conceptseg_zoo" and l.run_id == info.config.run_id for l in labels)
+        assert all(l.route == "appearance" and l.verified is True and l.cost > 0 for l in labels)
+        assert all(l.verification == pytest.approx(info.config.verification) for l in labels)
+        summary = nuclei_dataset.load_run_results("conceptseg_zoo").summary
+        assert summary["targets"] == 13 and summary["segmented"] == 13 and summary["failures"] == []
+        assert sorted(nuclei_dataset.load_run_view("conceptseg_zoo").values("id")) == sorted(targets.values("id"))
+        assert {"zoo.route", "zoo.verified", "zoo.verification", "zoo.cost"} <= set(
+            nuclei_dataset.get_field_schema(flat=True))
+
+    def test_text_set_on_the_model(self, plugin_installed, nuclei_dataset):
+        model = foz.load_zoo_model(TINY)
+        model.text = "the animal"
+        view = nuclei_dataset.limit(2)
+        view.apply_model(model, label_field="q", batch_size=2, num_workers=0, skip_failures=False)
+        assert all(l.route == "reasoning" and l.run_key == "conceptseg_q" for l in view.values("q"))
+        assert nuclei_dataset.get_run_info("conceptseg_q").config.query == "the animal"
+
+    @pytest.mark.parametrize("output, label_field", [("segmentation", "ground_truth"), ("both", "ground")])
+    def test_writing_into_the_mask_field_is_refused_before_anything_is_written(
+            self, plugin_installed, nuclei_dataset, output, label_field):
+        from conceptseg.errors import FieldError
+
+        before, mask_targets = _masks(nuclei_dataset, "ground_truth"), dict(nuclei_dataset.mask_targets)
+        model = foz.load_zoo_model(TINY, demo_tag="demo", mask_field="ground_truth", output=output)
+        if output == "both":  # writes ground_segmentation and ground_instances: only a clash is refused
+            model.mask_field = "ground_segmentation"
+            nuclei_dataset.clone_sample_field("ground_truth", "ground_segmentation")
+            before = _masks(nuclei_dataset, "ground_segmentation")
+        with pytest.raises(FieldError, match="demonstrations' mask field"):
+            nuclei_dataset.apply_model(model, label_field=label_field, num_workers=0, skip_failures=False)
+        field = "ground_truth" if output == "segmentation" else "ground_segmentation"
+        assert _masks(nuclei_dataset, field) == before
+        assert nuclei_dataset.list_runs() == [] and dict(nuclei_dataset.mask_targets) == mask_targets
+        assert not nuclei_dataset.has_field("ground_instances")

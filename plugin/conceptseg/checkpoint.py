@@ -25,6 +25,7 @@ import os
 from dataclasses import dataclass
 
 from conceptseg.errors import ConceptSegError
+from conceptseg.hub import hf_token
 
 BUNDLE_FILE = "bundle.json"
 FORMAT = "conceptseg-bundle"
@@ -190,11 +191,11 @@ def load_official_translator(path: str):
 
 
 def download(repo_id: str) -> str:
-    """A local snapshot of a hub repository (uses HF_TOKEN from the environment if set)."""
+    """A local snapshot of a hub repository (with the token of ``conceptseg.hub``, if any)."""
     try:
         from huggingface_hub import snapshot_download
 
-        return snapshot_download(repo_id)
+        return snapshot_download(repo_id, token=hf_token())
     except Exception as e:  # the hub client raises many types; the user needs one sentence
         raise BundleError(
             f"Cannot get {repo_id!r} from the Hugging Face Hub ({type(e).__name__}: {e}). "
@@ -315,8 +316,9 @@ def download_zoo_bundle(name: str, path: str) -> str:
     """Fetches a zoo entry into ``path`` once; a failed download leaves no partial directory.
 
     Files go to a temporary sibling directory first and are moved into place at the end.
-    The Hugging Face token, if any, comes from the HF_TOKEN environment variable (or
-    FiftyOne's secrets, which set it) and is never logged.
+    The Hugging Face token is the one an operator passed from its HF_TOKEN secret
+    (``conceptseg.hub.using_hf_token``), else huggingface_hub's own (HF_TOKEN, a saved login);
+    it is never logged.
     """
     import shutil
     import tempfile
@@ -378,7 +380,7 @@ def _snapshot(repo: str, out_dir: str) -> None:
     try:
         from huggingface_hub import snapshot_download
 
-        snapshot_download(repo, local_dir=out_dir, token=os.environ.get("HF_TOKEN"))
+        snapshot_download(repo, local_dir=out_dir, token=hf_token())
     except Exception as e:  # the hub client raises many types; the user needs one sentence
         raise BundleError(f"Could not download {repo!r} from the Hugging Face Hub: {type(e).__name__}: {e}") from e
 
@@ -391,7 +393,7 @@ def _download_sam2(entry: dict, out_dir: str) -> None:
     try:
         from huggingface_hub import hf_hub_download
 
-        pt = hf_hub_download(entry["repo"], entry["file"], local_dir=out_dir, token=os.environ.get("HF_TOKEN"))
+        pt = hf_hub_download(entry["repo"], entry["file"], local_dir=out_dir, token=hf_token())
     except Exception as e:
         raise BundleError(f"Could not download {entry['repo']}/{entry['file']}: {type(e).__name__}: {e}") from e
     state = torch.load(pt, map_location="cpu", weights_only=True)

@@ -298,6 +298,54 @@ class _DefaultsFormatter(argparse.HelpFormatter):
         return f"{text} (default: %(default)s)".strip()
 
 
+def cmd_runs(args) -> int:
+    from conceptseg.runs import list_runs
+
+    runs = list_runs(_load(args.dataset))
+    if args.json:
+        print(json.dumps(runs))
+        return 0
+    if not runs:
+        print(f"No conceptseg segmentation run on {args.dataset!r}.")
+        return 0
+    print(f"{'pred field':<20}{'run key':<28}{'route':<12}{'verification':>13}{'targets':>9}{'failures':>9}"
+          f"{'seconds':>9}  started")
+    for r in runs:
+        v = "n/a" if r["verification"] is None else f"{r['verification']:.3f}" + ("" if r["verified"] else "*")
+        seconds = "unfinished" if not r["finished"] else ("" if r["seconds"] is None else f"{r['seconds']:.1f}")
+        print(f"{r['pred_field']:<20}{r['run_key']:<28}{r['route'] or '':<12}{v:>13}{r['targets']:>9}"
+              f"{r['failures']:>9}{seconds:>9}  {r['started']}")
+    if any(r["verified"] is False for r in runs):
+        print("* UNVERIFIED: the route did not reach the threshold on held-out demonstrations")
+    return 0
+
+
+def cmd_delete_run(args) -> int:
+    from conceptseg.runs import delete_run
+
+    report = delete_run(_load(args.dataset), args.pred_field)
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    print(f"deleted run(s) {', '.join(report['run_keys'])}: fields {', '.join(report['fields']) or 'none'}, "
+          f"{report['files']} mask file(s)")
+    return 0
+
+
+def _add_run_commands(sub) -> None:
+    """Subcommands that manage recorded runs."""
+    p = sub.add_parser("runs", help="list the dataset's segmentation runs (route, verification, targets, time)")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--json", action="store_true", help="print the runs as one JSON list")
+    p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser("delete-run", help="delete a segmentation run: its record, fields and mask files")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--pred-field", required=True, help="the run's prediction field")
+    p.add_argument("--json", action="store_true", help="print what was deleted as JSON")
+    p.set_defaults(func=cmd_delete_run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (kept separate so tests can read its contract)."""
     from conceptseg.checkpoint import ZOO
@@ -323,10 +371,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stretch demonstration masks of another size than their image (nearest) instead of stopping")
     p.add_argument("--pred-field", required=True, help="Segmentation field to write")
     p.add_argument("--view", help="saved view of targets (default: every sample not tagged --demo-tag)")
-    p.add_argument("--route", default="auto", choices=["auto", "appearance", "prototype", "reasoning"],
+    p.add_argument("--route", default="auto", choices=["auto", "appearance", "object", "prototype", "reasoning"],
                    help="auto: the cheapest route that passes verification")
     p.add_argument("--model", help=f"bundle directory, Hugging Face id or zoo name ({zoo}); enables the reasoning route")
-    p.add_argument("--threshold", type=float, default=0.5, help="held-out IoU a route must reach")
+    p.add_argument("--threshold", type=float, default=0.6, help="held-out IoU a route must reach (router.DEFAULT_THRESHOLD)")
     p.add_argument("--concept", default="concept", help="label of the predicted masks")
     p.add_argument("--no-instances", action="store_true", help="skip the <pred-field>_instances Detections")
     p.add_argument("--json", action="store_true", help="print the run summary as JSON")
@@ -380,7 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("benchmark", help="the paper's protocol: segment and score every test sample")
     p.add_argument("--dataset", required=True)
-    p.add_argument("--route", default="auto", choices=["auto", "appearance", "prototype", "reasoning"],
+    p.add_argument("--route", default="auto", choices=["auto", "appearance", "object", "prototype", "reasoning"],
                    help="auto: the cheapest route that passes verification")
     p.add_argument("--model", help=f"bundle directory, Hugging Face id or zoo name ({zoo}): reasoning route, text queries")
     p.add_argument("--seed", type=int, default=0, help="seed of the demonstration draw")
@@ -430,6 +478,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("setup-db", help="make sure FiftyOne has a MongoDB it can start")
     p.set_defaults(func=cmd_setup_db)
+
+    _add_run_commands(sub)
     return parser
 
 

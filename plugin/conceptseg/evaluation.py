@@ -23,6 +23,15 @@ def _label_values(label) -> set[int]:
     return set(np.unique(mask).tolist()) - {0} if mask.ndim == 2 else set()
 
 
+def metric_field(eval_key: str, metric: str) -> str:
+    """Per-sample field of one metric: ``<eval_key>_concept_<metric>``.
+
+    The ``concept_`` infix keeps clear of the fields FiftyOne's own ``evaluate_segmentations``
+    writes under the same key (``<key>_accuracy``, ``<key>_dice`` with ``compute_dice``).
+    """
+    return f"{eval_key}_concept_{metric}"
+
+
 def score_samples(
     collection: fo.core.collections.SampleCollection,
     pred_field: str,
@@ -75,7 +84,7 @@ def _check_eval_key(dataset: fo.Dataset, eval_key: str) -> None:
         if dataset.get_run_info(eval_key).config.method != "conceptseg.evaluate":
             raise FieldError(f"Run key {eval_key!r} belongs to another run; choose another evaluation key.")
         return  # re-running an evaluation replaces its own fields, as FiftyOne's do
-    taken = [f"{eval_key}_{n}" for n in METRIC_NAMES if dataset.has_field(f"{eval_key}_{n}")]
+    taken = [metric_field(eval_key, n) for n in METRIC_NAMES if dataset.has_field(metric_field(eval_key, n))]
     if taken:
         raise FieldError(
             f"Fields {', '.join(taken)} exist and are not from a conceptseg evaluation; "
@@ -97,7 +106,7 @@ def evaluate(
     ``classes`` of ``gt_field`` (names or mask values) are the concept the predictions
     are scored against; by default every labelled pixel of the ground truth is.
 
-    Writes ``<eval_key>_<metric>`` on each scored sample for metric in iou, wfm, sm, em,
+    Writes ``<eval_key>_concept_<metric>`` on each scored sample for metric in iou, wfm, sm, em,
     mae, dice, ber, miou, and records the aggregate as the FiftyOne run ``eval_key``
     (default ``eval_<pred_field>``). ``size`` = 600 reproduces the paper's protocol
     (both masks resized to 600x600). Samples missing either field are listed, not scored.
@@ -124,7 +133,7 @@ def evaluate(
     samples, missing_gt, missing_pred = score_samples(collection, pred_field, gt_field, size, progress, classes,
                                                       None if classes else gt_values)
     for name in METRIC_NAMES:
-        field = f"{eval_key}_{name}"
+        field = metric_field(eval_key, name)
         values = {i: s[name] for i, s in samples.items()}
         if dataset.has_field(field):
             # A sample scored by an earlier run under this key and not now (its prediction was
@@ -145,7 +154,7 @@ def evaluate(
         gt_field=gt_field,
         classes=classes or None,
         size=size,
-        metric_fields=[f"{eval_key}_{n}" for n in METRIC_NAMES],
+        metric_fields=[metric_field(eval_key, n) for n in METRIC_NAMES],
     )
     dataset.register_run(eval_key, config, overwrite=True)
     results = dataset.init_run_results(

@@ -24,14 +24,25 @@ _NO_DB = (
 
 
 def repo_root() -> str:
-    """The checkout this package was installed from (it holds fiftyone.yml)."""
+    """The plugin directory: the one holding fiftyone.yml, operators/, panels/ and model_zoo/.
+
+    That is the tree around this package in a source checkout and in a plugin directory
+    fetched with ``fiftyone plugins download`` (both have the engine under plugin/); with the
+    engine pip-installed on its own, it is the installed FiftyOne plugin's directory.
+    """
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    if not os.path.isfile(os.path.join(root, "fiftyone.yml")):
+    if os.path.isfile(os.path.join(root, "fiftyone.yml")):
+        return root
+    import fiftyone.plugins as fop
+
+    try:
+        return fop.find_plugin(PLUGIN_NAME)
+    except ValueError:
         raise SetupError(
-            "The plugin files (fiftyone.yml, operators/, panels/) are not next to the engine: "
-            "install from a source checkout with `pip install -e .`."
-        )
-    return root
+            f"The plugin files (fiftyone.yml, operators/, panels/) are not next to the engine and "
+            f"FiftyOne has no plugin {PLUGIN_NAME}: install it with `fiftyone plugins download` "
+            "from the repository, or from a source checkout with `pip install -e .`."
+        ) from None
 
 
 def _mongod_path() -> str:
@@ -95,6 +106,11 @@ def _link(source: str, link: str) -> str:
     return f"linked {link} -> {source}"
 
 
+def _is_inside(path: str, directory: str) -> bool:
+    path, directory = os.path.realpath(path), os.path.realpath(directory)
+    return os.path.commonpath([path, directory]) == directory
+
+
 def zoo_source_name() -> str:
     """The remote zoo source's name, from model_zoo/manifest.json."""
     with open(os.path.join(repo_root(), "model_zoo", "manifest.json")) as f:
@@ -114,7 +130,10 @@ def install_plugin(plugins_dir: str | None = None, zoo_dir: str | None = None) -
         if os.path.exists(path) and not os.path.isdir(path):
             raise SetupError(f"The {what} {path} is a file, not a directory: pass a directory.")
     org, name = PLUGIN_NAME.split("/")
-    messages = [_link(root, os.path.join(plugins_dir, org, name))]
+    if _is_inside(root, plugins_dir):  # `fiftyone plugins download` put it there: FiftyOne finds it
+        messages = [f"{root} is in FiftyOne's plugins directory already"]
+    else:
+        messages = [_link(root, os.path.join(plugins_dir, org, name))]
     # The zoo source is a real directory with its two files linked in: FiftyOne downloads
     # models next to the manifest, and they belong in the zoo dir, not in this checkout.
     source_dir = os.path.join(zoo_dir, zoo_source_name())

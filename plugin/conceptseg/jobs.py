@@ -19,6 +19,7 @@ from conceptseg.locks import locks_output_field
 from conceptseg.outputs import writable_dir
 from conceptseg.router import DEFAULT_THRESHOLD, make_router
 from conceptseg.video import as_frames
+from conceptseg.runs import declare_label_attributes, run_identity
 
 Progress = Callable[[int, int], None]
 
@@ -52,11 +53,24 @@ def default_output_dir(dataset: fo.Dataset, pred_field: str) -> str:
     return os.path.join(fo.config.default_dataset_dir, "conceptseg", dataset.name, pred_field)
 
 
-def _check_output_field(targets, field: str, label_type, mask_field: str, overwrite: bool, resume: bool, run_key: str) -> None:
-    if field == mask_field:
-        raise FieldError(
-            f"The output field {field!r} is the demonstrations' mask field; choose another output field."
-        )
+def refuse_mask_field(fields, mask_field: str | None) -> None:
+    """The one guard of every entry point (CLI, operators, apply_model): never write over the demonstrations' masks."""
+    for field in fields:
+        if mask_field and field == mask_field:
+            raise FieldError(
+                f"The output field {field!r} is the demonstrations' mask field; choose another output field."
+            )
+
+
+def _own_labels(field: str, run_key: str, run_id: str | None):
+    """Labels this run wrote: by run id (stable when the run is renamed), else by the key on older labels."""
+    by_key = ~F(f"{field}.run_id").exists() & (F(f"{field}.run_key") == run_key)
+    return (F(f"{field}.run_id") == run_id) | by_key if run_id else by_key
+
+
+def _check_output_field(targets, field: str, label_type, mask_field: str, overwrite: bool, resume: bool,
+                        run_key: str, run_id: str | None = None) -> None:
+    refuse_mask_field([field], mask_field)
     schema = targets.get_field_schema()
     if field not in schema:
         return
@@ -68,7 +82,7 @@ def _check_output_field(targets, field: str, label_type, mask_field: str, overwr
         )
     existing = targets.exists(field)
     if resume:  # labels this run wrote are skipped; anything else still needs overwrite
-        existing = existing.match(F(f"{field}.run_key") != run_key)
+        existing = existing.match(~_own_labels(field, run_key, run_id))
     count = existing.count()
     if count and not overwrite:
         raise FieldError(
@@ -78,17 +92,17 @@ def _check_output_field(targets, field: str, label_type, mask_field: str, overwr
         )
 
 
-def _targets_to_do(targets, pred_field, inst_field, mask_field, overwrite, resume, run_key):
+def _targets_to_do(targets, pred_field, inst_field, mask_field, overwrite, resume, run_key, run_id=None):
     """Checks the output fields and returns the targets still to segment."""
     if len(targets) == 0:
         raise EmptyViewError(
             "The target view is empty (demonstrations are not targets): choose a view with "
             "samples to segment."
         )
-    _check_output_field(targets, pred_field, fo.Segmentation, mask_field, overwrite, resume, run_key)
+    _check_output_field(targets, pred_field, fo.Segmentation, mask_field, overwrite, resume, run_key, run_id)
     if inst_field:
-        _check_output_field(targets, inst_field, fo.Detections, mask_field, overwrite, resume, run_key)
-    return targets.match(F(f"{pred_field}.run_key") != run_key) if resume else targets
+        _check_output_field(targets, inst_field, fo.Detections, mask_field, overwrite, resume, run_key, run_id)
+    return targets.match(~_own_labels(pred_field, run_key, run_id)) if resume else targets
 
 
 def _load_model(model):
@@ -110,10 +124,13 @@ def _load_model(model):
     )
 
 
-def label_attributes(choice, result, run_key: str) -> dict:
-    """Attributes every predicted label carries; the route's own words win over the run's."""
+def label_attributes(choice, result, run_key: str, run_id: str | None = None) -> dict:
+    """Attributes every predicted label carries; the route's own words win over the run's.
+
+    ``run_id`` (when the run has one) identifies the run even after its key is renamed.
+    """
     details = result.details
-    return dict(
+    attrs = dict(
         route=choice.route.name,
         verification=choice.verification,
         verified=choice.verified,
@@ -123,9 +140,12 @@ def label_attributes(choice, result, run_key: str) -> dict:
         parse_error=details.get("parse_error"),
         run_key=run_key,
     )
+    if run_id:
+        attrs["run_id"] = run_id
+    return attrs
 
 
-def _segment_targets(router, choice, todo, pred_field, inst_field, concept, run_key, out_dir, progress):
+def _segment_targets(router, choice, todo, pred_field, inst_field, concept, run_key, out_dir, progress, run_id=None):
     """Segments every target, writing labels as it goes; returns (seconds, failures)."""
     failures, seconds, total = [], [], len(todo)
     # Saved in batches about once a second; a run stopped by an exception still saves
@@ -145,7 +165,7 @@ def _segment_targets(router, choice, todo, pred_field, inst_field, concept, run_
                     saver.save(sample)
             else:
                 seconds.append(result.seconds)
-                attrs = label_attributes(choice, result, run_key)
+                attrs = label_attributes(choice, result, run_key, run_id)
                 path = os.path.join(out_dir, f"{sample.id}.png")
                 sample[pred_field] = fio.mask_to_segmentation(
                     result.mask, path, cost=result.seconds, box=result.details.get("box"), **attrs
@@ -159,9 +179,12 @@ def _segment_targets(router, choice, todo, pred_field, inst_field, concept, run_
     return seconds, failures
 
 
-def _start_run(dataset, run_key: str, config: dict) -> None:
-    """Registers the run before any target is touched, so an interrupted run is on record."""
-    dataset.register_run(run_key, dataset.init_run(**config), overwrite=True)
+def _start_run(collection, run_key: str, config: dict) -> None:
+    """Registers the run before any target is touched, so an interrupted run is on record.
+
+    Registered on the target view, so ``dataset.load_run_view(run_key)`` loads the targets.
+    """
+    collection.register_run(run_key, collection.init_run(**config), overwrite=True)
 
 
 def _finish_run(dataset, run_key: str, summary: dict) -> None:
@@ -170,6 +193,8 @@ def _finish_run(dataset, run_key: str, summary: dict) -> None:
     record = {k: v for k, v in summary.items() if k != "run_key"}
     results = dataset.init_run_results(run_key, summary=record, finished_at=time.time())
     dataset.save_run_results(run_key, results, overwrite=True)
+    if summary.get("pred_field"):
+        declare_label_attributes(dataset, [summary["pred_field"], summary.get("instances_field")])
 
 
 def _ensure_mask_targets(targets, pred_field: str, concept: str) -> None:
@@ -239,13 +264,13 @@ def segment_by_demonstration(
             "No demonstrations: select samples (or tag them) whose masks show the concept."
         )
     dataset = targets._root_dataset
-    run_key = run_key_for(pred_field)
+    run_key, run_id = run_identity(dataset, pred_field, resume, run_key_for(pred_field))
     inst_field = instances_field_for(pred_field) if instances else None
     if inst_field:
         check_field_name(inst_field)
     demo_ids = demonstrations.values("id")
     targets = targets.exclude(demo_ids)
-    todo = _targets_to_do(targets, pred_field, inst_field, mask_field, overwrite, resume, run_key)
+    todo = _targets_to_do(targets, pred_field, inst_field, mask_field, overwrite, resume, run_key, run_id)
     out_dir = writable_dir(output_dir or default_output_dir(dataset, pred_field), "mask output directory")
     classes = _class_list(classes)
     settings = dict(mask_field=mask_field, classes=classes, route_requested=route, threshold=threshold,
@@ -262,8 +287,11 @@ def segment_by_demonstration(
     choice = router.choose(demos)
     negatives = sum(1 for d in demos if not d.mask.any())
     _ensure_mask_targets(targets, pred_field, concept)
-    _start_run(dataset, run_key, dict(
+    out_dir = os.path.abspath(out_dir)
+    _start_run(targets, run_key, dict(
         method="conceptseg.segment_by_demonstration",
+        run_id=run_id,
+        output_dir=out_dir,
         pred_field=pred_field,
         instances_field=inst_field,
         demonstration_ids=demo_ids,
@@ -279,7 +307,7 @@ def segment_by_demonstration(
         **settings,
     ))
     seconds, failures = _segment_targets(
-        router, choice, todo, pred_field, inst_field, concept, run_key, out_dir, progress,
+        router, choice, todo, pred_field, inst_field, concept, run_key, out_dir, progress, run_id,
     )
     failures = unreadable + failures
     summary = dict(
@@ -374,9 +402,9 @@ def segment_by_query(
     if bundle is None:
         raise ConceptSegError("Text queries need a model: pass a bundle (--model DIR or a zoo name).")
     dataset = targets._root_dataset
-    run_key = run_key_for(pred_field)
+    run_key, run_id = run_identity(dataset, pred_field, resume, run_key_for(pred_field))
     inst_field = instances_field_for(pred_field) if instances else None
-    todo = _targets_to_do(targets, pred_field, inst_field, None, overwrite, resume, run_key)
+    todo = _targets_to_do(targets, pred_field, inst_field, None, overwrite, resume, run_key, run_id)
     skipped = len(targets) - len(todo)  # before segmenting: the view is re-evaluated lazily
     router = make_router("reasoning", bundle=bundle, question=text.strip())
     route = router.routes[0]
@@ -386,12 +414,14 @@ def segment_by_query(
     concept = concept or text.strip()
     out_dir = writable_dir(output_dir or default_output_dir(dataset, pred_field), "mask output directory")
     _ensure_mask_targets(targets, pred_field, concept)
-    _start_run(dataset, run_key, dict(
-        method="conceptseg.segment_by_query", pred_field=pred_field, instances_field=inst_field,
+    out_dir = os.path.abspath(out_dir)
+    _start_run(targets, run_key, dict(
+        method="conceptseg.segment_by_query", run_id=run_id, output_dir=out_dir,
+        pred_field=pred_field, instances_field=inst_field,
         query=text, route=route.name, concept=concept, model=model if isinstance(model, str) else None,
     ))
     seconds, failures = _segment_targets(
-        router, choice, todo, pred_field, inst_field, concept, run_key, out_dir, progress,
+        router, choice, todo, pred_field, inst_field, concept, run_key, out_dir, progress, run_id,
     )
     failures = unreadable + failures
     summary = dict(

@@ -91,14 +91,17 @@ class Policy:
         """Loads a Hugging Face directory or hub id, plus a peft LoRA adapter directory."""
         from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
+        from conceptseg.hub import hf_token
+
         config = config or PolicyConfig()
         device, dtype = _device_and_dtype(config)
-        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, dtype=dtype)
+        token = hf_token()  # for hub ids; None leaves huggingface_hub's own lookup
+        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, dtype=dtype, token=token)
         if adapter:
             from peft import PeftModel
 
-            model = PeftModel.from_pretrained(model, adapter)
-        processor = AutoProcessor.from_pretrained(path)
+            model = PeftModel.from_pretrained(model, adapter, token=token)
+        processor = AutoProcessor.from_pretrained(path, token=token)
         return cls(model.to(device).eval(), processor, config)
 
     @property

@@ -241,7 +241,7 @@ def _choose(dataset, group: Group, config: dict, bundle):
     """(router, choice, demonstration ids) for a group, or (None, reason, []) when it cannot run."""
     route, threshold = config["route"], config["threshold"]
     if group.query:
-        if bundle is None or route == "appearance":
+        if bundle is None or route in ("appearance", "object"):  # the weight-free routes read no text
             return None, "text queries need the reasoning route: pass a model (--model)", []
         router = make_router("reasoning", threshold, bundle)
         reasoning = router.routes[0]

@@ -1,13 +1,18 @@
 """The FiftyOne model: ConceptSeg-R1 through ``apply_model`` and the model zoo.
 
-One model, two modes, fixed at construction: *demonstration* (a view of samples with
-masks; the router picks and verifies a route once) or *query* (a text, or a per-sample
-text field, read by the reasoning policy). Images of any size batch together: the
-collate function keeps them as a list, and ``predict_all`` segments them one by one.
+One model, two modes: *demonstration* (a view of samples, or a tag, whose masks show the
+concept; the router picks and verifies a route once) or *query* (a text read by the
+reasoning policy). Either is given at load time or set on the model before
+``apply_model``, like any zoo model that loads without arguments. Under ``apply_model`` the
+model records a run like the operator does (``conceptseg_<label_field>``), never segments a
+demonstration, and refuses to write into the demonstrations' mask field. Images of any size
+batch together: the collate function keeps them as a list.
 """
 
 from __future__ import annotations
 
+import inspect
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,12 +20,18 @@ import fiftyone.core.models as fom
 import fiftyone.utils.torch as fout
 
 from conceptseg import fiftyone_io as fio
-from conceptseg.errors import ConceptSegError, ImageReadError
+from conceptseg.errors import ConceptSegError, EmptyViewError, ImageReadError
 from conceptseg.imaging import load_rgb
 from conceptseg.router import DEFAULT_THRESHOLD
 from conceptseg.types import Target
 
 OUTPUTS = ("segmentation", "instances", "both")
+NOTHING_TO_SEGMENT = (
+    "The model has nothing to segment by: give demonstrations (demonstrations=<view> or "
+    "demo_tag=<tag>, with mask_field=) or a text query (text=...), either when loading it "
+    "(foz.load_zoo_model(name, text='the animal')) or on the model before apply_model "
+    "(model.demo_tag = 'demo' or model.text = 'the animal')."
+)
 
 
 @dataclass
@@ -30,7 +41,9 @@ class ConceptSegModelConfig:
     Attributes:
         bundle: a bundle directory, hub id, or a loaded Bundle; None = weight-free routes only
         demonstrations: a FiftyOne view whose ``mask_field`` masks show the concept
+        demo_tag: or: samples of the target dataset with this tag are the demonstrations
         mask_field: where the demonstrations' masks are
+        classes: the classes of ``mask_field`` that are the concept (None: every label)
         text: a query for every sample (query mode)
         route: "auto" or a route name (demonstration mode)
         threshold: held-out IoU a route must reach to count as verified
@@ -41,7 +54,9 @@ class ConceptSegModelConfig:
 
     bundle: Any = None
     demonstrations: Any = None
+    demo_tag: str | None = None
     mask_field: str = "ground_truth"
+    classes: list | None = None
     text: str | None = None
     route: str = "auto"
     threshold: float = DEFAULT_THRESHOLD
@@ -52,10 +67,29 @@ class ConceptSegModelConfig:
     def __post_init__(self):
         if self.output not in OUTPUTS:
             raise ConceptSegError(f"output must be one of {', '.join(OUTPUTS)}; got {self.output!r}.")
-        if (self.demonstrations is None) == (self.text is None):
+        self.check()
+
+    def check(self) -> None:
+        """Refuses demonstrations and a text query together (neither is fine until apply_model)."""
+        if self.demonstrations is not None and self.demo_tag:
+            raise ConceptSegError("Give demonstrations as a view or as a tag, not both.")
+        if self.text is not None and (self.demonstrations is not None or self.demo_tag):
             raise ConceptSegError(
-                "Give either demonstrations (a view whose masks show the concept) or a text query, not both."
+                "Give either demonstrations (a view or tag whose masks show the concept) or a text query, not both."
             )
+
+
+def _apply_model_call():
+    """(samples, label_field, output_dir) of the FiftyOne ``apply_model`` now entering this model, or None."""
+    # apply_model hands a model none of its arguments, but it enters the model as a context
+    # manager before the first prediction, so its frame (pinned FiftyOne 1.22) is on the stack.
+    frame = inspect.currentframe()
+    while frame is not None:
+        if frame.f_code is fom.apply_model.__code__:
+            local = frame.f_locals
+            return local["samples"], local["label_field"], local.get("output_dir")
+        frame = frame.f_back
+    return None
 
 
 class ImageGetItem(fout.GetItem):
@@ -82,12 +116,13 @@ def collate(batch: list) -> list:
 
 
 class ConceptSegModel(fom.Model, fom.SupportsGetItem, fom.TorchModelMixin):
-    """Segments a concept, taught by demonstrations or named by a query, in each image."""
+    """Segments a concept, taught by demonstrations or named by a query, in each image.
+
+    ``demonstrations``, ``demo_tag``, ``mask_field``, ``classes`` and ``text`` can be set on
+    the model before ``apply_model``; the route is chosen (and verified) on first use.
+    """
 
     def __init__(self, config: ConceptSegModelConfig):
-        from conceptseg.router import RouteChoice, make_router
-        from conceptseg.types import Verification
-
         fom.SupportsGetItem.__init__(self)
         self.config = config
         bundle = config.bundle
@@ -95,21 +130,138 @@ class ConceptSegModel(fom.Model, fom.SupportsGetItem, fom.TorchModelMixin):
             from conceptseg.checkpoint import load_bundle_cached
 
             bundle = load_bundle_cached(bundle)
-        if config.text is not None:
-            self.router = make_router("reasoning", bundle=bundle, question=config.text)
-            route = self.router.routes[0]
-            route.fit([])
-            self.choice = RouteChoice(route, [Verification(route.name)], reason="text query: nothing to verify against")
-            self.concept = config.concept or config.text
-        else:
-            self.router = make_router(config.route, config.threshold, bundle=bundle, question=config.concept)
-            demonstrations, _ = fio.read_demonstrations(config.demonstrations, config.mask_field)
-            self.choice = self.router.choose(demonstrations)
-            self.concept = config.concept or "concept"
+        self._bundle = bundle
+        self._fitted = None  # (router, choice, demonstration ids), built on first use
+        self._run = None  # the apply_model run being recorded
         self._transforms = None
         self._preprocess = False
 
     media_type = "image"
+
+    # What to segment by: settable until apply_model, each change refits.
+    def _set(self, name: str, value) -> None:
+        setattr(self.config, name, value)
+        self.config.check()
+        self._fitted = None
+
+    demonstrations = property(lambda self: self.config.demonstrations, lambda self, v: self._set("demonstrations", v))
+    demo_tag = property(lambda self: self.config.demo_tag, lambda self, v: self._set("demo_tag", v))
+    mask_field = property(lambda self: self.config.mask_field, lambda self, v: self._set("mask_field", v))
+    classes = property(lambda self: self.config.classes, lambda self, v: self._set("classes", v))
+    text = property(lambda self: self.config.text, lambda self, v: self._set("text", v))
+
+    @property
+    def concept(self) -> str:
+        return self.config.concept or self.config.text or "concept"
+
+    @property
+    def router(self):
+        return self._fit()[0]
+
+    @property
+    def choice(self):
+        return self._fit()[1]
+
+    def _demonstration_view(self, dataset):
+        if self.config.demonstrations is not None:
+            return self.config.demonstrations
+        if dataset is None:
+            raise ConceptSegError(
+                f"Demonstrations by tag ({self.config.demo_tag!r}) are read from the dataset apply_model "
+                "runs on: use apply_model, or set model.demonstrations to a view."
+            )
+        view = dataset.match_tags(self.config.demo_tag)
+        if len(view) == 0:
+            raise EmptyViewError(
+                f"No sample of {dataset.name!r} has the tag {self.config.demo_tag!r}; tag the demonstrations first."
+            )
+        return view
+
+    def _fit(self, dataset=None):
+        """(router, choice, demonstration ids); a tag is looked up in ``dataset`` each time."""
+        from conceptseg.router import RouteChoice, make_router
+        from conceptseg.types import Verification
+
+        c = self.config
+        if self._fitted is not None and not (c.demo_tag and dataset is not None):
+            return self._fitted
+        if c.text is not None:
+            router = make_router("reasoning", bundle=self._bundle, question=c.text)
+            route = router.routes[0]
+            route.fit([])
+            choice = RouteChoice(route, [Verification(route.name)], reason="text query: nothing to verify against")
+            self._fitted = (router, choice, frozenset())
+        elif c.demonstrations is not None or c.demo_tag:
+            view = self._demonstration_view(dataset)
+            demonstrations, _ = fio.read_demonstrations(view, c.mask_field, classes=c.classes)
+            router = make_router(c.route, c.threshold, bundle=self._bundle, question=c.concept)
+            choice = router.choose(demonstrations)
+            self._fitted = (router, choice, frozenset(view.values("id")))
+        else:
+            raise ConceptSegError(NOTHING_TO_SEGMENT)
+        return self._fitted
+
+    def _output_fields(self, label_field: str) -> tuple[str | None, str | None]:
+        """(Segmentation field, Detections field) that apply_model writes for ``label_field``."""
+        if self.config.output == "segmentation":
+            return label_field, None
+        if self.config.output == "instances":
+            return None, label_field
+        return f"{label_field}_segmentation", f"{label_field}_instances"
+
+    def __enter__(self):
+        call = _apply_model_call()
+        if call is not None:
+            self._begin_run(*call)
+        return self
+
+    def __exit__(self, exc_type, *args):
+        run, self._run = self._run, None
+        if run is not None and exc_type is None:
+            self._finish(run)
+
+    def _begin_run(self, samples, label_field: str, output_dir: str | None) -> None:
+        """Checks the output fields, fits, and records the run, all before any label is written."""
+        from conceptseg.jobs import _ensure_mask_targets, _start_run, refuse_mask_field, run_key_for
+        from conceptseg.runs import new_run_id
+
+        c = self.config
+        if c.text is None and c.demonstrations is None and not c.demo_tag:
+            raise ConceptSegError(NOTHING_TO_SEGMENT)
+        seg_field, inst_field = self._output_fields(label_field)
+        refuse_mask_field([f for f in (seg_field, inst_field) if f], None if c.text is not None else c.mask_field)
+        dataset = samples._dataset
+        _, choice, demo_ids = self._fit(dataset)
+        targets = samples.exclude(list(demo_ids)) if demo_ids else samples
+        run_key, run_id = run_key_for(label_field), new_run_id()
+        if seg_field:
+            _ensure_mask_targets(dataset, seg_field, self.concept)
+        method = "conceptseg.segment_by_query" if c.text is not None else "conceptseg.segment_by_demonstration"
+        _start_run(targets, run_key, dict(
+            method=method, entry="apply_model", run_id=run_id,
+            output_dir=os.path.abspath(output_dir) if output_dir else None,
+            pred_field=seg_field or inst_field, instances_field=inst_field if seg_field else None,
+            mask_field=None if c.text is not None else c.mask_field, classes=c.classes,
+            demonstration_ids=sorted(demo_ids), query=c.text, route_requested=c.route,
+            route=choice.route.name, threshold=c.threshold, verification=choice.verification,
+            verified=choice.verified, reason=choice.reason, rule=choice.route.rule(), concept=self.concept,
+        ))
+        self._run = dict(dataset=dataset, key=run_key, id=run_id, targets=len(targets), seconds=[], failures=[],
+                         pred_field=seg_field or inst_field, instances_field=inst_field if seg_field else None)
+
+    def _finish(self, run: dict) -> None:
+        from conceptseg.jobs import _finish_run
+
+        choice, seconds = self.choice, run["seconds"]
+        summary = dict(
+            run_key=run["key"], pred_field=run["pred_field"], instances_field=run["instances_field"],
+            route=choice.route.name, verification=choice.verification,
+            verifications={v.route: v.scores for v in choice.verifications}, verified=choice.verified,
+            reason=choice.reason, rule=choice.route.rule(), targets=run["targets"], segmented=len(seconds),
+            skipped=0, failures=run["failures"], fit_seconds=choice.fit_seconds,
+            seconds_per_target=(sum(seconds) / len(seconds)) if seconds else None,
+        )
+        _finish_run(run["dataset"], run["key"], summary)
 
     @property
     def ragged_batches(self):
@@ -147,38 +299,46 @@ class ConceptSegModel(fom.Model, fom.SupportsGetItem, fom.TorchModelMixin):
         return self.predict_all([arg])[0]
 
     def predict_all(self, args):
-        """Labels for a batch of GetItem dicts (or HxWx3 arrays when called directly)."""
+        """Labels for a batch of GetItem dicts (or HxWx3 arrays when called directly).
+
+        A demonstration gets None (no label): it is never its own target.
+        """
         from conceptseg.imaging import to_rgb_float
 
-        out = []
+        router, choice, demo_ids = self._fit()
+        out, seconds = [], []
         for arg in args:
             item = arg if isinstance(arg, dict) else {"image": to_rgb_float(arg), "id": "", "error": None}
-            if item["error"] is not None:
-                raise ImageReadError(item["error"])
-            result = next(self.router.segment(self.choice, [Target(item["image"], item["id"])]))
-            if result.error is not None:
-                raise ConceptSegError(result.error)
+            if item["id"] in demo_ids:
+                out.append(None)
+                continue
+            error = item["error"]
+            if error is None:
+                result = next(router.segment(choice, [Target(item["image"], item["id"])]))
+                error = result.error
+            if error is not None:
+                if self._run is not None:
+                    self._run["failures"].append({"sample_id": item["id"], "error": error})
+                raise (ImageReadError if item["error"] else ConceptSegError)(error)
+            seconds.append(result.seconds)
             out.append(self._labels(result))
+        if self._run is not None:
+            self._run["seconds"].extend(seconds)
         return out
 
     def _labels(self, result):
         import fiftyone as fo
         import numpy as np
 
-        details = result.details
-        attrs = dict(
-            route=result.route,
-            verification=result.verification,
-            verified=result.verified,
-            rule=details.get("rule") or self.choice.route.rule(),
-            reasoning=details.get("reasoning"),
-            answer=details.get("answer"),
-            parse_error=details.get("parse_error"),
-        )
+        from conceptseg.jobs import label_attributes
+
+        run = self._run or {}
+        attrs = label_attributes(self.choice, result, run.get("key"), run.get("id"))
         segmentation = fo.Segmentation(mask=result.mask.astype(np.uint8), cost=result.seconds, **attrs)
         if self.config.output == "segmentation":
             return segmentation
-        instances = fio.mask_to_detections(result.mask, result.probability, self.concept, **attrs)
+        instances = fio.mask_to_detections(result.mask, result.probability, self.concept,
+                                           cost=result.seconds, **attrs)
         if self.config.output == "instances":
             return instances
         return {"segmentation": segmentation, "instances": instances}

@@ -222,11 +222,14 @@ class Sam3Segmenter:
         the model config is a ``CheckpointError`` listing the missing and unexpected keys."""
         from transformers import AutoConfig, Sam3Config, Sam3Model, Sam3Processor
 
+        from conceptseg.hub import hf_token
+
         path = _resolve_path(config.path)
+        token = hf_token()  # for hub ids (a gated repository needs one); None: huggingface_hub decides
         device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
         try:
-            processor = Sam3Processor.from_pretrained(path)
-            model_config = AutoConfig.from_pretrained(path)
+            processor = Sam3Processor.from_pretrained(path, token=token)
+            model_config = AutoConfig.from_pretrained(path, token=token)
         except (OSError, ValueError, KeyError) as e:
             raise CheckpointError(f"Cannot load a SAM 3 processor and config from {config.path}: {e}. "
                                   f"{_WEIGHTS_HINT}") from e
@@ -243,7 +246,7 @@ class Sam3Segmenter:
             raise ValueError(f"image_size must be a multiple of the SAM 3 patch size {patch}; got {size}.")
         model_config.image_size = size  # the ViT's global-attention positions are built for it
         try:
-            model, info = Sam3Model.from_pretrained(path, config=model_config, output_loading_info=True)
+            model, info = Sam3Model.from_pretrained(path, config=model_config, output_loading_info=True, token=token)
         except (OSError, ValueError, RuntimeError) as e:  # shape mismatches, corrupt files
             raise CheckpointError(f"Cannot load SAM 3 weights from {config.path}: {e}") from e
         missing = list(info.get("missing_keys", []))

@@ -1,0 +1,204 @@
+"""The object route: candidates, per-object features, the forest, and its bad inputs (no database)."""
+
+import numpy as np
+import pytest
+
+from conceptseg.router import Router, make_router
+from conceptseg.routes import ROUTES, ObjectConfig, ObjectRoute
+from conceptseg.routes.base import mask_iou
+from conceptseg.routes.objects import FEATURES, CandidateConfig, features, object_labels, propose
+from conceptseg.training import procedural
+from conceptseg.types import Demonstration, Target
+
+GREY = (0.5, 0.5, 0.5)
+
+
+def _concept(name: str, n_targets: int = 3, seed: int = 0):
+    items = procedural.generate([name], per_concept=3 + n_targets, seed=seed)
+    pairs = [(it.image.astype(np.float32) / 255, it.mask) for it in items]
+    demos = [Demonstration(im, m, f"{name}-{i}") for i, (im, m) in enumerate(pairs[:3])]
+    return demos, pairs[3:]
+
+
+def _canvas(size=128):
+    return np.full((size, size, 3), GREY, np.float32)
+
+
+def _feature(table: np.ndarray, name: str) -> np.ndarray:
+    return table[:, FEATURES.index(name)]
+
+
+class TestShapeConcepts:
+    def test_triangles_among_other_shapes_of_any_colour(self):
+        demos, targets = _concept("triangle")
+        route = ObjectRoute()
+        route.fit(demos)
+        ious = [mask_iou(route.segment(im) > route.threshold, m) for im, m in targets]
+        assert np.mean(ious) >= 0.8
+        rule = route.rule()
+        assert rule.startswith("objects with ") and "corners < 3.5" in rule  # a triangle has 3
+
+    def test_router_takes_the_object_route_on_shapes_and_appearance_on_colours(self):
+        ring = Router().choose(_concept("ring")[0])
+        assert ring.route.name == "object" and ring.verified
+        assert [v.route for v in ring.verifications] == ["appearance", "object"]
+        assert ring.verifications[0].score < ring.verifications[1].score
+        red = Router().choose(_concept("red object")[0])
+        assert red.route.name == "appearance" and red.verified
+
+    def test_probability_is_constant_per_object_and_zero_off_objects(self):
+        demos, targets = _concept("ring")
+        route = ObjectRoute()
+        route.fit(demos)
+        image = targets[0][0]
+        prob = route.segment(image)
+        labels = route.objects(image).labels
+        assert prob.shape == (128, 128) and prob.dtype == np.float32
+        assert np.all(prob[labels == 0] == 0)
+        for i in range(1, labels.max() + 1):
+            assert np.unique(prob[labels == i]).size == 1
+
+    def test_named_route_and_registration_order(self):
+        assert list(ROUTES)[:2] == ["appearance", "object"]
+        assert [r.name for r in make_router("object").routes] == ["object"]
+
+
+class TestVerification:
+    def test_leave_one_out_scores_every_demonstration(self):
+        demos, _ = _concept("ring")
+        scores = ObjectRoute().verify(demos)
+        assert set(scores) == {d.id for d in demos}
+        assert all(s >= 0.8 for s in scores.values())
+
+    def test_verification_does_not_leave_a_partial_model(self):
+        demos, targets = _concept("star")
+        route = ObjectRoute()
+        route.verify(demos)
+        with pytest.raises(RuntimeError, match="fit"):
+            route.segment(targets[0][0])
+
+
+class TestBadInput:
+    def test_objects_split_by_a_mask_follow_the_majority(self):
+        image = _canvas()
+        image[10:40, 10:40] = (0.9, 0.1, 0.1)  # A: 900 px
+        image[70:100, 70:100] = (0.1, 0.1, 0.9)  # B: 900 px
+        mask = np.zeros((128, 128), bool)
+        mask[10:40, 10:31] = True  # 70% of A
+        mask[70:100, 70:79] = True  # 30% of B
+        labels = propose(image, CandidateConfig())
+        positive, split = object_labels(labels, mask)
+        assert labels.max() == 2 and split == 2
+        assert positive[labels[20, 20] - 1] and not positive[labels[80, 80] - 1]
+
+        other = _canvas()
+        other[50:80, 20:50] = (0.9, 0.1, 0.1)
+        other[20:50, 80:110] = (0.1, 0.1, 0.9)
+        other_mask = np.zeros((128, 128), bool)
+        other_mask[50:80, 20:50] = True
+        route = ObjectRoute()
+        route.fit([Demonstration(image, mask, "split"), Demonstration(other, other_mask, "whole")])
+        rule = route.rule()
+        assert "most of its pixels lie inside" in rule and "2 objects were split" in rule
+        assert mask_iou(route.segment(image) > 0.5, labels == labels[20, 20]) == 1.0
+
+    def test_target_without_candidate_objects_gets_an_empty_mask(self):
+        demos, _ = _concept("triangle")
+        rng = np.random.default_rng(0)
+        noise = np.clip(_canvas() + rng.normal(0, 0.01, (128, 128, 1)), 0, 1).astype(np.float32)
+        router = Router([ObjectRoute()])
+        choice = router.choose(demos)
+        results = list(router.segment(choice, [Target(noise, "noise"), Target(_canvas(), "flat")]))
+        assert [r.error for r in results] == [None, None]
+        assert all(r.mask.shape == (128, 128) and not r.mask.any() for r in results)
+        assert propose(noise, CandidateConfig()).max() == 0
+
+    def test_thousands_of_tiny_objects_are_dropped_and_the_count_bounded(self):
+        image = _canvas(256)
+        image[::3, ::3] = (0.9, 0.9, 0.1)  # 86 x 86 = 7396 single-pixel specks
+        image[20:60, 20:60] = (0.9, 0.1, 0.1)
+        image[150:200, 150:180] = (0.1, 0.1, 0.9)
+        labels = propose(image, CandidateConfig())
+        assert labels.max() == 2  # the specks are under min_area (12 px)
+
+        grid = _canvas(256)
+        for r in range(2, 250, 8):
+            for c in range(2, 250, 8):
+                grid[r : r + 4, c : c + 4] = (0.9, 0.1, 0.1)  # 31 x 31 = 961 objects of 16 px
+        grid[100:104, 100:106] = (0.1, 0.1, 0.9)  # one larger, 24 px: among the kept
+        labels = propose(grid, CandidateConfig(max_objects=500))
+        assert labels.max() == 500
+        assert labels[101, 103] > 0
+        assert features(grid, labels).shape == (500, len(FEATURES))
+
+    def test_single_object_has_defined_context_features(self):
+        image = _canvas()
+        image[40:80, 30:90] = (0.2, 0.7, 0.2)
+        labels = propose(image, CandidateConfig())
+        table = features(image, labels)
+        assert table.shape == (1, len(FEATURES)) and np.isfinite(table).all()
+        assert _feature(table, "relative_area")[0] == 1.0
+        assert _feature(table, "neighbour_distance")[0] == pytest.approx(np.sqrt(2))
+        assert _feature(table, "distinctness")[0] == 0.0 and _feature(table, "size_deviation")[0] == 0.0
+        demos, _ = _concept("square")
+        route = ObjectRoute()
+        route.fit(demos)
+        assert route.segment(image).shape == (128, 128)
+
+    def test_negative_demonstration_teaches_absence(self):
+        demos, targets = _concept("triangle")
+        no_triangle = _canvas()
+        no_triangle[30:60, 30:60] = (0.1, 0.1, 0.9)
+        negative = Demonstration(no_triangle, np.zeros((128, 128), bool), "no-triangle")
+        route = ObjectRoute()
+        scores = route.verify(demos + [negative])
+        assert scores["no-triangle"] == 1.0  # nothing found where nothing was shown
+        route.fit(demos + [negative])
+        assert "from 4 demonstrations" in route.rule()
+        assert not (route.segment(no_triangle) > 0.5).any()
+
+    def test_router_passes_negative_demonstrations_to_the_object_route(self):
+        demos, _ = _concept("ring")
+        no_ring = _canvas()
+        no_ring[30:60, 30:60] = (0.1, 0.1, 0.9)
+        choice = Router().choose(demos + [Demonstration(no_ring, np.zeros((128, 128), bool), "no-ring")])
+        assert choice.route.name == "object" and choice.verified
+        assert "no-ring" in choice.verifications[-1].scores
+        assert "from 4 demonstrations" in choice.route.rule()
+
+    def test_only_negative_demonstrations_find_nothing(self):
+        image = _canvas()
+        image[30:60, 30:60] = (0.1, 0.1, 0.9)
+        route = ObjectRoute()
+        route.fit([Demonstration(image, np.zeros((128, 128), bool), "empty")])
+        assert not route.segment(image).any()
+        assert route.rule().startswith("no object")
+
+    def test_segment_before_fit_says_what_to_call(self):
+        with pytest.raises(RuntimeError, match="fit"):
+            ObjectRoute().segment(_canvas())
+
+    def test_unknown_proposal_is_named(self):
+        with pytest.raises(ValueError, match="proposal must be one of background"):
+            ObjectConfig(candidates=CandidateConfig(proposal="magic"))
+
+
+class TestFromTheCommandLine:
+    def test_route_object_writes_labels_and_records_the_majority_rule(self, nuclei_dataset, capsys):
+        import json
+
+        from conceptseg import cli
+        from conceptseg.metrics import score_sample
+
+        args = ["segment", "--dataset", nuclei_dataset.name, "--demo-tag", "demo", "--mask-field",
+                "ground_truth", "--pred-field", "pred", "--view", "nuclei", "--route", "object", "--json"]
+        assert cli.main(args) == 0
+        summary = json.loads(capsys.readouterr().out)
+        assert summary["route"] == "object" and summary["segmented"] == 13 and summary["failures"] == []
+        info = nuclei_dataset.get_run_info("conceptseg_pred")
+        assert info.config.route == "object" and "most of its pixels lie inside" in info.config.rule
+        ious = []
+        for sample in nuclei_dataset.load_saved_view("nuclei").match_tags("demo", bool=False):
+            assert sample["pred"].route == "object" and sample["pred"].rule == info.config.rule
+            ious.append(score_sample(sample["pred"].get_mask(), sample["ground_truth"].get_mask() > 0)["iou"])
+        assert np.mean(ious) >= 0.6  # every nucleus is the concept: the candidates' own quality
