@@ -61,8 +61,9 @@ def _wait_for_server(url: str, server: subprocess.Popen, log_path) -> None:
 @pytest.fixture
 def app_url(plugin_installed, nuclei_dataset, tmp_path):
     """A FiftyOne App server on a free loopback port, sharing this process's private database."""
-    # The dataset fixture has started the embedded mongod; os.environ now carries its port
-    # (FIFTYONE_PRIVATE_DATABASE_PORT), so the server joins it instead of starting another.
+    # os.environ carries FIFTYONE_DATABASE_URI of the session's own mongod (tests/conftest.py,
+    # conceptseg.testing_db): the server joins it, never a FiftyOne database of the user's.
+    assert os.environ["FIFTYONE_DATABASE_URI"].startswith("mongodb://127.0.0.1:")
     port = _free_port()
     main = os.path.join(os.path.dirname(fo.__file__), "server", "main.py")
     log_path = tmp_path / "server.log"
