@@ -119,6 +119,7 @@ def label_attributes(choice, result, run_key: str) -> dict:
         reasoning=details.get("reasoning"),
         answer=details.get("answer"),
         parse_error=details.get("parse_error"),
+        doubt=details.get("doubt"),  # in [0, 1], higher = more likely wrong (conceptseg.doubt)
         run_key=run_key,
     )
 

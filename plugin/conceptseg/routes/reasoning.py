@@ -16,6 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
+from conceptseg.doubt import check_doubt, probability_doubt
 from conceptseg.episode import TARGET_SIZE, BoxMap, build_episode
 from conceptseg.errors import ConceptSegError
 from conceptseg.imaging import content_key, to_uint8
@@ -95,7 +96,11 @@ class ReasoningRoute(Route):
         if not np.isfinite(logits).all():
             raise ConceptSegError("The segmenter returned NaN or infinite logits for this image; check the model weights.")
         details["box"] = None if box is None else [int(v) for v in box]
-        return torch.sigmoid(torch.from_numpy(logits)).numpy().astype(np.float32), details
+        # Doubt: how well this episode's <check> re-found the withheld box (see conceptseg.doubt).
+        probability = torch.sigmoid(torch.from_numpy(logits)).numpy().astype(np.float32)
+        details["doubt"] = (check_doubt(details["check_iou"]) if "check_iou" in details
+                            else probability_doubt(probability, self.config.threshold))
+        return probability, details
 
     def _shortcut(self, key: str):
         """The paper's text shortcut: for a short query SAM 3 alone, when it is confident.
@@ -114,7 +119,9 @@ class ReasoningRoute(Route):
         logits = torch.from_numpy(decision.prediction.logits)
         details = {"shortcut": decision.reason, "answer": self.config.question, "parse_error": None,
                    "reasoning": None, "rule": None, "check": None, "box": None, "completion": None}
-        return torch.sigmoid(logits).numpy().astype(np.float32), details
+        probability = torch.sigmoid(logits).numpy().astype(np.float32)
+        details["doubt"] = probability_doubt(probability, self.config.threshold)
+        return probability, details
 
     def _ask(self, image: np.ndarray):
         """Runs the policy on one target; returns details, the 600² box (or None), the map."""
@@ -134,6 +141,8 @@ class ReasoningRoute(Route):
         tokens = self.bundle.translator(out.hidden_states, out.completion_mask).tokens[0]
         details = {"completion": out.completions[0], "_tokens": tokens, "parse_error": None,
                    "reasoning": None, "rule": None, "answer": None, "check": None}
+        if demos and episode.has_proxy:
+            details["check_iou"] = None  # no parseable <check>: full doubt
         try:
             parsed = parse_completion(out.completions[0], require_check=require_check)
         except CompletionParseError as e:
@@ -141,6 +150,8 @@ class ReasoningRoute(Route):
             return details, None, target_map
         details.update(reasoning=parsed.think, rule=parsed.rule, answer=parsed.answer,
                        check=None if parsed.check is None else list(parsed.check))
+        if "check_iou" in details and parsed.check is not None:
+            details["check_iou"] = float(box_iou(tuple(parsed.check), episode.proxy_box))
         return details, parsed.bbox, target_map
 
     def verify(self, demonstrations: Sequence[Demonstration]) -> dict[str, float]:
