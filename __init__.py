@@ -7,6 +7,7 @@ operator modules; the engine (and torch, scikit-learn) loads inside ``execute``.
 from .operators.evaluate_concept_segmentation import EvaluateConceptSegmentation
 from .operators.evaluation_metrics import ConceptDice, ConceptIoU, SMeasure, WeightedFMeasure
 from .operators.segment_by_demonstration import SegmentByDemonstration
+from .operators.review_targets import AcceptTargets, PromoteCorrections, RejectTargets, RerunReview
 from .operators.segment_by_query import SegmentByQuery
 from .operators.train_concept_policy import TrainConceptPolicy
 from .panels.concept_evaluation import ConceptEvaluation
@@ -21,6 +22,10 @@ OPERATORS = (
     WeightedFMeasure,
     SMeasure,
     TrainConceptPolicy,
+    AcceptTargets,
+    RejectTargets,
+    PromoteCorrections,
+    RerunReview,
 )
 PANELS = (ConceptRules, ConceptEvaluation)
 

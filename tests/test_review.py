@@ -145,3 +145,55 @@ def test_accept_into_an_rgb_segmentation(name, tmp_path):
     blue = truth[target.id]["blue"]
     assert (rgb[blue] == (0, 0, 255)).all()
     assert np.array_equal(np.all(rgb == (255, 0, 0), axis=2), pred & ~blue)
+
+
+PLUGIN = "@conceptseg/conceptseg-r1"
+
+
+def _panel(dataset, method="on_load", state=None, current_sample=None):
+    import fiftyone.operators as foo
+
+    result = foo.execute_operator(f"{PLUGIN}/concept_rules", dataset=dataset, current_sample=current_sample,
+                                  params={"__method__": method, "panel_id": "p1", "panel_state": dict(state or {})})
+    state, schema, others = dict(state or {}), None, []
+    for request in result.executor.to_json()["requests"]:
+        if request["operator_uri"] == "patch_panel_state":
+            state.update(request["params"]["state"])
+        elif request["operator_uri"] == "show_panel_output":
+            schema = request["params"]["output"]
+        elif request["operator_uri"] != "patch_panel_data":
+            others.append(request)
+    assert result.error is None, result.error
+    return state, json.dumps(schema), others
+
+
+def test_operators_accept_reject_and_rerun(plugin_installed, loop):
+    import fiftyone.operators as foo
+    from fiftyone.operators.executor import ExecutionError
+
+    dataset, _ = loop
+    ids = [t["id"] for t in review.review(dataset, "pred")["targets"]]
+    result = foo.execute_operator(f"{PLUGIN}/accept_targets", dataset=dataset, selected=ids[-1:],
+                                  params={"pred_field": "pred"})
+    assert result.error is None and result.result["accepted"] == ids[-1:]
+    result = foo.execute_operator(f"{PLUGIN}/reject_targets", dataset=dataset, current_sample=ids[0],
+                                  params={"pred_field": "pred"})
+    assert result.error is None and review.REJECTED_TAG in dataset[ids[0]].tags
+    result = foo.execute_operator(f"{PLUGIN}/rerun_review", dataset=dataset, params={"pred_field": "pred"})
+    assert result.error is None and result.result["round"] == 2 and result.result["demonstrations"] == 4
+    with pytest.raises(ExecutionError, match="Nothing was accepted"):
+        foo.execute_operator(f"{PLUGIN}/rerun_review", dataset=dataset, params={"pred_field": "pred"})
+
+
+def test_panel_opens_the_most_doubtful_accepts_and_shows_rounds(plugin_installed, loop):
+    dataset, _ = loop
+    state, rendered, _ = _panel(dataset)
+    assert state["review"]["round"] == 1 and "Review by doubt" in rendered and "| 1 |" in rendered
+    _, _, requests = _panel(dataset, "open_review", state)
+    opened = [r for r in requests if r["operator_uri"] == "open_sample"][0]["params"]["id"]
+    assert opened == review.review(dataset, "pred")["targets"][0]["id"] == state["review"]["most_doubtful"]
+    state, rendered, _ = _panel(dataset, "accept_current", state, current_sample=opened)
+    assert state["review"]["accepted"] == 1 and review.ACCEPTED_TAG in dataset[opened].tags
+    state, rendered, _ = _panel(dataset, "rerun", state)
+    assert state["review"]["round"] == 2 and [r["accepted"] for r in state["review"]["rounds"]] == [0, 1]
+    assert "| 2 |" in rendered
