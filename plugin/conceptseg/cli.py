@@ -381,9 +381,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("setup-db", help="make sure FiftyOne has a MongoDB it can start")
     p.set_defaults(func=cmd_setup_db)
 
-    from conceptseg.cli_review import add_review_commands
+    from conceptseg.cli_review import add_concept_commands, add_review_commands
 
     add_review_commands(sub)
+    add_concept_commands(sub)
     return parser
 
 

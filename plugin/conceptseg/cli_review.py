@@ -107,3 +107,93 @@ def add_review_commands(sub) -> None:
     p.add_argument("--pred-field", required=True)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_rerun)
+
+
+def cmd_concepts(args) -> int:
+    from conceptseg import library
+
+    action = args.concepts_command
+    if action == "save":
+        from conceptseg.review import id_list
+
+        dataset = _load(args.dataset)
+        if args.ids:
+            demos = dataset.select(id_list(args.ids))
+        else:
+            if args.demo_tag not in dataset.distinct("tags"):
+                raise library.LibraryError(f"No sample of {args.dataset!r} has the tag {args.demo_tag!r}.")
+            demos = dataset.match_tags(args.demo_tag)
+        record = library.save(args.name, demos, args.mask_field, classes=args.classes, route=args.route,
+                              model=args.model, overwrite=args.overwrite)
+        v = record["verification"]
+        print(f"saved {record['name']!r}: {len(record['demonstrations'])} demonstrations, route {record['route']}, "
+              f"verification {'unavailable' if v is None else f'{v:.3f}'} -> {library.library_dir()}")
+    elif action == "list":
+        concepts = library.list_concepts()
+        if args.json:
+            print(json.dumps({"concepts": concepts}))
+        else:
+            for c in concepts:
+                v = c["verification"]
+                print(f"{c['name']:<24}{c['route'] or '':<12}{'n/a' if v is None else f'{v:.3f}':>7}  "
+                      f"{c['demonstrations']} demos  {', '.join(c['classes'] or [])}  {c['date']}")
+            if not concepts:
+                print(f"no saved concepts in {library.library_dir()}")
+    elif action == "show":
+        print(json.dumps(library.load(args.name), indent=1))
+    elif action == "apply":
+        dataset = _load(args.dataset)
+        if args.view and args.view not in dataset.list_saved_views():
+            raise library.LibraryError(f"{args.dataset!r} has no saved view {args.view!r}.")
+        targets = dataset.load_saved_view(args.view) if args.view else dataset
+        from conceptseg.cli import _report
+
+        summary = library.apply(args.name, targets, args.pred_field, overwrite=args.overwrite, resume=args.resume,
+                                progress=None if args.json else _progress)
+        return _report(summary, args.json)
+    elif action == "delete":
+        library.delete(args.name)
+        print(f"deleted {args.name!r}")
+    elif action == "export":
+        print(library.export(args.name, args.out))
+    elif action == "import":
+        record = library.import_zip(args.zip, overwrite=args.overwrite)
+        print(f"imported {record['name']!r} into {library.library_dir()}")
+    return 0
+
+
+def add_concept_commands(sub) -> None:
+    """Adds ``concepts save|list|show|apply|delete|export|import`` to the ``conceptseg`` parser."""
+    p = sub.add_parser("concepts", help="the library of saved concepts")
+    p.set_defaults(func=cmd_concepts)
+    verbs = p.add_subparsers(dest="concepts_command", required=True)
+    s = verbs.add_parser("save", help="save the concept that demonstrations show")
+    s.add_argument("name")
+    s.add_argument("--dataset", required=True)
+    which = s.add_mutually_exclusive_group(required=True)
+    which.add_argument("--demo-tag", help="tag of the demonstration samples")
+    which.add_argument("--ids", help="demonstration sample ids, comma-separated")
+    s.add_argument("--mask-field", required=True)
+    s.add_argument("--classes", help="class(es) of --mask-field that are the concept (A[,B])")
+    s.add_argument("--route", default="auto", choices=["auto", "appearance", "prototype", "reasoning"])
+    s.add_argument("--model", help="bundle directory, zoo name or Hugging Face id")
+    s.add_argument("--overwrite", action="store_true", help="replace a saved concept of that name")
+    s = verbs.add_parser("list", help="the saved concepts")
+    s.add_argument("--json", action="store_true", help='print {"concepts": [...]}')
+    for verb, text in (("show", "a saved concept's record"), ("delete", "remove a saved concept")):
+        verbs.add_parser(verb, help=text).add_argument("name")
+    s = verbs.add_parser("apply", help="segment a dataset with a saved concept")
+    s.add_argument("name")
+    s.add_argument("--dataset", required=True)
+    s.add_argument("--view", help="saved view of targets (default: the whole dataset)")
+    s.add_argument("--pred-field", required=True)
+    s.add_argument("--json", action="store_true")
+    mode = s.add_mutually_exclusive_group()
+    mode.add_argument("--overwrite", action="store_true")
+    mode.add_argument("--resume", action="store_true")
+    s = verbs.add_parser("export", help="write a saved concept into a zip")
+    s.add_argument("name")
+    s.add_argument("out", metavar="OUT.zip")
+    s = verbs.add_parser("import", help="validate a concept zip and add it to the library")
+    s.add_argument("zip", metavar="ZIP")
+    s.add_argument("--overwrite", action="store_true", help="replace a saved concept of that name")
