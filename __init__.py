@@ -4,6 +4,7 @@ FiftyOne runs this file again for every operator request, so it imports only the
 operator modules; the engine (and torch, scikit-learn) loads inside ``execute``.
 """
 
+from .operators.concept_library import ApplyConcept, SaveConcept
 from .operators.evaluate_concept_segmentation import EvaluateConceptSegmentation
 from .operators.evaluation_metrics import ConceptDice, ConceptIoU, SMeasure, WeightedFMeasure
 from .operators.segment_by_demonstration import SegmentByDemonstration
@@ -26,6 +27,8 @@ OPERATORS = (
     RejectTargets,
     PromoteCorrections,
     RerunReview,
+    SaveConcept,
+    ApplyConcept,
 )
 PANELS = (ConceptRules, ConceptEvaluation)
 

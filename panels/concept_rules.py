@@ -76,7 +76,8 @@ def sample_facts(dataset, run: dict, sample_id: str) -> dict:
     """The current sample's prediction attributes, or a sentence saying why there are none."""
     label = dataset.select(sample_id).first()[run["pred_field"]]
     if label is not None:
-        names = ("route", "verification", "verified", "rule", "reasoning", "answer", "parse_error", "cost")
+        names = ("route", "verification", "verified", "rule", "reasoning", "answer", "parse_error", "cost",
+                 "doubt", "concept_name", "review")
         return {name: label.get_field(name) if label.has_field(name) else None for name in names}
     # Failures are read only here: a big run's list is too heavy to carry in panel state.
     results = dataset.load_run_results(run["key"]) if run["failed"] else None
@@ -296,7 +297,9 @@ def _sample_markdown(sample: dict | None, run_rule: str | None) -> str:
         return NO_SAMPLE
     if "notice" in sample:
         return f"**This sample:** {sample['notice']}"
-    lines = ["**This sample**"]
+    lines = ["**This sample**" + (f" · saved concept *{sample['concept_name']}*" if sample.get("concept_name") else "")]
+    if sample.get("doubt") is not None:
+        lines.append(f"**Doubt:** {sample['doubt']:.2f}" + (f" · **Review:** {sample['review']}" if sample.get("review") else ""))
     if sample["rule"] and sample["rule"] != run_rule:  # the reasoning route words a rule per image
         lines.append(f"**Rule:** {sample['rule']}")
     wordless = f"— (the {sample['route']} route does not reason in words)"

@@ -159,3 +159,22 @@ def test_applying_a_concept_whose_model_bundle_is_missing(saved, source, lib, tm
     with pytest.raises(ConceptSegError, match="model bundle .*gone-bundle.* which is missing"):
         library.apply("red_disc", source, "pred")
     assert not source.has_field("pred")
+
+
+def test_save_and_apply_operators(plugin_installed, source, name):
+    import fiftyone.operators as foo
+
+    plugin = "@conceptseg/conceptseg-r1"
+    demo_ids = source.match_tags("demo").values("id")
+    result = foo.execute_operator(f"{plugin}/save_concept", dataset=source, selected=demo_ids, params=dict(
+        name="red_op", mask_field="gt", classes=["red"], route="appearance"))
+    assert result.result["name"] == "red_op" and library.load("red_op")["provenance"]["sample_ids"] == demo_ids
+    targets = source.match_tags("demo", bool=False)
+    result = foo.execute_operator(f"{plugin}/apply_concept", dataset=source, view=targets, params=dict(
+        name="red_op", pred_field="applied", view_target="CURRENT_VIEW"))
+    assert result.result["segmented"] == 9 and result.result["concept_name"] == "red_op"
+    assert targets.values("applied.concept_name") == ["red_op"] * 9
+    # The Rules panel names the saved concept on the sample.
+    panel = foo.execute_operator(f"{plugin}/concept_rules", dataset=source, current_sample=targets.first().id,
+                                 params={"__method__": "on_load", "panel_id": "p1", "panel_state": {}})
+    assert "saved concept *red_op*" in json.dumps(panel.executor.to_json())
