@@ -178,3 +178,14 @@ def test_save_and_apply_operators(plugin_installed, source, name):
     panel = foo.execute_operator(f"{plugin}/concept_rules", dataset=source, current_sample=targets.first().id,
                                  params={"__method__": "on_load", "panel_id": "p1", "panel_state": {}})
     assert "saved concept *red_op*" in json.dumps(panel.executor.to_json())
+
+
+def test_reviewing_an_applied_concept_says_where_its_demonstrations_are(saved, source):
+    from conceptseg import review
+
+    targets = source.match_tags("demo", bool=False)
+    library.apply("red_disc", targets, "applied")
+    listed = review.review(source, "applied")
+    assert len(listed["targets"]) == 9
+    with pytest.raises(ConceptSegError, match="demonstrations are not on this dataset"):
+        review.accept(source, "applied", listed["targets"][0]["id"])

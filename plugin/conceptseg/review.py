@@ -128,8 +128,19 @@ def review(dataset, pred_field: str) -> dict:
 # ---- writing ground truth ---------------------------------------------------------------
 
 
+def _check_demonstrations_here(dataset, config) -> None:
+    ids = list(config.demonstration_ids or [])
+    if ids and len(dataset.select(ids)) == 0:
+        raise ReviewError(
+            "This run's demonstrations are not on this dataset (a saved concept applied here, or a run whose "
+            "demonstrations came from elsewhere): add demonstrations to this dataset and segment by "
+            "demonstration, then accept and re-run here."
+        )
+
+
 def truth_class(dataset, config) -> tuple[type, str, object]:
     """(label type, class name, Segmentation value or None) under which accepted masks are written."""
+    _check_demonstrations_here(dataset, config)
     field = config.mask_field
     schema = dataset.get_field_schema()
     if field not in schema:
@@ -376,6 +387,7 @@ def rerun(dataset, pred_field: str, progress=None) -> dict:
     nothing was accepted, corrected or rejected as absent since the last round.
     """
     config = run_config(dataset, pred_field)
+    _check_demonstrations_here(dataset, config)
     record = state(dataset, pred_field)
     last = record["rounds"][-1]
     demos = list(dict.fromkeys(last["demonstrations"] + record["accepted"] + record["negatives"]))
