@@ -97,3 +97,19 @@ def test_every_predicted_label_carries_its_doubt(name, nuclei_tiles, tmp_path):
     doubts = dataset.match_tags("demo", bool=False).values("pred.doubt")
     assert len(doubts) == 4 and all(0.0 <= d <= 1.0 for d in doubts)
     assert dataset.match_tags("demo", bool=False).values("pred_instances.doubt") == doubts
+
+
+def test_prototype_doubt_is_the_score_map_margin(nuclei_tiles):
+    import torch
+
+    from conceptseg.routes.prototype import PrototypeRoute
+    from conceptseg.segmenters.sam2 import Sam2Segmenter, Sam2SegmenterConfig
+
+    torch.manual_seed(0)  # random weights: the value means nothing, the definition is what is checked
+    seg = Sam2Segmenter.from_config(Sam2SegmenterConfig(image_size=256, device="cpu", cache_size=8))
+    route = PrototypeRoute(seg)
+    route.fit([Demonstration(t[1], t[2], t[0]) for t in nuclei_tiles[:3]])
+    image = nuclei_tiles[4][1]
+    probability, details = route.segment_with_details(image)
+    expected = margin_doubt(route.similarity(image), probability > route.threshold, route.config.min_similarity)
+    assert 0.0 <= details["doubt"] <= 1.0 and details["doubt"] == pytest.approx(expected, abs=1e-6)
