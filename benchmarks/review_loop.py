@@ -65,9 +65,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="rounds of corrections after the first run")
     parser.add_argument("-k", type=int, default=2, help="targets corrected per round")
     parser.add_argument("--per-concept", type=int, default=16)
+    parser.add_argument("--sets", help="comma-separated set names (default: nuclei and every procedural concept)")
     args = parser.parse_args()
     start = time.perf_counter()
     sets = concept_sets(args.per_concept)
+    if args.sets:
+        sets = {k: v for k, v in sets.items() if k in args.sets.split(",")}
     print(f"{'set':<18}{'round':>6}{'fixed':>6}{'left doubt':>11}{'left random':>12}{'all doubt':>10}{'all random':>11}")
     reach_lines = []
     for name, items in sets.items():
