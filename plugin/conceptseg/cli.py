@@ -491,6 +491,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_setup_db)
 
     _add_run_commands(sub)
+    from conceptseg.cli_review import add_concept_commands, add_review_commands
+
+    add_review_commands(sub)
+    add_concept_commands(sub)
     return parser
 
 

@@ -148,6 +148,7 @@ def label_attributes(choice, result, run_key: str, run_id: str | None = None) ->
         parse_error=details.get("parse_error"),
         truncated=details.get("truncated"),
         shortcut=details.get("shortcut_taken"),
+        doubt=details.get("doubt"),  # in [0, 1], higher = more likely wrong (conceptseg.doubt)
         run_key=run_key,
     )
     if run_id:
