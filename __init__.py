@@ -19,10 +19,12 @@ def components() -> tuple[tuple, tuple]:
     from .model_zoo import use_plugin_engine
 
     use_plugin_engine()
+    from .operators.concept_library import ApplyConcept, SaveConcept
     from .operators.delete_concept_run import DeleteConceptRun
     from .operators.evaluate_concept_segmentation import EvaluateConceptSegmentation
     from .operators.evaluation_metrics import ConceptDice, ConceptIoU, SMeasure, WeightedFMeasure
     from .operators.segment_by_demonstration import SegmentByDemonstration
+    from .operators.review_targets import AcceptTargets, PromoteCorrections, RejectTargets, RerunReview
     from .operators.segment_by_query import SegmentByQuery
     from .operators.segment_shard import SegmentShard
     from .operators.train_concept_policy import TrainConceptPolicy
@@ -39,6 +41,12 @@ def components() -> tuple[tuple, tuple]:
         SMeasure,
         TrainConceptPolicy,
         DeleteConceptRun,
+        AcceptTargets,
+        RejectTargets,
+        PromoteCorrections,
+        RerunReview,
+        SaveConcept,
+        ApplyConcept,
         SegmentShard,
     )
     return operators, (ConceptRules, ConceptEvaluation)

@@ -83,11 +83,10 @@ import os
 import shutil
 import tempfile
 
-# A clean, private database unless the caller chose one; set before fiftyone is imported.
-_TMP_DB = None
-if not os.environ.get("FIFTYONE_DATABASE_DIR") and not os.environ.get("FIFTYONE_DATABASE_URI"):
-    _TMP_DB = tempfile.mkdtemp(prefix="sam2-bench-db-")
-    os.environ["FIFTYONE_DATABASE_DIR"] = _TMP_DB
+from conceptseg.testing_db import private_database_for_script  # noqa: E402
+
+# A mongod of our own, never the user's database; started before fiftyone is imported.
+private_database_for_script("sam2-bench-db-")
 os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
 os.environ.setdefault("FIFTYONE_SHOW_PROGRESS_BARS", "false")
 os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
@@ -428,36 +427,5 @@ def main() -> None:
           f"fraction of the box crop {statistics.fmean(fg) if fg else float('nan'):.3f}")
 
 
-def _remove_db_dir_after_exit(path: str) -> None:
-    """Removes our private database dir once this process and its mongod have exited.
-
-    FiftyOne's database service stops mongod only after its client (this process) exits,
-    so deleting the files here would pull them from under a live mongod. A detached
-    shell waits for those process ids (it only checks that they exist) and then deletes.
-    """
-    import subprocess
-
-    pids = [os.getpid()]
-    try:
-        import psutil
-
-        import fiftyone.core.odm.database as fodb
-
-        service = fodb._db_service
-        if service is not None and service.child is not None:
-            pids.append(service.child.pid)
-            pids += [p.pid for p in psutil.Process(service.child.pid).children(recursive=True)]
-    except Exception:
-        pass
-    waits = "; ".join(f"while kill -0 {p} 2>/dev/null; do sleep 1; done" for p in pids)
-    subprocess.Popen(["sh", "-c", f'{waits}; rm -rf "{path}"'], start_new_session=True,
-                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                     stderr=subprocess.DEVNULL)
-
-
 if __name__ == "__main__":
-    try:
-        main()
-    finally:
-        if _TMP_DB is not None:
-            _remove_db_dir_after_exit(_TMP_DB)
+    main()

@@ -27,8 +27,8 @@ Columns:
 - bench ΔRSS MiB: growth of that peak during the benchmark call (after the import): flat
   memory means the same delta for 50 and 500 targets.
 
-FiftyOne's database is the configured one; the script's datasets are deleted afterwards
-and its media live in a temporary directory.
+FiftyOne's database is a mongod the script starts for itself (conceptseg.testing_db; the
+children share it), never the user's; its media live in a temporary directory.
 """
 
 from __future__ import annotations
@@ -42,6 +42,11 @@ import tempfile
 import time
 
 import numpy as np
+
+from conceptseg.testing_db import private_database_for_script
+
+# Before fiftyone is imported; a child finds its parent's server in the environment.
+private_database_for_script("conceptseg-scale-db-")
 
 GOAL = 1.2
 WINDOW = 49  # targets compared at the start and the end of a run

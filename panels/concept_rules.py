@@ -78,7 +78,8 @@ def sample_facts(dataset, run: dict, sample_id: str) -> dict:
     """The current sample's prediction attributes, or a sentence saying why there are none."""
     label = dataset.select(sample_id).first()[run["pred_field"]]
     if label is not None:
-        names = ("route", "verification", "verified", "rule", "reasoning", "answer", "parse_error", "cost")
+        names = ("route", "verification", "verified", "rule", "reasoning", "answer", "parse_error", "cost",
+                 "doubt", "concept_name", "review")
         return {name: label.get_field(name) if label.has_field(name) else None for name in names}
     # Failures are read only here: a big run's list is too heavy to carry in panel state.
     results = dataset.load_run_results(run["key"]) if run["failed"] else None
@@ -90,6 +91,31 @@ def sample_facts(dataset, run: dict, sample_id: str) -> dict:
     else:
         why = f"This sample has no prediction in {run['pred_field']!r}: it was not in the run's target view."
     return {"notice": why}
+
+
+def review_facts(dataset, run: dict) -> dict | None:
+    """Where the labeling loop stands on a demonstration run: round, counts, every round's verification."""
+    if run["method"] != SEGMENT_METHODS[0]:
+        return None
+    from conceptseg.review import review
+
+    out = review(dataset, run["pred_field"])
+    rounds = [{k: r.get(k) for k in ("round", "verification", "verified", "accepted", "negatives")}
+              for r in out["rounds"]]
+    top = out["targets"][0] if out["targets"] else None
+    return {"round": out["round"], "accepted": out["accepted"], "to_review": len(out["targets"]),
+            "most_doubtful": top and top["id"], "top_doubt": top and top["doubt"], "rounds": rounds}
+
+
+def review_markdown(facts: dict) -> str:
+    """The loop in words and a table of rounds (verification and accepted count)."""
+    lines = [f"**Review** · round {facts['round']} · {facts['accepted']} accepted · {facts['to_review']} to review"
+             + (f" (most doubtful: {facts['top_doubt']:.2f})" if facts["top_doubt"] is not None else ""),
+             "| round | verification | accepted | negatives |", "|---|---|---|---|"]
+    for r in facts["rounds"]:
+        v = "unavailable" if r["verification"] is None else f"{r['verification']:.3f}"
+        lines.append(f"| {r['round']} | {v} | {r['accepted']} | {r['negatives']} |")
+    return "\n".join(lines[:1]) + "\n\n" + "\n".join(lines[1:])
 
 
 def verification_text(verification: float | None, verified: bool) -> str:
@@ -140,6 +166,37 @@ class ConceptRules(foo.Panel):
         iou = metric_field(ctx.panel.state.eval_key, "iou")
         ctx.ops.set_view(view=ctx.dataset.exists(iou).sort_by(iou))
 
+    def open_review(self, ctx):
+        """Shows the targets not yet accepted, most doubtful first, and opens the most doubtful one."""
+        from conceptseg.review import review
+
+        pred = ctx.panel.state.run["pred_field"]
+        out = review(ctx.dataset, pred)
+        ids = [t["id"] for t in out["targets"]]
+        if not ids:
+            ctx.ops.notify("Every target is accepted: nothing left to review.")
+            return
+        ctx.ops.set_view(view=ctx.dataset.select(ids, ordered=True))
+        ctx.ops.open_sample(id=ids[0])
+
+    def accept_current(self, ctx):
+        """Accepts the open sample's prediction (or the selected samples')."""
+        from conceptseg.review import accept
+
+        ids = list(ctx.selected or ([ctx.current_sample] if ctx.current_sample else []))
+        out = accept(ctx.dataset, ctx.panel.state.run["pred_field"], ids)
+        ctx.ops.notify(f"Accepted {len(out['accepted'])} into {out['mask_field']!r} as {out['class']!r}.")
+        self._load_run(ctx)
+
+    def rerun(self, ctx):
+        """A new round: the targets not yet accepted, segmented with the enlarged demonstrations."""
+        from conceptseg.review import rerun
+
+        out = rerun(ctx.dataset, ctx.panel.state.run["pred_field"])
+        ctx.ops.notify(f"Round {out['round']}: {out['segmented']} targets segmented again.")
+        ctx.ops.reload_dataset()
+        self._load_run(ctx)
+
     def _load_run(self, ctx) -> None:
         key = ctx.panel.state.run_key
         if key is None:
@@ -156,6 +213,7 @@ class ConceptRules(foo.Panel):
             ctx.panel.state.sample = None
             return
         ctx.panel.state.notice = None
+        ctx.panel.state.review = review_facts(ctx.dataset, run)
         evaluation = evaluation_for(ctx.dataset, run["pred_field"])
         ctx.panel.state.eval_key = evaluation and evaluation["key"]
         ctx.panel.state.gt_field = run["mask_field"] or (evaluation and evaluation["gt_field"])
@@ -204,6 +262,13 @@ class ConceptRules(foo.Panel):
         else:
             panel.md("Run **Evaluate concept segmentation** on this field to rank its worst samples.",
                      name="no_eval_md")
+        if state.review:
+            panel.md(review_markdown(state.review), name="review_md")
+            loop = panel.h_stack("review_actions", gap=1)
+            loop.btn("open_review", label="Review by doubt", on_click=self.open_review, variant="contained")
+            if ctx.current_sample or ctx.selected:
+                loop.btn("accept_current", label="Accept", on_click=self.accept_current, variant="outlined")
+            loop.btn("rerun", label="Re-run with accepted", on_click=self.rerun, variant="outlined")
         return types.Property(panel, view=types.GridView(orientation="vertical", gap=2, padding=1))
 
 
@@ -234,7 +299,9 @@ def _sample_markdown(sample: dict | None, run_rule: str | None) -> str:
         return NO_SAMPLE
     if "notice" in sample:
         return f"**This sample:** {sample['notice']}"
-    lines = ["**This sample**"]
+    lines = ["**This sample**" + (f" · saved concept *{sample['concept_name']}*" if sample.get("concept_name") else "")]
+    if sample.get("doubt") is not None:
+        lines.append(f"**Doubt:** {sample['doubt']:.2f}" + (f" · **Review:** {sample['review']}" if sample.get("review") else ""))
     if sample["rule"] and sample["rule"] != run_rule:  # the reasoning route words a rule per image
         lines.append(f"**Rule:** {sample['rule']}")
     wordless = f"— (the {sample['route']} route does not reason in words)"

@@ -1,6 +1,9 @@
 """Every test runs against a private FiftyOne: its own database, plugins, zoo and media dirs.
 
-The environment is set before anything imports fiftyone, which reads it once.
+The environment is set before anything imports fiftyone, which reads it once. The database
+is a ``mongod`` this session starts on a free loopback port (conceptseg.testing_db) and
+reaches by FIFTYONE_DATABASE_URI: FiftyOne's embedded service would attach to a FiftyOne
+database the user already has running, whatever FIFTYONE_DATABASE_DIR says.
 """
 
 import os
@@ -9,6 +12,8 @@ import tempfile
 import uuid
 
 import pytest
+
+from conceptseg.testing_db import mongod_binary, start_private_database
 
 _ROOT = tempfile.mkdtemp(prefix="conceptseg-tests-")
 _ENV = {
@@ -21,20 +26,23 @@ _ENV = {
     "HF_HUB_OFFLINE": "1",
     "HF_HOME": os.path.join(_ROOT, "hf"),  # a private, empty Hugging Face cache
 }
-if os.environ.get("FIFTYONE_DATABASE_URI"):
-    # An external MongoDB: stay out of the user's data with a database of our own.
-    _ENV["FIFTYONE_DATABASE_NAME"] = f"conceptseg-tests-{uuid.uuid4().hex[:8]}"
-else:
-    _ENV["FIFTYONE_DATABASE_DIR"] = os.path.join(_ROOT, "db")
 os.environ.update(_ENV)
+_SERVER = None
+if mongod_binary():
+    _SERVER = start_private_database(os.path.join(_ROOT, "db"))
+elif os.environ.get("FIFTYONE_DATABASE_URI"):
+    # No mongod to start (a platform without the wheel's binary): the MongoDB the user gave,
+    # with a database name of our own so their datasets stay out of reach.
+    os.environ["FIFTYONE_DATABASE_NAME"] = f"conceptseg-tests-{uuid.uuid4().hex[:8]}"
+else:
+    raise RuntimeError("No mongod for the tests: run `conceptseg setup-db` (or set FIFTYONE_DATABASE_URI).")
 
 
 def pytest_unconfigure(config):
-    # The database directory stays: the embedded mongod outlives this hook by a moment, and
-    # deleting its files under it makes it abort. Everything else goes.
-    for name in os.listdir(_ROOT):
-        if name != "db":
-            shutil.rmtree(os.path.join(_ROOT, name), ignore_errors=True)
+    # Our own mongod stops first, so its files can go with everything else.
+    if _SERVER is not None:
+        _SERVER.stop()
+    shutil.rmtree(_ROOT, ignore_errors=True)
 
 
 @pytest.fixture

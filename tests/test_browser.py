@@ -61,8 +61,9 @@ def _wait_for_server(url: str, server: subprocess.Popen, log_path) -> None:
 @pytest.fixture
 def app_url(plugin_installed, nuclei_dataset, tmp_path):
     """A FiftyOne App server on a free loopback port, sharing this process's private database."""
-    # The dataset fixture has started the embedded mongod; os.environ now carries its port
-    # (FIFTYONE_PRIVATE_DATABASE_PORT), so the server joins it instead of starting another.
+    # os.environ carries FIFTYONE_DATABASE_URI of the session's own mongod (tests/conftest.py,
+    # conceptseg.testing_db): the server joins it, never a FiftyOne database of the user's.
+    assert os.environ["FIFTYONE_DATABASE_URI"].startswith("mongodb://127.0.0.1:")
     port = _free_port()
     main = os.path.join(os.path.dirname(fo.__file__), "server", "main.py")
     log_path = tmp_path / "server.log"
@@ -237,3 +238,32 @@ def test_a_class_picked_on_a_multi_class_dataset(app_url, page, two_class_datase
             ious.append((pred & red).sum() / (pred | red).sum())
         assert (pred & truth[sample.id]["blue"]).sum() < 0.05 * truth[sample.id]["blue"].sum()
     assert len(ious) == 8 and np.mean(ious) >= 0.8
+
+
+def test_review_opens_the_most_doubtful_target_accepts_it_and_reruns(app_url, page, two_class_dataset, tmp_path):
+    from conceptseg import jobs, review
+
+    dataset, _ = two_class_dataset
+    jobs.segment_by_demonstration(dataset.match_tags("demo"), dataset, "gt", "predictions", classes=["red"],
+                                  route="appearance")
+    most_doubtful = review.review(dataset, "predictions")["targets"][0]["id"]
+    page.goto(f"{app_url}/datasets/{dataset.name}")
+    expect(page.locator("[data-cy=looker]").first).to_be_visible()
+    page.get_by_role("button", name="Dismiss").click()
+    rules = _open_panel(page, "concept_rules")
+    expect(rules).to_contain_text("round 1 · 0 accepted · 9 to review")
+    rules.get_by_role("button", name="Review by doubt").click()
+    expect(page.locator("[data-cy=modal]")).to_be_visible()
+    page.locator("[data-cy=modal] [data-cy=panel-tab-concept_rules]").click()
+    modal_rules = page.locator("[data-cy=modal] [data-cy=panel-content-concept_rules]")
+    expect(modal_rules).to_contain_text("Doubt:")
+    _shot(page, tmp_path, "review-1-most-doubtful.png")
+    modal_rules.get_by_role("button", name="Accept", exact=True).click()
+    expect(modal_rules).to_contain_text("round 1 · 1 accepted · 8 to review")
+    modal_rules.get_by_role("button", name="Re-run with accepted").click()
+    expect(modal_rules).to_contain_text("round 2 · 1 accepted · 8 to review", timeout=RUN_S * 1000)
+    _shot(page, tmp_path, "review-2-round-2.png")
+    dataset.reload()
+    loop = review.review(dataset, "predictions")
+    assert [r["round"] for r in loop["rounds"]] == [1, 2] and loop["rounds"][1]["accepted"] == 1
+    assert review.ACCEPTED_TAG in dataset[most_doubtful].tags

@@ -32,7 +32,8 @@ class TestZooSource:
         foz.download_zoo_model(TINY)
         assert os.path.getmtime(os.path.join(path, "bundle.json")) == stamp
 
-    def test_failed_download_leaves_no_directory(self, tmp_path):
+    def test_failed_download_leaves_no_directory(self, tmp_path, monkeypatch):
+        monkeypatch.setenv("CONCEPTSEG_DOWNLOAD_ANYWAY", "1")  # past the GPU and disk check, to the download
         target = tmp_path / "conceptseg-r1-7b"
         with pytest.raises(BundleError, match="Could not download"):
             download_zoo_bundle("conceptseg-r1-7b", str(target))  # no network for weights here
@@ -192,6 +193,7 @@ class TestReleaseThroughAStandInHub:
         server = StandInHub({"zhaoyuan666/ConceptSeg-R1-7B": release, "facebook/sam3": sam3,
                              TINY_BASE_ID: os.path.join(tiny, "policy")}, gated={"facebook/sam3": "hf_granted"})
         monkeypatch.setenv("HF_ENDPOINT", server.url)
+        monkeypatch.setenv("CONCEPTSEG_DOWNLOAD_ANYWAY", "1")  # past the GPU check: this machine has none
         monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # the tests run offline
         yield server
         server.close()

@@ -18,6 +18,7 @@ Only safetensors are read: no pickle, no ``trust_remote_code``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -48,6 +49,24 @@ class Bundle:
     prompt_template: object = None  # bundle.json "prompt_template": the wording it was trained with
 
 
+@contextlib.contextmanager
+def _reading(what: str, path: str):
+    """Turns a loader's failure on a damaged file (truncated download, cut-off copy) into one sentence."""
+    try:
+        yield
+    except ConceptSegError:
+        raise
+    except Exception as e:  # safetensors, torch and transformers raise many types for the same damage
+        cause = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}"
+        if path is None or not os.path.exists(str(path)):  # a hub id: not a file of ours
+            raise BundleError(f"Cannot load the {what} {path!r} ({cause}). Check the name, the network and, for "
+                              "gated models, HF_TOKEN; or pass a local directory.") from e
+        raise BundleError(
+            f"Cannot read the {what} at {path} ({cause}). The file is probably truncated or damaged (an "
+            "interrupted download or copy): download or copy it again, or rebuild the bundle."
+        ) from e
+
+
 def _require(path: str, what: str, how: str) -> str:
     if not os.path.exists(path):
         raise BundleError(f"Missing {what}: {path}. {how}")
@@ -56,18 +75,22 @@ def _require(path: str, what: str, how: str) -> str:
 
 def save_bundle(out_dir: str, policy_dir: str, translator, segmenter, adapter_dir: str | None = None,
                 max_new_tokens: int | None = None, copy_segmenter: bool = True) -> str:
-    """Writes bundle.json plus the translator and segmenter weights; the policy is referenced.
+    """Writes bundle.json plus the translator and segmenter weights: a self-contained directory.
 
-    ``policy_dir`` and ``adapter_dir`` are stored relative to ``out_dir`` when inside it,
-    else as given (a hub id or an absolute path). ``copy_segmenter=False`` references the
-    segmenter's own (absolute) files instead of copying them: training checkpoints use it,
-    since the frozen segmenter would otherwise be rewritten at every checkpoint.
-    ``max_new_tokens`` None leaves the budget to the policy's generation_config.json or the
-    official 2048.
+    A local ``policy_dir`` or ``adapter_dir`` outside ``out_dir`` is copied into it
+    (``policy/``, ``adapter/``) and referenced by relative path: moving or deleting the input
+    bundle does not break this one. A hub id stays a hub id. ``copy_segmenter=False``
+    references the policy and the segmenter's own (absolute) files instead of copying them:
+    training checkpoints use it, since the frozen parts would otherwise be rewritten every
+    time. ``max_new_tokens`` None leaves the budget to the policy's generation_config.json
+    or the official 2048.
     """
     from conceptseg.translator import save_translator
 
     os.makedirs(out_dir, exist_ok=True)
+    if copy_segmenter:
+        policy_dir = _bring_inside(policy_dir, out_dir, "policy")
+        adapter_dir = _bring_inside(adapter_dir, out_dir, "adapter")
     save_translator(translator, os.path.join(out_dir, "translator.safetensors"))
     seg_config = segmenter.config.to_dict()
     seg_config["device"] = None  # where it runs is the loader's choice, not the bundle's
@@ -97,6 +120,20 @@ def save_bundle(out_dir: str, policy_dir: str, translator, segmenter, adapter_di
     with open(os.path.join(out_dir, BUNDLE_FILE), "w") as f:
         json.dump(spec, f, indent=2)
     return out_dir
+
+
+def _bring_inside(path: str | None, root: str, name: str) -> str | None:
+    """A local directory outside ``root`` is copied to ``root/name``; anything else is returned as it is."""
+    import shutil
+
+    if path is None or not os.path.isdir(path):
+        return path
+    if not os.path.relpath(os.path.abspath(path), os.path.abspath(root)).startswith(".."):
+        return path
+    target = os.path.join(root, name)
+    # Copies, not hard links: a later full fine-tune writing into one must not change the other.
+    shutil.copytree(path, target, dirs_exist_ok=True)
+    return target
 
 
 def _relative(path: str | None, root: str) -> str | None:
@@ -202,7 +239,8 @@ def load_bundle(path: str, device: str | None = None, segmenter_config=None):
                 os.path.join(path, spec["translator"]["file"]), "translator weights",
                 "Rebuild the bundle (conceptseg tiny-bundle, or save_bundle after training).",
             )
-            translator = load_translator(translator_file, device=device or "cpu")
+            with _reading("translator weights", translator_file):
+                translator = load_translator(translator_file, device=device or "cpu")
         if segmenter_config is None:
             segmenter_config = _segmenter_config(spec["segmenter"], path, device)
         # bundle.json's budget, else the policy's generation_config.json, else the official one
@@ -214,7 +252,8 @@ def load_bundle(path: str, device: str | None = None, segmenter_config=None):
         policy_path, adapter = path, None
         max_new_tokens = generation_max_new_tokens(path) or RELEASE_MAX_NEW_TOKENS
         processor_path = processor_source(path)
-        translator = load_official_translator(path)
+        with _reading("checkpoint's translator tensors", path):
+            translator = load_official_translator(path)
         if segmenter_config is None:  # the released model's backbone: the zoo's copy, else the Hub
             from conceptseg.segmenters.sam3 import Sam3SegmenterConfig
 
@@ -226,11 +265,13 @@ def load_bundle(path: str, device: str | None = None, segmenter_config=None):
             f"{path} holds neither {BUNDLE_FILE} nor a ConceptSeg-R1 checkpoint. Build one with "
             "`conceptseg tiny-bundle DIR` or save one with conceptseg.checkpoint.save_bundle."
         )
-    segmenter = _build_segmenter(segmenter_config)
+    with _reading("segmenter weights", getattr(segmenter_config, "checkpoint", None) or getattr(segmenter_config, "path", path)):
+        segmenter = _build_segmenter(segmenter_config)
     if policy_path is None:  # a segmenter-only bundle: the SAM 2 routes, no reasoning
         return Bundle(policy=None, translator=None, segmenter=segmenter, spec=spec, path=path)
-    policy = Policy.from_pretrained(policy_path, adapter=adapter, processor_path=processor_path,
-                                    config=PolicyConfig(max_new_tokens=max_new_tokens, device=device))
+    with _reading("policy", policy_path):
+        policy = Policy.from_pretrained(policy_path, adapter=adapter, processor_path=processor_path,
+                                        config=PolicyConfig(max_new_tokens=max_new_tokens, device=device))
     template = None
     if spec.get("prompt_template"):
         from conceptseg.prompts import load_prompt_template

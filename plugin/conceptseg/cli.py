@@ -8,11 +8,33 @@ layouts, run the paper's protocol, and train a bundle on a dataset's own concept
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import math
+import os
 import sys
 
 from conceptseg.errors import ConceptSegError
+
+# Where --json documents go: the real stdout, while everything else a command prints
+# (FiftyOne's database notices included) is sent to stderr (see main).
+_json_out = sys.stdout
+
+# What to do after Ctrl-C, per command.
+_AFTER_INTERRUPT = {
+    "segment": "run the same command with --resume",
+    "query": "run the same command with --resume",
+    "benchmark": "run the same command again to resume where it stopped",
+    "train": "run the same command again to resume from the newest checkpoint",
+    "import": "nothing was imported, and an existing dataset of that name is unchanged",
+}
+
+
+def _emit_json(value) -> int:
+    """Prints the one JSON document a --json command outputs."""
+    print(json.dumps(value), file=_json_out, flush=True)
+    return 0
 
 
 def _progress(done: int, total: int) -> None:
@@ -28,6 +50,16 @@ def _load(name: str):
             f"No dataset named {name!r}. Datasets here: {', '.join(fo.list_datasets()) or 'none'}."
         )
     return fo.load_dataset(name)
+
+
+def _saved_view(dataset, name: str | None):
+    """The saved view ``name`` of ``dataset`` (the dataset itself when None), or a clear error."""
+    if not name:
+        return dataset
+    if name not in dataset.list_saved_views():
+        raise ConceptSegError(f"{dataset.name!r} has no saved view {name!r}; saved views: "
+                              f"{', '.join(dataset.list_saved_views()) or 'none'}.")
+    return dataset.load_saved_view(name)
 
 
 def cmd_demo(args) -> int:
@@ -53,7 +85,7 @@ def cmd_segment(args) -> int:
     from conceptseg.jobs import segment_by_demonstration
 
     dataset = _load(args.dataset)
-    scope = dataset.load_saved_view(args.view) if args.view else dataset
+    scope = _saved_view(dataset, args.view)
     if args.demo_tag not in dataset.distinct("tags"):
         raise ConceptSegError(f"No sample of {args.dataset!r} has the tag {args.demo_tag!r}; tag the demonstrations first.")
     demonstrations = dataset.match_tags(args.demo_tag)
@@ -85,8 +117,7 @@ def cmd_segment(args) -> int:
 
 def _report(summary: dict, as_json: bool) -> int:
     if as_json:
-        print(json.dumps(summary))
-        return 0
+        return _emit_json(summary)
     v = summary["verification"]
     print(f"route {summary['route']}, verification {'unavailable' if v is None else f'{v:.3f}'}"
           f"{'' if summary['verified'] else ' (UNVERIFIED)'}")
@@ -106,7 +137,7 @@ def cmd_query(args) -> int:
     from conceptseg.jobs import segment_by_query
 
     dataset = _load(args.dataset)
-    targets = dataset.load_saved_view(args.view) if args.view else dataset
+    targets = _saved_view(dataset, args.view)
     summary = segment_by_query(
         targets,
         args.text,
@@ -122,9 +153,10 @@ def cmd_query(args) -> int:
 
 
 def cmd_tiny_bundle(args) -> int:
+    from conceptseg.outputs import empty_or_overwrite
     from conceptseg.testing import build_tiny_bundle
 
-    print(build_tiny_bundle(args.out_dir, seed=args.seed))
+    print(build_tiny_bundle(empty_or_overwrite(args.out_dir, args.overwrite, "bundle directory"), seed=args.seed))
     return 0
 
 
@@ -132,12 +164,13 @@ def cmd_evaluate(args) -> int:
     from conceptseg.evaluation import evaluate
 
     dataset = _load(args.dataset)
-    scope = dataset.load_saved_view(args.view) if args.view else dataset
+    scope = _saved_view(dataset, args.view)
     report = evaluate(scope, args.pred_field, args.gt_field, eval_key=args.eval_key, size=args.size,
                       classes=args.classes)
+    for notice in report["notices"]:  # on stderr, so --json prints the documented document only
+        print(f"note: {notice}", file=sys.stderr)
     if args.json:
-        print(json.dumps({"metrics": report["metrics"], "samples": report["samples"]}))
-        return 0
+        return _emit_json({"metrics": report["metrics"], "samples": report["samples"]})
     for name, value in report["metrics"].items():
         print(f"{name:<6} {value:.4f}")
     print(f"scored {len(report['samples'])}, missing ground truth {len(report['missing_gt'])}, "
@@ -158,8 +191,7 @@ def cmd_import(args) -> int:
     report = import_dataset(args.format, args.path, args.dataset, overwrite=args.overwrite,
                             resize_masks=args.resize_masks, **options)
     if args.json:
-        print(json.dumps(report.to_dict()))
-        return 0
+        return _emit_json(report.to_dict())
     print(report.summary())
     for kind in ("missing", "unreadable", "duplicates", "invalid"):
         for item in getattr(report, kind)[:20]:
@@ -183,8 +215,7 @@ def cmd_benchmark(args) -> int:
         progress=None if args.json else _progress,
     )
     if args.json:
-        print(json.dumps(results))
-        return 0
+        return _emit_json(results)
     print(results["markdown"])
     c = results["counts"]
     print(f"\nscored {c['scored_now']} now and {c['scored_before']} before; skipped: no train sample of the "
@@ -210,16 +241,14 @@ def _number(value) -> str:
 def cmd_train(args) -> int:
     from conceptseg.episode import MAX_REFERENCES
     from conceptseg.jobs import train_concept_policy
+    from conceptseg.outputs import creatable_dir
     from conceptseg.training.loop import TrainConfig
 
     if not 1 <= args.demonstrations <= MAX_REFERENCES:
         raise ConceptSegError(
             f"--demonstrations must be 1 to {MAX_REFERENCES} (the mosaic's tiles), got {args.demonstrations}.")
     dataset = _load(args.dataset)
-    if args.view and args.view not in dataset.list_saved_views():
-        raise ConceptSegError(f"{args.dataset!r} has no saved view {args.view!r}; saved views: "
-                              f"{', '.join(dataset.list_saved_views()) or 'none'}.")
-    view = dataset.load_saved_view(args.view) if args.view else dataset
+    view = _saved_view(dataset, args.view)
     config = TrainConfig(
         stage=args.stage, steps=args.steps, batch_size=args.batch_size, group_size=args.group_size,
         learning_rate=args.lr, lora=args.lora, max_new_tokens=args.max_new_tokens,
@@ -227,16 +256,17 @@ def cmd_train(args) -> int:
         mixed_precision=args.mixed_precision, cpu=args.cpu, reward=args.reward,
         translator_learning_rate=args.translator_lr, weight_decay=args.weight_decay, lr_schedule=args.lr_schedule,
     )
+    creatable_dir(args.out, "output directory")  # created by the run, after the data was checked
     summary = train_concept_policy(
         view, args.concept_field, args.mask_field, args.model, args.out, config=config,
         test_tag=args.test_tag, num_demonstrations=args.demonstrations,
         progress=None if args.json else _train_progress,
     )
     if args.json:
-        print(json.dumps(summary))
-        return 0
+        return _emit_json(summary)
     resumed = f", resumed from step {summary['resumed_from']}" if summary["resumed_from"] else ""
-    print(f"stage {summary['stage']}: {summary['steps']} steps{resumed}; bundle {summary['bundle']}")
+    print(f"stage {summary['stage']}: {summary['steps']} steps{resumed}; bundle {summary['bundle']} "
+          "(self-contained: policy, translator and segmenter inside; move or copy it as one directory)")
     last = summary["last"]
     if last:
         keys = ("loss", "reward", "reward_box", "reward_mask_iou", "mask_loss", "mask_iou")
@@ -263,6 +293,17 @@ def cmd_setup_db(args) -> int:
 
     print(setup_database())
     return 0
+
+
+class _DefaultsFormatter(argparse.HelpFormatter):
+    """Shows each option's default, except where there is none worth showing or the help says it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if default is None or default is False or default == argparse.SUPPRESS or action.required or "default" in text:
+            return text
+        return f"{text} (default: %(default)s)".strip()
 
 
 def cmd_runs(args) -> int:
@@ -317,11 +358,17 @@ def _add_run_commands(sub) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (kept separate so tests can read its contract)."""
+    from conceptseg.checkpoint import ZOO
+
     parser = argparse.ArgumentParser(prog="conceptseg", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    # Every command's --help shows the defaults.
+    sub = argparse.Namespace(add_parser=functools.partial(
+        subparsers.add_parser, formatter_class=_DefaultsFormatter))
+    zoo = ", ".join(ZOO)
 
     p = sub.add_parser("demo", help="segment nuclei by demonstration on the bundled real images")
-    p.add_argument("--dataset", default="conceptseg-demo")
+    p.add_argument("--dataset", default="conceptseg-demo", help="name of the dataset to (re)build")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("segment", help="segment a concept shown by tagged demonstrations")
@@ -334,8 +381,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stretch demonstration masks of another size than their image (nearest) instead of stopping")
     p.add_argument("--pred-field", required=True, help="Segmentation field to write")
     p.add_argument("--view", help="saved view of targets (default: every sample not tagged --demo-tag)")
-    p.add_argument("--route", default="auto", choices=["auto", "appearance", "object", "prototype", "reasoning"])
-    p.add_argument("--model", help="bundle directory or Hugging Face id (enables the reasoning route)")
+    p.add_argument("--route", default="auto", choices=["auto", "appearance", "object", "prototype", "reasoning"],
+                   help="auto: the cheapest route that passes verification")
+    p.add_argument("--model", help=f"bundle directory, Hugging Face id or zoo name ({zoo}); enables the reasoning route")
     p.add_argument("--threshold", type=float, default=0.6, help="held-out IoU a route must reach (router.DEFAULT_THRESHOLD)")
     p.add_argument("--concept", default="concept", help="label of the predicted masks")
     p.add_argument("--prompt-template", metavar="FILE", help="the policy prompt's wording, with {placeholders}")
@@ -352,19 +400,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True)
     p.add_argument("--text", required=True, help="what to segment, e.g. 'the animal that hides'")
     p.add_argument("--pred-field", required=True)
-    p.add_argument("--model", required=True, help="bundle directory or Hugging Face id")
+    p.add_argument("--model", required=True, help=f"bundle directory, Hugging Face id or zoo name ({zoo})")
     p.add_argument("--view", help="saved view of targets (default: the whole dataset)")
     p.add_argument("--prompt-template", metavar="FILE", help="the policy prompt's wording, with {placeholders}")
-    p.add_argument("--no-instances", action="store_true")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--no-instances", action="store_true", help="skip the <pred-field>_instances Detections")
+    p.add_argument("--json", action="store_true", help="print the run summary as JSON")
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--overwrite", action="store_true")
-    mode.add_argument("--resume", action="store_true")
+    mode.add_argument("--overwrite", action="store_true", help="replace existing labels in the output fields")
+    mode.add_argument("--resume", action="store_true", help="finish an interrupted run")
     p.set_defaults(func=cmd_query)
 
     p = sub.add_parser("tiny-bundle", help="build a tiny random bundle offline (tests, trying without a GPU)")
-    p.add_argument("out_dir")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("out_dir", help="a new or empty directory")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    p.add_argument("--overwrite", action="store_true", help="write into a directory that holds files already")
     p.set_defaults(func=cmd_tiny_bundle)
 
     p = sub.add_parser("evaluate", help="score predictions against ground truth")
@@ -393,8 +442,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("benchmark", help="the paper's protocol: segment and score every test sample")
     p.add_argument("--dataset", required=True)
-    p.add_argument("--route", default="auto", choices=["auto", "appearance", "object", "prototype", "reasoning"])
-    p.add_argument("--model", help="bundle directory or Hugging Face id (reasoning route, text queries)")
+    p.add_argument("--route", default="auto", choices=["auto", "appearance", "object", "prototype", "reasoning"],
+                   help="auto: the cheapest route that passes verification")
+    p.add_argument("--model", help=f"bundle directory, Hugging Face id or zoo name ({zoo}): reasoning route, text queries")
     p.add_argument("--seed", type=int, default=0, help="seed of the demonstration draw")
     p.add_argument("--demonstrations", type=int, default=3, help="demonstrations drawn per concept")
     p.add_argument("--run-key", default="benchmark", help="run key and field prefix")
@@ -414,7 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True)
     p.add_argument("--concept-field", required=True, help="string field naming each sample's concept")
     p.add_argument("--mask-field", required=True, help="Segmentation or Detections field with the masks")
-    p.add_argument("--model", required=True, help="bundle to start from: directory, zoo name or Hugging Face id")
+    p.add_argument("--model", required=True, help=f"bundle to start from: directory, Hugging Face id or zoo name ({zoo})")
     p.add_argument("--out", required=True, help="output directory (the trained bundle; resumed if it has checkpoints)")
     p.add_argument("--view", help="saved view to train on (default: the whole dataset)")
     p.add_argument("--test-tag", default="test", help="samples with this tag are left out of training")
@@ -432,7 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-every", type=int, default=50, help="steps between checkpoints")
     p.add_argument("--max-new-tokens", type=int, help="longest rollout (default: the bundle's)")
     p.add_argument("--gradient-checkpointing", action="store_true", help="stage 2: less memory, slower steps")
-    p.add_argument("--mixed-precision", default="no", choices=["no", "bf16", "fp16"])
+    p.add_argument("--mixed-precision", default="no", choices=["no", "bf16", "fp16"], help="accelerate's mixed precision")
     p.add_argument("--seed", type=int, default=0, help="drives the episode order, draws and rollouts")
     p.add_argument("--cpu", action="store_true", help="train on the CPU even where a GPU is present")
     p.add_argument("--json", action="store_true", help="print the run summary as JSON (no progress lines)")
@@ -450,20 +500,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_setup_db)
 
     _add_run_commands(sub)
+    from conceptseg.cli_review import add_concept_commands, add_review_commands
+
+    add_review_commands(sub)
+    add_concept_commands(sub)
     from conceptseg.shards_cli import add_shards_command
 
     add_shards_command(sub)
     return parser
 
 
+def _run(args) -> int:
+    """Runs the command; with --json only the JSON document reaches stdout."""
+    global _json_out
+    if not getattr(args, "json", False):
+        return args.func(args)
+    # FiftyOne prints a MongoDB version notice to stdout unless validation is off; anything
+    # else printed on the way (progress, notices) goes to stderr too.
+    os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
+    _json_out = sys.stdout
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            return args.func(args)
+    finally:
+        _json_out = sys.stdout
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the console script."""
+    """Entry point of the console script: a user's error is one line on stderr and exit 2."""
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        return _run(args)
     except ConceptSegError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)  # one line, whatever the message holds
         return 2
+    except KeyboardInterrupt:
+        print(f"interrupted: {_AFTER_INTERRUPT.get(args.command, 'nothing more was written')}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -126,6 +126,9 @@ def install_plugin(plugins_dir: str | None = None, zoo_dir: str | None = None) -
     zoo_dir = zoo_dir or fo.config.model_zoo_dir
     if not plugins_dir:
         raise SetupError("FiftyOne has no plugins directory: set FIFTYONE_PLUGINS_DIR.")
+    for what, path in (("plugins directory", plugins_dir), ("model zoo directory", zoo_dir)):
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise SetupError(f"The {what} {path} is a file, not a directory: pass a directory.")
     org, name = PLUGIN_NAME.split("/")
     if _is_inside(root, plugins_dir):  # `fiftyone plugins download` put it there: FiftyOne finds it
         messages = [f"{root} is in FiftyOne's plugins directory already"]

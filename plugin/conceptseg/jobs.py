@@ -15,6 +15,8 @@ from fiftyone import ViewField as F
 
 from conceptseg import fiftyone_io as fio
 from conceptseg.errors import ConceptSegError, EmptyViewError, FieldError
+from conceptseg.locks import locks_output_field
+from conceptseg.outputs import writable_dir
 from conceptseg.router import DEFAULT_THRESHOLD, make_router
 from conceptseg.video import as_frames
 from conceptseg.runs import declare_label_attributes, run_identity
@@ -146,6 +148,7 @@ def label_attributes(choice, result, run_key: str, run_id: str | None = None) ->
         parse_error=details.get("parse_error"),
         truncated=details.get("truncated"),
         shortcut=details.get("shortcut_taken"),
+        doubt=details.get("doubt"),  # in [0, 1], higher = more likely wrong (conceptseg.doubt)
         run_key=run_key,
     )
     if run_id:
@@ -179,7 +182,8 @@ def _segment_targets(router, choice, todo, pred_field, inst_field, concept, run_
                     result.mask, path, cost=result.seconds, box=result.details.get("box"), **attrs
                 )
                 if inst_field:
-                    sample[inst_field] = fio.mask_to_detections(result.mask, result.probability, concept, **attrs)
+                    sample[inst_field] = fio.mask_to_detections(result.mask, result.probability, concept,
+                                                               cost=result.seconds, **attrs)
                 saver.save(sample)
             if progress is not None:
                 progress(done, total)
@@ -219,6 +223,7 @@ def _ensure_mask_targets(targets, pred_field: str, concept: str) -> None:
 RESUME_SETTINGS = ("mask_field", "classes", "route_requested", "threshold", "model")
 
 
+@locks_output_field  # one run per output field at a time (conceptseg.locks)
 def segment_by_demonstration(
     demonstrations: fo.core.collections.SampleCollection,
     targets: fo.core.collections.SampleCollection,
@@ -290,6 +295,7 @@ def segment_by_demonstration(
     demo_ids = demonstrations.values("id")
     targets = targets.exclude(demo_ids)
     todo = _targets_to_do(targets, pred_field, inst_field, mask_field, overwrite, resume, run_key, run_id)
+    out_dir = writable_dir(output_dir or default_output_dir(dataset, pred_field), "mask output directory")
     classes = _class_list(classes)
     settings = dict(mask_field=mask_field, classes=classes, route_requested=route, threshold=threshold,
                     model=model if isinstance(model, str) else None)
@@ -306,7 +312,7 @@ def segment_by_demonstration(
     choice = router.choose(demos)
     negatives = sum(1 for d in demos if not d.mask.any())
     _ensure_mask_targets(targets, pred_field, concept)
-    out_dir = os.path.abspath(output_dir or default_output_dir(dataset, pred_field))
+    out_dir = os.path.abspath(out_dir)
     _start_run(targets, run_key, dict(
         method="conceptseg.segment_by_demonstration",
         run_id=run_id,
@@ -392,6 +398,7 @@ def _check_resume(dataset, run_key: str, demo_ids: list[str], settings: dict) ->
         )
 
 
+@locks_output_field
 def segment_by_query(
     targets: fo.core.collections.SampleCollection,
     text: str,
@@ -431,8 +438,9 @@ def segment_by_query(
     choice = RouteChoice(route, [Verification(route.name)], verified=False,
                          reason="text query: no demonstration to verify against")
     concept = concept or text.strip()
+    out_dir = writable_dir(output_dir or default_output_dir(dataset, pred_field), "mask output directory")
     _ensure_mask_targets(targets, pred_field, concept)
-    out_dir = os.path.abspath(output_dir or default_output_dir(dataset, pred_field))
+    out_dir = os.path.abspath(out_dir)
     _start_run(targets, run_key, dict(
         method="conceptseg.segment_by_query", run_id=run_id, output_dir=out_dir,
         pred_field=pred_field, instances_field=inst_field,

@@ -34,6 +34,7 @@ from conceptseg import metrics
 from conceptseg.datasets.base import GT_FIELD, IGNORE_FIELD
 from conceptseg.errors import ConceptSegError, EmptyViewError, FieldError
 from conceptseg.jobs import Progress, label_attributes, default_output_dir
+from conceptseg.outputs import writable_dir
 from conceptseg.router import DEFAULT_THRESHOLD, RouteChoice, make_router
 from conceptseg.tables import summarise
 from conceptseg.types import Demonstration, Verification
@@ -116,6 +117,13 @@ def run_benchmark(
             f"No sample of {dataset.name!r} is tagged test or val; import a benchmark with splits "
             "or tag the samples to score."
         )
+    if not any(dataset.has_field(f) and len(targets.exists(f)) for f in ("concept", "query")):
+        raise FieldError(
+            f"No test or val sample of {dataset.name!r} has a concept or a query field, so nothing can be scored: "
+            "give each sample a string field 'concept' (segment by demonstration) or 'query' (text), e.g. "
+            "by importing with `conceptseg import` (README: Bring your own data)."
+        )
+    writable_dir(default_output_dir(dataset, Fields(key).pred), "mask output directory")
     bundle = _load_model(model)
     make_router(route, threshold, bundle)  # refuses an unknown route, or reasoning without a model, first
     fields = Fields(key)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Sequence
 
 
+from conceptseg.doubt import probability_doubt
 from conceptseg.errors import ConceptSegError, DemonstrationError
 from conceptseg.routes import ROUTES, Route
 from conceptseg.types import Demonstration, Target, TargetResult, Verification
@@ -165,6 +166,8 @@ class Router:
             try:
                 probability, details = route.segment_with_details(target.image)
                 mask = probability > route.threshold
+                if details.get("doubt") is None:  # a route without its own definition
+                    details = {**details, "doubt": probability_doubt(probability, route.threshold)}
                 error = None
             except ConceptSegError as e:
                 probability, mask, error, details = None, None, str(e), {}

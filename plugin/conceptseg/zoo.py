@@ -17,7 +17,11 @@ from conceptseg.hub import hf_token
 from conceptseg.checkpoint import BUNDLE_FILE, FORMAT, LOCAL_SEGMENTER_DIR, OFFICIAL_SEGMENTER, BundleError
 
 ZOO = {
-    "conceptseg-r1-7b": {"repo": "zhaoyuan666/ConceptSeg-R1-7B", "segmenter": OFFICIAL_SEGMENTER},
+    "conceptseg-r1-7b": {"repo": "zhaoyuan666/ConceptSeg-R1-7B", "segmenter": OFFICIAL_SEGMENTER,
+                         "gpu": True, "disk_gb": 22,
+                         "needs": "a CUDA GPU with about 24 GB of memory (bf16), about 18 GB of disk for the "
+                                  "checkpoint and 3.5 GB for SAM 3, and access to the gated facebook/sam3 on "
+                                  "Hugging Face (accept its licence, then set HF_TOKEN)"},
     "conceptseg-sam2-hiera-large": {
         "repo": "facebook/sam2.1-hiera-large",
         "file": "sam2.1_hiera_large.pt",
@@ -64,6 +68,7 @@ def download_zoo_bundle(name: str, path: str) -> str:
         return path
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
+    check_requirements(name, parent)
     tmp = tempfile.mkdtemp(prefix=f".{name}-", dir=parent)
     try:
         if entry.get("tiny"):
@@ -81,6 +86,32 @@ def download_zoo_bundle(name: str, path: str) -> str:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+ANYWAY = "CONCEPTSEG_DOWNLOAD_ANYWAY"  # set to 1 to download a GPU model on a machine without one
+
+
+def check_requirements(name: str, parent: str) -> None:
+    """Refuses, before a byte is downloaded, a zoo model this machine cannot run or store."""
+    import shutil
+
+    entry = ZOO.get(name, {})
+    if not entry.get("needs") or os.environ.get(ANYWAY) == "1":
+        return
+    free_gb = shutil.disk_usage(parent).free / 1e9
+    problems = []
+    if free_gb < entry.get("disk_gb", 0):
+        problems.append(f"{parent} has {free_gb:.0f} GB free")
+    if entry.get("gpu"):
+        import torch
+
+        if not torch.cuda.is_available():
+            problems.append("this machine has no CUDA GPU")
+    if problems:
+        raise BundleError(
+            f"{name} needs {entry['needs']}; not downloading: {' and '.join(problems)}. Use it on a machine "
+            f"with a GPU, or set {ANYWAY}=1 to download it anyway (on a CPU it would take minutes per image)."
+        )
 
 
 def _download_release(entry: dict, out_dir: str) -> None:

@@ -44,6 +44,9 @@ def import_dataset(
     instead of raising MaskSizeError. ``media_dir`` (default: FiftyOne's dataset dir /
     conceptseg / name) receives the mask PNGs. ``options`` go to the format's reader:
     ``image_root`` (conceptseg-benchmark), ``concepts_csv`` and ``split`` (folder).
+
+    With ``overwrite``, an existing dataset is replaced only after the new one was read
+    completely: any error leaves it as it was. An import that finds no sample is an error.
     """
     from conceptseg.datasets import store
 
@@ -52,11 +55,18 @@ def import_dataset(
     if not os.path.exists(path):
         raise DatasetFormatError(f"{path} does not exist; pass the dataset's root folder (or manifest).")
     reader = importlib.import_module(FORMATS[format])
-    store.prepare(name, overwrite)
+    replacing = store.prepare(name, overwrite)
+    # Replacing an existing dataset: build under a temporary name, masks in a directory of
+    # their own, and swap only once everything was read, so a failed import loses nothing.
+    build_name = store.temporary_name(name) if replacing else name
     report = ImportReport(dataset=name, format=format, source=os.path.abspath(path))
     mask_dir = media_dir or store.default_media_dir(name)
+    if replacing:
+        mask_dir = os.path.join(mask_dir, store.import_dir_name(build_name))
     records = reader.records(path, report, mask_dir, resize_masks=resize_masks, **options)
-    store.write_records(name, records, report)
+    store.write_records(build_name, records, report, mask_dir, os.path.abspath(path))
+    if replacing:
+        store.swap(build_name, name)
     return report
 
 

@@ -159,10 +159,36 @@ def read_binary_mask(path: str) -> tuple[np.ndarray, bool] | None:
 
 def write_mask(mask: np.ndarray, path: str) -> str:
     """Writes an HxW bool mask as a 0/1 uint8 PNG; returns the absolute path."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    if not cv2.imwrite(path, mask.astype(np.uint8)):
-        raise ConceptSegError(f"Could not write mask file {path}; check that the directory is writable.")
+    # Encoded in memory and written by Python: cv2.imwrite crashes (SIGSEGV) on paths that
+    # are not valid UTF-8, and Python's open() takes any path the file system does.
+    ok, data = cv2.imencode(".png", mask.astype(np.uint8))
+    try:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        if not ok:
+            raise OSError("PNG encoding failed")
+        with open(path, "wb") as f:
+            f.write(data.tobytes())
+    except OSError as e:
+        raise ConceptSegError(
+            f"Could not write mask file {printable(path)} ({e}); check that the directory is writable."
+        ) from e
     return os.path.abspath(path)
+
+
+def printable(path: str) -> str:
+    """A path as valid UTF-8 text (undecodable bytes as \\xNN) for reports and the database."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def utf8_name(path: str, report: ImportReport) -> bool:
+    """Whether the file name is valid UTF-8; if not, it is reported (FiftyOne stores paths as UTF-8)."""
+    try:
+        path.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        report.invalid.append(f"{printable(path)}: the file name is not valid UTF-8; rename the file")
+        report.skipped += 1
+        return False
 
 
 def fit_mask(mask: np.ndarray, size: tuple[int, int], source: str, resize: bool, report: ImportReport) -> np.ndarray:

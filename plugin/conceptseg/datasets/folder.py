@@ -28,6 +28,7 @@ from conceptseg.datasets.base import (
     convert_mask,
     image_size,
     mask_name,
+    utf8_name,
 )
 
 CSV_NAME = "concepts.csv"
@@ -41,7 +42,7 @@ def _by_stem(folder: str, report: ImportReport) -> dict[str, str]:
         return out
     for name in sorted(os.listdir(folder)):
         stem, ext = os.path.splitext(name)
-        if ext.lower() not in IMAGE_EXTENSIONS:
+        if ext.lower() not in IMAGE_EXTENSIONS or not utf8_name(os.path.join(folder, name), report):
             continue
         if stem in out:
             report.duplicates.append(os.path.join(folder, name))

@@ -32,6 +32,7 @@ from conceptseg.datasets.base import (
     image_size,
     mask_name,
     read_json,
+    utf8_name,
     write_mask,
 )
 
@@ -80,6 +81,8 @@ def _pairs(folder: str, report: ImportReport) -> list[tuple[str, str]]:
     for name in sorted(os.listdir(folder)):
         stem, ext = os.path.splitext(name)
         path = os.path.join(folder, name)
+        if ext.lower() in IMAGE_EXTENSIONS + (".json",) and not utf8_name(path, report):
+            continue
         if ext.lower() == ".json":
             jsons[stem] = path
         elif ext.lower() in IMAGE_EXTENSIONS:

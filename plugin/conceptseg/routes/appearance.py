@@ -139,6 +139,13 @@ class AppearanceRoute(Route):
         """HxWx3 float image → HxW float32 probability of the concept."""
         return self.predict_features(self.features(image), image.shape[:2])
 
+    def segment_with_details(self, image: np.ndarray) -> tuple[np.ndarray, dict]:
+        """The probability and its doubt: the forest's uncertainty over the region and its border."""
+        from conceptseg.doubt import probability_doubt
+
+        probability = self.segment(image)
+        return probability, {"doubt": probability_doubt(probability, self.config.threshold)}
+
     def rule(self) -> str:
         """Says what the forest looks at; it has no words of its own."""
         c = self.config

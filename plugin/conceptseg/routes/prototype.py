@@ -31,6 +31,7 @@ import numpy as np
 
 from conceptseg.errors import ConceptSegError, DemonstrationError
 from conceptseg.imaging import content_key
+from conceptseg.doubt import margin_doubt
 from conceptseg.routes.base import Route, mask_iou
 from conceptseg.types import Demonstration
 
@@ -257,7 +258,8 @@ class PrototypeRoute(Route):
         best = float(score.max())
         above = upsampled > c.min_similarity
         if not above.any():
-            return np.zeros(size, np.float32), {"max_similarity": best, "regions": 0}
+            doubt = margin_doubt(upsampled, above, c.min_similarity)
+            return np.zeros(size, np.float32), {"max_similarity": best, "regions": 0, "doubt": doubt}
         prompts = _region_prompts(score, upsampled, above, c)
         negatives = _extrema(-score, c.num_negative_points, threshold=None)
         neg_xy = [_cell_centre(cell, score.shape, size) for cell in negatives]
@@ -272,6 +274,7 @@ class PrototypeRoute(Route):
             "positive_points": [p["positives"] for p in prompts],
             "negative_points": neg_xy,
             "boxes": [p["box"] for p in prompts if p["box"] is not None],
+            "doubt": margin_doubt(upsampled, probability > c.threshold, c.min_similarity),
         }
         return probability, details
 

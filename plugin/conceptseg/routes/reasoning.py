@@ -16,6 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
+from conceptseg.doubt import check_doubt, probability_doubt
 from conceptseg.episode import TARGET_SIZE, BoxMap, build_episode, build_reference_episode
 from conceptseg.errors import ConceptSegError
 from conceptseg.imaging import content_key, to_uint8
@@ -110,7 +111,11 @@ class ReasoningRoute(Route):
             raise ConceptSegError(f"Out of GPU memory on this image ({e}); free memory or use a smaller model.") from e
         check_finite_output(logits, "segmenter")  # the segmenters check too; a stand-in may not
         details["box"] = None if box is None else [int(v) for v in box]
-        return torch.sigmoid(torch.from_numpy(logits)).numpy().astype(np.float32), details
+        # Doubt: how well this episode's <check> re-found the withheld box (see conceptseg.doubt).
+        probability = torch.sigmoid(torch.from_numpy(logits)).numpy().astype(np.float32)
+        details["doubt"] = (check_doubt(details["check_iou"]) if "check_iou" in details
+                            else probability_doubt(probability, self.config.threshold))
+        return probability, details
 
     def _shortcut(self, key: str):
         """The paper's shortcut: for a short question SAM 3 alone, when it is confident.
@@ -133,7 +138,9 @@ class ReasoningRoute(Route):
         details = {"shortcut": decision.reason, "shortcut_taken": True, "answer": self.config.question,
                    "parse_error": None, "truncated": None, "reasoning": None, "rule": None, "check": None,
                    "box": None, "completion": None}
-        return torch.sigmoid(logits).numpy().astype(np.float32), details
+        probability = torch.sigmoid(logits).numpy().astype(np.float32)
+        details["doubt"] = probability_doubt(probability, self.config.threshold)
+        return probability, details
 
     def _ask(self, image: np.ndarray):
         """Runs the policy on one target; returns details, the 600² box (or None), the map."""
@@ -160,6 +167,8 @@ class ReasoningRoute(Route):
         truncated = bool(out.truncated and out.truncated[0])
         details = {"completion": out.completions[0], "_tokens": tokens, "parse_error": None, "truncated": truncated,
                    "reasoning": None, "rule": None, "answer": None, "check": None}
+        if demos and episode.has_proxy:
+            details["check_iou"] = None  # no parseable <check>: full doubt
         try:
             parsed = parse_completion(out.completions[0], require_check=require_check)
         except CompletionParseError as e:
@@ -168,6 +177,8 @@ class ReasoningRoute(Route):
             return details, None, target_map
         details.update(reasoning=parsed.think, rule=parsed.rule, answer=parsed.answer,
                        check=None if parsed.check is None else list(parsed.check))
+        if "check_iou" in details and parsed.check is not None:
+            details["check_iou"] = float(box_iou(tuple(parsed.check), episode.proxy_box))
         return details, parsed.bbox, target_map
 
     def verify(self, demonstrations: Sequence[Demonstration]) -> dict[str, float]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import random
 import time
@@ -98,6 +99,8 @@ class TrainConfig:
         for name in ("steps", "batch_size", "save_every", "keep_checkpoints", "lora_rank"):
             if getattr(self, name) < 1:
                 raise ConceptSegError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        if self.learning_rate is not None and not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise ConceptSegError(f"The learning rate must be a positive number (e.g. 1e-5), got {self.learning_rate}.")
         if self.stage == 2 and self.group_size < 2:
             raise ConceptSegError(f"Stage 2 needs group_size >= 2 rollouts per episode, got {self.group_size}.")
         self.lora_targets = tuple(self.lora_targets)

@@ -1,0 +1,131 @@
+"""Operators of the labeling loop: accept, reject, promote corrections, re-run (thin over conceptseg.review)."""
+
+import fiftyone.operators as foo
+import fiftyone.operators.types as types
+
+from ._forms import field_choice, progress_callback
+
+DEMONSTRATION_METHOD = "conceptseg.segment_by_demonstration"
+
+
+def reviewable_fields(dataset) -> list[str]:
+    """Prediction fields written by a segment-by-demonstration run, newest first."""
+    if dataset is None:
+        return []
+    found = []
+    for key in dataset.list_runs():
+        info = dataset.get_run_info(key)
+        if info.config.method == DEMONSTRATION_METHOD and dataset.has_field(info.config.pred_field):
+            found.append((info.timestamp, info.config.pred_field))
+    return [field for _, field in sorted(found, reverse=True)]
+
+
+def pred_field_input(inputs, ctx):
+    """A dropdown of the runs' prediction fields; invalid with a sentence when there are none."""
+    fields = reviewable_fields(ctx.dataset)
+    choices = types.DropdownView()
+    for f in fields:
+        choices.add_choice(f, label=f)
+    prop = inputs.enum("pred_field", fields, default=fields[0] if fields else None, required=True,
+                       label="Predictions", description="The run whose predictions you review", view=choices)
+    if not fields:
+        prop.invalid = True
+        prop.error_message = "No segment-by-demonstration run on this dataset yet: run Segment by demonstration first."
+    return prop
+
+
+def target_ids(ctx) -> list[str]:
+    """The selected samples, else the sample open in the modal."""
+    return list(ctx.selected or ([ctx.current_sample] if ctx.current_sample else []))
+
+
+def ids_notice(inputs, ctx) -> None:
+    ids = target_ids(ctx)
+    if ids:
+        inputs.view("ids_notice", types.Notice(label=f"{len(ids)} sample(s): the selection, or the open sample"))
+    else:
+        prop = inputs.str("ids", label="Sample ids", description="Select samples (or open one), or paste ids A,B",
+                          required=True)
+        prop.invalid = not ctx.params.get("ids")
+
+
+def _ids(ctx) -> list[str]:
+    return target_ids(ctx) or [i for i in (ctx.params.get("ids") or "").split(",") if i.strip()]
+
+
+class _ReviewOperator(foo.Operator):
+    name = label = description = ""
+
+    @property
+    def config(self):
+        return foo.OperatorConfig(name=self.name, label=self.label, description=self.description, dynamic=True)
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        pred_field_input(inputs, ctx)
+        self.more_inputs(inputs, ctx)
+        return types.Property(inputs, view=types.View(label=self.label))
+
+    def more_inputs(self, inputs, ctx):
+        ids_notice(inputs, ctx)
+
+
+class AcceptTargets(_ReviewOperator):
+    name, label = "accept_targets", "Accept predictions"
+    description = "The predictions become ground truth under the concept's class; the samples join the demonstrations"
+
+    def execute(self, ctx):
+        from conceptseg.review import accept
+
+        out = accept(ctx.dataset, ctx.params["pred_field"], _ids(ctx))
+        ctx.ops.reload_dataset()
+        return out
+
+
+class RejectTargets(_ReviewOperator):
+    name, label = "reject_targets", "Reject predictions"
+    description = "Tag the predictions as wrong; if the concept is absent, the samples become negative demonstrations"
+
+    def more_inputs(self, inputs, ctx):
+        ids_notice(inputs, ctx)
+        inputs.bool("absent", default=False, label="The concept is absent from these images",
+                    description="They join the demonstrations as negatives (they teach background)")
+
+    def execute(self, ctx):
+        from conceptseg.review import reject
+
+        out = reject(ctx.dataset, ctx.params["pred_field"], _ids(ctx), absent=bool(ctx.params.get("absent")))
+        ctx.ops.reload_dataset()
+        return out
+
+
+class PromoteCorrections(_ReviewOperator):
+    name, label = "promote_corrections", "Promote corrected masks"
+    description = "Masks corrected in another field become ground truth and demonstrations, as an accept would"
+
+    def more_inputs(self, inputs, ctx):
+        field_choice(inputs, ctx, "from_field", "Corrections field", "Where the corrected masks are")
+        ids_notice(inputs, ctx)
+
+    def execute(self, ctx):
+        from conceptseg.review import promote
+
+        out = promote(ctx.dataset, ctx.params["pred_field"], ctx.params["from_field"], _ids(ctx))
+        ctx.ops.reload_dataset()
+        return out
+
+
+class RerunReview(_ReviewOperator):
+    name, label = "rerun_review", "Re-run with accepted samples"
+    description = "Segment the targets not yet accepted again, with the accepted and negative samples as demonstrations"
+
+    def more_inputs(self, inputs, ctx):
+        pass
+
+    def execute(self, ctx):
+        from conceptseg.review import rerun
+
+        out = rerun(ctx.dataset, ctx.params["pred_field"], progress=progress_callback(ctx))
+        if not ctx.delegated:
+            ctx.ops.reload_dataset()
+        return {k: out[k] for k in ("round", "route", "verification", "verified", "demonstrations", "segmented")}

@@ -1,0 +1,198 @@
+"""CLI subcommands of the labeling loop (review, accept, reject, promote, rerun) and the concept library."""
+
+from __future__ import annotations
+
+import json
+
+
+def _load(name: str):
+    from conceptseg.cli import _load as load
+
+    return load(name)
+
+
+def _progress(done: int, total: int) -> None:
+    from conceptseg.cli import _progress as progress
+
+    progress(done, total)
+
+
+def cmd_review(args) -> int:
+    from conceptseg.review import review
+
+    out = review(_load(args.dataset), args.pred_field)
+    if args.json:
+        print(json.dumps(out))
+        return 0
+    print(f"{out['pred_field']}: round {out['round']}, {out['accepted']} accepted, {out['rejected']} rejected, "
+          f"{out['negatives']} negatives; {len(out['targets'])} targets to review, most doubtful first")
+    for t in out["targets"]:
+        print(f"  {t['id']}  doubt {t['doubt']:.3f}{'  (rejected)' if t['rejected'] else ''}  {t['filepath']}")
+    return 0
+
+
+def cmd_accept(args) -> int:
+    from conceptseg.review import accept
+
+    out = accept(_load(args.dataset), args.pred_field, args.ids)
+    print(json.dumps(out) if args.json else
+          f"accepted {len(out['accepted'])} into {out['mask_field']!r} as {out['class']!r} "
+          f"({out['total_accepted']} accepted in all); `conceptseg rerun` learns from them")
+    return 0
+
+
+def cmd_reject(args) -> int:
+    from conceptseg.review import reject
+
+    out = reject(_load(args.dataset), args.pred_field, args.ids, absent=args.absent)
+    print(json.dumps(out) if args.json else
+          f"rejected {len(out['rejected'])}" + (f"; {len(out['negatives'])} join the demonstrations as negatives"
+                                                if out["negatives"] else ""))
+    return 0
+
+
+def cmd_promote(args) -> int:
+    from conceptseg.review import promote
+
+    out = promote(_load(args.dataset), args.pred_field, args.from_field, args.ids)
+    if args.json:
+        print(json.dumps(out))
+        return 0
+    print(f"promoted {len(out['promoted'])} from {args.from_field!r} into {out['mask_field']!r}")
+    for sample_id, why in out["missing"].items():
+        print(f"  not promoted: {sample_id} {why}")
+    return 0
+
+
+def cmd_rerun(args) -> int:
+    from conceptseg.cli import _report
+    from conceptseg.review import rerun
+
+    out = rerun(_load(args.dataset), args.pred_field, progress=None if args.json else _progress)
+    if args.json:
+        print(json.dumps(out))
+        return 0
+    print(f"round {out['round']}: {out['demonstrations']} demonstrations")
+    return _report(out, False)
+
+
+def add_review_commands(sub) -> None:
+    """Adds review, accept, reject, promote and rerun to the ``conceptseg`` parser."""
+    p = sub.add_parser("review", help="a run's targets, most doubtful first")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--pred-field", required=True)
+    p.add_argument("--json", action="store_true", help='print {"targets": [{"id", "doubt", ...}], ...}')
+    p.set_defaults(func=cmd_review)
+    for name, func, text in (("accept", cmd_accept, "predictions become ground truth and demonstrations"),
+                             ("reject", cmd_reject, "tag predictions as wrong (--absent: concept not there)")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--dataset", required=True)
+        p.add_argument("--pred-field", required=True)
+        p.add_argument("--ids", required=True, help="sample ids, comma-separated")
+        if name == "reject":
+            p.add_argument("--absent", action="store_true",
+                           help="the concept is not in these images: they become negative demonstrations")
+        p.add_argument("--json", action="store_true")
+        p.set_defaults(func=func)
+    p = sub.add_parser("promote", help="corrected masks from a field become ground truth and demonstrations")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--from-field", required=True, help="field holding the corrected masks")
+    p.add_argument("--ids", required=True, help="sample ids, comma-separated")
+    p.add_argument("--pred-field", required=True)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_promote)
+    p = sub.add_parser("rerun", help="segment the targets not yet accepted with the enlarged demonstrations")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--pred-field", required=True)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_rerun)
+
+
+def cmd_concepts(args) -> int:
+    from conceptseg import library
+
+    action = args.concepts_command
+    if action == "save":
+        from conceptseg.review import id_list
+
+        dataset = _load(args.dataset)
+        if args.ids:
+            demos = dataset.select(id_list(args.ids))
+        else:
+            if args.demo_tag not in dataset.distinct("tags"):
+                raise library.LibraryError(f"No sample of {args.dataset!r} has the tag {args.demo_tag!r}.")
+            demos = dataset.match_tags(args.demo_tag)
+        record = library.save(args.name, demos, args.mask_field, classes=args.classes, route=args.route,
+                              model=args.model, overwrite=args.overwrite)
+        v = record["verification"]
+        print(f"saved {record['name']!r}: {len(record['demonstrations'])} demonstrations, route {record['route']}, "
+              f"verification {'unavailable' if v is None else f'{v:.3f}'} -> {library.library_dir()}")
+    elif action == "list":
+        concepts = library.list_concepts()
+        if args.json:
+            print(json.dumps({"concepts": concepts}))
+        else:
+            for c in concepts:
+                v = c["verification"]
+                print(f"{c['name']:<24}{c['route'] or '':<12}{'n/a' if v is None else f'{v:.3f}':>7}  "
+                      f"{c['demonstrations']} demos  {', '.join(c['classes'] or [])}  {c['date']}")
+            if not concepts:
+                print(f"no saved concepts in {library.library_dir()}")
+    elif action == "show":
+        print(json.dumps(library.load(args.name), indent=1))
+    elif action == "apply":
+        dataset = _load(args.dataset)
+        if args.view and args.view not in dataset.list_saved_views():
+            raise library.LibraryError(f"{args.dataset!r} has no saved view {args.view!r}.")
+        targets = dataset.load_saved_view(args.view) if args.view else dataset
+        from conceptseg.cli import _report
+
+        summary = library.apply(args.name, targets, args.pred_field, overwrite=args.overwrite, resume=args.resume,
+                                progress=None if args.json else _progress)
+        return _report(summary, args.json)
+    elif action == "delete":
+        library.delete(args.name)
+        print(f"deleted {args.name!r}")
+    elif action == "export":
+        print(library.export(args.name, args.out))
+    elif action == "import":
+        record = library.import_zip(args.zip, overwrite=args.overwrite)
+        print(f"imported {record['name']!r} into {library.library_dir()}")
+    return 0
+
+
+def add_concept_commands(sub) -> None:
+    """Adds ``concepts save|list|show|apply|delete|export|import`` to the ``conceptseg`` parser."""
+    p = sub.add_parser("concepts", help="the library of saved concepts")
+    p.set_defaults(func=cmd_concepts)
+    verbs = p.add_subparsers(dest="concepts_command", required=True)
+    s = verbs.add_parser("save", help="save the concept that demonstrations show")
+    s.add_argument("name")
+    s.add_argument("--dataset", required=True)
+    which = s.add_mutually_exclusive_group(required=True)
+    which.add_argument("--demo-tag", help="tag of the demonstration samples")
+    which.add_argument("--ids", help="demonstration sample ids, comma-separated")
+    s.add_argument("--mask-field", required=True)
+    s.add_argument("--classes", help="class(es) of --mask-field that are the concept (A[,B])")
+    s.add_argument("--route", default="auto", choices=["auto", "appearance", "prototype", "reasoning"])
+    s.add_argument("--model", help="bundle directory, zoo name or Hugging Face id")
+    s.add_argument("--overwrite", action="store_true", help="replace a saved concept of that name")
+    s = verbs.add_parser("list", help="the saved concepts")
+    s.add_argument("--json", action="store_true", help='print {"concepts": [...]}')
+    for verb, text in (("show", "a saved concept's record"), ("delete", "remove a saved concept")):
+        verbs.add_parser(verb, help=text).add_argument("name")
+    s = verbs.add_parser("apply", help="segment a dataset with a saved concept")
+    s.add_argument("name")
+    s.add_argument("--dataset", required=True)
+    s.add_argument("--view", help="saved view of targets (default: the whole dataset)")
+    s.add_argument("--pred-field", required=True)
+    s.add_argument("--json", action="store_true")
+    mode = s.add_mutually_exclusive_group()
+    mode.add_argument("--overwrite", action="store_true")
+    mode.add_argument("--resume", action="store_true")
+    s = verbs.add_parser("export", help="write a saved concept into a zip")
+    s.add_argument("name")
+    s.add_argument("out", metavar="OUT.zip")
+    s = verbs.add_parser("import", help="validate a concept zip and add it to the library")
+    s.add_argument("zip", metavar="ZIP")
+    s.add_argument("--overwrite", action="store_true", help="replace a saved concept of that name")
