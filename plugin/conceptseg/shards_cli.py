@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
-
 
 def report_queued(summary: dict, as_json: bool) -> int:
     """Prints a queued sharded run: its route, its shards, and how to run them."""
     if as_json:
-        print(json.dumps(summary))
-        return 0
+        from conceptseg.cli import _emit_json
+
+        return _emit_json(summary)
     v = summary["verification"]
     print(f"route {summary['route']}, verification {'unavailable' if v is None else f'{v:.3f}'}"
           f"{'' if summary['verified'] else ' (UNVERIFIED)'}")
@@ -33,8 +32,9 @@ def cmd_shards(args) -> int:
     requeued = requeue_dead(dataset, args.pred_field, args.stale_after) if args.requeue_dead else []
     status = shard_status(dataset, args.pred_field, args.stale_after)
     if args.json:
-        print(json.dumps(dict(status, requeued=requeued)))
-        return 0
+        from conceptseg.cli import _emit_json
+
+        return _emit_json(dict(status, requeued=requeued))
     print(f"run {status['run_key']}: {len(status['shards'])} shard(s)")
     print(f"{'shard':>6}{'state':>11}{'operation':>11}{'attempt':>9}{'done':>12}  worker")
     for r in status["shards"]:
