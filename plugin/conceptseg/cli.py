@@ -351,7 +351,7 @@ def _add_run_commands(sub) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (kept separate so tests can read its contract)."""
-    from conceptseg.checkpoint import ZOO
+    from conceptseg.zoo import ZOO
 
     parser = argparse.ArgumentParser(prog="conceptseg", description=__doc__)
     subparsers = parser.add_subparsers(dest="command", required=True)

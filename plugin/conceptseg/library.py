@@ -194,7 +194,7 @@ def _check_model(record: dict):
     model = record["settings"].get("model")
     if not model:
         return None
-    from conceptseg.checkpoint import ZOO
+    from conceptseg.zoo import ZOO
 
     if model in ZOO or os.path.isdir(model) or HUB_ID.match(model):
         return model
