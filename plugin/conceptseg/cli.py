@@ -306,8 +306,7 @@ def cmd_runs(args) -> int:
 
     runs = list_runs(_load(args.dataset))
     if args.json:
-        print(json.dumps(runs))
-        return 0
+        return _emit_json(runs)
     if not runs:
         print(f"No conceptseg segmentation run on {args.dataset!r}.")
         return 0
@@ -328,8 +327,7 @@ def cmd_delete_run(args) -> int:
 
     report = delete_run(_load(args.dataset), args.pred_field)
     if args.json:
-        print(json.dumps(report))
-        return 0
+        return _emit_json(report)
     print(f"deleted run(s) {', '.join(report['run_keys'])}: fields {', '.join(report['fields']) or 'none'}, "
           f"{report['files']} mask file(s)")
     return 0
