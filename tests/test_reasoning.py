@@ -133,7 +133,7 @@ class TestLoraAdapter:
         assert os.path.isfile(out / "adapter" / "adapter_model.safetensors")
         save_bundle(str(out), base_dir, tiny_bundle.translator, tiny_bundle.segmenter, adapter_dir=str(out / "adapter"))
         spec = json.load(open(out / "bundle.json"))
-        assert spec["policy"]["adapter"] == "adapter" and spec["policy"]["path"] == base_dir
+        assert spec["policy"]["adapter"] == "adapter" and spec["policy"]["path"] == "policy"  # copied in
 
         adapted = load_bundle(str(out))
         from peft import PeftModel

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from conceptseg.cli import _emit_json
+
 
 def _load(name: str):
     from conceptseg.cli import _load as load
@@ -22,8 +24,7 @@ def cmd_review(args) -> int:
 
     out = review(_load(args.dataset), args.pred_field)
     if args.json:
-        print(json.dumps(out))
-        return 0
+        return _emit_json(out)
     print(f"{out['pred_field']}: round {out['round']}, {out['accepted']} accepted, {out['rejected']} rejected, "
           f"{out['negatives']} negatives; {len(out['targets'])} targets to review, most doubtful first")
     for t in out["targets"]:
@@ -35,8 +36,9 @@ def cmd_accept(args) -> int:
     from conceptseg.review import accept
 
     out = accept(_load(args.dataset), args.pred_field, args.ids)
-    print(json.dumps(out) if args.json else
-          f"accepted {len(out['accepted'])} into {out['mask_field']!r} as {out['class']!r} "
+    if args.json:
+        return _emit_json(out)
+    print(f"accepted {len(out['accepted'])} into {out['mask_field']!r} as {out['class']!r} "
           f"({out['total_accepted']} accepted in all); `conceptseg rerun` learns from them")
     return 0
 
@@ -45,8 +47,9 @@ def cmd_reject(args) -> int:
     from conceptseg.review import reject
 
     out = reject(_load(args.dataset), args.pred_field, args.ids, absent=args.absent)
-    print(json.dumps(out) if args.json else
-          f"rejected {len(out['rejected'])}" + (f"; {len(out['negatives'])} join the demonstrations as negatives"
+    if args.json:
+        return _emit_json(out)
+    print(f"rejected {len(out['rejected'])}" + (f"; {len(out['negatives'])} join the demonstrations as negatives"
                                                 if out["negatives"] else ""))
     return 0
 
@@ -56,8 +59,7 @@ def cmd_promote(args) -> int:
 
     out = promote(_load(args.dataset), args.pred_field, args.from_field, args.ids)
     if args.json:
-        print(json.dumps(out))
-        return 0
+        return _emit_json(out)
     print(f"promoted {len(out['promoted'])} from {args.from_field!r} into {out['mask_field']!r}")
     for sample_id, why in out["missing"].items():
         print(f"  not promoted: {sample_id} {why}")
@@ -70,8 +72,7 @@ def cmd_rerun(args) -> int:
 
     out = rerun(_load(args.dataset), args.pred_field, progress=None if args.json else _progress)
     if args.json:
-        print(json.dumps(out))
-        return 0
+        return _emit_json(out)
     print(f"round {out['round']}: {out['demonstrations']} demonstrations")
     return _report(out, False)
 
@@ -130,7 +131,7 @@ def cmd_concepts(args) -> int:
     elif action == "list":
         concepts = library.list_concepts()
         if args.json:
-            print(json.dumps({"concepts": concepts}))
+            _emit_json({"concepts": concepts})
         else:
             for c in concepts:
                 v = c["verification"]
