@@ -116,7 +116,7 @@ class TestShardedRun:
 
     def test_a_run_deleted_while_a_shard_runs_stops_it_and_takes_its_labels_back(self, nuclei):
         dataset, demos, targets = nuclei
-        queued = sharded(demos, targets, "late", 1)
+        sharded(demos, targets, "late", 1)
         (op,) = DelegatedOperationService().get_queued_operations(operator=URI, dataset_name=dataset.name)
         params = op.context.request_params["params"]
         seen = []

@@ -25,7 +25,6 @@ import socket
 import threading
 import time
 
-import fiftyone as fo
 import numpy as np
 from fiftyone import ViewField as F
 
