@@ -122,3 +122,13 @@ def test_clips_are_segmented_frame_by_frame(videos):
     assert summary["segmented"] == 14 and not summary["failures"]
     second = dataset.match_tags("demo", bool=False).first()
     assert second.frames[2]["pred"] is not None and second.frames[7]["pred"] is None
+
+
+def test_frame_field_classes_by_name(videos):
+    dataset, truth = videos
+    dataset.mask_targets = {"frames.gt": {1: "disc"}}
+    dataset.save()
+    summary = jobs.segment_by_demonstration(dataset.match_tags("demo"), dataset, "gt", "pred",
+                                            route="appearance", classes=["disc"])
+    assert summary["classes"] == ["disc"] and summary["segmented"] == 21
+    assert dataset.mask_targets["frames.pred"] == {1: "disc"}

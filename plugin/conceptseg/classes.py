@@ -52,15 +52,18 @@ class Concept:
 
 
 def mask_targets_of(collection, field_name: str) -> dict:
-    """The field's mask targets (value → name), else the dataset's default ones."""
+    """The field's mask targets (value → name), else the dataset's default ones.
+
+    On a video dataset (and its frames views) a frame field's targets are keyed ``frames.<field>``.
+    """
     dataset = collection._root_dataset
-    path = collection._FRAMES_PREFIX + field_name if _is_frame_field(collection, field_name) else field_name
-    targets = dataset.mask_targets.get(path) or dataset.mask_targets.get(field_name)
-    return dict(targets or dataset.default_mask_targets or {})
-
-
-def _is_frame_field(collection, field_name: str) -> bool:
-    return collection._root_dataset.media_type == "video" and not collection._is_frames
+    keys = [field_name]
+    if dataset.media_type == "video":
+        keys.insert(0, dataset._FRAMES_PREFIX + field_name)
+    for key in keys:
+        if dataset.mask_targets.get(key):
+            return dict(dataset.mask_targets[key])
+    return dict(dataset.default_mask_targets or {})
 
 
 def _hex(rgb) -> str:
