@@ -26,11 +26,10 @@ def label_to_mask(label, frame_size: tuple[int, int], concept: classes_.Concept 
                   resize: bool = True) -> np.ndarray | None:
     """A label's concept pixels as an HxW bool mask (None if absent); see :mod:`conceptseg.classes`.
 
-    Ground truth read for evaluation and training keeps its old leniency (``resize``);
-    demonstrations are read strictly by :func:`read_demonstrations`.
-
     ``frame_size`` is (width, height). Without a concept every labelled pixel counts; a
-    Detection without an instance mask counts as its filled box.
+    Detection without an instance mask counts as its filled box. Ground truth read for
+    evaluation and training is resized to its image (``resize``); demonstrations are read
+    strictly by :func:`read_demonstrations`.
     """
     return classes_.concept_mask(label, frame_size, concept, resize=resize)
 
