@@ -184,8 +184,11 @@ def test_stage1_moves_the_translator_only(tiny_bundle_dir, stage1_run):
     after = _state(os.path.join(out, "translator.safetensors"))
     assert _changed(before, after) == set(before)  # every translator tensor learned
     spec = json.load(open(os.path.join(out, "bundle.json")))
-    # The policy is the input's own files, untouched; no adapter was trained.
-    assert spec["policy"]["path"] == os.path.join(tiny_bundle_dir, "policy") and spec["policy"]["adapter"] is None
+    # The policy is a copy of the input's files (the bundle is self-contained), untouched;
+    # no adapter was trained.
+    assert spec["policy"]["path"] == "policy" and spec["policy"]["adapter"] is None
+    policy_before = load_file(os.path.join(tiny_bundle_dir, "policy", "model.safetensors"))
+    assert not _changed(policy_before, load_file(os.path.join(out, "policy", "model.safetensors")))
     seg_before = load_file(os.path.join(tiny_bundle_dir, "segmenter", "sam2.safetensors"))
     seg_after = load_file(os.path.join(out, "segmenter", "sam2.safetensors"))
     assert not _changed(seg_before, seg_after)
