@@ -100,6 +100,9 @@ class SegmentByDemonstration(foo.Operator):
                    description="Label of the predicted masks (default: the classes)")
         inputs.bool("overwrite", default=False, label="Overwrite existing labels in the output field")
         inputs.bool("resume", default=False, label="Resume an interrupted run (skip finished targets)")
+        inputs.int("batch_size", default=1, min=1, label="Batch size",
+                   description="Targets per policy call on the reasoning route (same labels; more uses "
+                               "more GPU memory, and an out-of-memory error halves it)")
         inputs.int("shards", default=1, min=1, label="Shards",
                    description="Above 1: the route is chosen now and the targets are queued as this many "
                                "delegated operations, run by `fiftyone delegated launch` workers")
@@ -160,6 +163,7 @@ class SegmentByDemonstration(foo.Operator):
             model=params.get("model") or None,
             progress=progress,
             prompt_template=params.get("prompt_template") or None,
+            batch_size=int(params.get("batch_size") or 1),
             # One shard is this run itself; more are queued for delegated workers.
             shards=int(params["shards"]) if (params.get("shards") or 1) > 1 else None,
         )

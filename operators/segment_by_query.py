@@ -42,6 +42,8 @@ class SegmentByQuery(foo.Operator):
             pred.error_message = f"{name!r} exists: tick overwrite or resume, or choose another name."
         inputs.bool("overwrite", default=False, label="Overwrite existing labels in the output field")
         inputs.bool("resume", default=False, label="Resume an interrupted run (skip finished targets)")
+        inputs.int("batch_size", default=1, min=1, label="Batch size",
+                   description="Targets per policy call (same labels; more uses more GPU memory)")
         return types.Property(inputs, view=types.View(label="Segment by text query"))
 
     def execute(self, ctx):
@@ -58,6 +60,7 @@ class SegmentByQuery(foo.Operator):
             resume=params.get("resume", False),
             progress=progress_callback(ctx),
             prompt_template=params.get("prompt_template") or None,
+            batch_size=int(params.get("batch_size") or 1),
         )
         if not ctx.delegated:
             ctx.ops.reload_dataset()

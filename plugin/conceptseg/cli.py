@@ -107,6 +107,7 @@ def cmd_segment(args) -> int:
         resize_masks=args.resize_masks,
         prompt_template=args.prompt_template,
         shards=args.shards,
+        batch_size=args.batch_size,
     )
     if summary.get("queued"):
         from conceptseg.shards_cli import report_queued
@@ -148,6 +149,7 @@ def cmd_query(args) -> int:
         instances=not args.no_instances,
         progress=None if args.json else _progress,
         prompt_template=args.prompt_template,
+        batch_size=args.batch_size,
     )
     return _report(summary, args.json)
 
@@ -390,6 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--overwrite", action="store_true", help="replace existing labels in the output fields")
     mode.add_argument("--resume", action="store_true", help="finish an interrupted run")
+    p.add_argument("--batch-size", type=int, default=1, help="targets per policy call on the reasoning routes "
+                   "(same labels as 1; halved by itself on GPU out-of-memory)")
     p.add_argument("--shards", type=int, help="queue the targets as N delegated operations for "
                    "`fiftyone delegated launch` workers instead of segmenting here")
     p.set_defaults(func=cmd_segment)
@@ -401,6 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help=f"bundle directory, Hugging Face id or zoo name ({zoo})")
     p.add_argument("--view", help="saved view of targets (default: the whole dataset)")
     p.add_argument("--prompt-template", metavar="FILE", help="the policy prompt's wording, with {placeholders}")
+    p.add_argument("--batch-size", type=int, default=1, help="targets per policy call (same labels as 1)")
     p.add_argument("--no-instances", action="store_true", help="skip the <pred-field>_instances Detections")
     p.add_argument("--json", action="store_true", help="print the run summary as JSON")
     mode = p.add_mutually_exclusive_group()

@@ -17,7 +17,7 @@ from conceptseg import fiftyone_io as fio
 from conceptseg.errors import ConceptSegError, EmptyViewError, FieldError
 from conceptseg.locks import locks_output_field
 from conceptseg.outputs import writable_dir
-from conceptseg.router import DEFAULT_THRESHOLD, make_router
+from conceptseg.router import DEFAULT_THRESHOLD, check_batch_size, make_router
 from conceptseg.video import as_frames
 from conceptseg.runs import declare_label_attributes, run_identity
 
@@ -151,43 +151,71 @@ def label_attributes(choice, result, run_key: str, run_id: str | None = None) ->
         doubt=details.get("doubt"),  # in [0, 1], higher = more likely wrong (conceptseg.doubt)
         run_key=run_key,
     )
+    if details.get("decoded_tokens") is not None:  # the policy routes: tokens it wrote for this target
+        attrs["decoded_tokens"] = int(details["decoded_tokens"])
     if run_id:
         attrs["run_id"] = run_id
     return attrs
 
 
-def _segment_targets(router, choice, todo, pred_field, inst_field, concept, run_key, out_dir, progress, run_id=None):
-    """Segments every target, writing labels as it goes; returns (seconds, failures)."""
-    failures, seconds, total = [], [], len(todo)
+def _segment_targets(router, choice, todo, pred_field, inst_field, concept, run_key, out_dir, progress, run_id=None,
+                     batch_size=1):
+    """Segments every target, ``batch_size`` at a time, writing labels as it goes; returns (seconds, failures)."""
+    failures, seconds, total, done = [], [], len(todo), 0
     # Saved in batches about once a second; a run stopped by an exception still saves
     # every target it labelled, and a killed one loses at most the last second.
     with todo.save_context(batch_size=1.0) as saver:
-        for done, (sample, target, error) in enumerate(fio.iter_targets(todo), 1):
-            if target is not None:
-                result = next(router.segment(choice, [target]))
-                error = result.error
-            if error is not None:
-                failures.append({"sample_id": sample.id, "filepath": sample.filepath, "error": error})
-                # An old label here (kept only with overwrite) must not pass for this run's.
-                stale = [f for f in (pred_field, inst_field) if f and sample[f] is not None]
-                for f in stale:
-                    sample[f] = None
-                if stale:
+        for batch in _sample_batches(fio.iter_targets(todo), batch_size):
+            readable = [(sample, target) for sample, target, _ in batch if target is not None]
+            results = dict(zip((s.id for s, _ in readable),
+                               router.segment(choice, [t for _, t in readable], batch_size=batch_size)))
+            for sample, target, error in batch:
+                result = results.get(sample.id)
+                error = result.error if result is not None else error
+                if error is not None:
+                    failures.append({"sample_id": sample.id, "filepath": sample.filepath, "error": error})
+                    _clear_stale(sample, saver, pred_field, inst_field)
+                else:
+                    seconds.append(result.seconds)
+                    _write_labels(sample, result, choice, pred_field, inst_field, concept, run_key, out_dir, run_id)
                     saver.save(sample)
-            else:
-                seconds.append(result.seconds)
-                attrs = label_attributes(choice, result, run_key, run_id)
-                path = os.path.join(out_dir, f"{sample.id}.png")
-                sample[pred_field] = fio.mask_to_segmentation(
-                    result.mask, path, cost=result.seconds, box=result.details.get("box"), **attrs
-                )
-                if inst_field:
-                    sample[inst_field] = fio.mask_to_detections(result.mask, result.probability, concept,
-                                                               cost=result.seconds, **attrs)
-                saver.save(sample)
-            if progress is not None:
-                progress(done, total)
+                done += 1
+                if progress is not None:
+                    progress(done, total)
     return seconds, failures
+
+
+def _sample_batches(items, size: int):
+    """(sample, target, error) triples in lists of ``size`` readable targets (unreadable ones ride along)."""
+    batch, readable = [], 0
+    for item in items:
+        batch.append(item)
+        readable += item[1] is not None
+        if readable == size:
+            yield batch
+            batch, readable = [], 0
+    if batch:
+        yield batch
+
+
+def _clear_stale(sample, saver, pred_field, inst_field) -> None:
+    """An old label on a failed target (kept only with overwrite) must not pass for this run's."""
+    stale = [f for f in (pred_field, inst_field) if f and sample[f] is not None]
+    for f in stale:
+        sample[f] = None
+    if stale:
+        saver.save(sample)
+
+
+def _write_labels(sample, result, choice, pred_field, inst_field, concept, run_key, out_dir, run_id) -> None:
+    attrs = label_attributes(choice, result, run_key, run_id)
+    path = os.path.join(out_dir, f"{sample.id}.png")
+    sample[pred_field] = fio.mask_to_segmentation(
+        result.mask, path, cost=result.seconds, box=result.details.get("box"), **attrs
+    )
+    if inst_field:
+        sample[inst_field] = fio.mask_to_detections(result.mask, result.probability, concept,
+                                                   cost=result.seconds, **attrs)
 
 
 def _start_run(collection, run_key: str, config: dict) -> None:
@@ -242,6 +270,7 @@ def segment_by_demonstration(
     resize_masks: bool = False,
     prompt_template: str | None = None,
     shards: int | None = None,
+    batch_size: int = 1,
 ) -> dict:
     """Learns the concept from ``demonstrations`` and writes masks on every target.
 
@@ -265,6 +294,9 @@ def segment_by_demonstration(
     interrupted run finishes where it stopped; it must use the run's own settings. Labels
     written by anything else are only replaced with ``overwrite``.
 
+    ``batch_size`` targets go through the route together (the reasoning route reads them in
+    one policy call; the labels are the same as one at a time).
+
     With ``shards`` (N), nothing is segmented here: the route is chosen, the run recorded and
     its targets queued as N delegated operations for ``fiftyone delegated launch`` workers
     (see :mod:`conceptseg.shards`); the queued run is returned.
@@ -279,6 +311,7 @@ def segment_by_demonstration(
                                instances=instances, output_dir=output_dir, model=model, classes=classes,
                                resize_masks=resize_masks, prompt_template=prompt_template)
     check_field_name(pred_field)
+    check_batch_size(batch_size)
     if not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
         raise ConceptSegError(f"threshold must be an IoU in [0, 1], got {threshold!r}.")
     demonstrations = _image_samples(demonstrations, mask_field)
@@ -329,10 +362,11 @@ def segment_by_demonstration(
         rule=choice.route.rule(),
         concept=concept,
         frames=bool(targets._is_frames),
+        batch_size=batch_size,
         **settings,
     ))
     seconds, failures = _segment_targets(
-        router, choice, todo, pred_field, inst_field, concept, run_key, out_dir, progress, run_id,
+        router, choice, todo, pred_field, inst_field, concept, run_key, out_dir, progress, run_id, batch_size,
     )
     failures = unreadable + failures
     summary = dict(
@@ -411,6 +445,7 @@ def segment_by_query(
     output_dir: str | None = None,
     progress: Progress | None = None,
     prompt_template: str | None = None,
+    batch_size: int = 1,
 ) -> dict:
     """Reasoning segmentation: the policy reads ``text`` and each target, no demonstrations.
 
@@ -423,6 +458,7 @@ def segment_by_query(
     if not text or not text.strip():
         raise ConceptSegError("The query is empty: say what to segment, e.g. --text 'the animal'.")
     check_field_name(pred_field)
+    check_batch_size(batch_size)
     targets, unreadable = as_frames(targets)
     bundle = _load_model(model)
     if bundle is None:
@@ -445,9 +481,10 @@ def segment_by_query(
         method="conceptseg.segment_by_query", run_id=run_id, output_dir=out_dir,
         pred_field=pred_field, instances_field=inst_field,
         query=text, route=route.name, concept=concept, model=model if isinstance(model, str) else None,
+        batch_size=batch_size,
     ))
     seconds, failures = _segment_targets(
-        router, choice, todo, pred_field, inst_field, concept, run_key, out_dir, progress, run_id,
+        router, choice, todo, pred_field, inst_field, concept, run_key, out_dir, progress, run_id, batch_size,
     )
     failures = unreadable + failures
     summary = dict(

@@ -158,20 +158,26 @@ class Policy:
         return {k: v.to(self.device) for k, v in inputs.items()}
 
     def generate(self, requests: Sequence[PolicyRequest], sample: bool = False, num_return_sequences: int = 1,
-                 hidden: bool = True) -> PolicyOutput:
+                 hidden: bool = True, prefix: "PrefixStore | None" = None) -> PolicyOutput:
         """Writes a completion per request (greedy, or sampled for rollouts) and its states.
 
         ``hidden=False`` skips the extra forward pass (training scores the rollouts itself);
-        ``hidden_states`` is then None.
+        ``hidden_states`` is then None. With a ``prefix`` store, the prompt part every
+        request shares (system prompt and first image) is encoded once and its key/value
+        cache reused for every later call with the same part (see :class:`PrefixStore`).
         """
         import torch
 
         inputs = self.encode(requests)
         eos = self.processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
         pad = self.processor.tokenizer.pad_token_id
+        shared = None
+        if prefix is not None and num_return_sequences == 1:
+            shared = prefix.lookup(self, inputs)
+        model_inputs = inputs if shared is None else shared.generate_inputs(inputs)
         with torch.no_grad():
             sequences = self.model.generate(
-                **inputs,
+                **model_inputs,
                 max_new_tokens=self.config.max_new_tokens,
                 do_sample=sample,
                 temperature=self.config.temperature if sample else None,
@@ -189,20 +195,31 @@ class Policy:
         completion_mask = _completion_mask(completion_ids, eos)
         if num_return_sequences > 1:
             inputs = _repeat_inputs(inputs, num_return_sequences)
-        hidden = self.completion_hidden_states(inputs, sequences, completion_mask) if hidden else None
+        hidden = self.completion_hidden_states(inputs, sequences, completion_mask, shared=shared) if hidden else None
         texts = self.processor.tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
         truncated = _truncated(completion_ids, eos, self.config.max_new_tokens)
         return PolicyOutput(texts, hidden, completion_mask, sequences, prompt_length, inputs, truncated)
 
-    def completion_hidden_states(self, inputs: dict, sequences, completion_mask, grad: bool = False):
-        """(B, T, H) last-layer hidden states of the completion tokens of ``sequences``."""
+    def completion_hidden_states(self, inputs: dict, sequences, completion_mask, grad: bool = False, shared=None):
+        """(B, T, H) last-layer hidden states of the completion tokens of ``sequences``.
+
+        ``shared`` (a prefix from :class:`PrefixStore`) runs the pass over what follows the
+        shared prefix only, on a copy of its cache.
+        """
         import torch
 
         prompt_length = inputs["input_ids"].shape[1]
         with torch.set_grad_enabled(grad):
+            if shared is not None:
+                out = self.model(**shared.forward_inputs(inputs, sequences, completion_mask), output_hidden_states=True)
+                return out.hidden_states[-1][:, prompt_length - shared.length:, :]
             out = self.model(**forward_inputs(inputs, sequences, completion_mask), output_hidden_states=True)
         return out.hidden_states[-1][:, prompt_length:, :]
 
+    def base_model(self):
+        """The Qwen2.5-VL model under any LoRA wrapper (its adapters stay active)."""
+        get = getattr(self.model, "get_base_model", None)
+        return get() if get is not None else self.model
 
     def _vision_token_ids(self) -> list[int]:
         tokenizer = self.processor.tokenizer

@@ -158,34 +158,53 @@ class Router:
             f"best was {v.route} with {_score(v.score)}, results flagged unverified",
         )
 
-    def segment(self, choice: RouteChoice, targets: Iterable[Target]) -> Iterator[TargetResult]:
-        """Segments each target with the chosen route; a failing target yields an error result."""
+    def segment(self, choice: RouteChoice, targets: Iterable[Target], batch_size: int = 1) -> Iterator[TargetResult]:
+        """Segments the targets with the chosen route, ``batch_size`` at a time; a failing
+        target yields an error result. A target's ``seconds`` is its share of its batch."""
+        check_batch_size(batch_size)
         route = choice.route
-        for target in targets:
+        for batch in _batches(targets, batch_size):
             start = time.perf_counter()
-            try:
-                probability, details = route.segment_with_details(target.image)
-                mask = probability > route.threshold
-                if details.get("doubt") is None:  # a route without its own definition
-                    details = {**details, "doubt": probability_doubt(probability, route.threshold)}
-                error = None
-            except ConceptSegError as e:
-                probability, mask, error, details = None, None, str(e), {}
-            except Exception as e:  # one bad target is that target's failure; the run goes on
-                height, width = target.image.shape[:2]
-                probability, mask, details = None, None, {}
-                error = f"{route.name} route failed on this {width}x{height} image: {type(e).__name__}: {e}"
-            yield TargetResult(
-                id=target.id,
-                mask=mask,
-                probability=probability,
-                route=route.name,
-                verification=choice.verification,
-                verified=choice.verified,
-                seconds=time.perf_counter() - start,
-                error=error,
-                details=details,
-            )
+            outcomes = route.segment_batch([t.image for t in batch])
+            seconds = (time.perf_counter() - start) / len(batch)
+            for target, outcome in zip(batch, outcomes):
+                yield _result(choice, target, outcome, seconds)
+
+
+def check_batch_size(batch_size) -> None:
+    """Raises ConceptSegError unless ``batch_size`` is a whole number of targets, at least 1."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConceptSegError(f"batch size must be a whole number of targets, at least 1; got {batch_size!r}.")
+
+
+def _batches(targets: Iterable[Target], size: int) -> Iterator[list[Target]]:
+    batch = []
+    for target in targets:
+        batch.append(target)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _result(choice: RouteChoice, target: Target, outcome, seconds: float) -> TargetResult:
+    """One target's result from what the route returned for it: (probability, details) or an exception."""
+    route = choice.route
+    probability, mask, error, details = None, None, None, {}
+    if isinstance(outcome, ConceptSegError):
+        error = str(outcome)
+    elif isinstance(outcome, Exception):  # one bad target is that target's failure; the run goes on
+        height, width = target.image.shape[:2]
+        error = f"{route.name} route failed on this {width}x{height} image: {type(outcome).__name__}: {outcome}"
+    else:
+        probability, details = outcome
+        mask = probability > route.threshold
+        if details.get("doubt") is None:  # a route without its own definition
+            details = {**details, "doubt": probability_doubt(probability, route.threshold)}
+    return TargetResult(id=target.id, mask=mask, probability=probability, route=route.name,
+                        verification=choice.verification, verified=choice.verified, seconds=seconds,
+                        error=error, details=details)
 
 
 def _score(value: float | None) -> str:

@@ -257,13 +257,15 @@ class ScriptedPolicy:
     def __getattr__(self, name):
         return getattr(self.policy, name)
 
-    def generate(self, requests, sample: bool = False, num_return_sequences: int = 1, hidden: bool = True):
+    def generate(self, requests, sample: bool = False, num_return_sequences: int = 1, hidden: bool = True,
+                 prefix=None):
         from conceptseg.policy import PolicyOutput
 
         rows = [r for r in requests for _ in range(num_return_sequences)]
         texts = [self.texts[i % len(self.texts)] for i in range(len(rows))]
         inputs, sequences, mask = self.policy.encode_with_response(rows, texts)
-        states = self.policy.completion_hidden_states(inputs, sequences, mask) if hidden else None
+        shared = prefix.lookup(self.policy, inputs) if prefix is not None else None
+        states = self.policy.completion_hidden_states(inputs, sequences, mask, shared=shared) if hidden else None
         return PolicyOutput(texts, states, mask, sequences, inputs["input_ids"].shape[1], inputs, [self.truncated] * len(texts))
 
 

@@ -22,7 +22,7 @@ import fiftyone.utils.torch as fout
 from conceptseg import fiftyone_io as fio
 from conceptseg.errors import ConceptSegError, EmptyViewError, ImageReadError
 from conceptseg.imaging import load_rgb
-from conceptseg.router import DEFAULT_THRESHOLD
+from conceptseg.router import DEFAULT_THRESHOLD, check_batch_size
 from conceptseg.types import Target
 
 OUTPUTS = ("segmentation", "instances", "both")
@@ -50,6 +50,8 @@ class ConceptSegModelConfig:
         concept: label of the predicted masks (default: the text, or "concept")
         output: "segmentation" (one Segmentation), "instances" (Detections) or "both"
             (a dict: fields <label_field>_segmentation and <label_field>_instances)
+        batch_size: targets per policy call; None = apply_model's whole batch (its
+            ``batch_size``) in one call. Labels are the same at any size.
     """
 
     bundle: Any = None
@@ -62,11 +64,14 @@ class ConceptSegModelConfig:
     threshold: float = DEFAULT_THRESHOLD
     concept: str | None = None
     output: str = "segmentation"
+    batch_size: int | None = None
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if self.output not in OUTPUTS:
             raise ConceptSegError(f"output must be one of {', '.join(OUTPUTS)}; got {self.output!r}.")
+        if self.batch_size is not None:
+            check_batch_size(self.batch_size)
         self.check()
 
     def check(self) -> None:
@@ -306,24 +311,31 @@ class ConceptSegModel(fom.Model, fom.SupportsGetItem, fom.TorchModelMixin):
         from conceptseg.imaging import to_rgb_float
 
         router, choice, demo_ids = self._fit()
-        out, seconds = [], []
-        for arg in args:
-            item = arg if isinstance(arg, dict) else {"image": to_rgb_float(arg), "id": "", "error": None}
+        items = [arg if isinstance(arg, dict) else {"image": to_rgb_float(arg), "id": "", "error": None}
+                 for arg in args]
+        todo = [item for item in items if item["id"] not in demo_ids and item["error"] is None]
+        # FiftyOne's batch (apply_model's batch_size) is the route's batch: one policy call.
+        size = self.config.batch_size or len(todo) or 1
+        results = list(router.segment(choice, [Target(i["image"], i["id"]) for i in todo], batch_size=size))
+        by_item = {id(item): result for item, result in zip(todo, results)}
+        out, seconds, first_error = [], [], None
+        for item in items:
             if item["id"] in demo_ids:
                 out.append(None)
                 continue
-            error = item["error"]
-            if error is None:
-                result = next(router.segment(choice, [Target(item["image"], item["id"])]))
-                error = result.error
+            result = by_item.get(id(item))
+            error = item["error"] if result is None else result.error
             if error is not None:
                 if self._run is not None:
                     self._run["failures"].append({"sample_id": item["id"], "error": error})
-                raise (ImageReadError if item["error"] else ConceptSegError)(error)
+                first_error = first_error or (ImageReadError if item["error"] else ConceptSegError)(error)
+                continue
             seconds.append(result.seconds)
             out.append(self._labels(result))
         if self._run is not None:
             self._run["seconds"].extend(seconds)
+        if first_error is not None:
+            raise first_error
         return out
 
     def _labels(self, result):

@@ -41,6 +41,20 @@ class Route(abc.ABC):
         """The probability map plus what the route can say about it (reasoning, answer)."""
         return self.segment(image), {}
 
+    def segment_batch(self, images: Sequence[np.ndarray]) -> list:
+        """Per image (probability, details), or the exception that is that image's failure.
+
+        Routes that gain from batching (the reasoning route: one policy call for B targets)
+        override this; the others segment one image at a time.
+        """
+        outcomes = []
+        for image in images:
+            try:
+                outcomes.append(self.segment_with_details(image))
+            except Exception as e:  # one bad target is that target's failure, the batch goes on
+                outcomes.append(e)
+        return outcomes
+
     @abc.abstractmethod
     def verify(self, demonstrations: Sequence[Demonstration]) -> dict[str, float]:
         """Leave-one-out: IoU on each demonstration when fitted on the others."""

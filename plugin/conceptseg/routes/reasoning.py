@@ -20,6 +20,7 @@ from conceptseg.doubt import check_doubt, probability_doubt
 from conceptseg.episode import TARGET_SIZE, BoxMap, build_episode, build_reference_episode
 from conceptseg.errors import ConceptSegError
 from conceptseg.imaging import content_key, to_uint8
+from conceptseg.prefix import PrefixStore
 from conceptseg.prompts import CompletionParseError, PromptTemplate, box_iou, build_prompt, parse_completion
 from conceptseg.routes.base import Route
 from conceptseg.segmenters import is_sam3
@@ -62,17 +63,20 @@ class ReasoningRoute(Route):
         self._demonstrations: list[Demonstration] | None = None
         self._references: list[np.ndarray] = []
         self._rule = ""
-        self._shortcut_reason = None
+        self._prefix = PrefixStore()  # the demonstrations' canvas, encoded once per fit
+        self._max_rows = None  # set by an out-of-memory error: the largest batch that fits
 
     def fit(self, demonstrations: Sequence[Demonstration]) -> None:
         """Keeps the demonstrations (none for a text query); the policy learns in context."""
         self._demonstrations = list(demonstrations)
         self._references = []
+        self._prefix = PrefixStore()
 
     def fit_references(self, images: Sequence[np.ndarray]) -> None:
         """Reference images without masks (a multi-image CR item): shown, no box drawn or checked."""
         self._demonstrations = []
         self._references = list(images)
+        self._prefix = PrefixStore()
 
     def rule(self) -> str:
         """The rule the policy induced while verifying (per-target rules are on the labels)."""
@@ -84,32 +88,80 @@ class ReasoningRoute(Route):
 
     def segment_with_details(self, image: np.ndarray) -> tuple[np.ndarray, dict]:
         """The probability map and what the policy wrote (think, rule, answer, box, parse error)."""
+        outcome = self.segment_batch([image])[0]
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    def segment_batch(self, images: Sequence[np.ndarray]) -> list:
+        """B targets in one policy call: one ``generate`` (the rows share the prompt's length,
+        so no padding), one hidden-state pass, one translator call. Returns per image
+        (probability, details) or the exception that is that image's failure.
+
+        A CUDA out-of-memory error halves the batch and retries (later batches keep the
+        smaller size), down to one image, whose failure is then recorded.
+        """
         import torch
 
         if self._demonstrations is None:
             raise RuntimeError("ReasoningRoute.fit(demonstrations) must be called before segmenting.")
+        images = list(images)
+        size = min(len(images), self._max_rows or len(images))
+        if size < len(images):
+            return [o for i in range(0, len(images), size) for o in self.segment_batch(images[i:i + size])]
         try:
-            pixels = to_uint8(image)
-            key = content_key(pixels)  # shared with the prototype route: one encoding per image
-            segmenter = self.bundle.segmenter
-            segmenter.embed(pixels, key)
-            shortcut = self._shortcut(key)
-            if shortcut is not None:
-                return shortcut
-            details, box_600, target_map = self._ask(image)
-            details["shortcut"] = self._shortcut_reason
-            details["shortcut_taken"] = False if self._shortcut_reason is not None else None
-            box = None if box_600 is None else target_map.to_original(box_600)
-            tokens = details.pop("_tokens")
+            return self._segment_rows(images)
+        except torch.OutOfMemoryError as e:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            if len(images) == 1:
+                return [ConceptSegError(f"Out of GPU memory on this image even alone ({e}); free memory or "
+                                        "use a smaller model.")]
+            self._max_rows = len(images) // 2
+            return self.segment_batch(images)
+        except Exception as e:  # one image's fault must not fail the others: alone, each finds its own
+            if len(images) == 1:
+                return [e]
+            return [o for image in images for o in self.segment_batch([image])]
+
+    def _segment_rows(self, images: list) -> list:
+        outcomes: list = [None] * len(images)
+        asked = []  # (index, key, why SAM 3 alone was not enough) of the images the policy must read
+        segmenter = self.bundle.segmenter
+        for i, image in enumerate(images):
+            try:
+                pixels = to_uint8(image)
+                key = content_key(pixels)  # shared with the prototype route: one encoding per image
+                segmenter.embed(pixels, key)
+                outcomes[i], reason = self._shortcut(key)
+                if outcomes[i] is None:
+                    asked.append((i, key, reason))
+            except ConceptSegError as e:
+                outcomes[i] = e
+        if asked:
+            answers = self._ask([images[i] for i, _, _ in asked])
+            for (i, key, reason), (details, box_600, target_map) in zip(asked, answers):
+                details["shortcut"] = reason
+                details["shortcut_taken"] = False if reason is not None else None
+                outcomes[i] = self._mask(key, details, box_600, target_map)
+        return outcomes
+
+    def _mask(self, key: str, details: dict, box_600, target_map):
+        """The segmenter's probability map for one answered target, with its details."""
+        import torch
+
+        segmenter = self.bundle.segmenter
+        box = None if box_600 is None else target_map.to_original(box_600)
+        tokens = details.pop("_tokens")
+        try:
             if is_sam3(segmenter):  # SAM 3 reads the answer phrase, not a box (method.md §1.3)
-                logits = segmenter.predict(key, details["answer"] or self.config.question, concept_tokens=tokens).logits
+                logits = segmenter.predict(key, details["answer"] or self.config.question,
+                                           concept_tokens=tokens).logits
             else:
                 logits = segmenter.predict(key, box=box, concept_tokens=tokens)
-        except torch.OutOfMemoryError as e:
-            # One target at a time is already the smallest batch: record it and go on.
-            torch.cuda.empty_cache()
-            raise ConceptSegError(f"Out of GPU memory on this image ({e}); free memory or use a smaller model.") from e
-        check_finite_output(logits, "segmenter")  # the segmenters check too; a stand-in may not
+            check_finite_output(logits, "segmenter")  # the segmenters check too; a stand-in may not
+        except ConceptSegError as e:
+            return e
         details["box"] = None if box is None else [int(v) for v in box]
         # Doubt: how well this episode's <check> re-found the withheld box (see conceptseg.doubt).
         probability = torch.sigmoid(torch.from_numpy(logits)).numpy().astype(np.float32)
@@ -123,27 +175,25 @@ class ReasoningRoute(Route):
         On a SAM 3 segmenter with ``config.shortcut`` (method.md §3.2): text queries, and
         demonstration episodes, whose question is then the concept name (a short class
         name takes it, the generic default question never does). Returns the result or
-        None when the policy must run.
+        None when the policy must run, with the reason SAM 3 gave (None when it was not tried).
         """
         import torch
 
-        self._shortcut_reason = None
         if not self.config.shortcut or not is_sam3(self.bundle.segmenter):
-            return None
+            return None, None
         decision = self.bundle.segmenter.try_shortcut(key, self.config.question)
         if not decision.taken:
-            self._shortcut_reason = decision.reason
-            return None
+            return None, decision.reason
         logits = torch.from_numpy(decision.prediction.logits)
         details = {"shortcut": decision.reason, "shortcut_taken": True, "answer": self.config.question,
                    "parse_error": None, "truncated": None, "reasoning": None, "rule": None, "check": None,
-                   "box": None, "completion": None}
+                   "box": None, "completion": None, "decoded_tokens": 0}
         probability = torch.sigmoid(logits).numpy().astype(np.float32)
         details["doubt"] = probability_doubt(probability, self.config.threshold)
-        return probability, details
+        return (probability, details), decision.reason
 
-    def _ask(self, image: np.ndarray):
-        """Runs the policy on one target; returns details, the 600² box (or None), the map."""
+    def _episode(self, image: np.ndarray):
+        """(request, target map, episode or None, whether a <check> is required) for one target."""
         from conceptseg.policy import PolicyRequest
 
         demos = self._demonstrations
@@ -151,35 +201,48 @@ class ReasoningRoute(Route):
         if self._references:
             episode = build_reference_episode(self._references, image)
             prompt = build_prompt(self.config.question, (), True, False, template)
-            images, target_map, require_check = [episode.canvas, episode.target], episode.target_map, False
+            images, require_check = [episode.canvas, episode.target], False
         elif demos:
             episode = build_episode(demos, image)
             prompt = build_prompt(self.config.question, episode.reference_boxes, True, episode.has_proxy, template)
-            images, target_map, require_check = [episode.canvas, episode.target], episode.target_map, episode.has_proxy
+            images, require_check = [episode.canvas, episode.target], episode.has_proxy
         else:  # a text query: the target alone
             target_map = BoxMap(image.shape[0], image.shape[1], TARGET_SIZE)
-            target = _resize_600(image)
             prompt = build_prompt(self.config.question, with_references=False, template=template)
-            images, require_check = [target], False
-        out = self.bundle.policy.generate([PolicyRequest(images=images, text=prompt)])
-        tokens = self.bundle.translator(out.hidden_states, out.completion_mask).tokens[0]
+            return PolicyRequest(images=[_resize_600(image)], text=prompt), target_map, None, False
+        return PolicyRequest(images=images, text=prompt), episode.target_map, episode, require_check
+
+    def _ask(self, images: list) -> list:
+        """Runs the policy on a batch of targets; per target: details, the 600² box (or None), the map."""
+        episodes = [self._episode(image) for image in images]
+        out = self.bundle.policy.generate([e[0] for e in episodes], prefix=self._prefix)
+        tokens = self.bundle.translator(out.hidden_states, out.completion_mask).tokens
         check_finite_output(tokens, "concept translator")
-        truncated = bool(out.truncated and out.truncated[0])
-        details = {"completion": out.completions[0], "_tokens": tokens, "parse_error": None, "truncated": truncated,
-                   "reasoning": None, "rule": None, "answer": None, "check": None}
-        if demos and episode.has_proxy:
+        decoded = out.completion_mask.sum(dim=1).tolist()
+        return [self._read(out.completions[i], tokens[i], bool(out.truncated and out.truncated[i]), int(decoded[i]),
+                           *episodes[i][1:]) for i in range(len(images))]
+
+    def _read(self, completion: str, tokens, truncated: bool, decoded: int, target_map, episode, require_check):
+        """What one completion says: the details a label carries, and its 600² box."""
+        details = {"completion": completion, "_tokens": tokens, "parse_error": None, "truncated": truncated,
+                   "reasoning": None, "rule": None, "answer": None, "check": None, "decoded_tokens": decoded}
+        has_check = episode is not None and episode.has_proxy and not self._references
+        if has_check:
             details["check_iou"] = None  # no parseable <check>: full doubt
         try:
-            parsed = parse_completion(out.completions[0], require_check=require_check)
+            parsed = self._parse(completion, require_check)
         except CompletionParseError as e:
             cut = f"cut at {self.bundle.policy.config.max_new_tokens} tokens (max_new_tokens): " if truncated else ""
             details["parse_error"] = cut + str(e)
             return details, None, target_map
         details.update(reasoning=parsed.think, rule=parsed.rule, answer=parsed.answer,
                        check=None if parsed.check is None else list(parsed.check))
-        if "check_iou" in details and parsed.check is not None:
+        if has_check and parsed.check is not None:
             details["check_iou"] = float(box_iou(tuple(parsed.check), episode.proxy_box))
         return details, parsed.bbox, target_map
+
+    def _parse(self, completion: str, require_check: bool):
+        return parse_completion(completion, require_check=require_check)
 
     def verify(self, demonstrations: Sequence[Demonstration]) -> dict[str, float]:
         """IoU of the policy's <check> box with the withheld top-left demonstration box.
@@ -193,7 +256,7 @@ class ReasoningRoute(Route):
             return {}
         self.fit(demonstrations)
         episode = build_episode(demonstrations, demonstrations[0].image)
-        details, _, _ = self._ask(demonstrations[0].image)
+        details, _, _ = self._ask([demonstrations[0].image])[0]
         self._rule = details["rule"] or ""
         check = details["check"]
         score = box_iou(tuple(check), episode.proxy_box) if check is not None else 0.0
