@@ -68,7 +68,7 @@ def resolve_input(model_name, ctx):
     inputs.str("text", label="Text query", description="What to segment (leave empty to use demonstrations)")
     inputs.str("demo_tag", label="Demonstration tag", description="Samples with this tag teach the concept")
     inputs.str("mask_field", default="ground_truth", label="Demonstrations' mask field")
-    inputs.enum("route", ["auto", "appearance", "object", "prototype", "reasoning"], default="auto", label="Route")
+    inputs.enum("route", ["auto", "appearance", "object", "prototype", "reasoning-fast", "reasoning"], default="auto", label="Route")
     inputs.enum("output", ["segmentation", "instances", "both"], default="segmentation", label="Output")
     return types.Property(inputs)
 

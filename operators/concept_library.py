@@ -5,7 +5,7 @@ import fiftyone.operators.types as types
 
 from ._forms import class_choice, field_choice, progress_callback
 
-ROUTES = ("auto", "appearance", "prototype", "reasoning")
+ROUTES = ("auto", "appearance", "prototype", "reasoning-fast", "reasoning")
 DELEGATE_ABOVE = 200
 
 

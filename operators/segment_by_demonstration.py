@@ -10,7 +10,7 @@ import fiftyone.operators.types as types
 from ._forms import class_choice, field_choice, progress_callback, prompt_template_input
 from ._forms import selected_labels as _selected_labels
 
-ROUTES = ("auto", "appearance", "object", "prototype", "reasoning")
+ROUTES = ("auto", "appearance", "object", "prototype", "reasoning-fast", "reasoning")
 # The router's DEFAULT_THRESHOLD (the engine loads only inside execute).
 VERIFY_THRESHOLD = 0.6
 # Views larger than this default to delegated execution (the App would wait too long).
@@ -91,9 +91,9 @@ class SegmentByDemonstration(foo.Operator):
             label="Model",
             description="Bundle directory or Hugging Face id; enables the reasoning route",
         )
-        if ctx.params.get("route") == "reasoning" and not ctx.params.get("model"):
+        if ctx.params.get("route") in ("reasoning", "reasoning-fast") and not ctx.params.get("model"):
             model.invalid = True
-            model.error_message = "The reasoning route needs a model: give a bundle directory or id."
+            model.error_message = "The reasoning routes need a model: give a bundle directory or id."
         prompt_template_input(ctx, inputs)
         inputs.float("threshold", default=VERIFY_THRESHOLD, min=0.0, max=1.0, label="Verification threshold (IoU)")
         inputs.str("concept", default="concept", label="Concept name",
@@ -264,9 +264,9 @@ def _estimate(ctx, n_targets: int) -> str:
     """A rough time for the run: appearance per target, or the model's, best measured here."""
     route, model = ctx.params.get("route", "auto"), ctx.params.get("model")
     appearance = _measured_seconds(ctx.dataset, "appearance") or APPEARANCE_SECONDS
-    measured = _measured_seconds(ctx.dataset, "reasoning")
+    measured = _measured_seconds(ctx.dataset, route if route.startswith("reasoning") else "reasoning")
     with_model = f"~{measured:.1f} s" if measured else "seconds (GPU) to minutes (CPU)"
-    if route == "reasoning":
+    if route.startswith("reasoning"):
         text = f"Estimate: ~{n_targets} targets × {with_model} per target with the model"
     elif route == "object":
         per = _measured_seconds(ctx.dataset, "object") or OBJECT_SECONDS

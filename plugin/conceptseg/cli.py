@@ -381,7 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stretch demonstration masks of another size than their image (nearest) instead of stopping")
     p.add_argument("--pred-field", required=True, help="Segmentation field to write")
     p.add_argument("--view", help="saved view of targets (default: every sample not tagged --demo-tag)")
-    p.add_argument("--route", default="auto", choices=["auto", "appearance", "object", "prototype", "reasoning"],
+    p.add_argument("--route", default="auto", choices=["auto", "appearance", "object", "prototype", "reasoning-fast", "reasoning"],
                    help="auto: the cheapest route that passes verification")
     p.add_argument("--model", help=f"bundle directory, Hugging Face id or zoo name ({zoo}); enables the reasoning route")
     p.add_argument("--threshold", type=float, default=0.6, help="held-out IoU a route must reach (router.DEFAULT_THRESHOLD)")
@@ -445,7 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("benchmark", help="the paper's protocol: segment and score every test sample")
     p.add_argument("--dataset", required=True)
-    p.add_argument("--route", default="auto", choices=["auto", "appearance", "object", "prototype", "reasoning"],
+    p.add_argument("--route", default="auto", choices=["auto", "appearance", "object", "prototype", "reasoning-fast", "reasoning"],
                    help="auto: the cheapest route that passes verification")
     p.add_argument("--model", help=f"bundle directory, Hugging Face id or zoo name ({zoo}): reasoning route, text queries")
     p.add_argument("--seed", type=int, default=0, help="seed of the demonstration draw")

@@ -175,7 +175,7 @@ def add_concept_commands(sub) -> None:
     which.add_argument("--ids", help="demonstration sample ids, comma-separated")
     s.add_argument("--mask-field", required=True)
     s.add_argument("--classes", help="class(es) of --mask-field that are the concept (A[,B])")
-    s.add_argument("--route", default="auto", choices=["auto", "appearance", "prototype", "reasoning"])
+    s.add_argument("--route", default="auto", choices=["auto", "appearance", "prototype", "reasoning-fast", "reasoning"])
     s.add_argument("--model", help="bundle directory, zoo name or Hugging Face id")
     s.add_argument("--overwrite", action="store_true", help="replace a saved concept of that name")
     s = verbs.add_parser("list", help="the saved concepts")

@@ -234,6 +234,54 @@ def parse_completion(text: str, require_check: bool = False, size: int = TARGET_
     )
 
 
+# ---- rule reuse (the reasoning-fast route) ------------------------------------------------
+#
+# The rule is induced once per demonstration set; every target then gets this prompt, which
+# states the rule and asks for the box and the name only, so the policy writes a few dozen
+# tokens instead of a chain of thought. The images are the same two as in a full episode.
+
+FAST_OUTPUT_FORMAT = f"<bbox>{_BOX_TEXT}</bbox> <answer>noun phrase</answer>"
+
+
+def build_fast_prompt(question: str, rule: str, reference_boxes: Sequence[Box] = ()) -> str:
+    """User-turn text that applies a known ``rule`` to the Target Image (no reasoning asked for)."""
+    if not rule.strip():
+        raise ValueError("a rule-reuse prompt needs the rule")
+    size = f"{TARGET_SIZE}x{TARGET_SIZE}"
+    question = question.strip()
+    query = f'the object described as "{question}"' if question else "the concept the Reference Image demonstrates"
+    listed = f" (red boxes drawn at {format_boxes(reference_boxes)}, {size} pixel coordinates)" if len(reference_boxes) else ""
+    return "\n".join([
+        f"Task: in the Target Image, find {query}.",
+        f"Images: (1) Reference Image{listed}; (2) Target Image.",
+        f"The visual rule that picks out the examples in the Reference Image is known: {rule.strip()}",
+        f"Apply it to the Target Image. Give the box of the matching object in the Target Image's {size} pixel "
+        "coordinates, and name it with a noun phrase of one or two words. Do not reason or restate the rule.",
+        f"Answer in exactly this format: {FAST_OUTPUT_FORMAT}",
+    ])
+
+
+def parse_answer(text: str, size: int = TARGET_SIZE) -> Completion:
+    """Strictly parse a rule-reuse answer: ``<bbox>…</bbox> <answer>…</answer>`` and nothing else.
+
+    The returned Completion has empty think and rule (the caller knows the rule it gave).
+    """
+    blocks, gaps = _blocks(_strip_end(text))
+    present = {name for name, _ in blocks}
+    for name in ("bbox", "answer"):
+        if name not in present:
+            raise MissingTagError(f"the answer has no <{name}>…</{name}>")
+    sequence = [name for i, (name, _) in enumerate(blocks) if i == 0 or blocks[i - 1][0] != name]
+    if sequence != ["bbox", "answer"]:
+        raise TagOrderError(f"tags appear as {' '.join(f'<{n}>' for n in sequence)}; expected <bbox> <answer>")
+    stray = next((g.strip() for g in gaps if g.strip()), None)
+    if stray:
+        raise CompletionParseError(f"text outside the tags is not allowed: {stray[:60]!r}")
+    last = dict(blocks)
+    return Completion(think="", rule="", check=None, bbox=_parse_box("bbox", last["bbox"], size),
+                      answer=last["answer"].strip(), raw=text)
+
+
 def _box_text(name: str, box: Sequence[int]) -> str:
     """Box → '[x1, y1, x2, y2]', refusing what the parser would reject whatever the size."""
     try:

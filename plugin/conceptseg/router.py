@@ -9,6 +9,7 @@ verification is "unavailable" (None, never 0) and the cheapest route runs, unver
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Sequence
@@ -216,20 +217,23 @@ def make_router(route: str = "auto", threshold: float = DEFAULT_THRESHOLD, bundl
     """A router over every available route (``auto``) or over the one named route.
 
     With a bundle, routes join in order of cost: the SAM 2 prototype route (when the
-    segmenter is SAM 2), then the reasoning route (when the bundle has a policy).
+    segmenter is SAM 2), then, when the bundle has a policy, the rule-reuse route
+    (reasoning-fast: a short answer per target) and the full reasoning route.
     """
     from conceptseg.routes.prototype import PrototypeRoute
     from conceptseg.routes.reasoning import ReasoningConfig, ReasoningRoute
+    from conceptseg.routes.reasoning_fast import ReasoningFastRoute
 
     available: dict[str, Route] = {name: cls() for name, cls in ROUTES.items()}
-    model_routes = (PrototypeRoute.name, ReasoningRoute.name)
+    model_routes = (PrototypeRoute.name, ReasoningFastRoute.name, ReasoningRoute.name)
     if bundle is not None:
         if type(bundle.segmenter).__name__ == "Sam2Segmenter":
             available[PrototypeRoute.name] = PrototypeRoute(bundle.segmenter)
         if bundle.policy is not None:
             config = ReasoningConfig(question=question) if question else ReasoningConfig()
             config.prompt_template = prompt_template  # a PromptTemplate or None (the bundle's)
-            available[ReasoningRoute.name] = ReasoningRoute(bundle, config)
+            available[ReasoningFastRoute.name] = ReasoningFastRoute(bundle, config)
+            available[ReasoningRoute.name] = ReasoningRoute(bundle, dataclasses.replace(config))
     if route == "auto":
         return Router(list(available.values()), threshold=threshold)
     if route in model_routes and route not in available:

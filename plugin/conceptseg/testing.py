@@ -244,14 +244,16 @@ class ScriptedPolicy:
     text (a parsable box, an unparsable answer) cannot rely on what a random policy writes,
     which differs between CPUs.
 
-    ``completion`` is one text for every request, or a list cycled over the rows. Sequences,
+    ``completion`` is one text for every request, a list cycled over the rows, or a function
+    of the request (e.g. a full answer to a full prompt, a short one to a rule-reuse prompt). Sequences,
     completion mask and hidden states are the real model's over prompt + that text, exactly
     as after a generation that wrote it; every other attribute is the wrapped policy's.
     """
 
     def __init__(self, policy, completion, truncated: bool = False):
         self.policy = policy
-        self.texts = [completion] if isinstance(completion, str) else list(completion)
+        self.write = completion if callable(completion) else None
+        self.texts = [] if self.write else [completion] if isinstance(completion, str) else list(completion)
         self.truncated = truncated  # report the text as cut at max_new_tokens
 
     def __getattr__(self, name):
@@ -262,7 +264,7 @@ class ScriptedPolicy:
         from conceptseg.policy import PolicyOutput
 
         rows = [r for r in requests for _ in range(num_return_sequences)]
-        texts = [self.texts[i % len(self.texts)] for i in range(len(rows))]
+        texts = [self.write(r) if self.write else self.texts[i % len(self.texts)] for i, r in enumerate(rows)]
         inputs, sequences, mask = self.policy.encode_with_response(rows, texts)
         shared = prefix.lookup(self.policy, inputs) if prefix is not None else None
         states = self.policy.completion_hidden_states(inputs, sequences, mask, shared=shared) if hidden else None

@@ -204,13 +204,18 @@ class ReasoningRoute(Route):
             images, require_check = [episode.canvas, episode.target], False
         elif demos:
             episode = build_episode(demos, image)
-            prompt = build_prompt(self.config.question, episode.reference_boxes, True, episode.has_proxy, template)
-            images, require_check = [episode.canvas, episode.target], episode.has_proxy
+            prompt, require_check = self._demonstration_prompt(episode, template)
+            images = [episode.canvas, episode.target]
         else:  # a text query: the target alone
             target_map = BoxMap(image.shape[0], image.shape[1], TARGET_SIZE)
             prompt = build_prompt(self.config.question, with_references=False, template=template)
             return PolicyRequest(images=[_resize_600(image)], text=prompt), target_map, None, False
         return PolicyRequest(images=images, text=prompt), episode.target_map, episode, require_check
+
+    def _demonstration_prompt(self, episode, template) -> tuple[str, bool]:
+        """The text of a demonstration episode, and whether its answer must hold a <check>."""
+        question, boxes = self.config.question, episode.reference_boxes
+        return build_prompt(question, boxes, True, episode.has_proxy, template), episode.has_proxy
 
     def _ask(self, images: list) -> list:
         """Runs the policy on a batch of targets; per target: details, the 600² box (or None), the map."""
@@ -226,7 +231,7 @@ class ReasoningRoute(Route):
         """What one completion says: the details a label carries, and its 600² box."""
         details = {"completion": completion, "_tokens": tokens, "parse_error": None, "truncated": truncated,
                    "reasoning": None, "rule": None, "answer": None, "check": None, "decoded_tokens": decoded}
-        has_check = episode is not None and episode.has_proxy and not self._references
+        has_check = require_check  # only a mosaic of demonstrations withholds a box
         if has_check:
             details["check_iou"] = None  # no parseable <check>: full doubt
         try:
