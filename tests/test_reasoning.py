@@ -264,8 +264,9 @@ class TestRouterWithBundle:
 
     def test_when_nothing_passes_the_best_verified_route_runs(self, tiny_bundle, nuclei_tiles):
         choice = make_router("auto", threshold=0.99, bundle=tiny_bundle).choose(_demos(nuclei_tiles))
-        assert [v.route for v in choice.verifications] == ["appearance", "object", "prototype", "reasoning"]
-        best = max(choice.verifications, key=lambda v: v.score)
+        assert [v.route for v in choice.verifications] == ["appearance", "object", "prototype", "reasoning-fast",
+                                                           "reasoning"]
+        best = max((v for v in choice.verifications if v.score is not None), key=lambda v: v.score)
         assert choice.route.name == best.route and not choice.verified
 
     def test_reasoning_without_model_is_refused(self):

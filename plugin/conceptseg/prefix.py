@@ -13,7 +13,8 @@ model was trained on, so the prompt keeps the official order.
 
 Rows must be unpadded (all of one length) to share a prefix: the route's episodes are,
 since every target is resized to 600² and the text is the run's. Anything else (padded
-rows, one image, rows that differ in the prefix) falls back to encoding everything.
+rows, one image, rows that differ in the prefix, a transformers without pre-encoded
+image inputs) falls back to encoding everything.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class SharedPrefix:
         images after the prefix already encoded, and a copy of the cache for every row."""
         out = {k: v for k, v in inputs.items() if k != "pixel_values"}
         out["mm_encoder_outputs"] = self._rest_features(inputs)
-        out["cache"] = self._cache_for(inputs["input_ids"].shape[0])
+        out[_cache_argument(self.policy)] = self._cache_for(inputs["input_ids"].shape[0])
         return out
 
     def forward_inputs(self, inputs: dict, sequences, completion_mask) -> dict:
@@ -62,9 +63,9 @@ class SharedPrefix:
         rope = self.policy.base_model().model.get_rope_index
         positions, _ = rope(full["input_ids"], image_grid_thw=full["image_grid_thw"],
                             attention_mask=full["attention_mask"], mm_token_type_ids=mm)
-        return dict(input_ids=full["input_ids"][:, self.length:], attention_mask=full["attention_mask"],
-                    position_ids=positions[:, :, self.length:], cache=self._cache_for(sequences.shape[0]),
-                    mm_encoder_outputs=self._rest_features(inputs), use_cache=True)
+        return {"input_ids": full["input_ids"][:, self.length:], "attention_mask": full["attention_mask"],
+                "position_ids": positions[:, :, self.length:], "mm_encoder_outputs": self._rest_features(inputs),
+                _cache_argument(self.policy): self._cache_for(sequences.shape[0]), "use_cache": True}
 
     def _cache_for(self, rows: int):
         cache = copy.deepcopy(self.cache)
@@ -122,6 +123,8 @@ def _prefix_of(policy, inputs: dict) -> tuple[str, int] | None:
 
     ids, grids = inputs["input_ids"], inputs.get("image_grid_thw")
     rows = ids.shape[0]
+    if "mm_encoder_outputs" not in _forward_arguments(policy):
+        return None  # transformers before 5.2x cannot take the target's features pre-encoded
     if grids is None or grids.shape[0] < 2 * rows or grids.shape[0] % rows:
         return None  # a prefix ending in an image needs another image after it
     if not bool(inputs["attention_mask"].all()):
@@ -178,4 +181,16 @@ def _encode_prefix(policy, inputs: dict, length: int):
     if "mm_token_type_ids" in inputs:
         kwargs["mm_token_type_ids"] = inputs["mm_token_type_ids"][:1, :length]
     with torch.no_grad():
-        return policy.model(**kwargs, use_cache=True).cache
+        out = policy.model(**kwargs, use_cache=True)
+    return getattr(out, "cache", None) or out.past_key_values
+
+
+def _forward_arguments(policy) -> set[str]:
+    import inspect
+
+    return set(inspect.signature(policy.base_model().forward).parameters)
+
+
+def _cache_argument(policy) -> str:
+    """The cache's keyword: ``cache`` in newer transformers, ``past_key_values`` before."""
+    return "cache" if "cache" in _forward_arguments(policy) else "past_key_values"

@@ -44,12 +44,15 @@ class ReasoningConfig:
         shortcut: with a SAM 3 segmenter, try plain SAM 3 on ``question`` first and skip the
             policy when it is confident (method.md §3.2), for text queries and, as in the
             official ConceptSeg evaluation, for demonstration episodes too
+        reuse_prefix: encode the demonstrations' canvas once per run and reuse its key/value
+            cache for every target (conceptseg.prefix); the completions are the same
     """
 
     question: str = DEFAULT_QUESTION
     threshold: float = 0.5
     prompt_template: PromptTemplate | None = None
     shortcut: bool = True
+    reuse_prefix: bool = True
 
 
 class ReasoningRoute(Route):
@@ -220,7 +223,8 @@ class ReasoningRoute(Route):
     def _ask(self, images: list) -> list:
         """Runs the policy on a batch of targets; per target: details, the 600² box (or None), the map."""
         episodes = [self._episode(image) for image in images]
-        out = self.bundle.policy.generate([e[0] for e in episodes], prefix=self._prefix)
+        prefix = self._prefix if self.config.reuse_prefix else None
+        out = self.bundle.policy.generate([e[0] for e in episodes], prefix=prefix)
         tokens = self.bundle.translator(out.hidden_states, out.completion_mask).tokens
         check_finite_output(tokens, "concept translator")
         decoded = out.completion_mask.sum(dim=1).tolist()
