@@ -180,3 +180,21 @@ class TestRuns:
         assert code != 0
         assert "batch size must be a whole number of targets, at least 1; got 0" in capsys.readouterr().err
         assert not fo.load_dataset(nuclei_dataset.name).has_field("predictions")
+
+
+class TestZooModel:
+    def test_apply_model_batches_give_the_labels_of_one_at_a_time(self, plugin_installed, nuclei_dataset):
+        import fiftyone.zoo as foz
+
+        from conceptseg.zoo_model import ConceptSegModelConfig
+
+        _, path = foz.download_zoo_model("conceptseg-tiny-random")
+        view = nuclei_dataset.match_tags("demo", bool=False).limit(5)
+        for field, batch in (("one", 1), ("four", 4)):
+            model = foz.load_zoo_model("conceptseg-tiny-random", bundle=path, text="the bright blob")
+            view.apply_model(model, label_field=field, batch_size=batch, num_workers=0, skip_failures=False)
+        for one, four in zip(view.values("one"), view.values("four")):
+            np.testing.assert_array_equal(one.mask, four.mask)
+            assert one.decoded_tokens == four.decoded_tokens > 0
+        with pytest.raises(ConceptSegError, match="batch size must be a whole number"):
+            ConceptSegModelConfig(batch_size=0)
