@@ -77,6 +77,25 @@ class TestBatchedRoute:
         assert batched[0][1]["box"] is not None and batched[0][1]["rule"] == "nuclei are bright ovals"
 
 
+class TestSegmenterInOnePass:
+    def test_embed_many_gives_the_features_of_one_at_a_time(self, varied_bundle, nuclei_tiles):
+        segmenter = varied_bundle.segmenter
+        images = [(nuclei_tiles[i][1] * 255).astype(np.uint8) for i in (1, 2, 3)]
+        images.append(np.ascontiguousarray(images[0][:, :100]))  # another size stacks too (resized to S×S)
+        keys = [f"many-{i}" for i in range(4)]
+        segmenter.clear_cache()
+        segmenter.embed_many(images, keys)
+        together = [segmenter.features(k) for k in keys]
+        segmenter.clear_cache()
+        for image, key, feats in zip(images, keys, together):
+            segmenter.embed(image, key)
+            alone = segmenter.features(key)
+            torch.testing.assert_close(feats["image_embed"], alone["image_embed"], atol=1e-5, rtol=1e-5)
+            for a, b in zip(feats["high_res_feats"], alone["high_res_feats"]):
+                torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+            assert tuple(feats["orig_hw"]) == image.shape[:2]
+
+
 class TestSharedPrefix:
     def _requests(self, bundle, tiles, n):
         route = _route(bundle, tiles)

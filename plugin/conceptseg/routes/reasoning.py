@@ -129,21 +129,33 @@ class ReasoningRoute(Route):
 
     def _segment_rows(self, images: list) -> list:
         outcomes: list = [None] * len(images)
-        asked = []  # (index, key, why SAM 3 alone was not enough) of the images the policy must read
+        asked = []  # (index, pixels, key, why SAM 3 alone was not enough) of the images the policy must read
         segmenter = self.bundle.segmenter
+        shortcut = self.config.shortcut and is_sam3(segmenter)
         for i, image in enumerate(images):
             try:
                 pixels = to_uint8(image)
                 key = content_key(pixels)  # shared with the prototype route: one encoding per image
-                segmenter.embed(pixels, key)
-                outcomes[i], reason = self._shortcut(key)
+                reason = None
+                if shortcut:  # SAM 3 alone first: it needs the image's features now
+                    segmenter.embed(pixels, key)
+                    outcomes[i], reason = self._shortcut(key)
                 if outcomes[i] is None:
-                    asked.append((i, key, reason))
+                    asked.append((i, pixels, key, reason))
             except ConceptSegError as e:
                 outcomes[i] = e
-        if asked:
-            answers = self._ask([images[i] for i, _, _ in asked])
-            for (i, key, reason), (details, box_600, target_map) in zip(asked, answers):
+        if not asked:
+            return outcomes
+        answers = self._ask([images[i] for i, _, _, _ in asked])
+        # Embedded in groups the segmenter's cache holds, each group just before its masks.
+        group = max(1, getattr(getattr(segmenter, "config", None), "cache_size", 1))
+        for start in range(0, len(asked), group):
+            rows = list(zip(asked, answers))[start:start + group]
+            embedded = _embed_all(segmenter, [(pixels, key) for (_, pixels, key, _), _ in rows])
+            for (i, _, key, reason), (details, box_600, target_map) in rows:
+                if isinstance(embedded.get(key), Exception):
+                    outcomes[i] = embedded[key]
+                    continue
                 details["shortcut"] = reason
                 details["shortcut_taken"] = False if reason is not None else None
                 outcomes[i] = self._mask(key, details, box_600, target_map)
@@ -270,6 +282,25 @@ class ReasoningRoute(Route):
         check = details["check"]
         score = box_iou(tuple(check), episode.proxy_box) if check is not None else 0.0
         return {demonstrations[0].id or "0": float(score)}
+
+
+def _embed_all(segmenter, images: list) -> dict:
+    """Embeds (pixels, key) pairs, in one image-encoder pass where the segmenter offers one;
+    returns {key: exception} for the images that could not be embedded."""
+    many = getattr(segmenter, "embed_many", None)
+    if many is not None and len(images) > 1:
+        try:
+            many([p for p, _ in images], [k for _, k in images])
+            return {}
+        except ConceptSegError:
+            pass  # one at a time below finds which image it was
+    failed = {}
+    for pixels, key in images:
+        try:
+            segmenter.embed(pixels, key)
+        except ConceptSegError as e:
+            failed[key] = e
+    return failed
 
 
 def _resize_600(image: np.ndarray) -> np.ndarray:

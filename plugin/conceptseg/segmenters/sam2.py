@@ -189,6 +189,35 @@ class Sam2Segmenter:
         self._cache.store(key, {"image_embed": maps[-1], "high_res_feats": maps[:-1],
                                 "orig_hw": image.shape[:2]})
 
+    @torch.no_grad()
+    def embed_many(self, images: Sequence[np.ndarray], keys: Sequence[str]) -> None:
+        """``embed`` for several images in one image-encoder pass (those not cached yet).
+
+        Every image is resized to S×S first, so images of any sizes stack. More images than
+        the cache holds would evict each other: give at most ``config.cache_size``.
+        """
+        todo = {}
+        for image, key in zip(images, keys):
+            check_rgb_uint8(image)
+            if key not in todo and self._cache.lookup(key, image.shape[:2]) is None:
+                todo[key] = image
+        if len(todo) < 2:
+            for key, image in todo.items():
+                self.embed(image, key)
+            return
+        self._finite.check("SAM 2 segmenter")
+        x = torch.stack([self._transforms(image) for image in todo.values()]).to(self.device, self.dtype)
+        feats = _backbone_feature_maps(self.model, self.model.forward_image(x))
+        if self.model.directly_add_no_mem_embed:
+            feats[-1] = feats[-1] + self.model.no_mem_embed
+        s, n = self.model.image_size, len(todo)
+        sizes = [(s // 4, s // 4), (s // 8, s // 8), (s // 16, s // 16)][-len(feats):]
+        maps = [f.permute(1, 2, 0).reshape(n, -1, h, w) for f, (h, w) in zip(feats, sizes)]
+        for row, (key, image) in enumerate(todo.items()):
+            self._cache.store(key, {"image_embed": maps[-1][row:row + 1],
+                                    "high_res_feats": [m[row:row + 1] for m in maps[:-1]],
+                                    "orig_hw": image.shape[:2]})
+
     def cache_info(self) -> dict[str, int]:
         """Embed calls served from the cache (hits), computed (misses), and images kept."""
         return self._cache.info()
