@@ -209,11 +209,14 @@ class Policy:
         import torch
 
         prompt_length = inputs["input_ids"].shape[1]
+        # Only the states are wanted: one logit row instead of B x T x vocabulary (GBs at 7B).
         with torch.set_grad_enabled(grad):
             if shared is not None:
-                out = self.model(**shared.forward_inputs(inputs, sequences, completion_mask), output_hidden_states=True)
+                out = self.model(**shared.forward_inputs(inputs, sequences, completion_mask), output_hidden_states=True,
+                                 logits_to_keep=1)
                 return out.hidden_states[-1][:, prompt_length - shared.length:, :]
-            out = self.model(**forward_inputs(inputs, sequences, completion_mask), output_hidden_states=True)
+            out = self.model(**forward_inputs(inputs, sequences, completion_mask), output_hidden_states=True,
+                             logits_to_keep=1)
         return out.hidden_states[-1][:, prompt_length:, :]
 
     def base_model(self):
