@@ -66,20 +66,20 @@ class ReasoningRoute(Route):
         self._demonstrations: list[Demonstration] | None = None
         self._references: list[np.ndarray] = []
         self._rule = ""
-        self._prefix = PrefixStore()  # the demonstrations' canvas, encoded once per fit
+        # The demonstrations' canvas, encoded once: its key covers the prompt's tokens and the
+        # canvas's pixels, so a fit on other demonstrations computes a new one by itself.
+        self._prefix = PrefixStore()
         self._max_rows = None  # set by an out-of-memory error: the largest batch that fits
 
     def fit(self, demonstrations: Sequence[Demonstration]) -> None:
         """Keeps the demonstrations (none for a text query); the policy learns in context."""
         self._demonstrations = list(demonstrations)
         self._references = []
-        self._prefix = PrefixStore()
 
     def fit_references(self, images: Sequence[np.ndarray]) -> None:
         """Reference images without masks (a multi-image CR item): shown, no box drawn or checked."""
         self._demonstrations = []
         self._references = list(images)
-        self._prefix = PrefixStore()
 
     def rule(self) -> str:
         """The rule the policy induced while verifying (per-target rules are on the labels)."""
@@ -247,8 +247,7 @@ class ReasoningRoute(Route):
         """What one completion says: the details a label carries, and its 600² box."""
         details = {"completion": completion, "_tokens": tokens, "parse_error": None, "truncated": truncated,
                    "reasoning": None, "rule": None, "answer": None, "check": None, "decoded_tokens": decoded}
-        has_check = require_check  # only a mosaic of demonstrations withholds a box
-        if has_check:
+        if require_check:  # only a mosaic of demonstrations withholds a box
             details["check_iou"] = None  # no parseable <check>: full doubt
         try:
             parsed = self._parse(completion, require_check)
@@ -258,7 +257,7 @@ class ReasoningRoute(Route):
             return details, None, target_map
         details.update(reasoning=parsed.think, rule=parsed.rule, answer=parsed.answer,
                        check=None if parsed.check is None else list(parsed.check))
-        if has_check and parsed.check is not None:
+        if require_check and parsed.check is not None:
             details["check_iou"] = float(box_iou(tuple(parsed.check), episode.proxy_box))
         return details, parsed.bbox, target_map
 
