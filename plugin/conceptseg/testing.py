@@ -98,7 +98,11 @@ def qwen25vl_processor_and_config(tokenizer_dir: str, text: dict, vision: dict, 
     return processor, config
 
 
-def build_tiny_policy(out_dir: str, seed: int = 0, tie_embeddings: bool = True) -> str:
+# Qwen2.5-VL's own image processor limit: a 600² image becomes 21 × 21 = 441 tokens.
+RELEASED_MAX_PIXELS = 12845056
+
+
+def build_tiny_policy(out_dir: str, seed: int = 0, tie_embeddings: bool = True, max_pixels: int = 112 * 112) -> str:
     """Saves a ~10 M-parameter random Qwen2.5-VL with the real tokenizer to ``out_dir``.
 
     ``tie_embeddings=False`` gives the output head its own matrix (~20 M parameters then).
@@ -109,7 +113,7 @@ def build_tiny_policy(out_dir: str, seed: int = 0, tie_embeddings: bool = True) 
     import torch
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    processor, config = qwen25vl_processor_and_config(qwen_tokenizer_dir(), TINY_TEXT, TINY_VISION, 112 * 112,
+    processor, config = qwen25vl_processor_and_config(qwen_tokenizer_dir(), TINY_TEXT, TINY_VISION, max_pixels,
                                                      tie=tie_embeddings)
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(config).eval()
@@ -122,8 +126,11 @@ def build_tiny_policy(out_dir: str, seed: int = 0, tie_embeddings: bool = True) 
 
 
 def build_tiny_bundle(out_dir: str, seed: int = 0, max_new_tokens: int = 32, segmenter: str = "sam2",
-                      tie_embeddings: bool = True, translator_heads: int = 4) -> str:
+                      tie_embeddings: bool = True, translator_heads: int = 4, max_pixels: int = 112 * 112) -> str:
     """Saves a complete tiny bundle (policy, translator, segmenter) to ``out_dir``.
+
+    ``max_pixels`` bounds the processor's image size: the default makes a few tokens per
+    image (fast tests); ``RELEASED_MAX_PIXELS`` gives a released model's token counts.
 
     The segmenter is SAM 2 hiera-t at 256 px, or with ``segmenter="sam3"`` a tiny random
     SAM 3 (the paper's backbone). Different seeds give different random weights.
@@ -136,7 +143,7 @@ def build_tiny_bundle(out_dir: str, seed: int = 0, max_new_tokens: int = 32, seg
     from conceptseg.segmenters.sam2 import Sam2Segmenter, Sam2SegmenterConfig
     from conceptseg.translator import ConceptTranslator, TranslatorConfig
 
-    policy_dir = build_tiny_policy(os.path.join(out_dir, "policy"), seed, tie_embeddings)
+    policy_dir = build_tiny_policy(os.path.join(out_dir, "policy"), seed, tie_embeddings, max_pixels)
     torch.manual_seed(seed)
     translator = ConceptTranslator(TranslatorConfig(hidden_size=64, num_heads=translator_heads))
     if segmenter == "sam3":
