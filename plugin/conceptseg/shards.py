@@ -28,6 +28,7 @@ import time
 import numpy as np
 from fiftyone import ViewField as F
 
+from conceptseg import shard_lock
 from conceptseg.errors import ConceptSegError
 from conceptseg.types import Demonstration
 
@@ -251,6 +252,8 @@ def segment_sharded(demonstrations, targets, mask_field: str, pred_field: str, s
     )
     jobs._start_run(targets, run_key, record)
     op_ids = queue_shards(dataset, run_key, run_id, pred_field, todo_ids, n)
+    if op_ids:  # the field stays locked until the last shard ends, not only while queueing
+        shard_lock.hold(dataset, pred_field, run_key, run_id)
     summary = dict(run_key=run_key, run_id=run_id, queued=True, operations=op_ids, note=note,
                    failures=unreadable, **{k: record[k] for k in (
                        "pred_field", "instances_field", "route", "verification", "verified", "reason", "rule",
@@ -463,6 +466,7 @@ def finish_if_done(dataset, run_id: str) -> dict | None:
     summary = aggregate(config, records)
     dataset.reload()
     _finish_run(dataset, doc["key"], dict(run_key=doc["key"], **summary))
+    shard_lock.release(dataset, config["pred_field"], run_id)
     return summary
 
 
@@ -545,6 +549,8 @@ def requeue_dead(dataset, pred_field: str, stale_after: float = STALE_AFTER) -> 
 
     service, status, done = DelegatedOperationService(), shard_status(dataset, pred_field, stale_after), []
     store = _store(dataset)
+    if any(row["dead"] for row in status["shards"]):  # the new attempts write the field: the run must hold it
+        shard_lock.take(dataset, pred_field, status["run_key"], status["run_id"])
     for row in status["shards"]:
         if not row["dead"]:
             continue
@@ -552,7 +558,7 @@ def requeue_dead(dataset, pred_field: str, stale_after: float = STALE_AFTER) -> 
         record = store.get(key)
         op = _op(row["op_id"])
         if op is not None and op.run_state == "running":
-            error = ExecutionResult(error=f"conceptseg: worker dead ({row['dead']}); shard re-queued")
+            error = ExecutionResult(error=f"conceptseg: worker dead ({row['dead']}); {shard_lock.REQUEUE_MARK}")
             if service.set_failed(ObjectId(row["op_id"]), result=error, required_state=ExecutionRunState.RUNNING) is None:
                 continue  # it finished or failed meanwhile
         params = dict(run_id=status["run_id"], index=row["index"], shards=record.get("shards"),
