@@ -28,7 +28,7 @@ import time
 import numpy as np
 from fiftyone import ViewField as F
 
-from conceptseg import shard_lock
+from conceptseg import shard_lock, threads
 from conceptseg.errors import ConceptSegError
 from conceptseg.types import Demonstration
 
@@ -297,6 +297,19 @@ def _recorded_choice(config: dict, demos: list[Demonstration]):
     return router, choice
 
 
+def _share_cores(dataset, run_id: str) -> int:
+    """Limits this worker's threads to its share of the cores: cores ÷ this run's shards running on this host.
+
+    ``CONCEPTSEG_THREADS`` (``conceptseg worker --threads``) fixes the count instead.
+    """
+    if threads.explicit():
+        return threads.set_threads(threads.budget())
+    host = socket.gethostname()
+    here = sum(1 for r in shard_records(dataset, run_id)
+               if r.get("state") == "running" and r.get("host") == host and _pid_alive(r))
+    return threads.set_threads(threads.cores() // max(1, here))
+
+
 class _Heartbeat(threading.Thread):
     """Writes the shard's heartbeat and progress every few seconds, also while one target takes long."""
 
@@ -356,15 +369,17 @@ def run_shard(dataset, params: dict, op_id: str | None = None, progress=None,
     shard.write(op_id=op_id, state="running", host=socket.gethostname(), pid=me.pid,
                 pid_started=me.create_time(), started=time.time(), starts=shard.record.get("starts", 0) + 1)
 
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     pred_field, inst_field = config["pred_field"], config.get("instances_field")
     targets = dataset.select(ids)
     own = F(f"{pred_field}.run_id") == run_id
     todo = targets.match(~own) if dataset.has_field(pred_field) else targets
     resumed = len(ids) - len(todo)
     shard.write(resumed=resumed)  # progress counts the targets an earlier attempt finished
+    _share_cores(dataset, run_id)
     demos = load_demonstrations(config["demonstrations_file"])
     router, choice = _recorded_choice(config, demos)
+    _share_cores(dataset, run_id)  # again: workers that claimed their shards during the fit count now
 
     beat = _Heartbeat(shard, heartbeat)
     beat.start()
@@ -378,6 +393,7 @@ def run_shard(dataset, params: dict, op_id: str | None = None, progress=None,
             checked[0] = time.monotonic()
             if _run_doc(dataset, run_id) is None:
                 raise RunGoneError(f"run {run_id} was deleted while shard {index + 1} was running")
+            _share_cores(dataset, run_id)  # workers here may have started or finished meanwhile
 
     try:
         seconds, failures = _segment_targets(router, choice, todo, pred_field, inst_field, config["concept"],
@@ -388,9 +404,12 @@ def run_shard(dataset, params: dict, op_id: str | None = None, progress=None,
     finally:
         beat.stop.set()
         beat.join()
+        used_threads = threads.budget()  # the share it ended with
+        threads.reset()
     result = dict(run_id=run_id, index=index, targets=len(ids), segmented=len(seconds), resumed=resumed,
                   failures=failures, seconds_sum=float(sum(seconds)), fit_seconds=choice.fit_seconds,
-                  busy_seconds=time.perf_counter() - started)
+                  busy_seconds=time.perf_counter() - started, cpu_seconds=time.process_time() - cpu_started,
+                  threads=used_threads)
     shard.write(state="completed", finished=time.time(), **{k: v for k, v in result.items() if k not in ("run_id", "index")})
     if shard.current():
         finish_if_done(dataset, run_id)
@@ -449,6 +468,7 @@ def aggregate(config: dict, records: list[dict]) -> dict:
         shards=len(records),
         shard_attempts=sum(r.get("attempt", 1) for r in records),
         worker_seconds=sum(r.get("busy_seconds", 0.0) for r in records),
+        worker_cpu_seconds=sum(r.get("cpu_seconds", 0.0) for r in records),
     )
 
 
