@@ -18,8 +18,9 @@ Rows:
 - 2 workers, one killed: one worker gets SIGKILL once its shard has written a quarter of
   its targets; ``requeue_dead`` re-queues the shard, the survivor finishes it.
 
-``--threads 1`` gives each process one forest thread (by default the forest of every
-process uses every core, so one worker already keeps two cores partly busy).
+Threads: by default each shard limits its numeric pools (forest, scikit-image, OpenCV,
+BLAS/OpenMP) to the cores divided among the run's shards running on this machine
+(:mod:`conceptseg.threads`); ``--threads N`` fixes N per process (``CONCEPTSEG_THREADS``).
 
 Columns: wall s (from queueing, after the route is chosen, to the run's aggregated record;
 the in-process row: the segmentation after the fit); targets/s; speed-up over 1 worker;
@@ -27,8 +28,11 @@ labels (targets holding this run's label); equal (labels whose mask equals the i
 run's); redone (targets segmented twice: shard segmented + resumed - shard targets).
 "span" columns time the shards themselves, first shard start to last shard end (what a
 long-lived worker pool sees: no worker start-up, no imports of FiftyOne); fit s: the shards'
-re-fits of the chosen route, summed (each shard re-fits it on the saved demonstrations).
-The machine's load average (1 min) is printed before and after: the CPUs are shared.
+re-fits of the chosen route, summed (each shard re-fits it on the saved demonstrations);
+cpu s: the shards' process CPU time, summed, and targets per CPU second (equal for 1 and 2
+workers when running shards side by side costs no extra work: then any shortfall of the
+speed-up is CPU time the shared machine gave to others); load: the 1-minute load average
+when the run ended (it counts our own workers). The load average is printed before and after.
 """
 
 from __future__ import annotations
@@ -119,11 +123,11 @@ def child(args) -> None:
     assert len(targets) == args.targets
 
     load_before = os.getloadavg()[0]
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     plain = segment_by_demonstration(demos, targets, "ground_truth", "plain", route="appearance")
     wall = time.perf_counter() - t - plain["fit_seconds"]
     rows = [dict(name="in-process (no shards)", wall=wall, span=wall, fit=0.0, labels=plain["segmented"],
-                 equal=plain["segmented"], redone=0)]
+                 equal=plain["segmented"], redone=0, cpu=time.process_time() - cpu, load=os.getloadavg()[0])]
     reference = {s.id: s.plain.get_mask() for s in targets.select_fields("plain")}
 
     def check(field: str, run_id: str) -> dict:
@@ -134,7 +138,8 @@ def child(args) -> None:
         redone = sum(r.get("segmented", 0) + r.get("resumed", 0) - r["targets"] for r in records)
         span = max(r["finished"] for r in records) - min(r["started"] for r in records)
         return dict(labels=len(own), equal=equal, redone=redone, span=span,
-                    fit=sum(r.get("fit_seconds", 0.0) for r in records),
+                    fit=sum(r.get("fit_seconds", 0.0) for r in records), load=os.getloadavg()[0],
+                    cpu=sum(r.get("cpu_seconds", 0.0) for r in records), threads=[r.get("threads") for r in records],
                     attempts=sum(r.get("attempt", 1) for r in records))
 
     def finished(run_id: str) -> bool:
@@ -185,24 +190,27 @@ def child(args) -> None:
     load_after = os.getloadavg()[0]
 
     base, base_span = rows[1]["wall"], rows[1]["span"]
-    threads = os.environ.get("LOKY_MAX_CPU_COUNT") or "all cores"
+    threads = os.environ.get("CONCEPTSEG_THREADS") or "auto (cores ÷ shards running here)"
     print(f"\nshards benchmark: {args.targets} targets (128² nuclei tiles), appearance route, "
-          f"{os.cpu_count()} CPUs, forest threads per process: {threads}; "
+          f"{os.cpu_count()} CPUs, threads per process: {threads}; "
           f"load average {load_before:.1f} before, {load_after:.1f} after")
     print(f"{'run':<36}{'wall s':>8}{'targets/s':>10}{'×1 worker':>10}{'span s':>8}{'targets/s':>10}{'×1 worker':>10}"
-          f"{'fit s':>7}{'labels':>8}{'equal':>7}{'redone':>8}")
+          f"{'fit s':>7}{'cpu s':>7}{'t/cpu-s':>8}{'load':>6}{'labels':>8}{'equal':>7}{'redone':>8}")
     for r in rows:
         worker = r["name"][0].isdigit()
         speed = f"{base / r['wall']:.2f}" if worker else ""
         speed_span = f"{base_span / r['span']:.2f}" if worker else ""
         print(f"{r['name']:<36}{r['wall']:>8.1f}{args.targets / r['wall']:>10.1f}{speed:>10}{r['span']:>8.1f}"
-              f"{args.targets / r['span']:>10.1f}{speed_span:>10}{r['fit']:>7.1f}{r['labels']:>8}{r['equal']:>7}"
+              f"{args.targets / r['span']:>10.1f}{speed_span:>10}{r['fit']:>7.1f}{r['cpu']:>7.1f}"
+              f"{args.targets / r['cpu']:>8.1f}{r['load']:>6.1f}{r['labels']:>8}{r['equal']:>7}"
               f"{r['redone']:>8}")
     for r in rows[1:3]:
-        print(f"  {r['name']}: spans of the {len(r['spans'])} run(s) {r['spans']} s")
+        print(f"  {r['name']}: spans of the {len(r['spans'])} run(s) {r['spans']} s; threads per shard "
+              f"at the end {r['threads']}")
     ratio, ratio_span = base / rows[2]["wall"], base_span / rows[2]["span"]
     print(f"\n2 workers / 1 worker throughput: {ratio:.2f}× from queueing, {ratio_span:.2f}× over the shards' span "
-          f"(goal ≥ {GOAL}×: {'met' if max(ratio, ratio_span) >= GOAL else 'NOT met'}); "
+          f"(goal ≥ {GOAL}×: {'met' if max(ratio, ratio_span) >= GOAL else 'NOT met'}); targets per CPU second "
+          f"{rows[2]['cpu'] and rows[1]['cpu'] / rows[2]['cpu']:.2f}× of 1 worker's; "
           f"killed run: {len(requeued)} shard re-queued, {rows[3]['labels']}/{args.targets} labels, "
           f"{rows[3]['redone']} redone; queueing (fit + verify + queue) took {rows[1]['queue']:.1f} s")
     fo.delete_dataset(dataset.name)
@@ -215,8 +223,8 @@ def main() -> None:
     parser.add_argument("--shards", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=1, help="runs per worker count, alternating 1 and 2 "
                         "workers (the median by span is shown)")
-    parser.add_argument("--threads", type=int, help="threads per process for the forest (LOKY_MAX_CPU_COUNT, "
-                        "OMP_NUM_THREADS); default: every core, as in a normal run")
+    parser.add_argument("--threads", type=int, help="threads per process (CONCEPTSEG_THREADS); default: each "
+                        "shard takes the cores divided among the shards running here")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -224,7 +232,7 @@ def main() -> None:
     root = tempfile.mkdtemp(prefix="shards-bench-")
     mongod, env = _private_fiftyone(root)
     if args.threads:
-        env.update(LOKY_MAX_CPU_COUNT=str(args.threads), OMP_NUM_THREADS=str(args.threads))
+        env.update(CONCEPTSEG_THREADS=str(args.threads))
     try:
         subprocess.run([sys.executable, __file__, "--child", "--targets", str(args.targets), "--shards",
                         str(args.shards), "--repeats", str(args.repeats)], env=env, check=True)
