@@ -108,6 +108,7 @@ def child(args) -> None:
 
     from conceptseg import demo
     from conceptseg import shards as sh
+    from conceptseg import shards_watch as sw
     from conceptseg.install import install_plugin
     from conceptseg.jobs import segment_by_demonstration
 
@@ -172,16 +173,16 @@ def child(args) -> None:
     try:
         queued = segment_by_demonstration(demos, targets, "ground_truth", "killed", route="appearance", shards=2)
         t_queued = time.perf_counter()
-        rows_ = _wait(lambda: (r := sh.shard_status(dataset, "killed")["shards"]) and all(x["pid"] for x in r) and r,
+        rows_ = _wait(lambda: (r := sw.shard_status(dataset, "killed")["shards"]) and all(x["pid"] for x in r) and r,
                       600, "both shards running")
         victim = next(w for w in workers if w.pid == rows_[0]["pid"])
         quarter = rows_[0]["targets"] // 4
-        _wait(lambda: sh.shard_status(dataset, "killed")["shards"][0]["done"] >= quarter or
+        _wait(lambda: sw.shard_status(dataset, "killed")["shards"][0]["done"] >= quarter or
               len(targets.match(F("killed.run_id") == queued["run_id"])) >= quarter, 600, "a quarter written")
         victim.send_signal(signal.SIGKILL)
         victim.wait()
-        _wait(lambda: any(r["dead"] for r in sh.shard_status(dataset, "killed")["shards"]), 120, "the dead shard")
-        requeued = sh.requeue_dead(dataset, "killed")
+        _wait(lambda: any(r["dead"] for r in sw.shard_status(dataset, "killed")["shards"]), 120, "the dead shard")
+        requeued = sw.requeue_dead(dataset, "killed")
         _wait(lambda: finished(queued["run_id"]), 1800, "the killed run to finish")
         wall = time.perf_counter() - t_queued
     finally:

@@ -10,6 +10,7 @@ from fiftyone.operators.executor import ExecutionResult
 
 from conceptseg import cli
 from conceptseg import shards as sh
+from conceptseg import shards_watch as sw
 from conceptseg.jobs import segment_by_demonstration
 from conceptseg.locks import COLLECTION, FieldLockedError, field_lock, lock_id
 from conceptseg.runs import delete_run
@@ -86,7 +87,7 @@ class TestShardedRunHoldsItsField:
                             heartbeat=time.time() - 600))
         with pytest.raises(FieldLockedError, match="still queued or running"):
             plain(demos, targets, "dead", overwrite=True)
-        (requeued,) = sh.requeue_dead(dataset, "dead")
+        (requeued,) = sw.requeue_dead(dataset, "dead")
         assert DelegatedOperationService().get(ObjectId(op_id)).run_state == "failed"
         with pytest.raises(FieldLockedError, match="still queued or running"):
             plain(demos, targets, "dead", overwrite=True)
@@ -105,9 +106,9 @@ class TestShardedRunHoldsItsField:
         assert lock_doc(dataset, "failed")["run_id"] == queued["run_id"]  # left behind, yet no shard can write
         with field_lock(dataset.name, "failed", "segment_by_demonstration"):  # so another run may take it
             with pytest.raises(FieldLockedError, match="being written by another run"):
-                sh.requeue_dead(dataset, "failed")  # the re-queued shard would write under that run
+                sw.requeue_dead(dataset, "failed")  # the re-queued shard would write under that run
             assert service.get(ObjectId(op_id)).run_state == "failed"  # nothing was re-queued
-        (requeued,) = sh.requeue_dead(dataset, "failed")
+        (requeued,) = sw.requeue_dead(dataset, "failed")
         assert lock_doc(dataset, "failed")["run_id"] == queued["run_id"]
         with pytest.raises(FieldLockedError, match="still queued or running"):
             plain(demos, targets, "failed", overwrite=True)

@@ -12,6 +12,7 @@ from threadpoolctl import threadpool_info
 
 from conceptseg import cli, threads
 from conceptseg import shards as sh
+from conceptseg import shards_watch as sw
 from conceptseg.jobs import segment_by_demonstration
 
 
@@ -74,7 +75,7 @@ class TestShardShare:
         monkeypatch.setenv(threads.ENV, "")  # so that what the worker sets is undone after the test
         assert cli.main(["worker", "--dataset", dataset.name, "--threads", "1", "--exit-when-idle"]) == 0
         assert os.environ[threads.ENV] == "1"
-        (record,) = sh.shard_records(dataset, sh.shard_status(dataset, "fixed")["run_id"])
+        (record,) = sh.shard_records(dataset, sw.shard_status(dataset, "fixed")["run_id"])
         assert record["state"] == "completed" and record["threads"] == 1
 
     def test_worker_threads_below_one_is_refused(self, capsys):

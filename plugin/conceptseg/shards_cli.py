@@ -25,7 +25,8 @@ def report_queued(summary: dict, as_json: bool) -> int:
 
 def cmd_shards(args) -> int:
     from conceptseg.cli import _load
-    from conceptseg.shards import STALE_AFTER, requeue_dead, shard_status
+    from conceptseg.shards import STALE_AFTER
+    from conceptseg.shards_watch import requeue_dead, shard_status
 
     dataset = _load(args.dataset)
     args.stale_after = STALE_AFTER if args.stale_after is None else args.stale_after
