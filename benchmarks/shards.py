@@ -15,6 +15,10 @@ Rows:
 - in-process: ``segment_by_demonstration`` without shards (the reference labels);
 - 1 worker / 2 workers: ``--shards`` operations queued, run by that many
   ``fiftyone delegated launch`` processes started just before (their imports count);
+- ceiling (printed below the table): the same route on the same tiles in 1 process, then
+  in 2 processes at once (each half the targets, cores ÷ processes threads, no FiftyOne, no
+  database), started together after their imports and fit, alternating with the worker runs:
+  what the shared CPUs give two processes at that moment. 2 workers cannot beat it;
 - 2 workers, one killed: one worker gets SIGKILL once its shard has written a quarter of
   its targets; ``requeue_dead`` re-queues the shard, the survivor finishes it.
 
@@ -101,6 +105,39 @@ def _stop(procs) -> None:
             p.wait()
 
 
+def compute(args) -> None:
+    """One process of the ceiling: fit the route, wait for the common start, segment its part, print times."""
+    import json
+
+    from conceptseg import threads
+    from conceptseg.imaging import load_rgb
+    from conceptseg.routes.appearance import AppearanceRoute
+    from conceptseg.shards import load_demonstrations
+
+    threads.set_threads(threads.cores() // args.procs)
+    route = AppearanceRoute()
+    route.fit(load_demonstrations(args.demo_file))
+    with open(args.paths_file) as f:
+        paths = json.load(f)[args.part::args.procs]
+    time.sleep(max(0.0, args.start_at - time.time()))  # every process starts together, imports done
+    start, cpu = time.time(), time.process_time()
+    for path in paths:
+        route.segment(load_rgb(path))
+    print(json.dumps(dict(start=start, end=time.time(), cpu=time.process_time() - cpu)))
+
+
+def _ceiling(procs: int, demo_file: str, paths_file: str) -> dict:
+    """Span and CPU seconds of the route alone over every target, split over ``procs`` processes."""
+    import json
+
+    start_at = time.time() + 12.0  # enough for the imports and the fit on a loaded machine
+    runs = [subprocess.Popen([sys.executable, __file__, "--compute", "--demo-file", demo_file, "--paths-file",
+                              paths_file, "--part", str(i), "--procs", str(procs), "--start-at", str(start_at)],
+                             stdout=subprocess.PIPE, text=True) for i in range(procs)]
+    out = [json.loads(r.communicate()[0].strip().splitlines()[-1]) for r in runs]
+    return dict(span=max(o["end"] for o in out) - min(o["start"] for o in out), cpu=sum(o["cpu"] for o in out))
+
+
 def child(args) -> None:
     import fiftyone as fo
     import numpy as np
@@ -122,6 +159,15 @@ def child(args) -> None:
     dataset.add_samples([fo.Sample(filepath=tiles[i % len(tiles)]) for i in range(args.targets)])
     demos, targets = dataset.match_tags("demo"), dataset.match_tags("demo", bool=False)
     assert len(targets) == args.targets
+    import json
+
+    from conceptseg.fiftyone_io import read_demonstrations
+
+    demo_file, paths_file = os.path.join(root, "ceiling-demos.npz"), os.path.join(root, "ceiling-paths.json")
+    sh.save_demonstrations(read_demonstrations(demos, "ground_truth")[0], demo_file)
+    with open(paths_file, "w") as f:
+        json.dump(targets.values("filepath"), f)
+    ceilings: dict[int, list[dict]] = {1: [], 2: []}
 
     load_before = os.getloadavg()[0]
     t, cpu = time.perf_counter(), time.process_time()
@@ -163,6 +209,7 @@ def child(args) -> None:
         finally:
             _stop(workers)
         by_workers[n_workers].append(dict(wall=wall, queue=t_queued - t, **check(field, queued["run_id"])))
+        ceilings[n_workers].append(_ceiling(n_workers, demo_file, paths_file))
     for n_workers, runs in by_workers.items():
         runs.sort(key=lambda r: r["span"])
         median = runs[len(runs) // 2]  # the median run by span (odd counts; the upper one otherwise)
@@ -214,6 +261,13 @@ def child(args) -> None:
           f"{rows[2]['cpu'] and rows[1]['cpu'] / rows[2]['cpu']:.2f}× of 1 worker's; "
           f"killed run: {len(requeued)} shard re-queued, {rows[3]['labels']}/{args.targets} labels, "
           f"{rows[3]['redone']} redone; queueing (fit + verify + queue) took {rows[1]['queue']:.1f} s")
+    ceiling = {n: sorted(c["span"] for c in runs)[len(runs) // 2] for n, runs in ceilings.items()}
+    ceiling_cpu = {n: sorted(c["cpu"] for c in runs)[len(runs) // 2] for n, runs in ceilings.items()}
+    print(f"ceiling, the route alone (no FiftyOne): 1 process {ceiling[1]:.1f} s ({ceiling_cpu[1]:.1f} cpu s), "
+          f"2 processes {ceiling[2]:.1f} s ({ceiling_cpu[2]:.1f} cpu s): {ceiling[1] / ceiling[2]:.2f}× "
+          f"(median spans; all: 1 process {[round(c['span'], 1) for c in ceilings[1]]}, "
+          f"2 processes {[round(c['span'], 1) for c in ceilings[2]]}); 2 workers reached "
+          f"{ratio_span / (ceiling[1] / ceiling[2]):.0%} of the speed-up the CPUs gave the route alone")
     fo.delete_dataset(dataset.name)
     shutil.rmtree(logs, ignore_errors=True)
 
@@ -227,7 +281,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="threads per process (CONCEPTSEG_THREADS); default: each "
                         "shard takes the cores divided among the shards running here")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--compute", action="store_true", help=argparse.SUPPRESS)
+    for name in ("--demo-file", "--paths-file"):
+        parser.add_argument(name, help=argparse.SUPPRESS)
+    parser.add_argument("--part", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--procs", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--start-at", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.compute:
+        return compute(args)
     if args.child:
         return child(args)
     root = tempfile.mkdtemp(prefix="shards-bench-")
