@@ -51,6 +51,7 @@ import numpy as np
 from conceptseg import demo_data
 from conceptseg.demo import DEMO_TILES
 from conceptseg.imaging import to_rgb_float, to_uint8
+from conceptseg.threads import budget, forest_jobs
 from conceptseg.routes.appearance import AppearanceConfig, AppearanceRoute
 from conceptseg.routes.base import mask_iou
 from conceptseg.types import Demonstration
@@ -104,6 +105,7 @@ def direct_features(image: np.ndarray, c: AppearanceConfig, gray: bool) -> np.nd
         sigma_max=c.sigma_max,
         num_sigma=c.num_sigma,
         channel_axis=None if gray else -1,
+        num_workers=budget(),
     )
 
 
@@ -123,7 +125,7 @@ def direct_fit(demos, c: AppearanceConfig, gray: bool):
             xs.append(flat[idx])
             ys.append(np.full(idx.size, value))
     forest = RandomForestClassifier(
-        n_estimators=c.n_estimators, max_depth=c.max_depth, n_jobs=c.n_jobs, random_state=c.seed
+        n_estimators=c.n_estimators, max_depth=c.max_depth, n_jobs=budget() if c.n_jobs is None else c.n_jobs, random_state=c.seed
     )
     forest.fit(np.concatenate(xs), np.concatenate(ys))
     return forest
@@ -131,6 +133,7 @@ def direct_fit(demos, c: AppearanceConfig, gray: bool):
 
 def direct_segment(forest, image: np.ndarray, c: AppearanceConfig, gray: bool) -> np.ndarray:
     feats = direct_features(image, c, gray)
+    forest.n_jobs = forest_jobs(c.n_jobs, feats.shape[0] * feats.shape[1])  # the engine's choice
     proba = forest.predict_proba(feats.reshape(-1, feats.shape[-1]))
     return proba[:, list(forest.classes_).index(True)].reshape(feats.shape[:2])
 

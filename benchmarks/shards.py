@@ -15,11 +15,16 @@ Rows:
 - in-process: ``segment_by_demonstration`` without shards (the reference labels);
 - 1 worker / 2 workers: ``--shards`` operations queued, run by that many
   ``fiftyone delegated launch`` processes started just before (their imports count);
+- ceiling (printed below the table): the same route on the same tiles in 1 process, then
+  in 2 processes at once (each half the targets, cores ÷ processes threads, no FiftyOne, no
+  database), started together after their imports and fit, alternating with the worker runs:
+  what the shared CPUs give two processes at that moment. 2 workers cannot beat it;
 - 2 workers, one killed: one worker gets SIGKILL once its shard has written a quarter of
   its targets; ``requeue_dead`` re-queues the shard, the survivor finishes it.
 
-``--threads 1`` gives each process one forest thread (by default the forest of every
-process uses every core, so one worker already keeps two cores partly busy).
+Threads: by default each shard limits its numeric pools (forest, scikit-image, OpenCV,
+BLAS/OpenMP) to the cores divided among the run's shards running on this machine
+(:mod:`conceptseg.threads`); ``--threads N`` fixes N per process (``CONCEPTSEG_THREADS``).
 
 Columns: wall s (from queueing, after the route is chosen, to the run's aggregated record;
 the in-process row: the segmentation after the fit); targets/s; speed-up over 1 worker;
@@ -27,8 +32,11 @@ labels (targets holding this run's label); equal (labels whose mask equals the i
 run's); redone (targets segmented twice: shard segmented + resumed - shard targets).
 "span" columns time the shards themselves, first shard start to last shard end (what a
 long-lived worker pool sees: no worker start-up, no imports of FiftyOne); fit s: the shards'
-re-fits of the chosen route, summed (each shard re-fits it on the saved demonstrations).
-The machine's load average (1 min) is printed before and after: the CPUs are shared.
+re-fits of the chosen route, summed (each shard re-fits it on the saved demonstrations);
+cpu s: the shards' process CPU time, summed, and targets per CPU second (equal for 1 and 2
+workers when running shards side by side costs no extra work: then any shortfall of the
+speed-up is CPU time the shared machine gave to others); load: the 1-minute load average
+when the run ended (it counts our own workers). The load average is printed before and after.
 """
 
 from __future__ import annotations
@@ -97,6 +105,39 @@ def _stop(procs) -> None:
             p.wait()
 
 
+def compute(args) -> None:
+    """One process of the ceiling: fit the route, wait for the common start, segment its part, print times."""
+    import json
+
+    from conceptseg import threads
+    from conceptseg.imaging import load_rgb
+    from conceptseg.routes.appearance import AppearanceRoute
+    from conceptseg.shards import load_demonstrations
+
+    threads.set_threads(threads.cores() // args.procs)
+    route = AppearanceRoute()
+    route.fit(load_demonstrations(args.demo_file))
+    with open(args.paths_file) as f:
+        paths = json.load(f)[args.part::args.procs]
+    time.sleep(max(0.0, args.start_at - time.time()))  # every process starts together, imports done
+    start, cpu = time.time(), time.process_time()
+    for path in paths:
+        route.segment(load_rgb(path))
+    print(json.dumps(dict(start=start, end=time.time(), cpu=time.process_time() - cpu)))
+
+
+def _ceiling(procs: int, demo_file: str, paths_file: str) -> dict:
+    """Span and CPU seconds of the route alone over every target, split over ``procs`` processes."""
+    import json
+
+    start_at = time.time() + 12.0  # enough for the imports and the fit on a loaded machine
+    runs = [subprocess.Popen([sys.executable, __file__, "--compute", "--demo-file", demo_file, "--paths-file",
+                              paths_file, "--part", str(i), "--procs", str(procs), "--start-at", str(start_at)],
+                             stdout=subprocess.PIPE, text=True) for i in range(procs)]
+    out = [json.loads(r.communicate()[0].strip().splitlines()[-1]) for r in runs]
+    return dict(span=max(o["end"] for o in out) - min(o["start"] for o in out), cpu=sum(o["cpu"] for o in out))
+
+
 def child(args) -> None:
     import fiftyone as fo
     import numpy as np
@@ -104,6 +145,7 @@ def child(args) -> None:
 
     from conceptseg import demo
     from conceptseg import shards as sh
+    from conceptseg import shards_watch as sw
     from conceptseg.install import install_plugin
     from conceptseg.jobs import segment_by_demonstration
 
@@ -117,13 +159,22 @@ def child(args) -> None:
     dataset.add_samples([fo.Sample(filepath=tiles[i % len(tiles)]) for i in range(args.targets)])
     demos, targets = dataset.match_tags("demo"), dataset.match_tags("demo", bool=False)
     assert len(targets) == args.targets
+    import json
+
+    from conceptseg.fiftyone_io import read_demonstrations
+
+    demo_file, paths_file = os.path.join(root, "ceiling-demos.npz"), os.path.join(root, "ceiling-paths.json")
+    sh.save_demonstrations(read_demonstrations(demos, "ground_truth")[0], demo_file)
+    with open(paths_file, "w") as f:
+        json.dump(targets.values("filepath"), f)
+    ceilings: dict[int, list[dict]] = {1: [], 2: []}
 
     load_before = os.getloadavg()[0]
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     plain = segment_by_demonstration(demos, targets, "ground_truth", "plain", route="appearance")
     wall = time.perf_counter() - t - plain["fit_seconds"]
     rows = [dict(name="in-process (no shards)", wall=wall, span=wall, fit=0.0, labels=plain["segmented"],
-                 equal=plain["segmented"], redone=0)]
+                 equal=plain["segmented"], redone=0, cpu=time.process_time() - cpu, load=os.getloadavg()[0])]
     reference = {s.id: s.plain.get_mask() for s in targets.select_fields("plain")}
 
     def check(field: str, run_id: str) -> dict:
@@ -134,7 +185,8 @@ def child(args) -> None:
         redone = sum(r.get("segmented", 0) + r.get("resumed", 0) - r["targets"] for r in records)
         span = max(r["finished"] for r in records) - min(r["started"] for r in records)
         return dict(labels=len(own), equal=equal, redone=redone, span=span,
-                    fit=sum(r.get("fit_seconds", 0.0) for r in records),
+                    fit=sum(r.get("fit_seconds", 0.0) for r in records), load=os.getloadavg()[0],
+                    cpu=sum(r.get("cpu_seconds", 0.0) for r in records), threads=[r.get("threads") for r in records],
                     attempts=sum(r.get("attempt", 1) for r in records))
 
     def finished(run_id: str) -> bool:
@@ -157,6 +209,7 @@ def child(args) -> None:
         finally:
             _stop(workers)
         by_workers[n_workers].append(dict(wall=wall, queue=t_queued - t, **check(field, queued["run_id"])))
+        ceilings[n_workers].append(_ceiling(n_workers, demo_file, paths_file))
     for n_workers, runs in by_workers.items():
         runs.sort(key=lambda r: r["span"])
         median = runs[len(runs) // 2]  # the median run by span (odd counts; the upper one otherwise)
@@ -167,16 +220,16 @@ def child(args) -> None:
     try:
         queued = segment_by_demonstration(demos, targets, "ground_truth", "killed", route="appearance", shards=2)
         t_queued = time.perf_counter()
-        rows_ = _wait(lambda: (r := sh.shard_status(dataset, "killed")["shards"]) and all(x["pid"] for x in r) and r,
+        rows_ = _wait(lambda: (r := sw.shard_status(dataset, "killed")["shards"]) and all(x["pid"] for x in r) and r,
                       600, "both shards running")
         victim = next(w for w in workers if w.pid == rows_[0]["pid"])
         quarter = rows_[0]["targets"] // 4
-        _wait(lambda: sh.shard_status(dataset, "killed")["shards"][0]["done"] >= quarter or
+        _wait(lambda: sw.shard_status(dataset, "killed")["shards"][0]["done"] >= quarter or
               len(targets.match(F("killed.run_id") == queued["run_id"])) >= quarter, 600, "a quarter written")
         victim.send_signal(signal.SIGKILL)
         victim.wait()
-        _wait(lambda: any(r["dead"] for r in sh.shard_status(dataset, "killed")["shards"]), 120, "the dead shard")
-        requeued = sh.requeue_dead(dataset, "killed")
+        _wait(lambda: any(r["dead"] for r in sw.shard_status(dataset, "killed")["shards"]), 120, "the dead shard")
+        requeued = sw.requeue_dead(dataset, "killed")
         _wait(lambda: finished(queued["run_id"]), 1800, "the killed run to finish")
         wall = time.perf_counter() - t_queued
     finally:
@@ -185,26 +238,36 @@ def child(args) -> None:
     load_after = os.getloadavg()[0]
 
     base, base_span = rows[1]["wall"], rows[1]["span"]
-    threads = os.environ.get("LOKY_MAX_CPU_COUNT") or "all cores"
+    threads = os.environ.get("CONCEPTSEG_THREADS") or "auto (cores ÷ shards running here)"
     print(f"\nshards benchmark: {args.targets} targets (128² nuclei tiles), appearance route, "
-          f"{os.cpu_count()} CPUs, forest threads per process: {threads}; "
+          f"{os.cpu_count()} CPUs, threads per process: {threads}; "
           f"load average {load_before:.1f} before, {load_after:.1f} after")
     print(f"{'run':<36}{'wall s':>8}{'targets/s':>10}{'×1 worker':>10}{'span s':>8}{'targets/s':>10}{'×1 worker':>10}"
-          f"{'fit s':>7}{'labels':>8}{'equal':>7}{'redone':>8}")
+          f"{'fit s':>7}{'cpu s':>7}{'t/cpu-s':>8}{'load':>6}{'labels':>8}{'equal':>7}{'redone':>8}")
     for r in rows:
         worker = r["name"][0].isdigit()
         speed = f"{base / r['wall']:.2f}" if worker else ""
         speed_span = f"{base_span / r['span']:.2f}" if worker else ""
         print(f"{r['name']:<36}{r['wall']:>8.1f}{args.targets / r['wall']:>10.1f}{speed:>10}{r['span']:>8.1f}"
-              f"{args.targets / r['span']:>10.1f}{speed_span:>10}{r['fit']:>7.1f}{r['labels']:>8}{r['equal']:>7}"
+              f"{args.targets / r['span']:>10.1f}{speed_span:>10}{r['fit']:>7.1f}{r['cpu']:>7.1f}"
+              f"{args.targets / r['cpu']:>8.1f}{r['load']:>6.1f}{r['labels']:>8}{r['equal']:>7}"
               f"{r['redone']:>8}")
     for r in rows[1:3]:
-        print(f"  {r['name']}: spans of the {len(r['spans'])} run(s) {r['spans']} s")
+        print(f"  {r['name']}: spans of the {len(r['spans'])} run(s) {r['spans']} s; threads per shard "
+              f"at the end {r['threads']}")
     ratio, ratio_span = base / rows[2]["wall"], base_span / rows[2]["span"]
     print(f"\n2 workers / 1 worker throughput: {ratio:.2f}× from queueing, {ratio_span:.2f}× over the shards' span "
-          f"(goal ≥ {GOAL}×: {'met' if max(ratio, ratio_span) >= GOAL else 'NOT met'}); "
+          f"(goal ≥ {GOAL}×: {'met' if max(ratio, ratio_span) >= GOAL else 'NOT met'}); targets per CPU second "
+          f"{rows[2]['cpu'] and rows[1]['cpu'] / rows[2]['cpu']:.2f}× of 1 worker's; "
           f"killed run: {len(requeued)} shard re-queued, {rows[3]['labels']}/{args.targets} labels, "
           f"{rows[3]['redone']} redone; queueing (fit + verify + queue) took {rows[1]['queue']:.1f} s")
+    ceiling = {n: sorted(c["span"] for c in runs)[len(runs) // 2] for n, runs in ceilings.items()}
+    ceiling_cpu = {n: sorted(c["cpu"] for c in runs)[len(runs) // 2] for n, runs in ceilings.items()}
+    print(f"ceiling, the route alone (no FiftyOne): 1 process {ceiling[1]:.1f} s ({ceiling_cpu[1]:.1f} cpu s), "
+          f"2 processes {ceiling[2]:.1f} s ({ceiling_cpu[2]:.1f} cpu s): {ceiling[1] / ceiling[2]:.2f}× "
+          f"(median spans; all: 1 process {[round(c['span'], 1) for c in ceilings[1]]}, "
+          f"2 processes {[round(c['span'], 1) for c in ceilings[2]]}); 2 workers reached "
+          f"{ratio_span / (ceiling[1] / ceiling[2]):.0%} of the speed-up the CPUs gave the route alone")
     fo.delete_dataset(dataset.name)
     shutil.rmtree(logs, ignore_errors=True)
 
@@ -215,16 +278,24 @@ def main() -> None:
     parser.add_argument("--shards", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=1, help="runs per worker count, alternating 1 and 2 "
                         "workers (the median by span is shown)")
-    parser.add_argument("--threads", type=int, help="threads per process for the forest (LOKY_MAX_CPU_COUNT, "
-                        "OMP_NUM_THREADS); default: every core, as in a normal run")
+    parser.add_argument("--threads", type=int, help="threads per process (CONCEPTSEG_THREADS); default: each "
+                        "shard takes the cores divided among the shards running here")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--compute", action="store_true", help=argparse.SUPPRESS)
+    for name in ("--demo-file", "--paths-file"):
+        parser.add_argument(name, help=argparse.SUPPRESS)
+    parser.add_argument("--part", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--procs", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--start-at", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.compute:
+        return compute(args)
     if args.child:
         return child(args)
     root = tempfile.mkdtemp(prefix="shards-bench-")
     mongod, env = _private_fiftyone(root)
     if args.threads:
-        env.update(LOKY_MAX_CPU_COUNT=str(args.threads), OMP_NUM_THREADS=str(args.threads))
+        env.update(CONCEPTSEG_THREADS=str(args.threads))
     try:
         subprocess.run([sys.executable, __file__, "--child", "--targets", str(args.targets), "--shards",
                         str(args.shards), "--repeats", str(args.repeats)], env=env, check=True)

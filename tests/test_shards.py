@@ -15,6 +15,7 @@ from bson import ObjectId
 from fiftyone.operators.delegated import DelegatedOperationService
 
 from conceptseg import shards as sh
+from conceptseg import shards_watch as sw
 from conceptseg.cli import main
 from conceptseg.errors import ConceptSegError
 from conceptseg.jobs import default_output_dir, segment_by_demonstration
@@ -152,7 +153,7 @@ class TestShardedRun:
             t.join()
         ran = [o for o in outcomes if o is not None]
         assert len(ran) == 1 and ran[0].error is None and ran[0].result["segmented"] == 13
-        (record,) = sh.shard_records(dataset, sh.shard_status(dataset, "once")["run_id"])
+        (record,) = sh.shard_records(dataset, sw.shard_status(dataset, "once")["run_id"])
         assert record["starts"] == 1 and record["state"] == "completed"
         assert len(dataset.exists("once")) == 13
 
@@ -165,9 +166,9 @@ class TestShardedRun:
         store, key = sh._store(dataset), sh._key(queued["run_id"], 0)
         record = dict(store.get(key), state="running", host="gpu-node-7", pid=4242, heartbeat=time.time())
         store.set(key, record)
-        assert sh.shard_status(dataset, "far", stale_after=60)["shards"][0]["dead"] is None
+        assert sw.shard_status(dataset, "far", stale_after=60)["shards"][0]["dead"] is None
         store.set(key, dict(record, heartbeat=time.time() - 120))  # ... and went silent two minutes ago
-        (row,) = sh.shard_status(dataset, "far", stale_after=60)["shards"]
+        (row,) = sw.shard_status(dataset, "far", stale_after=60)["shards"]
         assert row["dead"].startswith("no heartbeat for 12")
         assert main(["shards", "--dataset", dataset.name, "--pred-field", "far", "--requeue-dead", "--json"]) == 0
         out = json.loads(capsys.readouterr().out)
@@ -223,7 +224,7 @@ class TestWorkers:
         workers = [launch_worker(tmp_path / f"worker{i}.log", dataset.name) for i in range(2)]
         try:
             def status():
-                return sh.shard_status(dataset, "pred")["shards"]
+                return sw.shard_status(dataset, "pred")["shards"]
 
             def running():
                 rows = status()
@@ -241,9 +242,9 @@ class TestWorkers:
             kept = len(own)  # what the killed worker saved; the re-queued shard must skip exactly these
             dead = wait_for(lambda: [r for r in status() if r["dead"]], 30, "the dead shard to show")
             assert dead[0]["index"] == 0 and "is gone" in dead[0]["dead"]
-            requeued = sh.requeue_dead(dataset, "pred")
+            requeued = sw.requeue_dead(dataset, "pred")
             assert [r["index"] for r in requeued] == [0]
-            assert sh.requeue_dead(dataset, "pred") == []  # nothing dead any more
+            assert sw.requeue_dead(dataset, "pred") == []  # nothing dead any more
             survivor = next(w for w in workers if w is not victim)
             wait_for(lambda: finished(dataset, "pred"), 300, "the run to finish")
             assert survivor.poll() is None

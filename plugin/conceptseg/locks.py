@@ -9,6 +9,10 @@ deleted when the run ends, however it ends. A run killed outright leaves it behi
 next run on the same host sees that the holder's process is gone (or its pid now belongs
 to a younger process) and takes the lock over, with a warning. A holder on another host
 cannot be checked from here: the message says how to release its lock by hand.
+
+A sharded run outlives the process that queued it: that process hands its lock to the run
+(:func:`hand_to_run`), and the document then counts as held while the run still has shards
+to write (:mod:`conceptseg.shard_lock`), whichever workers run them.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import logging
 import os
 import socket
 import sys
+import threading
 import time
 import uuid
 from typing import Iterator
@@ -28,6 +33,7 @@ from conceptseg.errors import ConceptSegError
 
 COLLECTION = "conceptseg_locks"
 logger = logging.getLogger(__name__)
+_held = threading.local()  # lock id -> token of the locks this thread holds through field_lock
 
 
 class FieldLockedError(ConceptSegError):
@@ -58,7 +64,14 @@ def _holder() -> dict:
 
 
 def is_stale(doc: dict) -> bool:
-    """Whether the lock's holder is known to be gone: same host, and its process is not running."""
+    """Whether the lock's holder is known to be gone: same host, and its process is not running.
+
+    A sharded run's lock is gone once the run has no shard left to write.
+    """
+    if doc.get("run_id"):
+        from conceptseg.shard_lock import run_holds
+
+        return not run_holds(doc)
     if doc.get("host") != socket.gethostname():
         return False
     started = _process_started(int(doc.get("pid", -1)))
@@ -71,6 +84,8 @@ def is_stale(doc: dict) -> bool:
 def describe(doc: dict) -> str:
     """Who holds a lock, in words."""
     when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(doc.get("started_at", 0)))
+    if doc.get("run_id"):
+        return f"sharded run {doc.get('run_key')}, queued {when} by pid {doc.get('pid')} on {doc.get('host')}"
     return f"pid {doc.get('pid')} on {doc.get('host')}, started {when} ({doc.get('what')}: {doc.get('command')})"
 
 
@@ -79,31 +94,63 @@ def lock_id(dataset_name: str, field: str) -> str:
     return f"{dataset_name}:{field}"
 
 
-def acquire(dataset_name: str, field: str, what: str) -> str:
-    """Takes the lock on ``field``; returns the token that releases it. Raises FieldLockedError."""
+def _refusal(held: dict, dataset_name: str, field: str) -> FieldLockedError:
+    if held.get("run_id"):
+        return FieldLockedError(
+            f"Field {field!r} of dataset {dataset_name!r} is being written by a run spread over workers "
+            f"({describe(held)}) whose shards are still queued or running: wait for them (`conceptseg shards "
+            f"--dataset {dataset_name} --pred-field {field}`), delete that run (`conceptseg delete-run`) or "
+            "choose another output field.")
+    return FieldLockedError(
+        f"Field {field!r} of dataset {dataset_name!r} is being written by another run ({describe(held)}). "
+        "Wait for it to finish or choose another output field. If that run is gone (killed on another "
+        f"machine), release its lock with: python -m conceptseg.locks --release {dataset_name!r} {field!r}"
+    )
+
+
+def acquire(dataset_name: str, field: str, what: str, run: dict | None = None) -> str:
+    """Takes the lock on ``field``; returns the token that releases it. Raises FieldLockedError.
+
+    With ``run`` (run_id, run_key, dataset_id) the lock is taken for that sharded run, and a
+    lock that run already holds is its own.
+    """
     from pymongo.errors import DuplicateKeyError
 
     coll, key, token = _collection(), lock_id(dataset_name, field), uuid.uuid4().hex
-    doc = dict(_id=key, dataset=dataset_name, field=field, token=token, what=what, **_holder())
+    doc = dict(_id=key, dataset=dataset_name, field=field, token=token, what=what, **(run or {}), **_holder())
     try:
         coll.insert_one(doc)
         return token
     except DuplicateKeyError:
         held = coll.find_one({"_id": key})
     if held is None:  # released between our insert and our read: try once more
-        return acquire(dataset_name, field, what)
-    if not is_stale(held):
-        raise FieldLockedError(
-            f"Field {field!r} of dataset {dataset_name!r} is being written by another run ({describe(held)}). "
-            "Wait for it to finish or choose another output field. If that run is gone (killed on another "
-            f"machine), release its lock with: python -m conceptseg.locks --release {dataset_name!r} {field!r}"
-        )
-    # Replace exactly the stale document we read: of two runs taking over, one wins.
+        return acquire(dataset_name, field, what, run)
+    own = run is not None and held.get("run_id") == run.get("run_id")
+    if not own and not is_stale(held):
+        raise _refusal(held, dataset_name, field)
+    # Replace exactly the document we read: of two runs taking over, one wins.
     if coll.find_one_and_replace({"_id": key, "token": held.get("token")}, doc) is None:
-        return acquire(dataset_name, field, what)
-    logger.warning("Took over the lock on %r of %r from a run that is no longer running (%s).",
-                   field, dataset_name, describe(held))
+        return acquire(dataset_name, field, what, run)
+    if not own and not held.get("run_id"):  # a finished sharded run's lock is released this way as a rule
+        logger.warning("Took over the lock on %r of %r from a run that is no longer running (%s).",
+                       field, dataset_name, describe(held))
     return token
+
+
+def hand_to_run(dataset_name: str, field: str, run: dict) -> str:
+    """Hands the lock this thread holds on ``field`` to a sharded run (taken for it if not held); returns its token."""
+    key = lock_id(dataset_name, field)
+    mine = getattr(_held, "tokens", {}).get(key)
+    doc = dict(_id=key, dataset=dataset_name, field=field, token=uuid.uuid4().hex, what="sharded run", **run,
+               **_holder())
+    if mine is not None and _collection().find_one_and_replace({"_id": key, "token": mine}, doc) is not None:
+        return doc["token"]
+    return acquire(dataset_name, field, "sharded run", run)
+
+
+def release_run(dataset_name: str, field: str, run_id: str) -> bool:
+    """Deletes the lock held by the sharded run ``run_id``; returns whether one was deleted."""
+    return _collection().delete_one({"_id": lock_id(dataset_name, field), "run_id": run_id}).deleted_count == 1
 
 
 def release(dataset_name: str, field: str, token: str | None = None) -> bool:
@@ -118,10 +165,15 @@ def release(dataset_name: str, field: str, token: str | None = None) -> bool:
 def field_lock(dataset_name: str, field: str, what: str) -> Iterator[None]:
     """Holds the lock on ``field`` for the block; released however the block ends."""
     token = acquire(dataset_name, field, what)
+    key, tokens = lock_id(dataset_name, field), getattr(_held, "tokens", None)
+    if tokens is None:
+        tokens = _held.tokens = {}
+    tokens[key] = token
     try:
         yield
     finally:
-        release(dataset_name, field, token)
+        tokens.pop(key, None)
+        release(dataset_name, field, token)  # a lock handed to a sharded run has another token: kept
 
 
 def locks_output_field(func):

@@ -199,7 +199,10 @@ def _delete_shard_state(dataset: fo.Dataset, configs) -> None:
         if path:
             from conceptseg.shards import clear_records
 
+            from conceptseg.shard_lock import release
+
             clear_records(dataset, config.run_id)
+            release(dataset, config.pred_field, config.run_id)  # its queued shards end without writing
             shutil.rmtree(os.path.dirname(path), ignore_errors=True)
             shards_dir = os.path.dirname(os.path.dirname(path))
             if os.path.isdir(shards_dir) and not os.listdir(shards_dir):

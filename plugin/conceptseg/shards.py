@@ -14,12 +14,11 @@ Each shard keeps a record in the dataset's execution store ``conceptseg_shards``
 operation, worker host and pid, a heartbeat, and its counts. The last shard to finish
 aggregates the records into the run's results, which ``conceptseg runs`` shows. A shard
 whose worker died (its operation RUNNING with a dead pid on this host, or a heartbeat older
-than ``stale_after``; or FAILED) is re-queued by :func:`requeue_dead`.
+than ``stale_after``; or FAILED) is re-queued by :func:`conceptseg.shards_watch.requeue_dead`.
 """
 
 from __future__ import annotations
 
-import datetime
 import os
 import socket
 import threading
@@ -28,6 +27,7 @@ import time
 import numpy as np
 from fiftyone import ViewField as F
 
+from conceptseg import shard_lock, threads
 from conceptseg.errors import ConceptSegError
 from conceptseg.types import Demonstration
 
@@ -251,6 +251,8 @@ def segment_sharded(demonstrations, targets, mask_field: str, pred_field: str, s
     )
     jobs._start_run(targets, run_key, record)
     op_ids = queue_shards(dataset, run_key, run_id, pred_field, todo_ids, n)
+    if op_ids:  # the field stays locked until the last shard ends, not only while queueing
+        shard_lock.hold(dataset, pred_field, run_key, run_id)
     summary = dict(run_key=run_key, run_id=run_id, queued=True, operations=op_ids, note=note,
                    failures=unreadable, **{k: record[k] for k in (
                        "pred_field", "instances_field", "route", "verification", "verified", "reason", "rule",
@@ -292,6 +294,19 @@ def _recorded_choice(config: dict, demos: list[Demonstration]):
                          verified=bool(config.get("verified")), reason=config.get("reason") or "")
     choice.fit_seconds = time.perf_counter() - start
     return router, choice
+
+
+def _share_cores(dataset, run_id: str) -> int:
+    """Limits this worker's threads to its share of the cores: cores ÷ this run's shards running on this host.
+
+    ``CONCEPTSEG_THREADS`` (``conceptseg worker --threads``) fixes the count instead.
+    """
+    if threads.explicit():
+        return threads.set_threads(threads.budget())
+    host = socket.gethostname()
+    here = sum(1 for r in shard_records(dataset, run_id)
+               if r.get("state") == "running" and r.get("host") == host and _pid_alive(r))
+    return threads.set_threads(threads.cores() // max(1, here))
 
 
 class _Heartbeat(threading.Thread):
@@ -353,15 +368,17 @@ def run_shard(dataset, params: dict, op_id: str | None = None, progress=None,
     shard.write(op_id=op_id, state="running", host=socket.gethostname(), pid=me.pid,
                 pid_started=me.create_time(), started=time.time(), starts=shard.record.get("starts", 0) + 1)
 
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     pred_field, inst_field = config["pred_field"], config.get("instances_field")
     targets = dataset.select(ids)
     own = F(f"{pred_field}.run_id") == run_id
     todo = targets.match(~own) if dataset.has_field(pred_field) else targets
     resumed = len(ids) - len(todo)
     shard.write(resumed=resumed)  # progress counts the targets an earlier attempt finished
+    _share_cores(dataset, run_id)
     demos = load_demonstrations(config["demonstrations_file"])
     router, choice = _recorded_choice(config, demos)
+    _share_cores(dataset, run_id)  # again: workers that claimed their shards during the fit count now
 
     beat = _Heartbeat(shard, heartbeat)
     beat.start()
@@ -375,6 +392,7 @@ def run_shard(dataset, params: dict, op_id: str | None = None, progress=None,
             checked[0] = time.monotonic()
             if _run_doc(dataset, run_id) is None:
                 raise RunGoneError(f"run {run_id} was deleted while shard {index + 1} was running")
+            _share_cores(dataset, run_id)  # workers here may have started or finished meanwhile
 
     try:
         seconds, failures = _segment_targets(router, choice, todo, pred_field, inst_field, config["concept"],
@@ -385,9 +403,12 @@ def run_shard(dataset, params: dict, op_id: str | None = None, progress=None,
     finally:
         beat.stop.set()
         beat.join()
+        used_threads = threads.budget()  # the share it ended with
+        threads.reset()
     result = dict(run_id=run_id, index=index, targets=len(ids), segmented=len(seconds), resumed=resumed,
                   failures=failures, seconds_sum=float(sum(seconds)), fit_seconds=choice.fit_seconds,
-                  busy_seconds=time.perf_counter() - started)
+                  busy_seconds=time.perf_counter() - started, cpu_seconds=time.process_time() - cpu_started,
+                  threads=used_threads)
     shard.write(state="completed", finished=time.time(), **{k: v for k, v in result.items() if k not in ("run_id", "index")})
     if shard.current():
         finish_if_done(dataset, run_id)
@@ -446,6 +467,7 @@ def aggregate(config: dict, records: list[dict]) -> dict:
         shards=len(records),
         shard_attempts=sum(r.get("attempt", 1) for r in records),
         worker_seconds=sum(r.get("busy_seconds", 0.0) for r in records),
+        worker_cpu_seconds=sum(r.get("cpu_seconds", 0.0) for r in records),
     )
 
 
@@ -463,6 +485,7 @@ def finish_if_done(dataset, run_id: str) -> dict | None:
     summary = aggregate(config, records)
     dataset.reload()
     _finish_run(dataset, doc["key"], dict(run_key=doc["key"], **summary))
+    shard_lock.release(dataset, config["pred_field"], run_id)
     return summary
 
 
@@ -473,7 +496,7 @@ def progress_of(dataset, run_id: str) -> dict:
                 done=sum(r.get("done", 0) + r.get("resumed", 0) for r in records))
 
 
-# --- watching and re-queueing ------------------------------------------------------------
+# --- workers ------------------------------------------------------------------------------
 
 
 def _pid_alive(record: dict) -> bool:
@@ -486,86 +509,3 @@ def _pid_alive(record: dict) -> bool:
         return same and proc.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
-
-
-def _dead_reason(record: dict, op, now: float, stale_after: float) -> str | None:
-    """Why a shard's worker counts as dead, or None while it is queued, alive or done."""
-    if op is None:
-        return "its delegated operation is gone"
-    state = op.run_state
-    if state == "failed":
-        return "its operation failed"
-    if state != "running":
-        return None
-    if record.get("op_id") == str(op.id) and record.get("host") == socket.gethostname() and record.get("pid"):
-        if not _pid_alive(record):
-            return f"worker pid {record['pid']} on this host is gone"
-    if record.get("op_id") == str(op.id) and record.get("heartbeat"):
-        last = record["heartbeat"]
-    else:  # claimed, but the shard never wrote: count from the claim
-        last = op.started_at.replace(tzinfo=datetime.timezone.utc).timestamp() if op.started_at else now
-    if now - last > stale_after:
-        return f"no heartbeat for {now - last:.0f} s"
-    return None
-
-
-def shard_status(dataset, pred_field: str, stale_after: float = STALE_AFTER) -> dict:
-    """The shards of the newest sharded run writing ``pred_field``, each with its state and whether it is dead."""
-    from conceptseg.runs import RunNotFoundError, keys_for_field
-
-    for key in keys_for_field(dataset, pred_field):
-        config = dataset.get_run_info(key).config
-        if getattr(config, "shards", None):
-            break
-    else:
-        raise RunNotFoundError(f"No sharded conceptseg run writes {pred_field!r} on dataset {dataset.name!r}.")
-    now, rows = time.time(), []
-    for record in shard_records(dataset, config.run_id):
-        op = _op(record.get("op_id"))
-        rows.append(dict(index=record["index"], op_id=record.get("op_id"),
-                         op_state=op.run_state if op is not None else None,
-                         state=record.get("state"), attempt=record.get("attempt", 1), targets=record.get("targets"),
-                         done=record.get("done", 0) + record.get("resumed", 0), host=record.get("host"),
-                         pid=record.get("pid"), heartbeat_age=(now - record["heartbeat"]) if record.get("heartbeat") else None,
-                         dead=_dead_reason(record, op, now, stale_after)))
-    if rows and all(r["state"] == "completed" for r in rows) and not (_run_doc(dataset, config.run_id) or {}).get("results"):
-        finish_if_done(dataset, config.run_id)  # the last worker died between its shard and the aggregate
-    return dict(run_key=key, run_id=config.run_id, shards=rows)
-
-
-def requeue_dead(dataset, pred_field: str, stale_after: float = STALE_AFTER) -> list[dict]:
-    """Re-queues every shard whose worker died; the new operation resumes (finished targets are skipped).
-
-    A RUNNING operation is first marked failed, atomically (only if still RUNNING), so a shard
-    that just completed is left alone; the store's compare-and-set lets one caller win.
-    """
-    from bson import ObjectId
-    from fiftyone.operators.delegated import DelegatedOperationService
-    from fiftyone.operators.executor import ExecutionResult, ExecutionRunState
-
-    service, status, done = DelegatedOperationService(), shard_status(dataset, pred_field, stale_after), []
-    store = _store(dataset)
-    for row in status["shards"]:
-        if not row["dead"]:
-            continue
-        key = _key(status["run_id"], row["index"])
-        record = store.get(key)
-        op = _op(row["op_id"])
-        if op is not None and op.run_state == "running":
-            error = ExecutionResult(error=f"conceptseg: worker dead ({row['dead']}); shard re-queued")
-            if service.set_failed(ObjectId(row["op_id"]), result=error, required_state=ExecutionRunState.RUNNING) is None:
-                continue  # it finished or failed meanwhile
-        params = dict(run_id=status["run_id"], index=row["index"], shards=record.get("shards"),
-                      target_ids=list(op.context.request_params["params"]["target_ids"]) if op is not None else None)
-        if params["target_ids"] is None:
-            raise ConceptSegError(f"Shard {row['index'] + 1}'s operation was deleted: its targets are unknown; "
-                                  "resume the run instead (segment --resume).")
-        label = f"conceptseg {pred_field}: shard {row['index'] + 1}/{record.get('shards')} (attempt {row['attempt'] + 1})"
-        new = dict(record, state="queued", attempt=row["attempt"] + 1, pid=None, host=None, heartbeat=None,
-                   op_id="requeueing")
-        if not store.compare_and_set(key, record, new):
-            continue  # another caller re-queued it
-        new_id = queue_operation(dataset, params, label)
-        store.set(key, dict(new, op_id=new_id))
-        done.append(dict(index=row["index"], reason=row["dead"], old_op_id=row["op_id"], op_id=new_id))
-    return done

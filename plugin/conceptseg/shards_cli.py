@@ -25,7 +25,8 @@ def report_queued(summary: dict, as_json: bool) -> int:
 
 def cmd_shards(args) -> int:
     from conceptseg.cli import _load
-    from conceptseg.shards import STALE_AFTER, requeue_dead, shard_status
+    from conceptseg.shards import STALE_AFTER
+    from conceptseg.shards_watch import requeue_dead, shard_status
 
     dataset = _load(args.dataset)
     args.stale_after = STALE_AFTER if args.stale_after is None else args.stale_after
@@ -61,6 +62,15 @@ def cmd_worker(args) -> int:
     from conceptseg.shards import operator_uri
 
     service, uri = DelegatedOperationService(), operator_uri()
+    if args.threads is not None:
+        import os
+
+        from conceptseg.errors import ConceptSegError
+        from conceptseg.threads import ENV
+
+        if args.threads < 1:
+            raise ConceptSegError(f"--threads must be at least 1, got {args.threads}.")
+        os.environ[ENV] = str(args.threads)  # every shard of this worker uses that many
     print(f"worker: running queued {uri} operations"
           + (f" of dataset {args.dataset!r}" if args.dataset else "") + "; stop with Ctrl-C", flush=True)
     try:
@@ -91,4 +101,6 @@ def add_shards_command(sub) -> None:
     p.add_argument("--dataset", help="take only the shards of this dataset")
     p.add_argument("--poll", type=float, default=0.5, help="seconds between looks at an empty queue")
     p.add_argument("--exit-when-idle", action="store_true", help="stop once no shard is queued")
+    p.add_argument("--threads", type=int, help="CPU threads per shard (default: the cores divided among this "
+                   "run's shards running on this machine; CONCEPTSEG_THREADS for `fiftyone delegated launch`)")
     p.set_defaults(func=cmd_worker)

@@ -32,7 +32,9 @@ class AppearanceConfig:
         max_depth: depth of each tree (None: unlimited)
         threshold: probability above which a pixel is the concept
         seed: makes the pixel draw and the forest reproducible
-        n_jobs: worker threads for the forest
+        n_jobs: threads for the forest (None: the process's budget, see conceptseg.threads;
+            when predicting on images under 256² pixels, one thread: there the dispatch
+            costs more than the trees)
     """
 
     sigma_min: float = 1.0
@@ -44,7 +46,7 @@ class AppearanceConfig:
     max_depth: int | None = 12
     threshold: float = 0.5
     seed: int = 0
-    n_jobs: int = -1
+    n_jobs: int | None = None
 
 
 def _shrink(image: np.ndarray, max_side: int) -> np.ndarray:
@@ -75,6 +77,8 @@ class AppearanceRoute(Route):
         """HxWx3 float image → hxwxF float32 features (h, w after shrinking)."""
         from skimage.feature import multiscale_basic_features
 
+        from conceptseg.threads import budget
+
         c = self.config
         image = _shrink(image, c.max_side)
         if self._gray:
@@ -88,11 +92,14 @@ class AppearanceRoute(Route):
             sigma_max=c.sigma_max,
             num_sigma=c.num_sigma,
             channel_axis=None if self._gray else -1,
+            num_workers=budget(),  # its default, every core, oversubscribes workers sharing a machine
         ).astype(np.float32, copy=False)
 
     def fit_features(self, pairs: list[tuple[np.ndarray, np.ndarray]]) -> None:
         """Trains the forest on (features, full-size bool mask) pairs."""
         from sklearn.ensemble import RandomForestClassifier
+
+        from conceptseg.threads import budget
 
         c = self.config
         rng = np.random.default_rng(c.seed)
@@ -109,7 +116,7 @@ class AppearanceRoute(Route):
         forest = RandomForestClassifier(
             n_estimators=c.n_estimators,
             max_depth=c.max_depth,
-            n_jobs=c.n_jobs,
+            n_jobs=budget() if c.n_jobs is None else c.n_jobs,
             random_state=c.seed,
         )
         forest.fit(np.concatenate(xs), np.concatenate(ys))
@@ -119,8 +126,11 @@ class AppearanceRoute(Route):
         """Features → HxW float32 probability of the concept at ``size`` (H, W)."""
         import cv2
 
+        from conceptseg.threads import forest_jobs
+
         self._require_fit()
         flat = feats.reshape(-1, feats.shape[-1])
+        self._forest.n_jobs = forest_jobs(self.config.n_jobs, flat.shape[0])
         classes = list(self._forest.classes_)
         if True not in classes:  # every training pixel was background
             return np.zeros(size, np.float32)
