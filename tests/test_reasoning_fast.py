@@ -116,3 +116,34 @@ class TestRun:
             segment_by_demonstration(ds.match_tags("demo"), ds.match_tags("demo", bool=False), "ground_truth",
                                      "fast", route="reasoning-fast", model=silent)
         assert not ds.has_field("fast")
+
+
+class TestSharded:
+    def test_workers_reuse_the_recorded_rule_and_batch(self, plugin_installed, nuclei_dataset, tiny_bundle_dir):
+        from fiftyone.operators.delegated import DelegatedOperationService
+
+        from conceptseg import shards
+        from conceptseg.testing import scripted_bundle
+
+        full_prompts = []
+
+        def answer(request):
+            if "Do not reason" in request.text:
+                return FAST
+            full_prompts.append(request.text)
+            return FULL
+
+        ds = nuclei_dataset
+        ds.persistent = True  # the shard operations load it by name
+        demos, targets = ds.match_tags("demo"), ds.match_tags("demo", bool=False)
+        with scripted_bundle(tiny_bundle_dir, answer):
+            queued = segment_by_demonstration(demos, targets, "ground_truth", "fast", route="reasoning-fast",
+                                              model=tiny_bundle_dir, shards=2, batch_size=3, instances=False)
+            inductions = len(full_prompts)  # verifying and fitting, on this machine
+            results = DelegatedOperationService().execute_queued_operations(operator=shards.operator_uri(),
+                                                                            dataset_name=ds.name)
+        assert [r.error for r in results] == [None, None] and inductions == 2
+        assert len(full_prompts) == inductions  # no worker induced a rule of its own
+        labels = targets.values("fast")
+        assert len(labels) == queued["targets"] and {l.rule for l in labels} == {"nuclei are bright ovals"}
+        assert ds.get_run_info(queued["run_key"]).config.batch_size == 3

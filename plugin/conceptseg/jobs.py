@@ -303,13 +303,14 @@ def segment_by_demonstration(
 
     Returns a JSON-able summary (route, verification, counts, failures, timings).
     """
+    check_batch_size(batch_size)
     if shards is not None:
         from conceptseg.shards import segment_sharded
 
         return segment_sharded(demonstrations, targets, mask_field, pred_field, shards, route=route,
                                threshold=threshold, concept=concept, overwrite=overwrite, resume=resume,
                                instances=instances, output_dir=output_dir, model=model, classes=classes,
-                               resize_masks=resize_masks, prompt_template=prompt_template)
+                               resize_masks=resize_masks, prompt_template=prompt_template, batch_size=batch_size)
     check_field_name(pred_field)
     check_batch_size(batch_size)
     if not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:

@@ -185,7 +185,8 @@ def _op_state(op_id) -> str | None:
 def segment_sharded(demonstrations, targets, mask_field: str, pred_field: str, shards: int, route: str = "auto",
                     threshold: float | None = None, concept: str = "concept", overwrite: bool = False,
                     resume: bool = False, instances: bool = True, output_dir: str | None = None, model=None,
-                    classes=None, resize_masks: bool = False, prompt_template: str | None = None) -> dict:
+                    classes=None, resize_masks: bool = False, prompt_template: str | None = None,
+                    batch_size: int = 1) -> dict:
     """Chooses the route once, records the run and queues its targets as ``shards`` delegated operations.
 
     Same arguments and checks as :func:`conceptseg.jobs.segment_by_demonstration`; returns
@@ -247,7 +248,8 @@ def segment_sharded(demonstrations, targets, mask_field: str, pred_field: str, s
         reason=choice.reason, rule=choice.route.rule(), concept=concept, question=question, frames=False,
         fit_seconds=choice.fit_seconds, targets=len(targets), skipped=len(targets) - len(todo_ids),
         shards=n, shards_requested=shards, demonstrations_file=demo_file,
-        prompt_template=os.path.abspath(prompt_template) if prompt_template else None, **settings,
+        prompt_template=os.path.abspath(prompt_template) if prompt_template else None, batch_size=batch_size,
+        **settings,
     )
     jobs._start_run(targets, run_key, record)
     op_ids = queue_shards(dataset, run_key, run_id, pred_field, todo_ids, n)
@@ -288,7 +290,8 @@ def _recorded_choice(config: dict, demos: list[Demonstration]):
                          question=config.get("question"), prompt_template=_template(config.get("prompt_template")))
     route = router.routes[0]
     start = time.perf_counter()
-    route.fit(usable(route, demos))
+    # A reused rule (reasoning-fast) is the recorded one: a worker never induces its own.
+    route.refit(usable(route, demos), config.get("rule") or "")
     verifications = [Verification(name, dict(scores)) for name, scores in (config.get("verifications") or {}).items()]
     choice = RouteChoice(_RecordedRule(route, config.get("rule") or ""), verifications,
                          verified=bool(config.get("verified")), reason=config.get("reason") or "")
@@ -396,7 +399,8 @@ def run_shard(dataset, params: dict, op_id: str | None = None, progress=None,
 
     try:
         seconds, failures = _segment_targets(router, choice, todo, pred_field, inst_field, config["concept"],
-                                              run_key, config["output_dir"], report, run_id)
+                                              run_key, config["output_dir"], report, run_id,
+                                              int(config.get("batch_size") or 1))
     except RunGoneError:
         _remove_leftovers(dataset, run_id, ids, [pred_field, inst_field], config["output_dir"])
         return dict(run_id=run_id, index=index, ended="run deleted", segmented=0)

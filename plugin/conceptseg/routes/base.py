@@ -33,6 +33,13 @@ class Route(abc.ABC):
     def fit(self, demonstrations: Sequence[Demonstration]) -> None:
         """Learns the concept from the demonstrations."""
 
+    def refit(self, demonstrations: Sequence[Demonstration], rule: str) -> None:
+        """Fits again for a run recorded with ``rule`` (a shard on a worker): by default as ``fit``.
+
+        A route whose rule is an expensive induction (reasoning-fast) reuses ``rule`` instead.
+        """
+        self.fit(demonstrations)
+
     @abc.abstractmethod
     def segment(self, image: np.ndarray) -> np.ndarray:
         """HxWx3 float image → HxW float32 probability of the concept."""

@@ -46,6 +46,14 @@ class ReasoningFastRoute(ReasoningRoute):
         self._rule = self._induce(demonstrations)
         super().fit(demonstrations)
 
+    def refit(self, demonstrations: Sequence[Demonstration], rule: str) -> None:
+        """Reuses the run's recorded rule (no induction): every worker applies the same rule."""
+        if not rule.strip():
+            self.fit(demonstrations)
+            return
+        self._rule = rule
+        super().fit(list(demonstrations))
+
     def fit_references(self, images) -> None:
         raise ConceptSegError("The reasoning-fast route learns its rule from demonstrations with masks; "
                               "use the reasoning route for reference images.")
