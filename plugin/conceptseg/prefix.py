@@ -90,11 +90,12 @@ class SharedPrefix:
 
 
 class PrefixStore:
-    """Holds the shared prefix of one run (one demonstration set), computed on first use.
+    """Holds the newest shared prefix, computed on first use.
 
-    A route keeps one store per fit: the policy's weights and the canvas stay the same
-    for the whole run. ``hits`` and ``misses`` count calls served from the cache and
-    prefixes computed.
+    A route keeps one store for its life (a run): the key covers the prefix's tokens and the
+    canvas's pixels, so other demonstrations compute a new prefix by themselves, but not the
+    weights, which must not change while the store is used. ``hits`` and ``misses`` count
+    calls served from the cache and prefixes computed.
     """
 
     def __init__(self):
