@@ -48,13 +48,24 @@ def _one_at_a_time(bundle, tiles, images):
     return [_route(bundle, tiles).segment_with_details(image) for image in images]
 
 
+# Batched and single runs round differently (~1e-7 here) and a random SAM 2 puts many pixels
+# near probability 0.5, so a pixel right at the cut may fall either side; none other may.
+AT_THE_CUT = 1e-5
+
+
 def _same(batched, alone):
     for (p_b, d_b), (p_a, d_a) in zip(batched, alone):
         assert d_b["completion"] == d_a["completion"]
         assert d_b["decoded_tokens"] == d_a["decoded_tokens"]
         assert d_b["box"] == d_a["box"] and d_b["parse_error"] == d_a["parse_error"]
-        np.testing.assert_array_equal(p_b > 0.5, p_a > 0.5)
         np.testing.assert_allclose(p_b, p_a, atol=1e-5)
+        differ = (p_b > 0.5) != (p_a > 0.5)
+        assert not (differ & (np.abs(p_a - 0.5) > AT_THE_CUT)).any()
+
+
+def _same_mask(a, b):
+    """Masks read back from labels (no probabilities): at most 1 pixel in 10 000 at the cut."""
+    assert a.shape == b.shape and (a != b).sum() <= a.size // 10000
 
 
 class TestBatchedRoute:
@@ -179,7 +190,7 @@ class TestRuns:
         three = segment_by_demonstration(demos, targets, pred_field="three", batch_size=3, **kw)
         assert one["segmented"] == three["segmented"] == len(targets) > 3
         for sample in targets.iter_samples():
-            np.testing.assert_array_equal(sample["one"].get_mask(), sample["three"].get_mask())
+            _same_mask(sample["one"].get_mask(), sample["three"].get_mask())
             assert sample["three"].decoded_tokens == sample["one"].decoded_tokens > 0
         assert ds.get_run_info(three["run_key"]).config.batch_size == 3
 
@@ -213,7 +224,7 @@ class TestZooModel:
             model = foz.load_zoo_model("conceptseg-tiny-random", bundle=path, text="the bright blob")
             view.apply_model(model, label_field=field, batch_size=batch, num_workers=0, skip_failures=False)
         for one, four in zip(view.values("one"), view.values("four")):
-            np.testing.assert_array_equal(one.mask, four.mask)
+            _same_mask(one.mask, four.mask)
             assert one.decoded_tokens == four.decoded_tokens > 0
         with pytest.raises(ConceptSegError, match="batch size must be a whole number"):
             ConceptSegModelConfig(batch_size=0)
