@@ -124,6 +124,16 @@ class TestSharedPrefix:
         assert (store.misses, store.hits) == (1, 1)
         assert store.prefix.length < plain.prompt_length  # the prefix ends with the canvas
 
+    def test_batched_reuse_gives_the_labels_of_the_plain_route(self, varied_bundle, nuclei_tiles):
+        from conceptseg.routes.reasoning import ReasoningConfig
+
+        images = [nuclei_tiles[i][1] for i in TARGETS]
+        plain = ReasoningRoute(varied_bundle, ReasoningConfig(reuse_prefix=False))
+        plain.fit(_demos(nuclei_tiles))
+        reused = _route(varied_bundle, nuclei_tiles)
+        _same(reused.segment_batch(images), [plain.segment_with_details(image) for image in images])
+        assert plain._prefix.misses == 0 and reused._prefix.misses == 1
+
     def test_nothing_shared_falls_back_to_encoding_everything(self, varied_bundle, nuclei_tiles):
         policy, store = varied_bundle.policy, PrefixStore()
         image = (nuclei_tiles[1][1] * 255).astype(np.uint8)
