@@ -168,26 +168,13 @@ class Sam2Segmenter:
 
     # ---- image features -------------------------------------------------------------
 
-    @torch.no_grad()
     def embed(self, image: np.ndarray, key: str) -> None:
         """Computes and caches the features of ``image`` (HxWx3 uint8 RGB) under ``key``.
 
         A key already cached for an image of the same size is a hit and costs nothing, so
         the key must identify the image content (e.g. a sample id or file path).
         """
-        check_rgb_uint8(image)
-        if self._cache.lookup(key, image.shape[:2]) is not None:
-            return
-        self._finite.check("SAM 2 segmenter")
-        x = self._transforms(image)[None].to(self.device, self.dtype)  # 1x3xSxS, normalised
-        feats = _backbone_feature_maps(self.model, self.model.forward_image(x))
-        if self.model.directly_add_no_mem_embed:  # as SAM2ImagePredictor.set_image does
-            feats[-1] = feats[-1] + self.model.no_mem_embed
-        s = self.model.image_size
-        sizes = [(s // 4, s // 4), (s // 8, s // 8), (s // 16, s // 16)][-len(feats):]
-        maps = [f.permute(1, 2, 0).reshape(1, -1, h, w) for f, (h, w) in zip(feats, sizes)]
-        self._cache.store(key, {"image_embed": maps[-1], "high_res_feats": maps[:-1],
-                                "orig_hw": image.shape[:2]})
+        self.embed_many([image], [key])
 
     @torch.no_grad()
     def embed_many(self, images: Sequence[np.ndarray], keys: Sequence[str]) -> None:
@@ -201,14 +188,12 @@ class Sam2Segmenter:
             check_rgb_uint8(image)
             if key not in todo and self._cache.lookup(key, image.shape[:2]) is None:
                 todo[key] = image
-        if len(todo) < 2:
-            for key, image in todo.items():
-                self.embed(image, key)
+        if not todo:
             return
         self._finite.check("SAM 2 segmenter")
         x = torch.stack([self._transforms(image) for image in todo.values()]).to(self.device, self.dtype)
         feats = _backbone_feature_maps(self.model, self.model.forward_image(x))
-        if self.model.directly_add_no_mem_embed:
+        if self.model.directly_add_no_mem_embed:  # as SAM2ImagePredictor.set_image does
             feats[-1] = feats[-1] + self.model.no_mem_embed
         s, n = self.model.image_size, len(todo)
         sizes = [(s // 4, s // 4), (s // 8, s // 8), (s // 16, s // 16)][-len(feats):]
