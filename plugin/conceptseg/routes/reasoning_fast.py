@@ -79,6 +79,7 @@ class ReasoningFastRoute(ReasoningRoute):
         if not demonstrations:
             raise RuleInductionError("The reasoning-fast route needs demonstrations to induce its rule from.")
         full = ReasoningRoute(self.bundle, self.config)
+        full._prefix = self._prefix  # the same system prompt and canvas start both prompts: encoded once
         full.fit(demonstrations)
         details = full._ask([demonstrations[0].image])[0][0]
         self.induction = {"completion": details["completion"], "decoded_tokens": details["decoded_tokens"],
