@@ -106,20 +106,9 @@ def build_prompt(
         return template.render(question, reference_boxes, with_references, with_check)
 
     size = f"{TARGET_SIZE}x{TARGET_SIZE}"
-    # Demonstrations alone can define the concept, so an empty question is allowed with them.
-    query = (
-        f'the object described as "{question}"'
-        if question
-        else "the concept the Reference Image demonstrates"
-    )
-    lines = [f"Task: in the Target Image, find {query}."]
+    lines = [_task_line(question)]
     if with_references:
-        listed = (
-            f" (red boxes drawn at {format_boxes(reference_boxes)}, {size} pixel coordinates)"
-            if len(reference_boxes) > 0
-            else ""
-        )
-        lines.append(f"Images: (1) Reference Image{listed}; (2) Target Image.")
+        lines.append(_images_line(reference_boxes))
         shown = "the objects in red boxes" if len(reference_boxes) > 0 else "the concept it shows"
         steps = (
             "Reason step by step. Work out from the Reference Image the visual rule that "
@@ -145,6 +134,18 @@ def build_prompt(
     )
     lines.append(f"Answer in exactly this format: {_output_format(with_check)}")
     return "\n".join(lines)
+
+
+def _task_line(question: str) -> str:
+    # Demonstrations alone can define the concept, so an empty question is allowed with them.
+    query = f'the object described as "{question}"' if question else "the concept the Reference Image demonstrates"
+    return f"Task: in the Target Image, find {query}."
+
+
+def _images_line(reference_boxes: Sequence[Box]) -> str:
+    size = f"{TARGET_SIZE}x{TARGET_SIZE}"
+    listed = f" (red boxes drawn at {format_boxes(reference_boxes)}, {size} pixel coordinates)" if len(reference_boxes) else ""
+    return f"Images: (1) Reference Image{listed}; (2) Target Image."
 
 
 def _strip_end(text: str) -> str:
@@ -248,12 +249,9 @@ def build_fast_prompt(question: str, rule: str, reference_boxes: Sequence[Box] =
     if not rule.strip():
         raise ValueError("a rule-reuse prompt needs the rule")
     size = f"{TARGET_SIZE}x{TARGET_SIZE}"
-    question = question.strip()
-    query = f'the object described as "{question}"' if question else "the concept the Reference Image demonstrates"
-    listed = f" (red boxes drawn at {format_boxes(reference_boxes)}, {size} pixel coordinates)" if len(reference_boxes) else ""
     return "\n".join([
-        f"Task: in the Target Image, find {query}.",
-        f"Images: (1) Reference Image{listed}; (2) Target Image.",
+        _task_line(question.strip()),
+        _images_line(reference_boxes),
         f"The visual rule that picks out the examples in the Reference Image is known: {rule.strip()}",
         f"Apply it to the Target Image. Give the box of the matching object in the Target Image's {size} pixel "
         "coordinates, and name it with a noun phrase of one or two words. Do not reason or restate the rule.",
