@@ -116,12 +116,17 @@ def cmd_segment(args) -> int:
     return _report(summary, args.json)
 
 
+def route_line(summary: dict) -> str:
+    """"route R, verification V" as a run summary says it, UNVERIFIED when it failed."""
+    v = summary["verification"]
+    return (f"route {summary['route']}, verification {'unavailable' if v is None else f'{v:.3f}'}"
+            f"{'' if summary['verified'] else ' (UNVERIFIED)'}")
+
+
 def _report(summary: dict, as_json: bool) -> int:
     if as_json:
         return _emit_json(summary)
-    v = summary["verification"]
-    print(f"route {summary['route']}, verification {'unavailable' if v is None else f'{v:.3f}'}"
-          f"{'' if summary['verified'] else ' (UNVERIFIED)'}")
+    print(route_line(summary))
     if summary.get("rule"):
         print(f"rule: {summary['rule']}")
     if summary.get("classes"):

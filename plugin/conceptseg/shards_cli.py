@@ -5,13 +5,11 @@ from __future__ import annotations
 
 def report_queued(summary: dict, as_json: bool) -> int:
     """Prints a queued sharded run: its route, its shards, and how to run them."""
-    if as_json:
-        from conceptseg.cli import _emit_json
+    from conceptseg.cli import _emit_json, route_line
 
+    if as_json:
         return _emit_json(summary)
-    v = summary["verification"]
-    print(f"route {summary['route']}, verification {'unavailable' if v is None else f'{v:.3f}'}"
-          f"{'' if summary['verified'] else ' (UNVERIFIED)'}")
+    print(route_line(summary))
     if summary.get("note"):
         print(f"note: {summary['note']}")
     todo = summary["targets"] - summary["skipped"]
