@@ -364,6 +364,7 @@ def segment_by_demonstration(
         concept=concept,
         frames=bool(targets._is_frames),
         batch_size=batch_size,
+        warnings=found.warnings,
         **settings,
     ))
     seconds, failures = _segment_targets(
@@ -375,6 +376,7 @@ def segment_by_demonstration(
         pred_field=pred_field,
         instances_field=inst_field,
         classes=found.classes,
+        warnings=found.warnings,
         route=choice.route.name,
         verification=choice.verification,
         verifications={v.route: v.scores for v in choice.verifications},
