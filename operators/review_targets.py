@@ -70,14 +70,23 @@ class _ReviewOperator(foo.Operator):
         ids_notice(inputs, ctx)
 
 
+def replace_input(inputs) -> None:
+    inputs.bool("replace", default=False, label="Replace existing ground truth of this class",
+                description="Without it, a sample that already has ground truth of the concept's class is refused")
+
+
 class AcceptTargets(_ReviewOperator):
     name, label = "accept_targets", "Accept predictions"
     description = "The predictions become ground truth under the concept's class; the samples join the demonstrations"
 
+    def more_inputs(self, inputs, ctx):
+        ids_notice(inputs, ctx)
+        replace_input(inputs)
+
     def execute(self, ctx):
         from conceptseg.review import accept
 
-        out = accept(ctx.dataset, ctx.params["pred_field"], _ids(ctx))
+        out = accept(ctx.dataset, ctx.params["pred_field"], _ids(ctx), replace=bool(ctx.params.get("replace")))
         ctx.ops.reload_dataset()
         return out
 
@@ -106,11 +115,13 @@ class PromoteCorrections(_ReviewOperator):
     def more_inputs(self, inputs, ctx):
         field_choice(inputs, ctx, "from_field", "Corrections field", "Where the corrected masks are")
         ids_notice(inputs, ctx)
+        replace_input(inputs)
 
     def execute(self, ctx):
         from conceptseg.review import promote
 
-        out = promote(ctx.dataset, ctx.params["pred_field"], ctx.params["from_field"], _ids(ctx))
+        out = promote(ctx.dataset, ctx.params["pred_field"], ctx.params["from_field"], _ids(ctx),
+                      replace=bool(ctx.params.get("replace")))
         ctx.ops.reload_dataset()
         return out
 

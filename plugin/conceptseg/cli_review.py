@@ -35,11 +35,13 @@ def cmd_review(args) -> int:
 def cmd_accept(args) -> int:
     from conceptseg.review import accept
 
-    out = accept(_load(args.dataset), args.pred_field, args.ids)
+    out = accept(_load(args.dataset), args.pred_field, args.ids, replace=args.replace)
     if args.json:
         return _emit_json(out)
     print(f"accepted {len(out['accepted'])} into {out['mask_field']!r} as {out['class']!r} "
           f"({out['total_accepted']} accepted in all); `conceptseg rerun` learns from them")
+    if out["replaced"]:
+        print(f"  replaced the earlier ground truth of {out['class']!r} on {', '.join(out['replaced'])}")
     return 0
 
 
@@ -57,10 +59,12 @@ def cmd_reject(args) -> int:
 def cmd_promote(args) -> int:
     from conceptseg.review import promote
 
-    out = promote(_load(args.dataset), args.pred_field, args.from_field, args.ids)
+    out = promote(_load(args.dataset), args.pred_field, args.from_field, args.ids, replace=args.replace)
     if args.json:
         return _emit_json(out)
-    print(f"promoted {len(out['promoted'])} from {args.from_field!r} into {out['mask_field']!r}")
+    print(f"promoted {len(out['promoted'])} from {args.from_field!r} into {out['mask_field']!r} as {out['class']!r}")
+    if out["replaced"]:
+        print(f"  replaced the earlier ground truth of {out['class']!r} on {', '.join(out['replaced'])}")
     for sample_id, why in out["missing"].items():
         print(f"  not promoted: {sample_id} {why}")
     return 0
@@ -75,6 +79,10 @@ def cmd_rerun(args) -> int:
         return _emit_json(out)
     print(f"round {out['round']}: {out['demonstrations']} demonstrations")
     return _report(out, False)
+
+
+REPLACE_HELP = ("replace ground truth of the concept's class already on these samples "
+                "(without it such samples are refused)")
 
 
 def add_review_commands(sub) -> None:
@@ -93,6 +101,8 @@ def add_review_commands(sub) -> None:
         if name == "reject":
             p.add_argument("--absent", action="store_true",
                            help="the concept is not in these images: they become negative demonstrations")
+        else:
+            p.add_argument("--replace", action="store_true", help=REPLACE_HELP)
         p.add_argument("--json", action="store_true")
         p.set_defaults(func=func)
     p = sub.add_parser("promote", help="corrected masks from a field become ground truth and demonstrations")
@@ -100,6 +110,7 @@ def add_review_commands(sub) -> None:
     p.add_argument("--from-field", required=True, help="field holding the corrected masks")
     p.add_argument("--ids", required=True, help="sample ids, comma-separated")
     p.add_argument("--pred-field", required=True)
+    p.add_argument("--replace", action="store_true", help=REPLACE_HELP)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_promote)
     p = sub.add_parser("rerun", help="segment the targets not yet accepted with the enlarged demonstrations")
