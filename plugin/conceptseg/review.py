@@ -19,6 +19,11 @@ The loop's record (accepted, rejected and negative ids, every round with its dem
 and verification) lives in ``dataset.info["conceptseg_review"][pred_field]``; every change to it
 is one compare-and-set in the database, so processes reviewing the same run at once (an accept
 during a re-run) all land.
+
+A run made by `concepts apply` learned from a saved concept's demonstrations, which are not
+samples here: its accepted masks go into a mask field of this dataset that the user names
+once (see :func:`truth_field`), and a re-run fits on the concept's demonstrations plus the
+accepted and absent samples (the section at the end of this module).
 """
 
 from __future__ import annotations
@@ -167,7 +172,7 @@ def review(dataset, pred_field: str) -> dict:
     record = state(dataset, pred_field)
     run_key = jobs.run_key_for(pred_field)
     # Demonstrations (accepted targets, negatives) are no longer targets.
-    done = record["accepted"] + record["negatives"] + record["rounds"][-1]["demonstrations"]
+    done = _sample_ids(record["accepted"] + record["negatives"] + record["rounds"][-1]["demonstrations"])
     view = dataset.match(F(f"{pred_field}.run_key") == run_key).exclude(done)
     ids, paths, doubts, tags = view.values(["id", "filepath", f"{pred_field}.doubt", "tags"])
     targets = [
@@ -177,7 +182,7 @@ def review(dataset, pred_field: str) -> dict:
     targets.sort(key=lambda t: -t["doubt"])
     last = record["rounds"][-1]
     return {
-        "pred_field": pred_field, "mask_field": config.mask_field, "round": last["round"],
+        "pred_field": pred_field, "mask_field": shown_mask_field(dataset, config, record), "round": last["round"],
         "accepted": len(record["accepted"]), "rejected": len(record["rejected"]),
         "negatives": len(record["negatives"]), "rounds": record["rounds"], "targets": targets,
     }
@@ -479,13 +484,14 @@ def _refuse_not_acceptable(kinds: dict[str, str], pred_field: str) -> None:
         raise ReviewError(" ".join(parts))
 
 
-def accept(dataset, pred_field: str, ids, replace: bool = False) -> dict:
+def accept(dataset, pred_field: str, ids, replace: bool = False, mask_field: str | None = None) -> dict:
     """Makes the predictions of ``ids`` ground truth in the mask field; they join the demonstrations.
 
     Every id is checked before anything is written: an unknown id, a demonstration, a target
     without a prediction of this run, one already accepted, or one that already has ground
     truth of the concept's class (unless ``replace``: then the class's pixels or labels are
-    replaced) stops the whole call.
+    replaced) stops the whole call. On a run made by `concepts apply`, ``mask_field`` names
+    where they go (see :func:`truth_field`).
     """
     ids = id_list(ids)
     config = run_config(dataset, pred_field)
@@ -493,7 +499,8 @@ def accept(dataset, pred_field: str, ids, replace: bool = False) -> dict:
     record = state(dataset, pred_field)
     view = _samples(dataset, ids)
     _refuse_not_acceptable(_not_acceptable(dataset, pred_field, record, ids), pred_field)
-    target = truth_class(dataset, config)
+    field = truth_field(dataset, config, record, mask_field)
+    target = truth_target(dataset, config, field)
     masks, problems = {}, {}
     for sample in view.select_fields(pred_field):
         label = sample[pred_field]
@@ -501,13 +508,13 @@ def accept(dataset, pred_field: str, ids, replace: bool = False) -> dict:
             problems[sample.id] = f"the mask file {label.mask_path} of its prediction is missing (segment it again)"
         else:
             masks[sample.id] = label.get_mask() > 0
-    found, replaced = truth_problems(view.select(list(masks)), config.mask_field, target, masks, replace)
+    found, replaced = truth_problems(view.select(list(masks)), field, target, masks, replace)
     problems.update(found)
     if problems:
         raise ReviewError(f"Nothing was accepted: {_grouped(problems)}.")
-    out_dir = _truth_dir(dataset, config.mask_field)
+    out_dir = _truth_dir(dataset, field)
     for sample in view.iter_samples(autosave=True):
-        write_truth(sample, config.mask_field, target, masks[sample.id], out_dir)
+        write_truth(sample, field, target, masks[sample.id], out_dir)
         sample[pred_field]["review"] = "accepted"
         sample.tags = [t for t in sample.tags if t != REJECTED_TAG] + [ACCEPTED_TAG]
 
@@ -515,14 +522,15 @@ def accept(dataset, pred_field: str, ids, replace: bool = False) -> dict:
         record["accepted"] = list(dict.fromkeys(record["accepted"] + ids))
         record["rejected"] = [i for i in record["rejected"] if i not in ids]
         record["negatives"] = [i for i in record["negatives"] if i not in ids]
+        remember_truth_field(config, record, field)
         return len(record["accepted"])
 
     total = _update(dataset, pred_field, change)
-    return {"accepted": ids, "mask_field": config.mask_field, "class": target[1], "total_accepted": total,
+    return {"accepted": ids, "mask_field": field, "class": target[1], "total_accepted": total,
             "replaced": replaced}
 
 
-def reject(dataset, pred_field: str, ids, absent: bool = False) -> dict:
+def reject(dataset, pred_field: str, ids, absent: bool = False, mask_field: str | None = None) -> dict:
     """Tags the predictions of ``ids`` as wrong; with ``absent`` they join the demonstrations as negatives.
 
     An absent sample must not already show the concept in the mask field.
@@ -535,21 +543,22 @@ def reject(dataset, pred_field: str, ids, absent: bool = False) -> dict:
     accepted = [i for i in ids if i in record["accepted"]]
     if accepted:
         raise ReviewError(f"Already accepted: {', '.join(accepted)}; promote a corrected mask instead of rejecting.")
-    if absent:
-        concept = classes_.named(dataset, config.mask_field, config.classes)
+    where = absence_check(dataset, config, record, mask_field) if absent else None
+    if where is not None:
+        field, concept = where
         showing = []
         for sample in view:
-            label = sample[config.mask_field]
+            label = sample[field]
             if _mask_file_missing(label):
-                raise FieldError(f"The mask file {label.mask_path} of {sample.id} in {config.mask_field!r} is missing; "
+                raise FieldError(f"The mask file {label.mask_path} of {sample.id} in {field!r} is missing; "
                                  "restore it (or clear the label) before rejecting the sample as absent.")
             if label is not None:
-                m = classes_.concept_mask(label, fio.frame_size(sample, config.mask_field), concept, resize=True)
+                m = classes_.concept_mask(label, fio.frame_size(sample, field), concept, resize=True)
                 if m is not None and m.any():
                     showing.append(sample.id)
         if showing:
             raise ReviewError(
-                f"{', '.join(showing)} show the concept in {config.mask_field!r}, so it is not absent there; "
+                f"{', '.join(showing)} show the concept in {field!r}, so it is not absent there; "
                 "correct that mask and promote it instead."
             )
     for sample in view.iter_samples(autosave=True):
@@ -605,7 +614,8 @@ def correction_concept(dataset, from_field: str, labels: list, target: tuple):
     )
 
 
-def promote(dataset, pred_field: str, from_field: str, ids, replace: bool = False) -> dict:
+def promote(dataset, pred_field: str, from_field: str, ids, replace: bool = False,
+            mask_field: str | None = None) -> dict:
     """Corrected masks from ``from_field`` become ground truth, as an accept would; ids without one are named.
 
     From a multi-class field only the concept's class is taken (:func:`correction_concept`).
@@ -617,7 +627,8 @@ def promote(dataset, pred_field: str, from_field: str, ids, replace: bool = Fals
     record = state(dataset, pred_field)
     fio.check_mask_field(dataset, from_field, "correction")
     view = _samples(dataset, ids)
-    target = truth_class(dataset, config)
+    field = truth_field(dataset, config, record, mask_field)
+    target = truth_target(dataset, config, field)
     demos = set(record["rounds"][-1]["demonstrations"])
     samples = [s for s in view if s.id not in demos]
     source = correction_concept(dataset, from_field, [s[from_field] for s in samples], target)
@@ -639,13 +650,13 @@ def promote(dataset, pred_field: str, from_field: str, ids, replace: bool = Fals
     missing = {i: missing[i] for i in ids if i in missing}
     if not masks:
         raise ReviewError(f"Nothing to promote from {from_field!r}: " + "; ".join(f"{i} {w}" for i, w in missing.items()))
-    problems, replaced = truth_problems(dataset.select(list(masks)), config.mask_field, target, masks, replace,
+    problems, replaced = truth_problems(dataset.select(list(masks)), field, target, masks, replace,
                                         may_replace=set(record["accepted"]))
     if problems:
         raise ReviewError(f"Nothing was promoted: {_grouped(problems)}.")
-    out_dir = _truth_dir(dataset, config.mask_field)
+    out_dir = _truth_dir(dataset, field)
     for sample in dataset.select(list(masks)).iter_samples(autosave=True):
-        write_truth(sample, config.mask_field, target, masks[sample.id], out_dir)
+        write_truth(sample, field, target, masks[sample.id], out_dir)
         if sample.has_field(pred_field) and sample[pred_field] is not None:
             sample[pred_field]["review"] = "corrected"
         sample.tags = [t for t in sample.tags if t not in (REJECTED_TAG, ACCEPTED_TAG)] + [ACCEPTED_TAG]
@@ -656,9 +667,10 @@ def promote(dataset, pred_field: str, from_field: str, ids, replace: bool = Fals
         record["corrected"] = list(dict.fromkeys(record["corrected"] + promoted))
         record["rejected"] = [i for i in record["rejected"] if i not in masks]
         record["negatives"] = [i for i in record["negatives"] if i not in masks]
+        remember_truth_field(config, record, field)
 
     _update(dataset, pred_field, change)
-    return {"promoted": promoted, "missing": missing, "mask_field": config.mask_field, "class": target[1],
+    return {"promoted": promoted, "missing": missing, "mask_field": field, "class": target[1],
             "replaced": replaced}
 
 
@@ -672,7 +684,9 @@ def rerun(dataset, pred_field: str, progress=None) -> dict:
     """
     config = run_config(dataset, pred_field)
     _check_predictions_here(dataset, pred_field)
-    _check_demonstrations_here(dataset, config)
+    source = applied_source(config)
+    if source is None:
+        _check_demonstrations_here(dataset, config)
     record = state(dataset, pred_field)
     last = record["rounds"][-1]
     demos = list(dict.fromkeys(last["demonstrations"] + record["accepted"] + record["negatives"]))
@@ -690,12 +704,15 @@ def rerun(dataset, pred_field: str, progress=None) -> dict:
         raise ReviewError("Every target is accepted or a demonstration: nothing left to segment.")
     # Recorded before the run's config changes, so that the record stays this loop's meanwhile.
     _update(dataset, pred_field, lambda record: record.setdefault("pending", []).append(demos))
-    summary = jobs.segment_by_demonstration(
-        dataset.select(demos), dataset.select(targets), config.mask_field, pred_field,
-        route=config.route_requested, threshold=config.threshold, concept=config.concept,
-        overwrite=True, instances=bool(config.instances_field), model=config.model,
-        classes=config.classes, progress=progress,
-    )
+    if source is not None:
+        summary = _segment_applied(dataset, config, source, record, demos, targets, pred_field, progress)
+    else:
+        summary = jobs.segment_by_demonstration(
+            dataset.select(demos), dataset.select(targets), config.mask_field, pred_field,
+            route=config.route_requested, threshold=config.threshold, concept=config.concept,
+            overwrite=True, instances=bool(config.instances_field), model=config.model,
+            classes=config.classes, progress=progress,
+        )
     record = _update(dataset, pred_field, lambda record: state_after_rerun(record, demos, summary))
     return {**summary, "round": record["rounds"][-1]["round"], "rounds": record["rounds"]}
 
@@ -709,3 +726,231 @@ def state_after_rerun(record: dict, demos: list[str], summary: dict) -> dict:
                                    sum(i in chosen for i in record["negatives"]), summary["segmented"]))
     record["pending"] = [d for d in record.get("pending", []) if sorted(d) != sorted(demos)]
     return record
+
+
+# ---- runs made by `concepts apply`: the demonstrations are a saved concept's ------------------
+#
+# Such a run records its concept (name, version, classes, mask field, label type) as
+# ``concept_source`` and names the concept's demonstrations "NAME@N:demos/000.png". Accepted
+# ground truth goes into a mask field of this dataset that the user names once (kept in the
+# loop's record as ``mask_field``); a re-run fits on the concept's demonstrations plus the
+# accepted and absent samples; `concepts update` saves those into the concept.
+
+LABEL_TYPES = {"Segmentation": fo.Segmentation, "Detections": fo.Detections, "Detection": fo.Detections,
+               "Polylines": fo.Polylines, "Polyline": fo.Polylines}
+
+
+def applied_source(config) -> dict | None:
+    """The saved concept a run was made from (by `concepts apply`), else None."""
+    source = getattr(config, "concept_source", None)
+    return dict(source) if source else None
+
+
+def _sample_ids(ids) -> list[str]:
+    """The ids that can be samples here (a saved concept's demonstrations are named, not ids)."""
+    from bson import ObjectId
+
+    return [i for i in ids if ObjectId.is_valid(i)]
+
+
+def _concept_label_type(source: dict) -> type:
+    return LABEL_TYPES.get(source.get("label_type") or "Segmentation", fo.Segmentation)
+
+
+def truth_field(dataset, config, record: dict, mask_field: str | None = None) -> str:
+    """The field accepted and promoted masks are written into.
+
+    A run on this dataset's demonstrations: their mask field. A run made by `concepts apply`:
+    ``mask_field`` when given (then kept for the loop), the one named before, else the
+    concept's own field when this dataset has it; without any, a sentence asks for one.
+    """
+    source = applied_source(config)
+    if source is None:
+        if mask_field and mask_field != config.mask_field:
+            raise ReviewError(f"This run learned from the demonstrations' masks in {config.mask_field!r}: accepted "
+                              f"masks go there, not into {mask_field!r}; leave --mask-field out.")
+        return config.mask_field
+    chosen, own = record.get("mask_field"), source.get("mask_field")
+    outputs = {config.pred_field, getattr(config, "instances_field", None)}
+    if mask_field:
+        jobs.check_field_name(mask_field, "mask")
+        if chosen and mask_field != chosen:
+            raise ReviewError(f"This run's accepted masks are in {chosen!r} already: one loop writes one field, so "
+                              f"pass --mask-field {chosen} (or leave it out).")
+        if mask_field in outputs:
+            raise ReviewError(
+                f"{mask_field!r} holds this run's predictions; name another field for the accepted masks.")
+        return mask_field
+    if chosen:
+        return chosen
+    if own and own not in outputs and dataset.has_field(own):
+        return own
+    raise ReviewError(
+        f"This run applied the saved concept {source['concept']!r}, whose mask field {own!r} is not on "
+        f"{dataset.name!r}: name the field to write accepted masks into (--mask-field F; a new one is created as "
+        f"{_concept_label_type(source).__name__})."
+    )
+
+
+def remember_truth_field(config, record: dict, field: str) -> None:
+    """Keeps the field an applied run's accepts went into, for the loop's later accepts, re-runs and update."""
+    if applied_source(config) is not None:
+        record["mask_field"] = field
+
+
+def shown_mask_field(dataset, config, record: dict) -> str | None:
+    """The field accepted masks go (or went) into, as `review` shows it; None when not known yet."""
+    if applied_source(config) is None:
+        return config.mask_field
+    try:
+        return truth_field(dataset, config, record)
+    except ReviewError:
+        return None
+
+
+def truth_target(dataset, config, field: str) -> tuple[type, str, object]:
+    """(label type, class name, Segmentation value or None) under which accepted masks are written into ``field``."""
+    source = applied_source(config)
+    if source is None:
+        return truth_class(dataset, config)
+    return applied_truth_class(dataset, source, field)
+
+
+def applied_truth_class(dataset, source: dict, field: str, create: bool = True) -> tuple[type, str, object]:
+    """The concept's class in ``field`` here; with ``create``, a missing field is made (the concept's label type).
+
+    A new Segmentation field gets the mask target {1: class}; an existing one with mask
+    targets but not the class gets it under the lowest free value.
+    """
+    classes = list(source.get("classes") or [])
+    if len(classes) > 1:
+        raise ReviewError(
+            f"The concept is several classes ({', '.join(classes)}): an accepted mask cannot say which pixels are "
+            "which. Promote corrections per class from a field that has them."
+        )
+    name = classes[0] if classes else source["concept"]
+    schema = dataset.get_field_schema()
+    if field not in schema:
+        if not create:
+            raise FieldError(
+                f"The mask field {field!r} of this run's accepted samples no longer exists on {dataset.name!r}.")
+        label_type = _concept_label_type(source)
+        dataset.add_sample_field(field, fo.EmbeddedDocumentField, embedded_doc_type=label_type)
+        if label_type is fo.Segmentation:
+            _add_mask_target(dataset, field, 1, name)
+            return label_type, name, 1
+        return label_type, name, None
+    label_type = getattr(schema[field], "document_type", None)
+    if label_type not in (fo.Segmentation, fo.Detections, fo.Polylines):
+        raise FieldError(
+            f"Field {field!r} holds {getattr(label_type, '__name__', 'no labels')}: accepted masks can be written into "
+            "a Segmentation, Detections or Polylines field only; name another --mask-field."
+        )
+    if label_type is not fo.Segmentation:
+        return label_type, name, None
+    targets = classes_.mask_targets_of(dataset, field)
+    if any(str(v) == name for v in targets.values()):
+        concept = classes_.named(dataset, field, [name])
+        return label_type, concept.classes[0], concept.values[0]
+    rgb = any(str(k).startswith("#") for k in targets)
+    free = next((v for v in range(1, 256) if v not in {int(k) for k in targets if str(k).isdigit()}), None)
+    if not targets or rgb or free is None or not create:
+        raise ReviewError(
+            f"{field!r} has no class {name!r} in its mask targets, so its pixels could not be told apart: add it "
+            f"(dataset.mask_targets[{field!r}]), or name another --mask-field (a new one is created)."
+        )
+    _add_mask_target(dataset, field, free, name)
+    return label_type, name, free
+
+
+def _add_mask_target(dataset, field: str, value: int, name: str) -> None:
+    mask_targets = dict(dataset.mask_targets)
+    mask_targets[field] = {**dict(mask_targets.get(field) or {}), value: name}
+    dataset.mask_targets = mask_targets
+    dataset.save()
+
+
+def absence_check(dataset, config, record: dict, mask_field: str | None = None):
+    """(field, Concept or None) in which a sample rejected as absent must not show the concept; None: no such field."""
+    source = applied_source(config)
+    if source is None:
+        return config.mask_field, classes_.named(dataset, config.mask_field, config.classes)
+    try:
+        field = truth_field(dataset, config, record, mask_field)
+    except ReviewError:
+        return None  # no ground truth of the concept on this dataset yet: nothing to contradict
+    if not dataset.has_field(field):
+        return None
+    try:
+        _, name, _ = applied_truth_class(dataset, source, field, create=False)
+    except ConceptSegError:
+        return None  # the field has no class of the concept
+    return field, classes_.named(dataset, field, [name])
+
+
+def _learned_masks(dataset, source: dict, record: dict) -> list[tuple[str, str, np.ndarray]]:
+    """(sample id, filepath, bool mask) of an applied run's accepted samples (the concept's pixels in the
+    loop's mask field) and negatives (empty masks)."""
+    out = []
+    if record["accepted"]:
+        field = record.get("mask_field")
+        if not field:
+            raise ReviewError(
+                "This run's accepted samples have no recorded mask field; accept them again with --mask-field.")
+        _, name, _ = applied_truth_class(dataset, source, field, create=False)
+        concept = classes_.named(dataset, field, [name])
+        for sample in dataset.select(record["accepted"], ordered=True).select_fields(field):
+            width, height = fio.frame_size(sample, field)
+            mask = classes_.concept_mask(sample[field], (width, height), concept)
+            out.append((sample.id, sample.filepath, mask if mask is not None else np.zeros((height, width), bool)))
+    accepted = set(record["accepted"])
+    for sample in dataset.select([i for i in record["negatives"] if i not in accepted], ordered=True):
+        width, height = fio.frame_size(sample)
+        out.append((sample.id, sample.filepath, np.zeros((height, width), bool)))
+    return out
+
+
+def learned_demonstrations(dataset, pred_field: str):
+    """A `concepts apply` run's concept source and what its review taught: [(Demonstration, filepath)].
+
+    The accepted samples (their images and the concept's pixels in the loop's mask field) and
+    the samples rejected as absent (empty masks).
+    """
+    from conceptseg.types import Demonstration
+
+    config = run_config(dataset, pred_field)
+    source = applied_source(config)
+    if source is None:
+        raise ReviewError(
+            f"{pred_field!r} on {dataset.name!r} was not made by `concepts apply`: its demonstrations are on this "
+            "dataset; save them as a concept with `concepts save`."
+        )
+    record = state(dataset, pred_field)
+    rows = _learned_masks(dataset, source, record)
+    samples = {s.id: s for s in dataset.select([i for i, *_ in rows])}
+    out = []
+    for sample_id, filepath, mask in rows:
+        image = fio.load_sample_image(samples[sample_id])
+        out.append((Demonstration(image=image, mask=mask, id=sample_id), filepath))
+    return source, out
+
+
+def _segment_applied(dataset, config, source: dict, record: dict, demos: list[str], targets: list[str],
+                     pred_field: str, progress):
+    """A re-run of a `concepts apply` run: the concept version's demonstrations plus the accepted and absent ones."""
+    from conceptseg import library
+
+    snapshot = library.resolve(f"{source['concept']}@{source['version']}")
+    extra = [(filepath, mask) for _, filepath, mask in _learned_masks(dataset, source, record)]
+    scratch = library.scratch_demonstrations(snapshot, extra)
+    try:
+        summary = jobs.segment_by_demonstration(
+            scratch, dataset.select(targets), "mask", pred_field, route=config.route_requested,
+            threshold=config.threshold, concept=config.concept, overwrite=True,
+            instances=bool(config.instances_field), model=config.model, progress=progress,
+            source={**source, "demonstration_ids": demos},
+        )
+    finally:
+        scratch.delete()
+    library.name_labels(dataset.select(targets), summary, snapshot.name, snapshot.version)
+    return summary
