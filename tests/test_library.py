@@ -187,5 +187,9 @@ def test_reviewing_an_applied_concept_accepts_into_the_concepts_own_field(saved,
     library.apply("red_disc", targets, "applied")
     listed = review.review(source, "applied")
     assert len(listed["targets"]) == 9 and listed["mask_field"] == "gt"
-    out = review.accept(source, "applied", listed["targets"][0]["id"])  # the concept's own field is here
-    assert out["mask_field"] == "gt" and out["class"] == "red"
+    first = listed["targets"][0]["id"]
+    # The source dataset's targets carry ground truth of 'red' already: refused unless replaced.
+    with pytest.raises(review.ReviewError, match="already has ground truth of 'red' in 'gt'"):
+        review.accept(source, "applied", first)
+    out = review.accept(source, "applied", first, replace=True)  # the concept's own field is here
+    assert out["mask_field"] == "gt" and out["class"] == "red" and out["replaced"] == [first]
