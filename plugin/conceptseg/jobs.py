@@ -31,7 +31,7 @@ FIELD_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
 def check_field_name(name: str, role: str = "output") -> None:
     """Raises FieldError unless ``name`` is a plain field name (letters, digits, underscores)."""
-    if not isinstance(name, str) or not FIELD_NAME.match(name):
+    if not isinstance(name, str) or not FIELD_NAME.fullmatch(name):
         raise FieldError(
             f"The {role} field name {name!r} is not allowed: use letters, digits and underscores, "
             "starting with a letter (e.g. 'predictions')."
@@ -271,6 +271,7 @@ def segment_by_demonstration(
     prompt_template: str | None = None,
     shards: int | None = None,
     batch_size: int = 1,
+    demonstrations_key: str | None = None,
 ) -> dict:
     """Learns the concept from ``demonstrations`` and writes masks on every target.
 
@@ -292,7 +293,9 @@ def segment_by_demonstration(
 
     With ``resume``, targets that already hold a label from this run are skipped, so an
     interrupted run finishes where it stopped; it must use the run's own settings. Labels
-    written by anything else are only replaced with ``overwrite``.
+    written by anything else are only replaced with ``overwrite``. ``demonstrations_key``
+    names the demonstrations where their sample ids change between attempts (a saved
+    concept's scratch dataset): a resume then checks that key instead of the ids.
 
     ``batch_size`` targets go through the route together (the reasoning route reads them in
     one policy call; the labels are the same as one at a time).
@@ -334,7 +337,7 @@ def segment_by_demonstration(
     settings = dict(mask_field=mask_field, classes=classes, route_requested=route, threshold=threshold,
                     model=model if isinstance(model, str) else None)
     if resume and run_key in dataset.list_runs():
-        _check_resume(dataset, run_key, demo_ids, settings)
+        _check_resume(dataset, run_key, demo_ids, settings, demonstrations_key)
 
     skipped = len(targets) - len(todo)  # before segmenting: the view is re-evaluated lazily
     demos, found = fio.read_demonstrations(demonstrations, mask_field, classes=classes, resize_masks=resize_masks)
@@ -354,6 +357,7 @@ def segment_by_demonstration(
         pred_field=pred_field,
         instances_field=inst_field,
         demonstration_ids=demo_ids,
+        demonstrations_key=demonstrations_key,
         negative_demonstrations=negatives,
         box_only_detections=found.box_only,
         route=choice.route.name,
@@ -413,13 +417,19 @@ def _image_samples(demonstrations, mask_field: str):
     return frames
 
 
-def _check_resume(dataset, run_key: str, demo_ids: list[str], settings: dict) -> None:
-    """Refuses to resume with other demonstrations or settings than the run was started with."""
+def _check_resume(dataset, run_key: str, demo_ids: list[str], settings: dict, key: str | None = None) -> None:
+    """Refuses to resume with other demonstrations (ids, or ``key`` where given) or settings than the run's."""
     config = dataset.get_run_info(run_key).config
-    if sorted(getattr(config, "demonstration_ids", None) or []) != sorted(demo_ids):
+    if key is not None or getattr(config, "demonstrations_key", None) is not None:
+        same = getattr(config, "demonstrations_key", None) == key
+    else:
+        same = sorted(getattr(config, "demonstration_ids", None) or []) == sorted(demo_ids)
+    if not same:
+        started = getattr(config, "demonstrations_key", None) or "other demonstrations"
         raise ConceptSegError(
-            f"Cannot resume run {run_key!r}: it was started with other demonstrations. "
-            "Select the same ones, or pass overwrite instead of resume to start over."
+            f"Cannot resume run {run_key!r}: it was started with {started}"
+            + (f", not {key}" if key else "") + ". Select the same ones, or pass overwrite instead of resume "
+            "to start over."
         )
     changed = [
         f"{name} {getattr(config, name, None)!r} (now {value!r})"
