@@ -83,8 +83,15 @@ def _with_record(exported, path, edit) -> str:
 
 
 def _library_entries(lib) -> list[str]:
-    """What the library directory holds, its lock file aside."""
-    return sorted(p for p in os.listdir(lib) if p != ".lock") if os.path.isdir(lib) else []
+    """What the library directory holds, lock files aside."""
+    if not os.path.isdir(lib):
+        return []
+    return sorted(p for p in os.listdir(lib) if not (p.startswith(".") and p.endswith(".lock")))
+
+
+def _record_path(lib, name: str):
+    """The concept.json a load of ``name`` reads: the newest one under its directory (whatever the layout)."""
+    return max((lib / name).rglob("concept.json"), key=lambda p: p.stat().st_mtime_ns)
 
 
 def _subprocess_env() -> dict:
@@ -348,7 +355,7 @@ def test_resume_refuses_a_concept_changed_since(saved, source, capsys):
     source.reload()  # the field was added by the other process
     before = source.values("applied.mask_path")
     _refused(capsys, ["concepts", "apply", "red_disc", "--dataset", source.name, "--pred-field", "applied",
-                      "--resume"], "Cannot resume", "started with concept red_disc sha256:", "pass overwrite")
+                      "--resume"], "Cannot resume", "pass overwrite")
     assert source.values("applied.mask_path") == before
     assert fo.list_datasets(glob_patt=SCRATCH) == []
 
@@ -414,7 +421,7 @@ def test_malformed_manifest_in_a_zip_is_one_sentence(exported, tmp_path, lib, ca
 
 @pytest.mark.parametrize("edit,message", MALFORMED)
 def test_malformed_manifest_in_the_library_is_one_sentence(saved, source, lib, capsys, edit, message):
-    path = lib / "red_disc" / "concept.json"
+    path = _record_path(lib, "red_disc")
     record = json.loads(path.read_text())
     changed = edit(record)
     path.write_text(json.dumps(record if changed is None else changed))
@@ -436,7 +443,7 @@ def test_classes_given_as_a_string_are_not_four_classes(exported, tmp_path):
 
 def test_one_corrupt_concept_json_names_itself_and_can_be_deleted(saved, source, lib, capsys):
     library.save("blue_square", source.match_tags("demo"), "gt", classes=["blue"], route="appearance")
-    (lib / "red_disc" / "concept.json").write_text('{"name": "red_disc", "demonstrations": [')
+    _record_path(lib, "red_disc").write_text('{"name": "red_disc", "demonstrations": [')
     capsys.readouterr()
     assert main(["concepts", "list"]) == 0
     out = capsys.readouterr()
@@ -471,21 +478,24 @@ def test_library_dir_pointing_at_a_file(source, tmp_path, monkeypatch, capsys, e
 
 
 # An import that, once its zip is validated, waits for the test's "go" (a barrier across processes,
-# without sleeps): the two installs then start at the same moment.
+# without sleeps): the installs then start at the same moment.
 _GATED_CLI = """
-import contextlib, sys
+import sys
 from conceptseg import library
-locked = library._library_lock
-@contextlib.contextmanager
-def gated():
+validate = library.validate_zip
+def gated(path):
+    out = validate(path)
     print("ready", flush=True)
     sys.stdin.readline()
-    with locked():
-        yield
-library._library_lock = gated
+    return out
+library.validate_zip = gated
 from conceptseg.cli import main
 sys.exit(main(sys.argv[1:]))
 """
+
+
+def _demos(files: dict[str, bytes]) -> dict[str, bytes]:
+    return {k: v for k, v in files.items() if k != "concept.json"}
 
 
 def test_concurrent_imports_with_overwrite_leave_one_whole_concept(saved, source, tmp_path, lib):
@@ -493,11 +503,12 @@ def test_concurrent_imports_with_overwrite_leave_one_whole_concept(saved, source
     library.save("red_disc", source.match_tags("demo"), "gt", classes=["blue"], route="appearance", overwrite=True)
     blue = library.export("red_disc", str(tmp_path / "blue.zip"))
     contents = {path: _zip_files(path) for path in (red, blue)}
-    for _ in range(3):
+    assert _demos(contents[red]) != _demos(contents[blue])  # blue's masks are other pixels
+    for _ in range(6):
         procs = [subprocess.Popen([sys.executable, "-c", _GATED_CLI, "concepts", "import", path, "--overwrite"],
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                   env=_subprocess_env())
-                 for path in (red, blue, red)]
+                 for path in (red, blue, red, blue)]
         for p in procs:  # every one validated its zip and stands before the install
             assert p.stdout.readline() == "ready\n", p.communicate()[1]
         for p in procs:
@@ -507,11 +518,10 @@ def test_concurrent_imports_with_overwrite_leave_one_whole_concept(saved, source
         for code, out, err in results:
             assert code == 0 and "Traceback" not in err, err
             assert out.startswith("imported 'red_disc'")
-        assert _library_entries(lib) == ["red_disc"]  # no half-moved or staging directory left
-        root = lib / "red_disc"
-        on_disk = {m: (root / m).read_bytes() for m in contents[red]}
-        assert on_disk in (contents[red], contents[blue])  # one snapshot, never a mix
-        assert library.load("red_disc")["classes"] in (["red"], ["blue"])
+        assert _library_entries(lib) == ["red_disc"]  # no half-moved or staging directory beside it
+        now = _zip_files(library.export("red_disc", str(tmp_path / "now.zip"), overwrite=True))
+        classes = library.load("red_disc")["classes"]
+        assert (classes, _demos(now)) in ((["red"], _demos(contents[red])), (["blue"], _demos(contents[blue])))
 
 
 # ---- names matched whole, BOMs kept out of the prompt ----------------------------------------
