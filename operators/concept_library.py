@@ -5,7 +5,7 @@ import fiftyone.operators.types as types
 
 from ._forms import class_choice, field_choice, progress_callback
 
-ROUTES = ("auto", "appearance", "prototype", "reasoning-fast", "reasoning")
+ROUTES = ("auto", "appearance", "object", "prototype", "reasoning-fast", "reasoning")
 DELEGATE_ABOVE = 200
 
 
@@ -35,7 +35,7 @@ class SaveConcept(foo.Operator):
         if value:
             from conceptseg.library import NAME, exists
 
-            if not NAME.match(value):
+            if not NAME.fullmatch(value):
                 name.invalid, name.error_message = True, "Use letters, digits, '_' and '-' only."
             elif exists(value) and not ctx.params.get("overwrite"):
                 name.invalid, name.error_message = True, f"{value!r} is saved already: tick overwrite or rename."

@@ -551,8 +551,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConceptSegError as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)  # one line, whatever the message holds
         return 2
-    except KeyboardInterrupt:
-        print(f"interrupted: {_AFTER_INTERRUPT.get(args.command, 'nothing more was written')}", file=sys.stderr)
+    except KeyboardInterrupt as e:  # one that carries a message (a concept apply's) says what was written
+        said = str(e) or _AFTER_INTERRUPT.get(args.command, "nothing more was written")
+        print(f"interrupted: {said}", file=sys.stderr)
         return 130
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 from conceptseg.cli import _emit_json
 
@@ -136,30 +137,36 @@ def cmd_concepts(args) -> int:
 
     action = args.concepts_command
     if action == "save":
-        from conceptseg.review import id_list
-
         dataset = _load(args.dataset)
+        warnings = []
         if args.ids:
-            demos = dataset.select(id_list(args.ids))
+            demos, warnings = library.select_demonstrations(dataset, args.ids)
         else:
             if args.demo_tag not in dataset.distinct("tags"):
                 raise library.LibraryError(f"No sample of {args.dataset!r} has the tag {args.demo_tag!r}.")
             demos = dataset.match_tags(args.demo_tag)
+        for warning in warnings:  # also kept in the concept's record
+            print(f"warning: {warning}", file=sys.stderr)
         record = library.save(args.name, demos, args.mask_field, classes=args.classes, route=args.route,
-                              model=args.model, overwrite=args.overwrite)
+                              model=args.model, threshold=args.threshold, overwrite=args.overwrite,
+                              warnings=warnings)
         v = record["verification"]
         print(f"saved {record['name']!r}: {len(record['demonstrations'])} demonstrations, route {record['route']}, "
               f"verification {'unavailable' if v is None else f'{v:.3f}'} -> {library.library_dir()}")
     elif action == "list":
-        concepts = library.list_concepts()
+        broken = {}
+        concepts = library.list_concepts(broken)
+        for name, why in broken.items():  # named, never hiding the others
+            print(f"broken: {name}: {' '.join(why.split())} (`conceptseg concepts delete {name}` removes it)",
+                  file=sys.stderr)
         if args.json:
-            _emit_json({"concepts": concepts})
+            _emit_json({"concepts": concepts, "broken": broken})
         else:
             for c in concepts:
                 v = c["verification"]
                 print(f"{c['name']:<24}{c['route'] or '':<12}{'n/a' if v is None else f'{v:.3f}':>7}  "
                       f"{c['demonstrations']} demos  {', '.join(c['classes'] or [])}  {c['date']}")
-            if not concepts:
+            if not concepts and not broken:
                 print(f"no saved concepts in {library.library_dir()}")
     elif action == "show":
         print(json.dumps(library.load(args.name), indent=1))
@@ -188,7 +195,7 @@ def cmd_concepts(args) -> int:
         library.delete(args.name)
         print(f"deleted {args.name!r}")
     elif action == "export":
-        print(library.export(args.name, args.out))
+        print(library.export(args.name, args.out, overwrite=args.overwrite))
     elif action == "import":
         record = library.import_zip(args.zip, overwrite=args.overwrite)
         print(f"imported {record['name']!r} into {library.library_dir()}")
@@ -208,8 +215,12 @@ def add_concept_commands(sub) -> None:
     which.add_argument("--ids", help="demonstration sample ids, comma-separated")
     s.add_argument("--mask-field", required=True)
     s.add_argument("--classes", help="class(es) of --mask-field that are the concept (A[,B])")
-    s.add_argument("--route", default="auto", choices=["auto", "appearance", "prototype", "reasoning-fast", "reasoning"])
+    s.add_argument("--route", default="auto",
+                   choices=["auto", "appearance", "object", "prototype", "reasoning-fast", "reasoning"],
+                   help="auto: the cheapest route that passes verification (as segment)")
     s.add_argument("--model", help="bundle directory, zoo name or Hugging Face id")
+    s.add_argument("--threshold", type=float, help="held-out IoU the route must reach (default: segment's, "
+                   "router.DEFAULT_THRESHOLD)")
     s.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     s = verbs.add_parser("list", help="the saved concepts")
     s.add_argument("--json", action="store_true", help='print {"concepts": [...]}')
@@ -234,6 +245,7 @@ def add_concept_commands(sub) -> None:
     s = verbs.add_parser("export", help="write a saved concept into a zip")
     s.add_argument("name", help="NAME (its current version) or NAME@N (version N)")
     s.add_argument("out", metavar="OUT.zip")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing file")
     s = verbs.add_parser("import", help="validate a concept zip and add it to the library")
     s.add_argument("zip", metavar="ZIP")
     s.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)

@@ -31,7 +31,7 @@ FIELD_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
 def check_field_name(name: str, role: str = "output") -> None:
     """Raises FieldError unless ``name`` is a plain field name (letters, digits, underscores)."""
-    if not isinstance(name, str) or not FIELD_NAME.match(name):
+    if not isinstance(name, str) or not FIELD_NAME.fullmatch(name):
         raise FieldError(
             f"The {role} field name {name!r} is not allowed: use letters, digits and underscores, "
             "starting with a letter (e.g. 'predictions')."

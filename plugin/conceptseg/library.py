@@ -15,18 +15,24 @@ reads everything from its directory, so a concurrent overwrite never mixes two v
 
 Nothing is pickled: applying a concept refits its route from these files, so a saved concept
 survives the deletion of its source dataset and a library update. An imported zip is fully
-validated (names inside the library, no links, bounded sizes, decodable images) in memory
-before a single file is written.
+validated (names inside the library, no links, bounded sizes, image sizes read from their
+headers before any decoding, decodable images, a well-formed manifest) in memory before a
+single file is written.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import contextlib
 import datetime
 import json
+import math
 import os
 import re
 import shutil
+import struct
+import tempfile
+import uuid
 import zipfile
 import zlib
 
@@ -37,7 +43,9 @@ from conceptseg import concept_store as store
 from conceptseg.errors import ConceptSegError
 
 FORMAT = 1
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")  # matched whole (fullmatch): "abc\n" is no name
+# A file a manifest names: relative, plain characters, no ".." (matched whole).
+MEMBER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*")
 MAX_FILES = 200
 MAX_FILE_BYTES = 64 * 2**20
 MAX_TOTAL_BYTES = 512 * 2**20
@@ -49,18 +57,36 @@ class LibraryError(ConceptSegError):
 
 
 def library_dir() -> str:
-    """The library's directory (``CONCEPTSEG_LIBRARY_DIR`` overrides the default)."""
+    """The library's directory (``CONCEPTSEG_LIBRARY_DIR`` overrides the default); LibraryError if it is a file."""
     override = os.environ.get("CONCEPTSEG_LIBRARY_DIR")
     if override:
-        return os.path.abspath(os.path.expanduser(override))
-    import fiftyone.constants as foc
+        path = os.path.abspath(os.path.expanduser(override))
+    else:
+        import fiftyone.constants as foc
 
-    return os.path.join(foc.FIFTYONE_CONFIG_DIR, "conceptseg", "concepts")
+        path = os.path.join(foc.FIFTYONE_CONFIG_DIR, "conceptseg", "concepts")
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise LibraryError(
+            f"The concept library {path} is a file, not a directory: point CONCEPTSEG_LIBRARY_DIR at a "
+            "directory (or unset it for the default)."
+        )
+    return path
+
+
+def _ensure_library_dir() -> str:
+    """The library's directory, created if needed (LibraryError where it cannot be)."""
+    root = library_dir()
+    try:
+        os.makedirs(root, exist_ok=True)
+    except OSError as e:
+        raise LibraryError(f"Cannot create the concept library {root} ({e.strerror or e}): point "
+                           "CONCEPTSEG_LIBRARY_DIR at a writable directory.") from None
+    return root
 
 
 def check_name(name: str) -> str:
     """Raises LibraryError unless ``name`` is a plain concept name (no path characters)."""
-    if not isinstance(name, str) or not NAME.match(name):
+    if not isinstance(name, str) or not NAME.fullmatch(name):
         raise LibraryError(
             f"The concept name {name!r} is not allowed: use letters, digits, '_' and '-' (at most 64, "
             "starting with a letter or digit), e.g. 'red_disc'."
@@ -130,41 +156,81 @@ def resolve(ref: str) -> Snapshot:
             raise LibraryError(f"Concept {name!r} is damaged: its current version {number} is missing (versions "
                                f"there: {known}); apply one of those, or delete it and save it again.")
         raise LibraryError(f"Concept {name!r} has no version {version}; its versions: {known}.")
+    record_path = os.path.join(root, store.RECORD)
     try:
-        with open(os.path.join(root, store.RECORD)) as f:
-            record = json.load(f)
+        with open(record_path, "rb") as f:
+            data = f.read()
     except (FileNotFoundError, NotADirectoryError):
         raise LibraryError(f"Concept {name!r} version {number} is missing from {path} (deleted while being "
                            "read, or damaged).") from None
+    except OSError as e:
+        raise LibraryError(f"Cannot read {record_path} ({e.strerror or e}).") from None
+    record = _parse_manifest(data, f"Concept {name!r} is damaged: {record_path}")
     record["version"] = number  # the directory says which version this is, whatever a zip said
     return Snapshot(name, number, root, record)
 
 
+def _missing(name: str) -> LibraryError:
+    saved = ", ".join(c["name"] for c in list_concepts()) or "none"
+    return LibraryError(f"No saved concept {name!r} in {library_dir()}; saved concepts: {saved}.")
+
+
+def _parse_manifest(data: bytes, where: str) -> dict:
+    """concept.json's bytes as a checked record (a UTF-8 BOM is allowed); LibraryError naming ``where``."""
+    try:
+        record = json.loads(data.decode("utf-8-sig"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise LibraryError(f"{where} is not valid JSON ({e}).") from None
+    try:
+        return validate_manifest(record)
+    except LibraryError as e:
+        raise LibraryError(f"{where} is not a concept record: {e}") from None
+
+
 def load(name: str) -> dict:
-    """The record (concept.json) of ``name`` (its current version) or ``name@N``; LibraryError if absent."""
+    """The record (concept.json) of ``name`` (its current version) or ``name@N``; LibraryError if absent or damaged."""
     return resolve(name).record
 
 
-def list_concepts() -> list[dict]:
-    """Every saved concept's summary (name, version, classes, route, verification, date, demonstrations)."""
+def list_concepts(broken: dict | None = None) -> list[dict]:
+    """Every saved concept's summary (name, version, classes, route, verification, date, demonstrations).
+
+    A concept whose record is damaged is left out; with ``broken`` (a dict) it is named there
+    with the reason, so one bad concept.json never hides the others.
+    """
     root = library_dir()
     if not os.path.isdir(root):
         return []
+    try:
+        names = sorted(os.listdir(root))
+    except OSError as e:
+        raise LibraryError(f"Cannot read the concept library {root} ({e.strerror or e}).") from None
     out = []
-    for name in sorted(os.listdir(root)):
-        if NAME.match(name) and _stored(os.path.join(root, name)):
-            record = load(name)
+    for name in names:
+        if NAME.fullmatch(name) and _stored(os.path.join(root, name)):
+            try:
+                record = load(name)
+            except LibraryError as e:
+                if broken is not None:
+                    broken[name] = str(e)
+                continue
             out.append({k: record.get(k) for k in ("name", "version", "classes", "route", "verification", "verified")}
                        | {"demonstrations": len(record["demonstrations"]), "date": record["provenance"]["date"]})
     return out
 
 
 def delete(name: str) -> None:
-    """Removes a saved concept, every version of it."""
-    load(name)
+    """Removes a saved concept, every version of it, a damaged one included."""
     path = _path(name)
+    if not os.path.isdir(path):
+        raise _missing(name)
     with store.writing(path):
-        store.remove(path)
+        if not os.path.isdir(path):
+            raise _missing(name)  # removed meanwhile
+        try:
+            store.remove(path)
+        except OSError as e:
+            raise LibraryError(f"Cannot remove {path} ({e.strerror or e}).") from None
 
 
 def _new_version(name: str, fill, overwrite: bool = False, base: int | None = None) -> int:
@@ -200,6 +266,100 @@ def _new_version(name: str, fill, overwrite: bool = False, base: int | None = No
     return version
 
 
+def _text(value, what: str, optional: bool = True) -> str | None:
+    """A string of the manifest, a stray UTF-8 BOM removed (it must not reach a prompt)."""
+    if value is None and optional:
+        return None
+    if not isinstance(value, str):
+        raise LibraryError(f"{what} must be a string, got {type(value).__name__} {value!r:.60}.")
+    return value.replace("\ufeff", "")
+
+
+def _class_names(value, what: str) -> list[str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list):  # "disc" is one class name, not four
+        raise LibraryError(f"{what} must be a list of class names, got {type(value).__name__} {value!r:.60}.")
+    names = [_text(c, f"each of {what}", optional=False).strip() for c in value]
+    if not all(names):
+        raise LibraryError(f"{what} holds an empty class name.")
+    return names
+
+
+def _number(value, what: str, optional: bool, low: float | None = None, high: float | None = None):
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise LibraryError(f"{what} must be a number, got {value!r:.60}.")
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise LibraryError(f"{what} must be in [{low}, {high}], got {value!r}.")
+    return value
+
+
+def _member(value, what: str) -> str:
+    if not isinstance(value, str) or not MEMBER.fullmatch(value) or ".." in value.split("/"):
+        raise LibraryError(f"{what} must be a relative file name such as 'demos/000.png', got {value!r:.80}.")
+    return value
+
+
+def _mapping(record: dict, key: str) -> dict:
+    value = record.get(key)
+    if not isinstance(value, dict):
+        raise LibraryError(f"{key!r} must be an object, got {value!r:.60}.")
+    return value
+
+
+def validate_manifest(record) -> dict:
+    """Checks a concept record (concept.json) field by field; returns it with its strings cleaned.
+
+    Raises LibraryError, one sentence naming the first bad field: a damaged or hand-edited
+    record is refused where it is read, never half-used.
+    """
+    if not isinstance(record, dict):
+        raise LibraryError(f"the record must be a JSON object, got {type(record).__name__}.")
+    record = dict(record)
+    version = record.get("format", FORMAT)
+    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= FORMAT:
+        raise LibraryError(f"'format' is {version!r}; this version reads concept format {FORMAT} "
+                           "(a newer conceptseg wrote it?).")
+    check_name(record.get("name"))
+    demos = record.get("demonstrations")
+    if not isinstance(demos, list) or not demos:
+        raise LibraryError(f"'demonstrations' must be a non-empty list of {{image, mask}} entries, got {demos!r:.60}.")
+    entries = []
+    for i, entry in enumerate(demos):
+        if not isinstance(entry, dict):
+            raise LibraryError(f"demonstration {i} must be an object with 'image' and 'mask', got {entry!r:.60}.")
+        entry = dict(entry, image=_member(entry.get("image"), f"demonstration {i}'s 'image'"),
+                     mask=_member(entry.get("mask"), f"demonstration {i}'s 'mask'"))
+        if not isinstance(entry.get("negative", False), bool):
+            raise LibraryError(f"demonstration {i}'s 'negative' must be true or false.")
+        entries.append(entry)
+    record["demonstrations"] = entries
+    settings = dict(_mapping(record, "settings"))
+    settings["route"] = _text(settings.get("route"), "'settings.route'", optional=False)
+    if "threshold" not in settings:
+        raise LibraryError("'settings.threshold' is missing (the held-out IoU the route must reach).")
+    settings["threshold"] = _number(settings["threshold"], "'settings.threshold'", False, 0.0, 1.0)
+    for key in ("model", "mask_field"):
+        settings[key] = _text(settings.get(key), f"'settings.{key}'")
+    settings["classes"] = _class_names(settings.get("classes"), "'settings.classes'")
+    record["settings"] = settings
+    record["classes"] = _class_names(record.get("classes"), "'classes'")
+    for key in ("concept", "route", "rule", "reason"):
+        record[key] = _text(record.get(key), f"{key!r}")
+    record["verification"] = _number(record.get("verification"), "'verification'", True)
+    if not isinstance(record.get("verified"), (bool, type(None))):
+        raise LibraryError(f"'verified' must be true or false, got {record.get('verified')!r:.60}.")
+    provenance = dict(_mapping(record, "provenance"))
+    provenance["date"] = _text(provenance.get("date"), "'provenance.date'", optional=False)
+    record["provenance"] = provenance
+    warnings = record.get("warnings", [])
+    if not isinstance(warnings, list) or not all(isinstance(w, str) for w in warnings):
+        raise LibraryError("'warnings' must be a list of strings.")
+    return record
+
+
 def _versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -217,19 +377,50 @@ def _write_png(path: str, pixels: np.ndarray) -> None:
         raise LibraryError(f"Could not write {path}; check that the library directory is writable.")
 
 
+def select_demonstrations(dataset, ids) -> tuple[object, list[str]]:
+    """(the samples of ``dataset`` with these ids, warnings): ids that are no sample are named, not dropped.
+
+    LibraryError when an id is not an id at all, or when none is a sample of the dataset.
+    """
+    from bson import ObjectId
+
+    from conceptseg.review import id_list
+
+    ids = id_list(ids)
+    malformed = [i for i in ids if not ObjectId.is_valid(i)]
+    if malformed:
+        raise LibraryError(f"{', '.join(repr(i) for i in malformed[:5])} is not a sample id (24 hexadecimal "
+                           "digits, as `dataset.values('id')` gives them).")
+    view = dataset.select(ids)
+    found = set(view.values("id"))
+    unknown = [i for i in ids if i not in found]
+    if not found:
+        raise LibraryError(f"None of the {len(ids)} id(s) given is a sample of {dataset.name!r}: nothing to save.")
+    warnings = []
+    if unknown:
+        warnings.append(f"{len(unknown)} of the {len(ids)} id(s) given are not samples of {dataset.name!r} and were "
+                        f"left out: {', '.join(unknown[:10])}{' ...' if len(unknown) > 10 else ''}.")
+    return view, warnings
+
+
 def save(name: str, demonstrations, mask_field: str, classes: list[str] | None = None, route: str = "auto",
-         model: str | None = None, threshold: float = 0.5, overwrite: bool = False) -> dict:
+         model: str | None = None, threshold: float | None = None, overwrite: bool = False,
+         warnings: list[str] | None = None) -> dict:
     """Saves the concept the ``demonstrations`` (a FiftyOne view) show in ``mask_field``; returns its record.
 
-    The route is chosen and verified now (as a run would), so the record holds its rule and
-    verification. Images are copied as 8-bit PNGs, masks as the concept's 0/255 pixels.
+    The route is chosen and verified now (as a run would, at ``segment``'s threshold unless
+    given), so the record holds its rule and verification. Images are copied as 8-bit PNGs,
+    masks as the concept's 0/255 pixels. ``warnings`` (e.g. ids left out) are kept in the record.
     """
     from conceptseg import fiftyone_io as fio
-    from conceptseg.imaging import to_uint8
     from conceptseg.jobs import _class_list, _load_model
-    from conceptseg.router import make_router
+    from conceptseg.router import DEFAULT_THRESHOLD, make_router
 
     check_name(name)
+    threshold = DEFAULT_THRESHOLD if threshold is None else threshold
+    if isinstance(classes, str):
+        classes = classes.split(",")
+    classes = [str(c).replace("\ufeff", "") for c in classes] if classes else classes
     if exists(name) and not overwrite:
         raise LibraryError(f"A concept named {name!r} is saved already; pass --overwrite to replace it.")
     if model is not None and not isinstance(model, str):
@@ -247,6 +438,7 @@ def save(name: str, demonstrations, mask_field: str, classes: list[str] | None =
                      "classes": classes, "label_type": _label_type(demonstrations, mask_field)},
         "route": choice.route.name, "rule": choice.route.rule(), "verification": choice.verification,
         "verified": choice.verified, "reason": choice.reason, "demonstrations": [],
+        "warnings": list(warnings or []),
         "provenance": {"dataset": demonstrations._dataset.name, "sample_ids": ids,
                        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                        "versions": _versions()},
@@ -296,7 +488,7 @@ def _write_record(directory: str, record: dict) -> None:
         json.dump(record, f, indent=1)
 
 
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # matched whole
 
 
 def _check_model(record: dict):
@@ -306,7 +498,7 @@ def _check_model(record: dict):
         return None
     from conceptseg.zoo import ZOO
 
-    if model in ZOO or os.path.isdir(model) or HUB_ID.match(model):
+    if model in ZOO or os.path.isdir(model) or HUB_ID.fullmatch(model):
         return model
     raise LibraryError(
         f"Concept {record['name']!r} was saved with the model bundle {model!r}, which is missing: restore "
@@ -314,15 +506,99 @@ def _check_model(record: dict):
     )
 
 
+SCRATCH_PREFIX = "conceptseg-scratch-"  # the datasets an apply holds its demonstrations in, while it runs
+_SCRATCH_INFO = "conceptseg_scratch"  # dataset.info key: the applying process (as a field lock's holder)
+
+
+class ApplyInterrupted(KeyboardInterrupt):
+    """Ctrl-C during an apply; its message says what was written and how to finish (the CLI prints it)."""
+
+
+def remove_stale_scratch() -> list[str]:
+    """Deletes the scratch datasets of applies killed outright (their process is gone); returns their names.
+
+    A scratch dataset names its process in ``info`` as a field lock does (:mod:`conceptseg.locks`):
+    one of another host is kept, as its process cannot be checked from here.
+    """
+    import fiftyone as fo
+
+    from conceptseg.locks import is_stale
+
+    removed = []
+    for scratch_name in fo.list_datasets(glob_patt=SCRATCH_PREFIX + "*"):
+        try:
+            scratch = fo.load_dataset(scratch_name)
+            holder = scratch.info.get(_SCRATCH_INFO)
+            if holder is None:  # killed between its creation and its info: judged by its age
+                age = datetime.datetime.utcnow() - (scratch.created_at or datetime.datetime.min)
+                if age.total_seconds() < 3600:
+                    continue
+            elif not is_stale(holder):
+                continue
+            scratch.delete()
+            removed.append(scratch_name)
+        except ValueError:  # deleted meanwhile by its own apply or another cleanup
+            continue
+    return removed
+
+
+def _scratch_dataset(name: str):
+    """A new, non-persistent dataset for the demonstrations of an apply of ``name``, named for its process."""
+    import fiftyone as fo
+
+    from conceptseg.locks import _holder
+
+    remove_stale_scratch()
+    scratch = fo.Dataset(f"{SCRATCH_PREFIX}{name}-{uuid.uuid4().hex[:8]}")
+    scratch.info = {_SCRATCH_INFO: _holder()}
+    scratch.save()
+    return scratch
+
+
+def _label_view(targets):
+    """Where ``targets``' prediction labels are: the frames of a video collection, else the samples."""
+    if getattr(targets, "media_type", None) == "video" and not targets._is_frames:
+        return targets.to_frames(sample_frames="dynamic")
+    return targets
+
+
+def _interrupted(name: str, targets, pred_field: str, resume: bool, started: datetime.datetime) -> ApplyInterrupted:
+    """What an interrupted apply wrote, in words (its labels get ``concept_name`` as a finished apply's do)."""
+    from fiftyone import ViewField as F
+
+    from conceptseg.runs import keys_for_field
+
+    dataset, count = targets._root_dataset, 0
+    keys = keys_for_field(dataset, pred_field)
+    if keys:
+        info = dataset.get_run_info(keys[0])
+        run_id = getattr(info.config, "run_id", None)
+        if run_id and (resume or (info.timestamp and info.timestamp >= started)):  # this run's, not an older one's
+            view = _label_view(targets)
+            if pred_field in view.get_field_schema():
+                written = view.match(F(f"{pred_field}.run_id") == run_id)
+                count = len(written)
+                if count:
+                    written.set_values(f"{pred_field}.concept_name", [name] * count)
+    if not count:
+        return ApplyInterrupted(f"nothing was written into {pred_field!r}; run the same command again")
+    return ApplyInterrupted(
+        f"{count} target(s) hold labels of concept {name!r} in {pred_field!r} (kept); run the same command "
+        "with --resume to finish")
+
+
 def apply(name: str, targets, pred_field: str, overwrite: bool = False, resume: bool = False,
           progress=None) -> dict:
     """Segments ``targets`` with the saved concept ``name`` (or ``name@N``): its route refitted on its demonstrations.
 
     Runs :func:`conceptseg.jobs.segment_by_demonstration` with the stored images and masks
-    (through a temporary dataset), so the masks are those of a run on ``targets``' dataset
-    with the same demonstrations. The version is resolved once and every file is read from
-    it. Labels carry ``concept_name`` and ``concept_version``; the run records them (its
-    ``concept_source``), so its targets can be reviewed and accepted there.
+    (through a scratch dataset, deleted after; one left by a killed apply is deleted by the
+    next), so the masks are those of a run on ``targets``' dataset with the same
+    demonstrations. The version is resolved once and every file is read from it. Labels
+    carry ``concept_name`` and ``concept_version``; the run records them (its
+    ``concept_source``), so its targets can be reviewed and accepted there, and a resume
+    checks that it is the same version. Ctrl-C raises :class:`ApplyInterrupted`, saying how
+    many targets were labelled.
     """
     from conceptseg import jobs
 
@@ -330,6 +606,7 @@ def apply(name: str, targets, pred_field: str, overwrite: bool = False, resume: 
     record = snapshot.record
     model = _check_model(record)
     settings = record["settings"]
+    started = datetime.datetime.utcnow() - datetime.timedelta(seconds=1)
     scratch = scratch_demonstrations(snapshot)
     try:
         concept = ", ".join(record.get("classes") or []) or snapshot.name
@@ -338,6 +615,10 @@ def apply(name: str, targets, pred_field: str, overwrite: bool = False, resume: 
             concept=concept, overwrite=overwrite, resume=resume, model=model, progress=progress,
             source=concept_source(snapshot),
         )
+    except ApplyInterrupted:
+        raise
+    except KeyboardInterrupt:
+        raise _interrupted(snapshot.name, targets, pred_field, resume, started) from None
     finally:
         scratch.delete()
     name_labels(targets, summary, snapshot.name, snapshot.version)
@@ -375,7 +656,7 @@ def scratch_demonstrations(snapshot: Snapshot, extra=()):
         samples.append(fo.Sample(filepath=image, mask=fo.Segmentation(mask=(pixels > 0).astype(np.uint8))))
     for filepath, mask in extra:
         samples.append(fo.Sample(filepath=filepath, mask=fo.Segmentation(mask=np.asarray(mask).astype(np.uint8))))
-    scratch = fo.Dataset()  # not persistent: gone with the process at the latest
+    scratch = _scratch_dataset(snapshot.name)  # not persistent; one a killed apply left is removed by the next
     try:
         scratch.add_samples(samples)
     except BaseException:
@@ -388,7 +669,7 @@ def name_labels(targets, summary: dict, name: str, version: int) -> None:
     """Writes ``concept_name`` and ``concept_version`` on the labels the run of ``summary`` wrote."""
     from fiftyone import ViewField as F
 
-    written = targets.match(F(f"{summary['pred_field']}.run_key") == summary["run_key"])
+    written = _label_view(targets).match(F(f"{summary['pred_field']}.run_key") == summary["run_key"])
     count = len(written)
     for field in (summary["pred_field"], summary.get("instances_field")):
         if field:
@@ -484,16 +765,67 @@ def read_demonstrations(snapshot: Snapshot) -> list:
 # ---- zip export and import --------------------------------------------------------------
 
 
-def export(name: str, out_zip: str) -> str:
-    """Writes the concept's current version (or ``name@N``) into ``out_zip`` (files at its root); returns its path."""
+def _umask() -> int:
+    """The process's umask, read without setting it (os.umask would change it for every thread meanwhile)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
+
+
+def _export_target(out_zip: str, overwrite: bool) -> str:
+    """The absolute path to write an export to; LibraryError for a directory, a missing parent or an existing file."""
+    out = os.path.abspath(os.path.expanduser(out_zip))
+    if os.path.isdir(out):
+        raise LibraryError(f"{out_zip} is a directory: give the zip's file name, e.g. "
+                           f"{os.path.join(out_zip, 'concept.zip')}.")
+    parent = os.path.dirname(out)
+    if not os.path.isdir(parent):
+        raise LibraryError(f"The directory {parent} does not exist: create it first, or export elsewhere.")
+    if os.path.lexists(out) and not overwrite:
+        raise LibraryError(f"{out_zip} exists already: pass --overwrite to replace it, or choose another file name.")
+    return out
+
+
+def export(name: str, out_zip: str, overwrite: bool = False) -> str:
+    """Writes the concept's current version (or ``name@N``) into ``out_zip`` (files at its root); returns its path.
+
+    An existing file is replaced only with ``overwrite``. The zip is written under a temporary
+    name beside it and renamed when whole, so an interrupted export leaves no partial zip.
+    """
     snapshot = resolve(name)
     record, root = snapshot.record, snapshot.root
-    with zipfile.ZipFile(out_zip, "w", zipfile.ZIP_DEFLATED) as z:
-        z.write(os.path.join(root, "concept.json"), "concept.json")
-        for entry in record["demonstrations"]:
-            for key in ("image", "mask"):
-                z.write(os.path.join(root, entry[key]), entry[key])
-    return os.path.abspath(out_zip)
+    out = _export_target(out_zip, overwrite)
+    members = ["concept.json"] + [entry[key] for entry in record["demonstrations"] for key in ("image", "mask")]
+    missing = [m for m in members if not os.path.isfile(os.path.join(root, m))]
+    if missing:
+        raise LibraryError(f"Concept {name!r} is damaged: {', '.join(missing[:5])} missing in {root}.")
+    try:
+        fd, partial = tempfile.mkstemp(prefix=f".{os.path.basename(out)}.", suffix=".partial",
+                                       dir=os.path.dirname(out))
+    except OSError as e:
+        raise LibraryError(f"Cannot write into {os.path.dirname(out)} ({e.strerror or e}).") from None
+    try:
+        with os.fdopen(fd, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as z:
+            for member in dict.fromkeys(members):
+                z.write(os.path.join(root, member), member)
+        os.chmod(partial, 0o666 & ~_umask())  # as a plainly created file (mkstemp's are private)
+        if os.path.isdir(out):  # became one meanwhile: never renamed onto
+            raise LibraryError(f"{out_zip} is a directory: give the zip's file name.")
+        os.replace(partial, out)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.unlink(partial)
+        raise LibraryError(f"Cannot write {out} ({e.strerror or e}).") from None
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(partial)
+        raise
+    return out
 
 
 def _safe_member(info: zipfile.ZipInfo) -> str:
@@ -510,12 +842,57 @@ def _safe_member(info: zipfile.ZipInfo) -> str:
     return name
 
 
+_PNG = b"\x89PNG\r\n\x1a\n"
+# JPEG start-of-frame markers (they hold the size): C0-CF but DHT (C4), JPG (C8) and DAC (CC).
+_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) of a PNG or JPEG from its header, without decoding; None for anything else."""
+    if data[:8] == _PNG:
+        if len(data) >= 24 and data[12:16] == b"IHDR":
+            return struct.unpack(">II", data[16:24])
+        return None
+    if data[:2] != b"\xff\xd8":
+        return None
+    i = 2
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
+            i += 2
+            continue
+        if marker in (0xD9, 0xDA):  # the image ends or its data starts before any frame header
+            return None
+        length = int.from_bytes(data[i + 2:i + 4], "big")
+        if marker in _SOF:
+            if length < 7 or i + 9 > len(data):
+                return None
+            height, width = struct.unpack(">HH", data[i + 5:i + 9])
+            return width, height
+        if length < 2:
+            return None
+        i += 2 + length
+    return None
+
+
 def _decode(name: str, data: bytes, flags: int) -> np.ndarray:
-    pixels = cv2.imdecode(np.frombuffer(data, np.uint8), flags) if data else None
-    if pixels is None:
+    """Decodes a PNG/JPEG of the zip once its header says a size within MAX_PIXELS (checked first: no
+    allocation for a few-kilobyte file claiming 32000x32000)."""
+    size = header_size(data)
+    if size is None:
         raise LibraryError(f"{name} in the zip is not a readable PNG/JPEG image (truncated or not an image).")
-    if pixels.shape[0] * pixels.shape[1] > MAX_PIXELS:
-        raise LibraryError(f"{name} in the zip is {pixels.shape[1]}x{pixels.shape[0]}: too large.")
+    width, height = size
+    if width * height > MAX_PIXELS:
+        raise LibraryError(f"{name} in the zip is {width}x{height} (its header says): too large, at most "
+                           f"{MAX_PIXELS} pixels.")
+    pixels = cv2.imdecode(np.frombuffer(data, np.uint8), flags) if width and height else None
+    if pixels is None or pixels.shape[:2] != (height, width):
+        raise LibraryError(f"{name} in the zip is not a readable PNG/JPEG image (truncated or not an image).")
     return pixels
 
 
@@ -540,20 +917,12 @@ def validate_zip(path: str) -> tuple[dict, dict[str, bytes]]:
                 raise LibraryError(f"{name} in the zip is damaged ({e}).") from None
     if "concept.json" not in files:
         raise LibraryError("The zip has no concept.json at its root: it is not an exported concept.")
-    try:
-        record = json.loads(files["concept.json"])
-        check_name(record["name"])
-        entries = record["demonstrations"]
-        record["settings"]["route"], record["provenance"]["date"]
-    except (ValueError, KeyError, TypeError) as e:
-        raise LibraryError(f"concept.json in the zip is not a concept record ({e}).") from None
+    record = _parse_manifest(files["concept.json"], "concept.json in the zip")
     expected = {"concept.json"}
-    if not entries:
-        raise LibraryError("concept.json lists no demonstrations.")
-    for entry in entries:
-        image, mask = entry.get("image"), entry.get("mask")
+    for entry in record["demonstrations"]:
+        image, mask = entry["image"], entry["mask"]
         for member in (image, mask):
-            if not isinstance(member, str) or member not in files:
+            if member not in files:
                 raise LibraryError(f"concept.json names {member!r}, which the zip does not hold.")
         size = _decode(image, files[image], cv2.IMREAD_COLOR).shape[:2]
         if _decode(mask, files[mask], cv2.IMREAD_GRAYSCALE).shape[:2] != size:
