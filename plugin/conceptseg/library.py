@@ -242,7 +242,7 @@ def _new_version(name: str, fill, overwrite: bool = False, base: int | None = No
     Earlier versions stay as they are (``NAME@N``).
     """
     path = _path(name)
-    os.makedirs(library_dir(), exist_ok=True)
+    _ensure_library_dir()
     with store.writing(path):
         try:
             latest = store.current(path)
