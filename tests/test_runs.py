@@ -40,7 +40,7 @@ class TestRunRecord:
         targets = nuclei_dataset.load_saved_view("nuclei").match_tags("demo", bool=False)
         view = nuclei_dataset.load_run_view("conceptseg_pred")
         assert sorted(view.values("id")) == sorted(targets.values("id"))  # 13: demonstrations excluded
-        assert nuclei_dataset.get_run_info("conceptseg_pred").config.output_dir.endswith(os.path.join("conceptseg", nuclei_dataset.name, "pred"))
+        assert nuclei_dataset.get_run_info("conceptseg_pred").config.output_dir.endswith(os.path.join("conceptseg", nuclei_dataset.name, "predicted-masks", "pred"))
 
     def test_label_attributes_are_declared_for_the_sidebar(self, nuclei_dataset):
         _segment(nuclei_dataset)

@@ -350,8 +350,12 @@ def cmd_delete_run(args) -> int:
     report = delete_run(_load(args.dataset), args.pred_field)
     if args.json:
         return _emit_json(report)
-    print(f"deleted run(s) {', '.join(report['run_keys'])}: fields {', '.join(report['fields']) or 'none'}, "
-          f"{report['files']} mask file(s)")
+    labels = report.get("labels", {}).get(args.pred_field, 0)  # its instances field holds as many
+    what = (f"deleted run(s) {', '.join(report['run_keys'])}" if report["run_keys"]
+            else f"removed labels a deleted run left in {args.pred_field!r}")
+    kept = "".join(f"; kept {f!r} ({n} label(s) the run did not write)" for f, n in report.get("kept", {}).items())
+    print(f"{what}: {labels} label(s), fields {', '.join(report['fields']) or 'none'}, "
+          f"{report['files']} mask file(s){kept}")
     return 0
 
 
@@ -362,7 +366,8 @@ def _add_run_commands(sub) -> None:
     p.add_argument("--json", action="store_true", help="print the runs as one JSON list")
     p.set_defaults(func=cmd_runs)
 
-    p = sub.add_parser("delete-run", help="delete a segmentation run: its record, fields and mask files")
+    p = sub.add_parser("delete-run",
+                       help="delete a segmentation run: its record, the labels it wrote and their mask files")
     p.add_argument("--dataset", required=True)
     p.add_argument("--pred-field", required=True, help="the run's prediction field")
     p.add_argument("--json", action="store_true", help="print what was deleted as JSON")

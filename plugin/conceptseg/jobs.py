@@ -49,8 +49,10 @@ def instances_field_for(pred_field: str) -> str:
 
 
 def default_output_dir(dataset: fo.Dataset, pred_field: str) -> str:
-    """Where mask PNGs go unless the caller says otherwise."""
-    return os.path.join(fo.config.default_dataset_dir, "conceptseg", dataset.name, pred_field)
+    """Where mask PNGs go unless the caller says otherwise: a folder of predictions only (:mod:`conceptseg.outputs`)."""
+    from conceptseg.outputs import PREDICTIONS, mask_dir
+
+    return mask_dir(dataset.name, PREDICTIONS, pred_field)
 
 
 def refuse_mask_field(fields, mask_field: str | None) -> None:

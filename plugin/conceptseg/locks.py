@@ -137,6 +137,12 @@ def acquire(dataset_name: str, field: str, what: str, run: dict | None = None) -
     return token
 
 
+def holder(dataset_name: str, field: str) -> dict | None:
+    """The lock document of ``field`` while its holder is not known to be gone, else None."""
+    held = _collection().find_one({"_id": lock_id(dataset_name, field)})
+    return None if held is None or is_stale(held) else held
+
+
 def hand_to_run(dataset_name: str, field: str, run: dict) -> str:
     """Hands the lock this thread holds on ``field`` to a sharded run (taken for it if not held); returns its token."""
     key = lock_id(dataset_name, field)

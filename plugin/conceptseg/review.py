@@ -252,7 +252,10 @@ def truth_class(dataset, config) -> tuple[type, str, object]:
 
 
 def _truth_dir(dataset, field: str) -> str:
-    return os.path.join(fo.config.default_dataset_dir, "conceptseg", dataset.name, f"{field}_reviewed")
+    """Ground truth's own folder: no prediction field reaches it (see :mod:`conceptseg.outputs`)."""
+    from conceptseg.outputs import REVIEWED, mask_dir
+
+    return mask_dir(dataset.name, REVIEWED, field)
 
 
 def _mask_file_missing(label) -> bool:

@@ -2,20 +2,26 @@
 
 A run is found by its prediction field, not by its key, so a run renamed with
 ``dataset.rename_run`` is still found (and resumed: every run carries a ``run_id`` in its
-record and on its labels). Deleting a run removes its record, its prediction fields, the
-conceptseg evaluations of those fields, and the mask files its labels point to under its
-output directory; nothing else, and never a file another field's labels use.
+record and on its labels). Deleting a run removes its record, the labels it wrote (on
+samples and video frames; a field goes only when nothing else is left in it), the conceptseg
+evaluations of its fields, and the mask files its labels point to under its output
+directory; nothing else, never a file a label of any dataset still uses, and never while a
+live process writes the field.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import uuid
+from typing import Iterator
 
 import fiftyone as fo
 
+from conceptseg import locks
 from conceptseg.errors import ConceptSegError
+from conceptseg.locks import FieldLockedError
 
 SEGMENT_METHODS = ("conceptseg.segment_by_demonstration", "conceptseg.segment_by_query")
 EVALUATE_METHOD = "conceptseg.evaluate"
@@ -127,67 +133,315 @@ def _under(path: str, directory: str) -> bool:
     return os.path.commonpath([path, directory]) == directory
 
 
-def _mask_paths(dataset: fo.Dataset, field: str) -> set[str]:
-    """Mask files the labels of ``field`` point to (Segmentation, Detection(s))."""
-    doc_type = getattr(dataset.get_field_schema().get(field), "document_type", None)
-    if doc_type is fo.Segmentation or doc_type is fo.Detection:
-        paths = dataset.values(f"{field}.mask_path")
-    elif doc_type is fo.Detections:
-        paths = dataset.values(f"{field}.detections.mask_path", unwind=True)
-    else:
-        return set()
-    return {p for p in paths if p}
-
-
 def _evaluations_of(dataset: fo.Dataset, fields: list[str]) -> list[str]:
     return [key for key in dataset.list_runs()
             if getattr(dataset.get_run_info(key).config, "method", None) == EVALUATE_METHOD
             and dataset.get_run_info(key).config.pred_field in fields]
 
 
-def delete_run(dataset: fo.Dataset, pred_field: str) -> dict:
-    """Deletes the run(s) that wrote ``pred_field``: record, fields, its evaluations, its mask files.
+# --- which files labels point at, in every dataset of the database -------------------------
 
-    Returns what went: run keys, fields, evaluation keys, and the number of files deleted.
+FILE_LEAVES = ("mask_path", "map_path")  # Segmentation, Detection: mask_path; Heatmap: map_path
+_BY_TYPE = {"Segmentation": "mask_path", "Detection": "mask_path", "Heatmap": "map_path",
+            "Detections": "detections.mask_path"}
+_CHUNK = 5000  # file paths per query
+
+
+def _file_paths_in_schema(fields, prefix: str = ""):
+    """Document paths of the file references (mask_path, map_path) a stored schema declares, at any depth."""
+    for field in fields or []:
+        name = field.get("db_field") or field.get("name")
+        if not name:
+            continue
+        path = prefix + name
+        leaf = _BY_TYPE.get((field.get("embedded_doc_type") or "").rsplit(".", 1)[-1])
+        if leaf:
+            yield f"{path}.{leaf}"
+        for sub in field.get("fields") or []:
+            if (sub.get("db_field") or sub.get("name")) in FILE_LEAVES:
+                yield f"{path}.{sub.get('db_field') or sub.get('name')}"
+        yield from _file_paths_in_schema(field.get("fields"), path + ".")
+
+
+def _label_file_paths(field: str) -> list[str]:
+    """Where a label in ``field`` keeps its file, whatever its type (Segmentation, Detection(s))."""
+    return [f"{field}.mask_path", f"{field}.detections.mask_path"]
+
+
+def referenced_files(paths, extra: dict[str, list[str]] | None = None) -> set[str]:
+    """Those of ``paths`` that a label of any dataset of the database points at (clones share files).
+
+    One ``distinct`` per file-reference path of each dataset's samples and frames, asked only
+    about ``paths``. ``extra`` adds paths to look at in named collections (labels a schema
+    lost). Views' own collections (patches, frames, clips) are copies and do not count.
     """
-    from conceptseg.jobs import default_output_dir
+    from fiftyone.core.odm import get_db_conn
 
+    conn, extra = get_db_conn(), extra or {}
+    wanted, found = set(paths), set()
+    datasets = conn.datasets.find({"sample_collection_name": {"$regex": "^samples\\."}},
+                                  {"sample_collection_name": 1, "frame_collection_name": 1,
+                                   "sample_fields": 1, "frame_fields": 1})
+    for doc in datasets:
+        for name, fields in ((doc.get("sample_collection_name"), doc.get("sample_fields")),
+                             (doc.get("frame_collection_name"), doc.get("frame_fields"))):
+            if not name:
+                continue
+            for path in sorted(set(_file_paths_in_schema(fields)) | set(extra.get(name, ()))):
+                remaining = sorted(wanted - found)
+                for i in range(0, len(remaining), _CHUNK):
+                    chunk = remaining[i : i + _CHUNK]
+                    found.update(p for p in conn[name].distinct(path, {path: {"$in": chunk}}) if p in wanted)
+            if found == wanted:
+                return found
+    return found
+
+
+# --- deleting a run -------------------------------------------------------------------------
+
+
+class RunBusyError(FieldLockedError):
+    """A live process (a run, a shard's worker) writes the field of the run to delete."""
+
+
+def _collections(dataset: fo.Dataset) -> list[tuple[object, dict, bool]]:
+    """(raw collection, field schema, is frames) for the dataset's samples and, for videos, frames."""
+    from fiftyone.core.odm import get_db_conn
+
+    conn = get_db_conn()
+    out = [(conn[dataset._sample_collection_name], dataset.get_field_schema(), False)]
+    if dataset._has_frame_fields():
+        out.append((conn[dataset._frame_collection_name], dataset.get_frame_field_schema(), True))
+    return out
+
+
+def _live_shards(dataset: fo.Dataset, run_id: str) -> list[dict]:
+    """Shard records of the run whose worker is alive and writing (RUNNING, heartbeat fresh, pid alive here)."""
+    import time
+
+    from conceptseg.shards import STALE_AFTER, _op, shard_records
+    from conceptseg.shards_watch import _dead_reason
+
+    now, live = time.time(), []
+    for record in shard_records(dataset, run_id):
+        op = _op(record.get("op_id"))
+        if op is not None and op.run_state == "running" and _dead_reason(record, op, now, STALE_AFTER) is None:
+            live.append(record)
+    return live
+
+
+@contextlib.contextmanager
+def _no_writer(dataset: fo.Dataset, pred_field: str, run_ids, what: str) -> Iterator[None]:
+    """Holds ``pred_field``'s lock for the deletion; refuses while a live process writes the field.
+
+    A sharded run's own lock (shards queued, none running) does not stop its deletion: that is
+    how queued shards are cancelled (they end without writing when their run is gone).
+    """
+    run_ids = set(run_ids)
+    what = f"Cannot delete {what} (field {pred_field!r} of dataset {dataset.name!r}) now"
+    token = None
+    for _ in range(3):  # the holder may finish between our two reads
+        try:
+            token = locks.acquire(dataset.name, pred_field, "delete_run")
+            break
+        except FieldLockedError:
+            held = locks.holder(dataset.name, pred_field)
+        if held is None:
+            continue
+        if held.get("run_id") not in run_ids:
+            raise RunBusyError(f"{what}: {locks.describe(held)} is writing that field and is still running. "
+                               "Wait for it to finish (or stop it), then delete the run.") from None
+        workers = _live_shards(dataset, held["run_id"])
+        if workers:
+            w = workers[0]
+            raise RunBusyError(
+                f"{what}: shard {w.get('index', 0) + 1} of it is being written by worker pid {w.get('pid')} on "
+                f"{w.get('host')}, alive{' with ' + str(len(workers) - 1) + ' more' if len(workers) > 1 else ''}. "
+                f"Wait for its shards to finish (`conceptseg shards --dataset {dataset.name} --pred-field "
+                f"{pred_field}`) or stop the worker, then delete the run.") from None
+        break  # the run's own lock, no shard running: released with the run's shard state
+    else:
+        raise RunBusyError(f"{what}: another process keeps taking and releasing the field's lock; try again.")
+    try:
+        yield
+    finally:
+        if token is not None:
+            locks.release(dataset.name, pred_field, token)
+
+
+def _own_filter(field: str, run_ids: list[str], keys: list[str], live_ids: list[str]) -> dict:
+    """The run's labels in ``field``: its run ids, and labels of its keys whose run no longer exists.
+
+    The second half finds what an earlier run under the same key left (its record was
+    replaced when the field was run again, e.g. by ``rerun``, or it predates run ids).
+    """
+    clauses = [{f"{field}.run_key": {"$in": keys}, f"{field}.run_id": {"$nin": live_ids}}]
+    if run_ids:
+        clauses.insert(0, {f"{field}.run_id": {"$in": run_ids}})
+    return {"$or": clauses}
+
+
+def _now():
+    return datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)  # FiftyOne's naive UTC
+
+
+def _remove_labels(dataset: fo.Dataset, fields: list[str], query) -> tuple[dict, set]:
+    """Sets the labels ``query(field)`` selects to None (unset where the schema lacks the field).
+
+    Works on the raw documents of samples and frames, so labels the schema lost are found too.
+    Returns ({field: labels removed}, mask files they pointed at).
+    """
+    removed, files = {}, set()
+    for coll, schema, _ in _collections(dataset):
+        for field in fields:
+            match = query(field)
+            for path in _label_file_paths(field):
+                files.update(p for p in coll.distinct(path, match) if isinstance(p, str) and p)
+            change = ({"$set": {field: None, "last_modified_at": _now()}} if field in schema
+                      else {"$unset": {field: ""}, "$set": {"last_modified_at": _now()}})
+            removed[field] = removed.get(field, 0) + coll.update_many(match, change).modified_count
+    return removed, files
+
+
+def _drop_if_empty(dataset: fo.Dataset, fields: list[str]) -> tuple[list[str], dict]:
+    """Deletes each field that no sample (or frame) holds a value in anymore; ([dropped], {kept: count})."""
+    dropped, kept = [], {}
+    for coll, schema, frames in _collections(dataset):
+        for field in fields:
+            left = coll.count_documents({field: {"$ne": None}})
+            if left:
+                kept[field] = kept.get(field, 0) + left
+            elif field in schema:
+                (dataset.delete_frame_field if frames else dataset.delete_sample_field)(field)
+                dropped.append(field)
+            elif coll.count_documents({field: {"$exists": True}}, limit=1):  # None values the schema lost
+                coll.update_many({field: {"$exists": True}}, {"$unset": {field: ""}})
+    dropped = [f for f in dict.fromkeys(dropped) if f not in kept]
+    gone = set(dropped) | {dataset._FRAMES_PREFIX + f for f in dropped}
+    if gone & set(dataset.mask_targets):
+        dataset.mask_targets = {k: v for k, v in dataset.mask_targets.items() if k not in gone}
+        dataset.save()
+    return dropped, kept
+
+
+def _delete_files(dataset: fo.Dataset, files: set, fields: list[str], out_dirs: set) -> int:
+    """Deletes those ``files`` under ``out_dirs`` that no label of any dataset points at; returns how many."""
+    files = {p for p in files if any(_under(p, d) for d in out_dirs)}
+    lost = {coll.name: [p for f in fields for p in _label_file_paths(f)] for coll, _, _ in _collections(dataset)}
+    files -= referenced_files(files, extra=lost)
+    for path in files:  # after the labels are gone: no label is left pointing at a missing file
+        if os.path.isfile(path):
+            os.remove(path)
+    return len(files)
+
+
+def _prune(directory: str) -> None:
+    """Removes ``directory`` if empty, and (inside the plugin's folder) its parents while they are empty."""
+    from conceptseg.outputs import conceptseg_root
+
+    root = os.path.realpath(conceptseg_root())
+    while os.path.isdir(directory) and not os.listdir(directory):
+        os.rmdir(directory)
+        parent = os.path.dirname(os.path.abspath(directory))
+        if not _under(parent, root) or os.path.realpath(parent) == root:
+            return  # a directory of the user's own choosing: only itself
+        directory = parent
+
+
+def _out_dirs(dataset: fo.Dataset, pred_field: str, configs) -> set[str]:
+    from conceptseg.jobs import default_output_dir
+    from conceptseg.outputs import legacy_prediction_dir
+
+    dirs = {getattr(c, "output_dir", None) for c in configs} - {None}
+    return dirs | {default_output_dir(dataset, pred_field), legacy_prediction_dir(dataset.name, pred_field)}
+
+
+def delete_run(dataset: fo.Dataset, pred_field: str) -> dict:
+    """Deletes the run(s) that wrote ``pred_field``: record, its labels, its evaluations, its mask files.
+
+    Only labels carrying the run's id (or an earlier run's of the same key whose record is
+    gone) are removed, on samples and on video frames; ``pred_field`` and its instances field
+    are deleted only when nothing else is left in them. A mask file is deleted only when no
+    label of any dataset in the database points at it (a clone shares its files). Refused
+    (:class:`RunBusyError`) while a live process, or a shard's worker, writes the field.
+
+    Returns what went: run keys, fields, evaluation keys, labels per field, the number of
+    files deleted, and the fields kept with the count of labels left in them.
+    """
+    dataset.reload()
     keys = keys_for_field(dataset, pred_field)
     if not keys:
+        lost = _delete_lost_labels(dataset, pred_field)
+        if lost is not None:
+            return lost
         known = sorted({info.config.pred_field for info in segment_runs(dataset).values()})
         raise RunNotFoundError(
             f"No conceptseg run wrote {pred_field!r} on dataset {dataset.name!r}; runs here write: "
             f"{', '.join(known) or 'none'} (see `conceptseg runs --dataset {dataset.name}`)."
         )
+    from conceptseg.jobs import run_key_for
+
     configs = [dataset.get_run_info(k).config for k in keys]
-    fields = [pred_field] + [c.instances_field for c in configs if getattr(c, "instances_field", None)]
-    fields = [f for f in dict.fromkeys(fields) if dataset.has_field(f)]
-    out_dirs = {getattr(c, "output_dir", None) or default_output_dir(dataset, pred_field) for c in configs}
+    run_ids = sorted({getattr(c, "run_id", None) for c in configs} - {None})
+    with _no_writer(dataset, pred_field, run_ids, f"run {keys[0]!r}"):
+        fields = [pred_field] + [c.instances_field for c in configs if getattr(c, "instances_field", None)]
+        fields = list(dict.fromkeys(fields))
+        live_ids = _live_run_ids(dataset)
+        own_keys = sorted(set(keys) | {run_key_for(pred_field)})
+        out_dirs = _out_dirs(dataset, pred_field, configs)
+        evaluations = _evaluations_of(dataset, fields)
+        eval_fields = [f for key in evaluations for f in (dataset.get_run_info(key).config.metric_fields or [])
+                       if dataset.has_field(f)]
 
-    others = set()  # a file any other field still uses is kept
-    for name in dataset.get_field_schema():
-        if name not in fields:
-            others |= _mask_paths(dataset, name)
-    files = {p for f in fields for p in _mask_paths(dataset, f)}
-    files = {p for p in files - others if any(_under(p, d) for d in out_dirs)}
-
-    evaluations = _evaluations_of(dataset, fields)
-    eval_fields = [f for key in evaluations for f in (dataset.get_run_info(key).config.metric_fields or [])
-                   if dataset.has_field(f)]
-    dataset.delete_sample_fields(fields + eval_fields)
-    for key in keys + evaluations:
-        dataset.delete_run(key)
-    if any(f in dataset.mask_targets for f in fields):
-        dataset.mask_targets = {k: v for k, v in dataset.mask_targets.items() if k not in fields}
-        dataset.save()
-    for path in files:  # after the labels are gone: no label is left pointing at a missing file
-        if os.path.isfile(path):
-            os.remove(path)
-    _delete_shard_state(dataset, configs)
+        for key in keys:  # first: a shard that starts now finds its run gone and writes nothing
+            dataset.delete_run(key)
+        removed, files = _remove_labels(dataset, fields, lambda f: _own_filter(f, run_ids, own_keys, live_ids))
+        dataset.reload()
+        dropped, kept = _drop_if_empty(dataset, fields)
+        if eval_fields:
+            dataset.delete_sample_fields(eval_fields)
+        for key in evaluations:
+            dataset.delete_run(key)
+        deleted = _delete_files(dataset, files, fields, out_dirs)
+        _delete_shard_state(dataset, configs)
     for directory in out_dirs:
-        if os.path.isdir(directory) and not os.listdir(directory):
-            os.rmdir(directory)
-    return {"run_keys": keys, "fields": fields + eval_fields, "evaluations": evaluations, "files": len(files)}
+        _prune(directory)
+    return {"run_keys": keys, "fields": dropped + eval_fields, "evaluations": evaluations, "files": deleted,
+            "labels": {f: n for f, n in removed.items() if n}, "kept": kept}
+
+
+def _live_run_ids(dataset: fo.Dataset) -> list[str]:
+    return sorted({getattr(i.config, "run_id", None) for i in segment_runs(dataset).values()} - {None})
+
+
+def _delete_lost_labels(dataset: fo.Dataset, pred_field: str) -> dict | None:
+    """Labels a deleted run left in ``pred_field`` (and its instances field); None when there are none.
+
+    They carry the field's run key and the id of no run on record: the record went without
+    them (FiftyOne's own ``delete_run``, a deletion cut short), or the field was deleted while
+    the run still wrote it, leaving sample documents with a key the schema lacks (every later
+    load of those samples fails). They go like a run's labels, with their mask files.
+    """
+    from conceptseg.jobs import FIELD_NAME, instances_field_for, run_key_for
+
+    if not isinstance(pred_field, str) or not FIELD_NAME.fullmatch(pred_field):
+        return None  # no run writes a field of another name ('$x', 'a.b', '')
+    keys, live_ids = [run_key_for(pred_field)], _live_run_ids(dataset)
+    fields = [pred_field, instances_field_for(pred_field)]
+    fields = [f for f in fields if any(coll.count_documents(_own_filter(f, [], keys, live_ids), limit=1)
+                                      for coll, _, _ in _collections(dataset))]
+    if not fields:
+        return None
+    with _no_writer(dataset, pred_field, [], "the labels a deleted run left"):
+        removed, files = _remove_labels(dataset, fields, lambda f: _own_filter(f, [], keys, live_ids))
+        dataset.reload()
+        dropped, kept = _drop_if_empty(dataset, fields)
+        out_dirs = _out_dirs(dataset, pred_field, [])
+        deleted = _delete_files(dataset, files, fields, out_dirs)
+    for directory in out_dirs:
+        _prune(directory)
+    return {"run_keys": [], "fields": dropped, "evaluations": [], "files": deleted,
+            "labels": {f: n for f, n in removed.items() if n}, "kept": kept}
 
 
 def _delete_shard_state(dataset: fo.Dataset, configs) -> None:
