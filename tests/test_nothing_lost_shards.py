@@ -463,7 +463,7 @@ class TestSmaller:
     def test_worker_poll_below_zero_is_one_sentence(self, capsys, poll):
         assert cli.main(["worker", "--poll", poll, "--exit-when-idle"]) == 2
         err = capsys.readouterr().err
-        assert err.startswith("error: --poll must be a number of seconds, 0 or more") and err.count("\n") == 1
+        assert err.startswith("error: --poll must be a finite number of seconds, 0 or more") and err.count("\n") == 1
 
     def test_sharded_queueing_refuses_an_output_directory_it_cannot_write(self, nuclei, tmp_path):
         dataset, demos, targets = nuclei
