@@ -28,6 +28,7 @@ def components() -> tuple[tuple, tuple]:
     from .operators.segment_by_query import SegmentByQuery
     from .operators.segment_shard import SegmentShard
     from .operators.train_concept_policy import TrainConceptPolicy
+    from .operators.update_concept import UpdateConcept
     from .panels.concept_evaluation import ConceptEvaluation
     from .panels.concept_rules import ConceptRules
 
@@ -47,6 +48,7 @@ def components() -> tuple[tuple, tuple]:
         RerunReview,
         SaveConcept,
         ApplyConcept,
+        UpdateConcept,
         SegmentShard,
     )
     return operators, (ConceptRules, ConceptEvaluation)

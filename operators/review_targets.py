@@ -49,12 +49,44 @@ def ids_notice(inputs, ctx) -> None:
         prop.invalid = not ctx.params.get("ids")
 
 
+def truth_field_input(inputs, ctx) -> None:
+    """On a run made by Apply concept: the field accepted masks go into (asked when the run cannot tell)."""
+    field = ctx.params.get("pred_field") or next(iter(reviewable_fields(ctx.dataset)), None)
+    if not field or ctx.dataset is None:
+        return
+    from conceptseg.review import ReviewError, applied_source, run_config, state, truth_field
+
+    try:
+        config = run_config(ctx.dataset, field)
+    except ReviewError:
+        return  # the predictions dropdown says why
+    source = applied_source(config)
+    if source is None:
+        return
+    try:
+        known = truth_field(ctx.dataset, config, state(ctx.dataset, field))
+    except ReviewError:
+        known = None
+    prop = inputs.str("mask_field", default=known, required=known is None, label="Mask field",
+                      description=f"Where accepted masks of the saved concept {source['concept']!r} go on this "
+                                  "dataset (a new field is created)")
+    if known is None and not ctx.params.get("mask_field"):
+        prop.invalid = True
+        prop.error_message = (f"The concept's own field {source.get('mask_field')!r} is not on this dataset: "
+                              "name the field for the accepted masks.")
+
+
+def _mask_field(ctx) -> str | None:
+    return ctx.params.get("mask_field") or None
+
+
 def _ids(ctx) -> list[str]:
     return target_ids(ctx) or [i for i in (ctx.params.get("ids") or "").split(",") if i.strip()]
 
 
 class _ReviewOperator(foo.Operator):
     name = label = description = ""
+    writes_truth = False  # accept, reject (absent) and promote write ground truth into a mask field
 
     @property
     def config(self):
@@ -63,6 +95,8 @@ class _ReviewOperator(foo.Operator):
     def resolve_input(self, ctx):
         inputs = types.Object()
         pred_field_input(inputs, ctx)
+        if self.writes_truth:
+            truth_field_input(inputs, ctx)
         self.more_inputs(inputs, ctx)
         return types.Property(inputs, view=types.View(label=self.label))
 
@@ -70,14 +104,25 @@ class _ReviewOperator(foo.Operator):
         ids_notice(inputs, ctx)
 
 
+def replace_input(inputs) -> None:
+    inputs.bool("replace", default=False, label="Replace existing ground truth of this class",
+                description="Without it, a sample that already has ground truth of the concept's class is refused")
+
+
 class AcceptTargets(_ReviewOperator):
     name, label = "accept_targets", "Accept predictions"
+    writes_truth = True
     description = "The predictions become ground truth under the concept's class; the samples join the demonstrations"
+
+    def more_inputs(self, inputs, ctx):
+        ids_notice(inputs, ctx)
+        replace_input(inputs)
 
     def execute(self, ctx):
         from conceptseg.review import accept
 
-        out = accept(ctx.dataset, ctx.params["pred_field"], _ids(ctx))
+        out = accept(ctx.dataset, ctx.params["pred_field"], _ids(ctx), replace=bool(ctx.params.get("replace")),
+                     mask_field=_mask_field(ctx))
         ctx.ops.reload_dataset()
         return out
 
@@ -94,23 +139,27 @@ class RejectTargets(_ReviewOperator):
     def execute(self, ctx):
         from conceptseg.review import reject
 
-        out = reject(ctx.dataset, ctx.params["pred_field"], _ids(ctx), absent=bool(ctx.params.get("absent")))
+        out = reject(ctx.dataset, ctx.params["pred_field"], _ids(ctx), absent=bool(ctx.params.get("absent")),
+                     mask_field=_mask_field(ctx))
         ctx.ops.reload_dataset()
         return out
 
 
 class PromoteCorrections(_ReviewOperator):
     name, label = "promote_corrections", "Promote corrected masks"
+    writes_truth = True
     description = "Masks corrected in another field become ground truth and demonstrations, as an accept would"
 
     def more_inputs(self, inputs, ctx):
         field_choice(inputs, ctx, "from_field", "Corrections field", "Where the corrected masks are")
         ids_notice(inputs, ctx)
+        replace_input(inputs)
 
     def execute(self, ctx):
         from conceptseg.review import promote
 
-        out = promote(ctx.dataset, ctx.params["pred_field"], ctx.params["from_field"], _ids(ctx))
+        out = promote(ctx.dataset, ctx.params["pred_field"], ctx.params["from_field"], _ids(ctx),
+                      replace=bool(ctx.params.get("replace")), mask_field=_mask_field(ctx))
         ctx.ops.reload_dataset()
         return out
 

@@ -7,12 +7,13 @@ import time
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
+# The router's DEFAULT_THRESHOLD, from a module that imports nothing (the engine loads only inside execute).
+from conceptseg.constants import VERIFY_THRESHOLD
+
 from ._forms import class_choice, field_choice, progress_callback, prompt_template_input
 from ._forms import selected_labels as _selected_labels
 
 ROUTES = ("auto", "appearance", "object", "prototype", "reasoning-fast", "reasoning")
-# The router's DEFAULT_THRESHOLD (the engine loads only inside execute).
-VERIFY_THRESHOLD = 0.6
 # Views larger than this default to delegated execution (the App would wait too long).
 DELEGATE_ABOVE = 200
 # Appearance route on a CPU, per 128-512 px target (demo: 0.04 s) and to fit + verify (demo: 2.7 s);

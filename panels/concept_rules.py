@@ -7,6 +7,7 @@ from urllib.parse import urlencode
 
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
+from bson import ObjectId
 
 from .concept_evaluation import metric_field
 
@@ -217,7 +218,9 @@ class ConceptRules(foo.Panel):
         evaluation = evaluation_for(ctx.dataset, run["pred_field"])
         ctx.panel.state.eval_key = evaluation and evaluation["key"]
         ctx.panel.state.gt_field = run["mask_field"] or (evaluation and evaluation["gt_field"])
-        demos = ctx.dataset.select(run["demonstration_ids"][:MAX_THUMBNAILS], ordered=True)
+        # A saved concept's demonstrations are named ("red@1:demos/000.png"), not samples here.
+        on_dataset = [i for i in run["demonstration_ids"] if ObjectId.is_valid(i)]
+        demos = ctx.dataset.select(on_dataset[:MAX_THUMBNAILS], ordered=True)
         paths = demos.values("filepath")
         ctx.panel.state.demo_names = [os.path.basename(p) for p in paths]
         # Thumbnail URLs travel as panel data: they are only drawn, never read back.

@@ -243,7 +243,12 @@ def test_a_class_picked_on_a_multi_class_dataset(app_url, page, two_class_datase
 def test_review_opens_the_most_doubtful_target_accepts_it_and_reruns(app_url, page, two_class_dataset, tmp_path):
     from conceptseg import jobs, review
 
-    dataset, _ = two_class_dataset
+    dataset, truth = two_class_dataset
+    for sample in dataset.match_tags("demo", bool=False):  # red not labelled yet: accepting adds it (never over it)
+        seg = np.zeros((128, 128), np.uint8)
+        seg[truth[sample.id]["blue"]] = 2
+        sample.gt = fo.Segmentation(mask=seg)
+        sample.save()
     jobs.segment_by_demonstration(dataset.match_tags("demo"), dataset, "gt", "predictions", classes=["red"],
                                   route="appearance")
     most_doubtful = review.review(dataset, "predictions")["targets"][0]["id"]

@@ -25,6 +25,11 @@ from conceptseg.datasets import fixtures, import_dataset
 CLI = [sys.executable, "-m", "conceptseg.cli"]
 
 
+def default_sigint() -> None:
+    """In a child before exec: SIGINT back to its default (the suite may run with it ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _cli(*args, env=None):
     return subprocess.run([*CLI, *args], capture_output=True, text=True, env=env or os.environ)
 
@@ -284,7 +289,11 @@ class TestCommandLine:
         assert json.loads(run.stdout)["segmented"] == 13  # the whole stdout parses
 
     def test_ctrl_c_says_how_to_resume(self, nuclei_dataset):
-        proc = subprocess.Popen([*CLI, *_segment(nuclei_dataset)], stderr=subprocess.PIPE, text=True)
+        # SIGINT's default handler in the child even when this suite runs with SIGINT ignored
+        # (nohup, a background job): an ignored SIGINT is inherited, and Python then never
+        # installs its KeyboardInterrupt handler
+        proc = subprocess.Popen([*CLI, *_segment(nuclei_dataset)], stderr=subprocess.PIPE, text=True,
+                                preexec_fn=default_sigint)
         for line in proc.stderr:  # the first progress line: the run is writing labels
             if "targets" in line:
                 proc.send_signal(signal.SIGINT)

@@ -62,7 +62,7 @@ def test_saved_concept_applied_elsewhere_gives_the_masks_of_a_run_there(source, 
         assert record["provenance"]["dataset"] == source_name and record["provenance"]["sample_ids"] == demo_ids
         assert record["rule"] and record["verified"] and record["classes"] == ["red"]
         assert "fiftyone" in record["provenance"]["versions"]
-        assert sorted(os.listdir(lib / "red_disc" / "demos")) == [
+        assert sorted(os.listdir(lib / "red_disc" / "v1" / "demos")) == [
             "000.png", "000_mask.png", "001.png", "001_mask.png", "002.png", "002_mask.png"]
     finally:
         if fo.dataset_exists(other.name):
@@ -152,7 +152,7 @@ def test_import_refuses_non_images_and_truncated_files(saved, tmp_path, lib, dam
 
 
 def test_applying_a_concept_whose_model_bundle_is_missing(saved, source, lib, tmp_path):
-    path = lib / "red_disc" / "concept.json"
+    path = lib / "red_disc" / "v1" / "concept.json"
     record = json.loads(path.read_text())
     record["settings"]["model"] = str(tmp_path / "gone-bundle")
     path.write_text(json.dumps(record))
@@ -180,12 +180,12 @@ def test_save_and_apply_operators(plugin_installed, source, name):
     assert "saved concept *red_op*" in json.dumps(panel.executor.to_json())
 
 
-def test_reviewing_an_applied_concept_says_where_its_demonstrations_are(saved, source):
+def test_reviewing_an_applied_concept_accepts_into_the_concepts_own_field(saved, source):
     from conceptseg import review
 
     targets = source.match_tags("demo", bool=False)
     library.apply("red_disc", targets, "applied")
     listed = review.review(source, "applied")
-    assert len(listed["targets"]) == 9
-    with pytest.raises(ConceptSegError, match="demonstrations are not on this dataset"):
-        review.accept(source, "applied", listed["targets"][0]["id"])
+    assert len(listed["targets"]) == 9 and listed["mask_field"] == "gt"
+    out = review.accept(source, "applied", listed["targets"][0]["id"])  # the concept's own field is here
+    assert out["mask_field"] == "gt" and out["class"] == "red"

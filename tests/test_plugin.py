@@ -53,7 +53,8 @@ class TestRegistry:
         uris = {op.uri for op in registry.list_operators(type="operator") if op.uri.startswith(PLUGIN_NAME)}
         metrics = {f"{PLUGIN_NAME}/concept_{m}" for m in ("iou", "dice", "wfm", "sm")}
         loop = {f"{PLUGIN_NAME}/{n}" for n in ("accept_targets", "reject_targets", "promote_corrections",
-                                               "rerun_review", "save_concept", "apply_concept")}
+                                               "rerun_review", "save_concept", "apply_concept",
+                                               "update_concept")}
         assert uris == {SEGMENT, EVALUATE, TRAIN, f"{PLUGIN_NAME}/segment_by_query",
                         f"{PLUGIN_NAME}/delete_concept_run", f"{PLUGIN_NAME}/segment_shard"} | metrics | loop
         assert registry.list_errors() == []

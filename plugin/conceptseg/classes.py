@@ -6,7 +6,8 @@ The one place that turns a FiftyOne label into a bool mask of the concept. A fie
   named through ``mask_targets`` (the field's, else the dataset's default) when it has them;
 - ``Detections`` / ``Detection`` with instance masks (a box-only detection counts as its
   filled box, and the run record says how many there were);
-- ``Polylines`` / ``Polyline`` (each shape rasterised filled).
+- ``Polylines`` / ``Polyline``, drawn as FiftyOne draws them: a filled polygon when
+  ``filled=True``, otherwise a 1-pixel line (closed back to its start only when ``closed=True``).
 
 Classes are given by name (``"car"``) or by value (``"3"``, ``"#ff0000"``). Without classes,
 a field whose demonstrations show exactly one class is that class; several classes are an
@@ -27,6 +28,8 @@ from conceptseg.errors import DemonstrationError, FieldError
 SEGMENTATION = (fo.Segmentation,)
 INSTANCES = (fo.Detections, fo.Detection)
 SHAPES = (fo.Polylines, fo.Polyline)
+# FiftyOne's line thickness for unfilled polylines (``Polyline.to_segmentation(thickness=1)``).
+POLYLINE_THICKNESS = 1
 CONCEPT_TYPES = SEGMENTATION + INSTANCES + SHAPES
 
 
@@ -39,12 +42,25 @@ class Concept:
         classes: the names the user sees (None: every label of the field is the concept)
         values: Segmentation values of those classes (ints, or (r, g, b) tuples for RGB masks)
         box_only: demonstrations' detections without an instance mask (drawn as filled boxes)
+        unshown: requested classes that no demonstration shows (they teach nothing)
     """
 
     field: str
     classes: list[str] | None = None
     values: list = field(default_factory=list)
     box_only: int = 0
+    unshown: list[str] = field(default_factory=list)
+
+    @property
+    def warnings(self) -> list[str]:
+        """What the run record and the CLI (on stderr) say about the concept's classes."""
+        if not self.unshown:
+            return []
+        return [
+            f"No demonstration shows class {', '.join(self.unshown)} in {self.field!r}: "
+            f"{'it is' if len(self.unshown) == 1 else 'they are'} learned from no example "
+            "(add a demonstration that shows it, or leave it out of the classes)."
+        ]
 
     def describe(self) -> str:
         """The concept in words, for run records and labels."""
@@ -155,7 +171,7 @@ def resolve(field_name: str, label_type, requested: list[str] | None, present: s
             f"No demonstration shows class {', '.join(missing)} in {field_name!r}; classes present on "
             f"the demonstrations: {', '.join(sorted(present)) or 'none'}."
         )
-    return Concept(field_name, classes=names, values=values if is_segmentation else [])
+    return Concept(field_name, classes=names, values=values if is_segmentation else [], unshown=missing)
 
 
 def named(collection, field_name: str, requested: list[str] | None) -> Concept | None:
@@ -171,8 +187,16 @@ def named(collection, field_name: str, requested: list[str] | None) -> Concept |
     return Concept(field_name, requested)
 
 
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+def _is_colour(name: str) -> bool:
+    """``#rrggbb``: a hash and six hex digits."""
+    return len(name) == 7 and name.startswith("#") and all(c in _HEX for c in name[1:])
+
+
 def _is_value(name: str) -> bool:
-    return name.lstrip("-").isdigit() or (name.startswith("#") and len(name) == 7)
+    return (name.lstrip("-").isascii() and name.lstrip("-").isdigit()) or _is_colour(name)
 
 
 def _values_for(names: list[str], mask_targets: dict, field_name: str) -> list:
@@ -184,6 +208,12 @@ def _values_for(names: list[str], mask_targets: dict, field_name: str) -> list:
             values.extend(_parse_value(k) for k in hits)
         elif _is_value(name):
             values.append(_parse_value(name))
+        elif name.startswith("#"):
+            raise FieldError(
+                f"Class {name!r} is not a mask colour: a colour is '#' and six hex digits (#rrggbb, "
+                "e.g. #ff0000), and no mask target of "
+                f"{field_name!r} is named {name!r}."
+            )
         else:
             known = ", ".join(f"{k}: {v}" for k, v in mask_targets.items()) or "none"
             raise FieldError(
@@ -245,17 +275,40 @@ def _segmentation_mask(mask: np.ndarray, concept: Concept | None) -> np.ndarray:
 def _item_mask(item, frame_size) -> np.ndarray:
     width, height = frame_size
     if isinstance(item, fo.Polyline):
-        out = np.zeros((height, width), np.uint8)
-        for shape in item.points:
-            pts = np.round(np.asarray(shape, float) * [width, height]).astype(np.int32)
-            if len(pts) >= 3:
-                cv2.fillPoly(out, [pts], 1)
-            elif len(pts):
-                cv2.polylines(out, [pts], False, 1)
-        return out > 0
+        return polyline_mask(item, frame_size)
     if item.mask is not None or item.mask_path is not None:
         return item.to_segmentation(frame_size=frame_size, target=1).get_mask() > 0
     return box_mask(item.bounding_box, frame_size)
+
+
+def polyline_mask(item, frame_size) -> np.ndarray:
+    """One Polyline as an HxW bool mask, drawn as FiftyOne draws it (``Polyline.to_segmentation``).
+
+    ``filled=True``: each shape is a filled polygon (their union). Otherwise each shape is a line of
+    FiftyOne's default thickness (1 px), joined back to its start only when ``closed=True``:
+    an open polyline (a crack, a wire) is its line, never the polygon its points happen to
+    enclose. Vertices are ``round(x * width), round(y * height)``, as in FiftyOne.
+    """
+    width, height = frame_size
+    out = np.zeros((height, width), np.uint8)
+    shapes = [
+        np.array([(int(round(x * width)), int(round(y * height))) for x, y in shape], np.int32)
+        for shape in item.points or []
+    ]
+    shapes = [s for s in shapes if len(s)]
+    if not shapes:
+        return out > 0
+    if item.filled:
+        # each shape filled on its own (their union; one fillPoly call over all of them would
+        # punch a hole where two overlap); one or two points enclose nothing: their line
+        for s in shapes:
+            if len(s) >= 3:
+                cv2.fillPoly(out, [s], 1)
+            else:
+                cv2.polylines(out, [s], False, 1, thickness=POLYLINE_THICKNESS)
+    else:
+        cv2.polylines(out, shapes, bool(item.closed), 1, thickness=POLYLINE_THICKNESS)
+    return out > 0
 
 
 def is_box_only(item) -> bool:

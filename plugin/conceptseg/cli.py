@@ -15,6 +15,7 @@ import math
 import os
 import sys
 
+from conceptseg.constants import VERIFY_THRESHOLD
 from conceptseg.errors import ConceptSegError
 
 # Where --json documents go: the real stdout, while everything else a command prints
@@ -110,11 +111,18 @@ def cmd_segment(args) -> int:
         batch_size=args.batch_size,
         prefix_reuse=not args.no_prefix_reuse,
     )
+    _warn(summary)
     if summary.get("queued"):
         from conceptseg.shards_cli import report_queued
 
         return report_queued(summary, args.json)
     return _report(summary, args.json)
+
+
+def _warn(summary: dict) -> None:
+    """The run's warnings (also in its run record) on stderr, so --json keeps stdout a document."""
+    for warning in summary.get("warnings") or []:
+        print(f"warning: {' '.join(str(warning).split())}", file=sys.stderr)
 
 
 def route_line(summary: dict) -> str:
@@ -395,7 +403,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--route", default="auto", choices=["auto", "appearance", "object", "prototype", "reasoning-fast", "reasoning"],
                    help="auto: the cheapest route that passes verification")
     p.add_argument("--model", help=f"bundle directory, Hugging Face id or zoo name ({zoo}); enables the reasoning route")
-    p.add_argument("--threshold", type=float, default=0.6, help="held-out IoU a route must reach (router.DEFAULT_THRESHOLD)")
+    p.add_argument("--threshold", type=float, default=VERIFY_THRESHOLD,
+                   help="held-out IoU a route must reach (router.DEFAULT_THRESHOLD)")
     p.add_argument("--concept", default="concept", help="label of the predicted masks")
     p.add_argument("--prompt-template", metavar="FILE", help="the policy prompt's wording, with {placeholders}")
     p.add_argument("--no-instances", action="store_true", help="skip the <pred-field>_instances Detections")

@@ -35,18 +35,20 @@ def cmd_review(args) -> int:
 def cmd_accept(args) -> int:
     from conceptseg.review import accept
 
-    out = accept(_load(args.dataset), args.pred_field, args.ids)
+    out = accept(_load(args.dataset), args.pred_field, args.ids, replace=args.replace, mask_field=args.mask_field)
     if args.json:
         return _emit_json(out)
     print(f"accepted {len(out['accepted'])} into {out['mask_field']!r} as {out['class']!r} "
           f"({out['total_accepted']} accepted in all); `conceptseg rerun` learns from them")
+    if out["replaced"]:
+        print(f"  replaced the earlier ground truth of {out['class']!r} on {', '.join(out['replaced'])}")
     return 0
 
 
 def cmd_reject(args) -> int:
     from conceptseg.review import reject
 
-    out = reject(_load(args.dataset), args.pred_field, args.ids, absent=args.absent)
+    out = reject(_load(args.dataset), args.pred_field, args.ids, absent=args.absent, mask_field=args.mask_field)
     if args.json:
         return _emit_json(out)
     print(f"rejected {len(out['rejected'])}" + (f"; {len(out['negatives'])} join the demonstrations as negatives"
@@ -57,10 +59,13 @@ def cmd_reject(args) -> int:
 def cmd_promote(args) -> int:
     from conceptseg.review import promote
 
-    out = promote(_load(args.dataset), args.pred_field, args.from_field, args.ids)
+    out = promote(_load(args.dataset), args.pred_field, args.from_field, args.ids, replace=args.replace,
+                  mask_field=args.mask_field)
     if args.json:
         return _emit_json(out)
-    print(f"promoted {len(out['promoted'])} from {args.from_field!r} into {out['mask_field']!r}")
+    print(f"promoted {len(out['promoted'])} from {args.from_field!r} into {out['mask_field']!r} as {out['class']!r}")
+    if out["replaced"]:
+        print(f"  replaced the earlier ground truth of {out['class']!r} on {', '.join(out['replaced'])}")
     for sample_id, why in out["missing"].items():
         print(f"  not promoted: {sample_id} {why}")
     return 0
@@ -75,6 +80,10 @@ def cmd_rerun(args) -> int:
         return _emit_json(out)
     print(f"round {out['round']}: {out['demonstrations']} demonstrations")
     return _report(out, False)
+
+
+REPLACE_HELP = ("replace ground truth of the concept's class already on these samples "
+                "(without it such samples are refused)")
 
 
 def add_review_commands(sub) -> None:
@@ -93,6 +102,9 @@ def add_review_commands(sub) -> None:
         if name == "reject":
             p.add_argument("--absent", action="store_true",
                            help="the concept is not in these images: they become negative demonstrations")
+        else:
+            p.add_argument("--replace", action="store_true", help=REPLACE_HELP)
+        _mask_field_option(p)
         p.add_argument("--json", action="store_true")
         p.set_defaults(func=func)
     p = sub.add_parser("promote", help="corrected masks from a field become ground truth and demonstrations")
@@ -100,6 +112,8 @@ def add_review_commands(sub) -> None:
     p.add_argument("--from-field", required=True, help="field holding the corrected masks")
     p.add_argument("--ids", required=True, help="sample ids, comma-separated")
     p.add_argument("--pred-field", required=True)
+    p.add_argument("--replace", action="store_true", help=REPLACE_HELP)
+    _mask_field_option(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_promote)
     p = sub.add_parser("rerun", help="segment the targets not yet accepted with the enlarged demonstrations")
@@ -107,6 +121,14 @@ def add_review_commands(sub) -> None:
     p.add_argument("--pred-field", required=True)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_rerun)
+
+
+OVERWRITE_HELP = "replace a saved concept of that name (as its new version; earlier ones stay applicable as NAME@N)"
+
+
+def _mask_field_option(p) -> None:
+    p.add_argument("--mask-field", help="on a run made by `concepts apply`: the field accepted masks go into (needed "
+                   "when the concept's own field is not on this dataset; created as the concept's label type)")
 
 
 def cmd_concepts(args) -> int:
@@ -150,7 +172,18 @@ def cmd_concepts(args) -> int:
 
         summary = library.apply(args.name, targets, args.pred_field, overwrite=args.overwrite, resume=args.resume,
                                 progress=None if args.json else _progress)
+        if not args.json:
+            print(f"concept {summary['concept_name']!r} version {summary['concept_version']}")
         return _report(summary, args.json)
+    elif action == "update":
+        record = library.update(args.name, _load(args.dataset), args.pred_field)
+        if args.json:
+            return _emit_json(record)
+        v = record["verification"]
+        print(f"updated {record['name']!r} to version {record['version']}: {len(record['added'])} sample(s) of "
+              f"{args.pred_field!r} added, {len(record['demonstrations'])} demonstrations, route {record['route']}, "
+              f"verification {'unavailable' if v is None else f'{v:.3f}'}; version {record['previous_version']} "
+              f"stays applicable as {record['name']}@{record['previous_version']}")
     elif action == "delete":
         library.delete(args.name)
         print(f"deleted {args.name!r}")
@@ -163,7 +196,7 @@ def cmd_concepts(args) -> int:
 
 
 def add_concept_commands(sub) -> None:
-    """Adds ``concepts save|list|show|apply|delete|export|import`` to the ``conceptseg`` parser."""
+    """Adds ``concepts save|list|show|apply|update|delete|export|import`` to the ``conceptseg`` parser."""
     p = sub.add_parser("concepts", help="the library of saved concepts")
     p.set_defaults(func=cmd_concepts)
     verbs = p.add_subparsers(dest="concepts_command", required=True)
@@ -177,13 +210,14 @@ def add_concept_commands(sub) -> None:
     s.add_argument("--classes", help="class(es) of --mask-field that are the concept (A[,B])")
     s.add_argument("--route", default="auto", choices=["auto", "appearance", "prototype", "reasoning-fast", "reasoning"])
     s.add_argument("--model", help="bundle directory, zoo name or Hugging Face id")
-    s.add_argument("--overwrite", action="store_true", help="replace a saved concept of that name")
+    s.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     s = verbs.add_parser("list", help="the saved concepts")
     s.add_argument("--json", action="store_true", help='print {"concepts": [...]}')
-    for verb, text in (("show", "a saved concept's record"), ("delete", "remove a saved concept")):
-        verbs.add_parser(verb, help=text).add_argument("name")
+    verbs.add_parser("show", help="a saved concept's record").add_argument(
+        "name", help="NAME (its current version) or NAME@N (version N)")
+    verbs.add_parser("delete", help="remove a saved concept, every version of it").add_argument("name")
     s = verbs.add_parser("apply", help="segment a dataset with a saved concept")
-    s.add_argument("name")
+    s.add_argument("name", help="NAME (its current version) or NAME@N (version N)")
     s.add_argument("--dataset", required=True)
     s.add_argument("--view", help="saved view of targets (default: the whole dataset)")
     s.add_argument("--pred-field", required=True)
@@ -191,9 +225,15 @@ def add_concept_commands(sub) -> None:
     mode = s.add_mutually_exclusive_group()
     mode.add_argument("--overwrite", action="store_true")
     mode.add_argument("--resume", action="store_true")
-    s = verbs.add_parser("export", help="write a saved concept into a zip")
+    s = verbs.add_parser("update", help="add the samples accepted on a `concepts apply` run to the concept "
+                                        "(as its new version)")
     s.add_argument("name")
+    s.add_argument("--dataset", required=True)
+    s.add_argument("--pred-field", required=True, help="the prediction field of the run made by `concepts apply`")
+    s.add_argument("--json", action="store_true")
+    s = verbs.add_parser("export", help="write a saved concept into a zip")
+    s.add_argument("name", help="NAME (its current version) or NAME@N (version N)")
     s.add_argument("out", metavar="OUT.zip")
     s = verbs.add_parser("import", help="validate a concept zip and add it to the library")
     s.add_argument("zip", metavar="ZIP")
-    s.add_argument("--overwrite", action="store_true", help="replace a saved concept of that name")
+    s.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)

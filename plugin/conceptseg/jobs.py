@@ -272,6 +272,7 @@ def segment_by_demonstration(
     prompt_template: str | None = None,
     shards: int | None = None,
     batch_size: int = 1,
+    source: dict | None = None,
     prefix_reuse: bool = True,
 ) -> dict:
     """Learns the concept from ``demonstrations`` and writes masks on every target.
@@ -306,6 +307,11 @@ def segment_by_demonstration(
     its targets queued as N delegated operations for ``fiftyone delegated launch`` workers
     (see :mod:`conceptseg.shards`); the queued run is returned.
 
+    ``source`` says where demonstrations that are no samples of the targets' dataset come from
+    (a saved concept: :func:`conceptseg.library.concept_source`); it is recorded as the run's
+    ``concept_source``, and its ``demonstration_ids`` (stable names) stand for the temporary
+    samples' ids in the run's record and on resume.
+
     Returns a JSON-able summary (route, verification, counts, failures, timings).
     """
     check_batch_size(batch_size)
@@ -334,13 +340,14 @@ def segment_by_demonstration(
         check_field_name(inst_field)
     demo_ids = demonstrations.values("id")
     targets = targets.exclude(demo_ids)
+    recorded_ids = list(source["demonstration_ids"]) if source else demo_ids
     todo = _targets_to_do(targets, pred_field, inst_field, mask_field, overwrite, resume, run_key, run_id)
     out_dir = writable_dir(output_dir or default_output_dir(dataset, pred_field), "mask output directory")
     classes = _class_list(classes)
     settings = dict(mask_field=mask_field, classes=classes, route_requested=route, threshold=threshold,
                     model=model if isinstance(model, str) else None)
     if resume and run_key in dataset.list_runs():
-        _check_resume(dataset, run_key, demo_ids, settings)
+        _check_resume(dataset, run_key, recorded_ids, settings)
 
     skipped = len(targets) - len(todo)  # before segmenting: the view is re-evaluated lazily
     demos, found = fio.read_demonstrations(demonstrations, mask_field, classes=classes, resize_masks=resize_masks)
@@ -359,7 +366,7 @@ def segment_by_demonstration(
         output_dir=out_dir,
         pred_field=pred_field,
         instances_field=inst_field,
-        demonstration_ids=demo_ids,
+        demonstration_ids=recorded_ids,
         negative_demonstrations=negatives,
         box_only_detections=found.box_only,
         route=choice.route.name,
@@ -371,6 +378,8 @@ def segment_by_demonstration(
         frames=bool(targets._is_frames),
         batch_size=batch_size,
         prefix_reuse=bool(prefix_reuse),
+        warnings=found.warnings,
+        **({"concept_source": source} if source else {}),
         **settings,
     ))
     seconds, failures = _segment_targets(
@@ -382,6 +391,7 @@ def segment_by_demonstration(
         pred_field=pred_field,
         instances_field=inst_field,
         classes=found.classes,
+        warnings=found.warnings,
         route=choice.route.name,
         verification=choice.verification,
         verifications={v.route: v.scores for v in choice.verifications},

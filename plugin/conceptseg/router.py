@@ -15,16 +15,14 @@ from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Sequence
 
 
+from conceptseg.constants import VERIFY_THRESHOLD
 from conceptseg.doubt import probability_doubt
 from conceptseg.errors import ConceptSegError, DemonstrationError
 from conceptseg.routes import ROUTES, Route
 from conceptseg.types import Demonstration, Target, TargetResult, Verification
 
-# 0.6, not 0.5: on shape concepts the appearance route re-finds held-out demonstrations by
-# chance colour cues up to ~0.58 (benchmarks/concepts.py, seeds 0-2) while failing on new
-# images; on colour concepts it verifies at 0.65 and above. The cut between lets the object
-# route take the shape concepts without being told.
-DEFAULT_THRESHOLD = 0.6
+# Written once, in conceptseg.constants (why 0.6 is there): the operator reads it without the engine.
+DEFAULT_THRESHOLD = VERIFY_THRESHOLD
 
 
 @dataclass

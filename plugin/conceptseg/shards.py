@@ -376,7 +376,7 @@ def segment_sharded(demonstrations, targets, mask_field: str, pred_field: str, s
         method="conceptseg.segment_by_demonstration", run_id=run_id, output_dir=out_dir, pred_field=pred_field,
         instances_field=inst_field, demonstration_ids=demo_ids, demonstrations=len(demos),
         negative_demonstrations=sum(1 for d in demos if not d.mask.any()), box_only_detections=found.box_only,
-        classes_found=found.classes, route=choice.route.name, verification=choice.verification,
+        classes_found=found.classes, warnings=found.warnings, route=choice.route.name, verification=choice.verification,
         verifications={v.route: v.scores for v in choice.verifications}, verified=choice.verified,
         reason=choice.reason, rule=choice.route.rule(), concept=concept, question=question, frames=False,
         fit_seconds=choice.fit_seconds, targets=len(targets), skipped=len(targets) - len(todo_ids),
@@ -396,7 +396,7 @@ def segment_sharded(demonstrations, targets, mask_field: str, pred_field: str, s
     summary = dict(run_key=run_key, run_id=run_id, queued=True, operations=op_ids, note=note,
                    failures=unreadable, **{k: record[k] for k in (
                        "pred_field", "instances_field", "route", "verification", "verified", "reason", "rule",
-                       "targets", "skipped", "shards", "shards_requested", "fit_seconds")})
+                       "warnings", "targets", "skipped", "shards", "shards_requested", "fit_seconds")})
     if not op_ids:  # nothing left to do (a resumed run already finished): the record is complete now
         finish_if_done(dataset, run_id)
     return summary
@@ -630,6 +630,7 @@ def aggregate(config: dict, records: list[dict]) -> dict:
         pred_field=config["pred_field"],
         instances_field=config.get("instances_field"),
         classes=config.get("classes_found"),
+        warnings=config.get("warnings") or [],
         route=config["route"],
         verification=config.get("verification"),
         verifications=config.get("verifications"),

@@ -248,20 +248,56 @@ def _save_checkpoint(path: str, bundle, ctx: StepContext, accelerator, optimizer
     translator = accelerator.unwrap_model(ctx.translator)
     save_bundle(path, policy_dir, translator, ctx.segmenter, adapter_dir=adapter_dir,
                 max_new_tokens=bundle.policy.config.max_new_tokens, copy_segmenter=copy_segmenter)
+    # Only tensors, dicts, lists, tuples, strings and numbers: the state loads with weights_only=True
+    # (no pickled objects, so no code runs when a checkpoint is resumed).
     state = {"step": step, "optimizer": optimizer.state_dict(), "torch": torch.get_rng_state(),
-             "numpy": np.random.get_state(), "python": random.getstate(), "config": asdict(ctx.config),
+             "numpy": _numpy_rng_state(), "python": random.getstate(), "config": asdict(ctx.config),
              "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
     torch.save(state, os.path.join(path, STATE_FILE))
+
+
+def _numpy_rng_state() -> dict:
+    """NumPy's global random state as plain values (its key array as an int64 tensor)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    return {"bit_generator": str(name), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+
+
+def _set_numpy_rng_state(state: dict) -> None:
+    np.random.set_state((state["bit_generator"], state["keys"].numpy().astype(np.uint32), state["pos"],
+                         state["has_gauss"], state["cached_gaussian"]))
+
+
+def load_trainer_state(path: str) -> dict:
+    """A checkpoint's trainer state, read with ``weights_only=True``: a file that needs more is refused."""
+    import pickle
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
+        raise ConceptSegError(
+            f"Cannot resume from {path}: it is not a trainer state this version can read safely "
+            f"({' '.join(str(e).split())[:160]}); delete that checkpoint directory or train into a new folder."
+        ) from None
+    if not isinstance(state, dict) or not {"step", "optimizer", "torch", "numpy", "python"} <= set(state):
+        raise ConceptSegError(f"Cannot resume from {path}: it is not a conceptseg trainer state; delete that "
+                              "checkpoint directory or train into a new folder.")
+    return state
 
 
 def _restore(state: dict, optimizer) -> int:
     optimizer.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    _set_numpy_rng_state(state["numpy"])
+    random.setstate(_as_tuples(state["python"]))
     if state.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
     return int(state["step"])
+
+
+def _as_tuples(value):
+    """random.setstate wants the tuples getstate gave (a list in their place is refused)."""
+    return tuple(_as_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
 def json_ready(value):
@@ -338,7 +374,7 @@ def train(
     start = 0
     metrics_file = os.path.join(out_dir, METRICS_FILE)
     if resume:
-        start = _restore(torch.load(os.path.join(resume, STATE_FILE), weights_only=False), optimizer)
+        start = _restore(load_trainer_state(os.path.join(resume, STATE_FILE)), optimizer)
         _trim_metrics(metrics_file, start)
     os.makedirs(out_dir, exist_ok=True)
     step_fn = stage1.step if config.stage == 1 else stage2.step
