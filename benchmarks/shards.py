@@ -1,4 +1,4 @@
-"""Issue 15: a run spread over workers. 1 worker vs 2, and a worker killed mid-shard.
+"""Issue 15: a run spread over workers, against the same run without shards; and a worker killed mid-shard.
 
 Run: ``python benchmarks/shards.py [--targets 400] [--shards 2] [--repeats 3] [--threads 1]``.
 Prints one plain-text table; with repeats, 1 and 2 workers alternate and the median run
@@ -12,7 +12,8 @@ over and over up to ``--targets`` samples; the demo's 3 tagged tiles are the
 demonstrations; the appearance route.
 
 Rows:
-- in-process: ``segment_by_demonstration`` without shards (the reference labels);
+- in-process: ``segment_by_demonstration`` without shards: the reference labels and the
+  baseline every speed-up is taken against (sharding has to beat *this*, not 1 worker);
 - 1 worker / 2 workers: ``--shards`` operations queued, run by that many
   ``fiftyone delegated launch`` processes started just before (their imports count);
 - ceiling (printed below the table): the same route on the same tiles in 1 process, then
@@ -27,7 +28,8 @@ BLAS/OpenMP) to the cores divided among the run's shards running on this machine
 (:mod:`conceptseg.threads`); ``--threads N`` fixes N per process (``CONCEPTSEG_THREADS``).
 
 Columns: wall s (from queueing, after the route is chosen, to the run's aggregated record;
-the in-process row: the segmentation after the fit); targets/s; speed-up over 1 worker;
+the in-process row: the segmentation after the fit); targets/s; × in-process (the in-process
+row's time over this row's: above 1 is faster than not sharding at all);
 labels (targets holding this run's label); equal (labels whose mask equals the in-process
 run's); redone (targets segmented twice: shard segmented + resumed - shard targets).
 "span" columns time the shards themselves, first shard start to last shard end (what a
@@ -37,6 +39,11 @@ cpu s: the shards' process CPU time, summed, and targets per CPU second (equal f
 workers when running shards side by side costs no extra work: then any shortfall of the
 speed-up is CPU time the shared machine gave to others); load: the 1-minute load average
 when the run ended (it counts our own workers). The load average is printed before and after.
+
+Below the table it says what sharding buys on this machine and where it buys more: how 2
+workers compare with the in-process run (on one machine they share its cores, which the
+in-process run already uses), how the workers scale from 1 to 2 (the worker overhead, not a
+gain over not sharding), and what a worker per machine would add.
 """
 
 from __future__ import annotations
@@ -48,10 +55,9 @@ import signal
 import socket
 import subprocess
 import sys
+import math
 import tempfile
 import time
-
-GOAL = 1.7
 
 
 def _free_port() -> int:
@@ -237,37 +243,45 @@ def child(args) -> None:
     rows.append(dict(name="2 workers, one killed + re-queue", wall=wall, **check("killed", queued["run_id"])))
     load_after = os.getloadavg()[0]
 
-    base, base_span = rows[1]["wall"], rows[1]["span"]
+    base, base_span = rows[0]["wall"], rows[0]["span"]  # the baseline: the same run without shards
     threads = os.environ.get("CONCEPTSEG_THREADS") or "auto (cores ÷ shards running here)"
     print(f"\nshards benchmark: {args.targets} targets (128² nuclei tiles), appearance route, "
           f"{os.cpu_count()} CPUs, threads per process: {threads}; "
           f"load average {load_before:.1f} before, {load_after:.1f} after")
-    print(f"{'run':<36}{'wall s':>8}{'targets/s':>10}{'×1 worker':>10}{'span s':>8}{'targets/s':>10}{'×1 worker':>10}"
+    print(f"{'run':<36}{'wall s':>8}{'targets/s':>10}{'×in-proc':>10}{'span s':>8}{'targets/s':>10}{'×in-proc':>10}"
           f"{'fit s':>7}{'cpu s':>7}{'t/cpu-s':>8}{'load':>6}{'labels':>8}{'equal':>7}{'redone':>8}")
     for r in rows:
-        worker = r["name"][0].isdigit()
-        speed = f"{base / r['wall']:.2f}" if worker else ""
-        speed_span = f"{base_span / r['span']:.2f}" if worker else ""
-        print(f"{r['name']:<36}{r['wall']:>8.1f}{args.targets / r['wall']:>10.1f}{speed:>10}{r['span']:>8.1f}"
-              f"{args.targets / r['span']:>10.1f}{speed_span:>10}{r['fit']:>7.1f}{r['cpu']:>7.1f}"
-              f"{args.targets / r['cpu']:>8.1f}{r['load']:>6.1f}{r['labels']:>8}{r['equal']:>7}"
+        print(f"{r['name']:<36}{r['wall']:>8.1f}{args.targets / r['wall']:>10.1f}{base / r['wall']:>10.2f}"
+              f"{r['span']:>8.1f}{args.targets / r['span']:>10.1f}{base_span / r['span']:>10.2f}{r['fit']:>7.1f}"
+              f"{r['cpu']:>7.1f}{args.targets / r['cpu']:>8.1f}{r['load']:>6.1f}{r['labels']:>8}{r['equal']:>7}"
               f"{r['redone']:>8}")
     for r in rows[1:3]:
         print(f"  {r['name']}: spans of the {len(r['spans'])} run(s) {r['spans']} s; threads per shard "
               f"at the end {r['threads']}")
-    ratio, ratio_span = base / rows[2]["wall"], base_span / rows[2]["span"]
-    print(f"\n2 workers / 1 worker throughput: {ratio:.2f}× from queueing, {ratio_span:.2f}× over the shards' span "
-          f"(goal ≥ {GOAL}×: {'met' if max(ratio, ratio_span) >= GOAL else 'NOT met'}); targets per CPU second "
-          f"{rows[2]['cpu'] and rows[1]['cpu'] / rows[2]['cpu']:.2f}× of 1 worker's; "
-          f"killed run: {len(requeued)} shard re-queued, {rows[3]['labels']}/{args.targets} labels, "
-          f"{rows[3]['redone']} redone; queueing (fit + verify + queue) took {rows[1]['queue']:.1f} s")
+    one, two = rows[1], rows[2]
+    print(f"\nbaseline: the in-process run (no shards), {base:.1f} s, {args.targets / base:.1f} targets/s.")
+    print(f"on this machine ({os.cpu_count()} CPUs): 2 workers {base / two['wall']:.2f}× the in-process run from "
+          f"queueing, {base_span / two['span']:.2f}× over the shards' span; 1 worker {base / one['wall']:.2f}×. "
+          "Workers on one machine share the cores the in-process run already uses (its threads), so sharding "
+          "here buys no speed; near 1× means it costs little.")
+    print(f"workers scale {one['wall'] / two['wall']:.2f}× from 1 to 2 (from queueing; "
+          f"{one['span'] / two['span']:.2f}× over the span): a gain over 1 worker (which runs the shards one "
+          "after the other, each with its re-fit, on top of a worker's imports and polling), not over running "
+          "without shards.")
+    machines = math.floor(one["wall"] / base) + 1  # the fewest whose summed 1-worker rates pass the in-process rate
+    print(f"where sharding buys speed: one worker per machine (or per GPU) adds that machine's cores; each ran at "
+          f"{args.targets / one['wall']:.1f} targets/s alone here, so N such machines would give about N × that "
+          f"(estimate, not measured: beyond the in-process rate from {machines} machines, the database and the "
+          "shared media permitting). It also buys a run that survives its workers: "
+          f"killed run {len(requeued)} shard re-queued, {rows[3]['labels']}/{args.targets} labels, "
+          f"{rows[3]['redone']} redone; queueing (fit + verify + queue) took {one['queue']:.1f} s.")
     ceiling = {n: sorted(c["span"] for c in runs)[len(runs) // 2] for n, runs in ceilings.items()}
     ceiling_cpu = {n: sorted(c["cpu"] for c in runs)[len(runs) // 2] for n, runs in ceilings.items()}
     print(f"ceiling, the route alone (no FiftyOne): 1 process {ceiling[1]:.1f} s ({ceiling_cpu[1]:.1f} cpu s), "
           f"2 processes {ceiling[2]:.1f} s ({ceiling_cpu[2]:.1f} cpu s): {ceiling[1] / ceiling[2]:.2f}× "
           f"(median spans; all: 1 process {[round(c['span'], 1) for c in ceilings[1]]}, "
-          f"2 processes {[round(c['span'], 1) for c in ceilings[2]]}); 2 workers reached "
-          f"{ratio_span / (ceiling[1] / ceiling[2]):.0%} of the speed-up the CPUs gave the route alone")
+          f"2 processes {[round(c['span'], 1) for c in ceilings[2]]}): what two processes of one machine can "
+          "share at best, whatever splits the work")
     fo.delete_dataset(dataset.name)
     shutil.rmtree(logs, ignore_errors=True)
 

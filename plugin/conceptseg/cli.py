@@ -109,6 +109,7 @@ def cmd_segment(args) -> int:
         prompt_template=args.prompt_template,
         shards=args.shards,
         batch_size=args.batch_size,
+        prefix_reuse=not args.no_prefix_reuse,
     )
     _warn(summary)
     if summary.get("queued"):
@@ -141,6 +142,10 @@ def _report(summary: dict, as_json: bool) -> int:
         negatives = summary.get("negative_demonstrations") or 0
         print(f"concept: {', '.join(summary['classes'])}"
               + (f" ({negatives} negative demonstration(s) teach background)" if negatives else ""))
+    from conceptseg.execution import lines
+
+    for line in lines(summary.get("execution")):  # batch size used, fallbacks, prefix reuse: what really ran
+        print(line)
     print(f"segmented {summary['segmented']}, skipped {summary['skipped']}, failed {len(summary['failures'])}")
     for f in summary["failures"]:
         print(f"  failed {f['sample_id']} ({f['filepath']}): {f['error']}")
@@ -163,6 +168,7 @@ def cmd_query(args) -> int:
         progress=None if args.json else _progress,
         prompt_template=args.prompt_template,
         batch_size=args.batch_size,
+        prefix_reuse=not args.no_prefix_reuse,
     )
     return _report(summary, args.json)
 
@@ -415,6 +421,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(same labels as 1; halved by itself on GPU out-of-memory)")
     p.add_argument("--shards", type=int, help="queue the targets as N delegated operations for "
                    "`fiftyone delegated launch` workers instead of segmenting here")
+    p.add_argument("--no-prefix-reuse", action="store_true", help="reasoning routes: encode every prompt whole "
+                   "instead of reusing the demonstrations' canvas once per run (same labels, slower)")
     p.set_defaults(func=cmd_segment)
 
     p = sub.add_parser("query", help="reasoning segmentation of a text query (no demonstrations)")
@@ -425,6 +433,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--view", help="saved view of targets (default: the whole dataset)")
     p.add_argument("--prompt-template", metavar="FILE", help="the policy prompt's wording, with {placeholders}")
     p.add_argument("--batch-size", type=int, default=1, help="targets per policy call (same labels as 1)")
+    p.add_argument("--no-prefix-reuse", action="store_true", help="encode every prompt whole (a text query's "
+                   "prompt has no image before the target, so it shares no prefix either way; the report says so)")
     p.add_argument("--no-instances", action="store_true", help="skip the <pred-field>_instances Detections")
     p.add_argument("--json", action="store_true", help="print the run summary as JSON")
     mode = p.add_mutually_exclusive_group()

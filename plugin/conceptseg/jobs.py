@@ -15,6 +15,7 @@ from fiftyone import ViewField as F
 
 from conceptseg import fiftyone_io as fio
 from conceptseg.errors import ConceptSegError, EmptyViewError, FieldError
+from conceptseg.execution import report as execution_report
 from conceptseg.locks import locks_output_field
 from conceptseg.outputs import writable_dir
 from conceptseg.router import DEFAULT_THRESHOLD, check_batch_size, make_router
@@ -274,6 +275,7 @@ def segment_by_demonstration(
     shards: int | None = None,
     batch_size: int = 1,
     source: dict | None = None,
+    prefix_reuse: bool = True,
 ) -> dict:
     """Learns the concept from ``demonstrations`` and writes masks on every target.
 
@@ -298,7 +300,10 @@ def segment_by_demonstration(
     written by anything else are only replaced with ``overwrite``.
 
     ``batch_size`` targets go through the route together (the reasoning route reads them in
-    one policy call; the labels are the same as one at a time).
+    one policy call; the labels are the same as one at a time). ``prefix_reuse=False`` encodes
+    every prompt whole instead of reusing the demonstrations' canvas (same labels). The
+    summary's ``execution`` says what ran: the batch size used (smaller after an
+    out-of-memory halving), every fallback with its reason, the prefix store's hits and misses.
 
     With ``shards`` (N), nothing is segmented here: the route is chosen, the run recorded and
     its targets queued as N delegated operations for ``fiftyone delegated launch`` workers
@@ -318,7 +323,8 @@ def segment_by_demonstration(
         return segment_sharded(demonstrations, targets, mask_field, pred_field, shards, route=route,
                                threshold=threshold, concept=concept, overwrite=overwrite, resume=resume,
                                instances=instances, output_dir=output_dir, model=model, classes=classes,
-                               resize_masks=resize_masks, prompt_template=prompt_template, batch_size=batch_size)
+                               resize_masks=resize_masks, prompt_template=prompt_template, batch_size=batch_size,
+                               prefix_reuse=prefix_reuse)
     check_field_name(pred_field)
     check_batch_size(batch_size)
     if not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
@@ -351,7 +357,7 @@ def segment_by_demonstration(
         concept = ", ".join(found.classes)
     question = concept if concept != "concept" else None
     router = make_router(route, threshold, bundle=_load_model(model), question=question,
-                         prompt_template=_template(prompt_template))
+                         prompt_template=_template(prompt_template), prefix_reuse=prefix_reuse)
     choice = router.choose(demos)
     negatives = sum(1 for d in demos if not d.mask.any())
     _ensure_mask_targets(targets, pred_field, concept)
@@ -373,6 +379,7 @@ def segment_by_demonstration(
         concept=concept,
         frames=bool(targets._is_frames),
         batch_size=batch_size,
+        prefix_reuse=bool(prefix_reuse),
         warnings=found.warnings,
         **({"concept_source": source} if source else {}),
         **settings,
@@ -402,6 +409,7 @@ def segment_by_demonstration(
         failures=failures,
         fit_seconds=choice.fit_seconds,
         seconds_per_target=(sum(seconds) / len(seconds)) if seconds else None,
+        execution=execution_report(choice.route, batch_size),
     )
     _finish_run(dataset, run_key, summary)
     return summary
@@ -459,6 +467,7 @@ def segment_by_query(
     progress: Progress | None = None,
     prompt_template: str | None = None,
     batch_size: int = 1,
+    prefix_reuse: bool = True,
 ) -> dict:
     """Reasoning segmentation: the policy reads ``text`` and each target, no demonstrations.
 
@@ -481,7 +490,8 @@ def segment_by_query(
     inst_field = instances_field_for(pred_field) if instances else None
     todo = _targets_to_do(targets, pred_field, inst_field, None, overwrite, resume, run_key, run_id)
     skipped = len(targets) - len(todo)  # before segmenting: the view is re-evaluated lazily
-    router = make_router("reasoning", bundle=bundle, question=text.strip(), prompt_template=_template(prompt_template))
+    router = make_router("reasoning", bundle=bundle, question=text.strip(), prompt_template=_template(prompt_template),
+                         prefix_reuse=prefix_reuse)
     route = router.routes[0]
     route.fit([])
     choice = RouteChoice(route, [Verification(route.name)], verified=False,
@@ -494,7 +504,7 @@ def segment_by_query(
         method="conceptseg.segment_by_query", run_id=run_id, output_dir=out_dir,
         pred_field=pred_field, instances_field=inst_field,
         query=text, route=route.name, concept=concept, model=model if isinstance(model, str) else None,
-        batch_size=batch_size,
+        batch_size=batch_size, prefix_reuse=bool(prefix_reuse),
     ))
     seconds, failures = _segment_targets(
         router, choice, todo, pred_field, inst_field, concept, run_key, out_dir, progress, run_id, batch_size,
@@ -505,6 +515,7 @@ def segment_by_query(
         query=text, verification=None, verified=False, reason=choice.reason,
         targets=len(targets), segmented=len(seconds), skipped=skipped, failures=failures,
         seconds_per_target=(sum(seconds) / len(seconds)) if seconds else None,
+        execution=execution_report(route, batch_size),
     )
     _finish_run(dataset, run_key, summary)
     return summary

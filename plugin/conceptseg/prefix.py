@@ -95,18 +95,21 @@ class PrefixStore:
     A route keeps one store for its life (a run): the key covers the prefix's tokens and the
     canvas's pixels, so other demonstrations compute a new prefix by themselves, but not the
     weights, which must not change while the store is used. ``hits`` and ``misses`` count
-    calls served from the cache and prefixes computed.
+    calls served from the cache and prefixes computed; ``unshared`` counts, by reason, the
+    calls that shared no prefix and encoded everything (nothing is reused without a word).
     """
 
     def __init__(self):
         self.prefix: SharedPrefix | None = None
         self.hits = 0
         self.misses = 0
+        self.unshared: dict[str, int] = {}
 
     def lookup(self, policy, inputs: dict) -> SharedPrefix | None:
         """The shared prefix for these inputs (computed if new), or None when they share none."""
         found = _prefix_of(policy, inputs)
-        if found is None:
+        if isinstance(found, str):
+            self.unshared[found] = self.unshared.get(found, 0) + 1
             return None
         key, length = found
         if self.prefix is not None and self.prefix.key == key:
@@ -116,30 +119,34 @@ class PrefixStore:
         self.prefix = SharedPrefix(key, length, _encode_prefix(policy, inputs, length), policy)
         return self.prefix
 
+    def stats(self) -> dict:
+        """{"hits", "misses", "unshared": {reason: calls}}: what the store did, for the run record."""
+        return {"hits": self.hits, "misses": self.misses, "unshared": dict(self.unshared)}
 
-def _prefix_of(policy, inputs: dict) -> tuple[str, int] | None:
+
+def _prefix_of(policy, inputs: dict) -> tuple[str, int] | str:
     """(key, L) when every row is unpadded and starts with the same tokens up to the end of
-    the same first image; None otherwise."""
+    the same first image; otherwise why not, in words."""
     import torch
 
     ids, grids = inputs["input_ids"], inputs.get("image_grid_thw")
     rows = ids.shape[0]
     if "mm_encoder_outputs" not in _forward_arguments(policy):
-        return None  # transformers before 5.2x cannot take the target's features pre-encoded
+        return "this transformers version cannot take the target's image features pre-encoded"
     if grids is None or grids.shape[0] < 2 * rows or grids.shape[0] % rows:
-        return None  # a prefix ending in an image needs another image after it
+        return "the prompt has no image before the target's (a text query): nothing to share"
     if not bool(inputs["attention_mask"].all()):
-        return None  # left padding shifts where each row's prefix sits
+        return "the rows are padded (prompts of different lengths)"
     vision_end = policy.processor.tokenizer.convert_tokens_to_ids("<|vision_end|>")
     ends = (ids[0] == vision_end).nonzero()
     if ends.numel() == 0:
-        return None
+        return "the prompt has no image"
     length = int(ends[0]) + 1
     if not bool((ids[:, :length] == ids[:1, :length]).all()):
-        return None
+        return "the rows' prompts differ before the end of the first image"
     first = _first_image_pixels(inputs)
     if any(not torch.equal(first[0], other) for other in first[1:]):
-        return None
+        return "the rows' first images differ"
     digest = hashlib.sha1(ids[0, :length].cpu().numpy().tobytes())
     digest.update(first[0].float().cpu().numpy().tobytes())
     digest.update(grids[0].cpu().numpy().tobytes())

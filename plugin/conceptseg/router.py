@@ -211,12 +211,14 @@ def _score(value: float | None) -> str:
 
 
 def make_router(route: str = "auto", threshold: float = DEFAULT_THRESHOLD, bundle=None, question: str | None = None,
-                prompt_template=None) -> Router:
+                prompt_template=None, prefix_reuse: bool = True) -> Router:
     """A router over every available route (``auto``) or over the one named route.
 
     With a bundle, routes join in order of cost: the SAM 2 prototype route (when the
     segmenter is SAM 2), then, when the bundle has a policy, the rule-reuse route
     (reasoning-fast: a short answer per target) and the full reasoning route.
+    ``prefix_reuse=False`` makes the policy routes encode every prompt whole
+    (:mod:`conceptseg.prefix`; the labels are the same).
     """
     from conceptseg.routes.prototype import PrototypeRoute
     from conceptseg.routes.reasoning import ReasoningConfig, ReasoningRoute
@@ -230,6 +232,7 @@ def make_router(route: str = "auto", threshold: float = DEFAULT_THRESHOLD, bundl
         if bundle.policy is not None:
             config = ReasoningConfig(question=question) if question else ReasoningConfig()
             config.prompt_template = prompt_template  # a PromptTemplate or None (the bundle's)
+            config.reuse_prefix = bool(prefix_reuse)
             available[ReasoningFastRoute.name] = ReasoningFastRoute(bundle, config)
             available[ReasoningRoute.name] = ReasoningRoute(bundle, dataclasses.replace(config))
     if route == "auto":

@@ -3,11 +3,11 @@
 The process that queues the shards ends long before they do, so its lock document (see
 :mod:`conceptseg.locks`) is handed to the run: the document then names the run (dataset id,
 run id) instead of a process, and counts as held while the run still exists, has no
-results yet and has a shard queued, running or being re-queued. Nothing has to renew it:
+results yet and has a shard queued, running or being (re-)queued. Nothing has to renew it:
 a worker that dies leaves its shard RUNNING (held) until ``requeue_dead`` queues a new
 attempt (still held); the last shard's aggregate and ``delete-run`` release it, and a run
-whose shards all ended without that (failed, operations deleted) is found not to hold it
-by the next run that asks.
+whose shards all ended without that (failed, operations deleted, a re-queue that never
+reached the queue) is found not to hold it by the next run that asks.
 """
 
 from __future__ import annotations
@@ -19,19 +19,23 @@ _ACTIVE = ("queued", "scheduled", "running")
 REQUEUE_MARK = "shard re-queued"  # in the error requeue_dead gives the attempt it replaces
 
 
-def _shard_active(record: dict) -> bool:
-    from conceptseg.shards import _op
+def shard_active(record: dict, now: float | None = None) -> bool:
+    """Whether a shard may still write: its operation is queued or running, or it is being queued.
 
-    if record.get("op_id") == "requeueing":  # requeue_dead is queueing its next attempt
-        return True
-    op = _op(record.get("op_id"))
-    if op is None:
-        return False
-    if op.run_state in _ACTIVE:
-        return True
-    # Failed by requeue_dead a moment before its new attempt is recorded: still the run's.
-    error = getattr(op.result, "error", None) or ""
-    return op.run_state == "failed" and REQUEUE_MARK in error
+    A record awaiting its operation (op_id "queueing"/"requeueing") is active while the
+    operation of its ticket is, or, before one is found, for ``STALE_AFTER`` seconds of the
+    database's clock: a queueing process that died in between leaves no lock behind.
+    """
+    from conceptseg.shards import PENDING, STALE_AFTER, _op, db_time, pending_op
+
+    if record.get("op_id") in PENDING:
+        op = pending_op(record)
+        if op is None:
+            now = db_time() if now is None else now
+            return now - (record.get("pending_since") or 0.0) <= STALE_AFTER
+    else:
+        op = _op(record.get("op_id"))
+    return op is not None and op.run_state in _ACTIVE
 
 
 def run_holds(doc: dict) -> bool:
@@ -40,7 +44,7 @@ def run_holds(doc: dict) -> bool:
     from fiftyone.core.odm import get_db_conn
     from fiftyone.operators.store import ExecutionStore
 
-    from conceptseg.shards import STORE
+    from conceptseg.shards import STORE, db_time
 
     dataset_id = ObjectId(doc["dataset_id"])
     run = get_db_conn().runs.find_one({"_dataset_id": dataset_id, "config.run_id": doc["run_id"]}, {"results": 1})
@@ -48,7 +52,8 @@ def run_holds(doc: dict) -> bool:
         return False
     store = ExecutionStore.create(STORE, dataset_id)
     keys = [k for k in store.list_keys() if k.startswith(doc["run_id"] + ":")]
-    return any(_shard_active(store.get(k) or {}) for k in keys)
+    now = db_time()
+    return any(shard_active(store.get(k) or {}, now) for k in keys)
 
 
 def hold(dataset, pred_field: str, run_key: str, run_id: str) -> None:

@@ -15,14 +15,32 @@ operation, worker host and pid, a heartbeat, and its counts. The last shard to f
 aggregates the records into the run's results, which ``conceptseg runs`` shows. A shard
 whose worker died (its operation RUNNING with a dead pid on this host, or a heartbeat older
 than ``stale_after``; or FAILED) is re-queued by :func:`conceptseg.shards_watch.requeue_dead`.
+
+The records are written only by :func:`update_record`: one conditional update on the
+record's database document, never a read and then a write. So:
+
+* a record exists before its operation is queued: it names a placeholder
+  (``op_id="queueing"`` or ``"requeueing"``) and a fresh ``ticket`` that the operation's
+  params carry, and the worker that claims the operation first takes the record by that
+  ticket; the queueing process names the operation afterwards only if no worker did;
+* a worker writes only while the record names its operation (or awaits its ticket): once a
+  re-queue has handed the shard on, a stale worker's writes match nothing and it stops;
+* a re-queue first fences the record (only if it is still exactly the one judged dead),
+  then queues; a re-queue whose queueing fails puts the record back, and one whose process
+  died in between is found stuck (no operation carries its ticket after ``stale_after``),
+  so a field never stays locked by a placeholder;
+* heartbeats and every time a staleness is judged by are the database's clock (``$$NOW``,
+  the ``hello`` command's ``localTime``), never a worker host's wall clock.
 """
 
 from __future__ import annotations
 
+import datetime
 import os
 import socket
 import threading
 import time
+import uuid
 
 import numpy as np
 from fiftyone import ViewField as F
@@ -36,10 +54,27 @@ SHARD_OPERATOR = "segment_shard"
 # Seconds between a running shard's heartbeats, and without one before its worker counts as dead.
 HEARTBEAT_SECONDS = 5.0
 STALE_AFTER = 60.0
+# A record's op_id while its shard's next operation is being queued (the record is written first).
+QUEUEING, REQUEUEING = "queueing", "requeueing"
+PENDING = (QUEUEING, REQUEUEING)
+# The database's clock in seconds since the epoch, as an update expression.
+_DB_SECONDS = {"$divide": [{"$toLong": "$$NOW"}, 1000]}
 
 
 class RunGoneError(ConceptSegError):
     """The run a shard belongs to was deleted."""
+
+
+class ShardSuperseded(ConceptSegError):
+    """The shard was handed to a newer attempt (re-queued): this worker's writes no longer land."""
+
+
+class ShardQueueError(ConceptSegError):
+    """Queueing a run's shards failed part way; ``queued`` holds the operations that were queued."""
+
+    def __init__(self, message: str, queued: list[str]):
+        super().__init__(message)
+        self.queued = queued
 
 
 def operator_uri() -> str:
@@ -78,6 +113,76 @@ def _key(run_id: str, index: int) -> str:
     return f"{run_id}:{index:05d}"
 
 
+def _targets_key(run_id: str, index: int) -> str:
+    """Where a shard's target ids are kept (not under the records' prefix): a re-queue needs no old operation."""
+    return f"targets/{_key(run_id, index)}"
+
+
+def _records():
+    """The execution store's collection: records are updated there in place, conditionally."""
+    from fiftyone.core.odm import get_db_conn
+    from fiftyone.factory.repos.execution_store import MongoExecutionStoreRepo
+
+    return get_db_conn()[MongoExecutionStoreRepo.COLLECTION_NAME]
+
+
+def db_time() -> float:
+    """The database's clock, in seconds since the epoch: what every staleness is judged by."""
+    from fiftyone.core.odm import get_db_conn
+    from pymongo.errors import OperationFailure
+
+    db = get_db_conn()
+    try:
+        local = db.command("hello")["localTime"]
+    except OperationFailure:  # a server before MongoDB 4.4.2
+        local = db.command("isMaster")["localTime"]
+    if local.tzinfo is None:
+        local = local.replace(tzinfo=datetime.timezone.utc)
+    return local.timestamp()
+
+
+def update_record(dataset_id, run_id: str, index: int, changes: dict | None = None, when: dict | None = None,
+                  stamp: tuple = (), replace: dict | None = None, upsert: bool = False) -> bool:
+    """One conditional update of a shard's record; returns whether it landed.
+
+    ``changes`` (field -> value) and ``stamp`` (fields set to the database's clock) are
+    written only where the record matches ``when`` (field -> value or query operator, or
+    ``"$or"`` -> list of such dicts); ``replace`` sets the whole record first. Nothing is
+    read before: the database applies the condition and the write as one operation.
+    """
+    query = {"store_name": STORE, "key": _key(run_id, index), "dataset_id": dataset_id}
+    for name, condition in (when or {}).items():
+        if name == "$or":
+            query["$or"] = [{f"value.{k}": v for k, v in alt.items()} for alt in condition]
+        else:
+            query[f"value.{name}"] = condition
+    stages, top = [], {"updated_at": "$$NOW"}
+    if replace is not None:
+        top.update(value={"$literal": replace}, policy="persist", expires_at=None,
+                   created_at={"$ifNull": ["$created_at", "$$NOW"]})
+        stages.append({"$set": top})
+        top = {}
+    fields = {f"value.{k}": {"$literal": v} for k, v in (changes or {}).items()}
+    fields.update({f"value.{k}": _DB_SECONDS for k in stamp})
+    fields.update(top)
+    if fields:
+        stages.append({"$set": fields})
+    result = _records().update_one(query, stages, upsert=upsert)
+    return bool(result.matched_count or result.upserted_id is not None)
+
+
+def pending_op(record: dict):
+    """The operation queued for a record's pending attempt (found by its ticket), or None."""
+    from fiftyone.core.odm import get_db_conn
+    from fiftyone.factory.repos.delegated_operation import MongoDelegatedOperationRepo
+
+    if not record.get("ticket"):
+        return None
+    doc = get_db_conn()[MongoDelegatedOperationRepo.COLLECTION_NAME].find_one(
+        {"context.request_params.params.ticket": record["ticket"]}, {"_id": 1})
+    return _op(str(doc["_id"])) if doc else None
+
+
 def shard_records(dataset, run_id: str) -> list[dict]:
     """The shard records of a run, by shard index."""
     store = _store(dataset)
@@ -88,7 +193,7 @@ def shard_records(dataset, run_id: str) -> list[dict]:
 def clear_records(dataset, run_id: str) -> None:
     store = _store(dataset)
     for key in store.list_keys():
-        if key.startswith(run_id + ":"):
+        if key.startswith((run_id + ":", f"targets/{run_id}:")):
             store.delete(key)
 
 
@@ -143,22 +248,51 @@ def queue_operation(dataset, params: dict, label: str) -> str:
 
 
 def queue_shards(dataset, run_key: str, run_id: str, pred_field: str, todo_ids: list[str], shards: int) -> list[str]:
-    """Queues the shards of a recorded run; returns their operation ids."""
+    """Queues the shards of a recorded run; returns their operation ids.
+
+    Every record (and its targets) is written before any operation is queued, so a worker
+    that claims an operation at once finds its record. Raises :class:`ShardQueueError`
+    when queueing fails part way: the shards not queued are recorded as such (dead, so
+    ``--requeue-dead`` queues them), never left pending.
+    """
     clear_records(dataset, run_id)  # a resumed run starts its shards afresh
-    store, op_ids = _store(dataset), []
+    store, dataset_id, op_ids = _store(dataset), dataset._doc.id, []
     parts = split_targets(todo_ids, shards)
+    tickets = [uuid.uuid4().hex for _ in parts]
     for index, ids in enumerate(parts):
-        params = dict(run_id=run_id, index=index, shards=len(parts), target_ids=ids)
-        op_id = queue_operation(dataset, params, f"conceptseg {pred_field}: shard {index + 1}/{len(parts)}")
-        store.set(_key(run_id, index), dict(run_id=run_id, index=index, shards=len(parts), op_id=op_id,
-                                            state="queued", attempt=1, starts=0, targets=len(ids)))
+        store.set(_targets_key(run_id, index), ids)
+        update_record(dataset_id, run_id, index, stamp=("queued_at", "pending_since"), upsert=True, replace=dict(
+            run_id=run_id, index=index, shards=len(parts), op_id=QUEUEING, ticket=tickets[index], state="queued",
+            attempt=1, starts=0, targets=len(ids)))
+    for index, ids in enumerate(parts):
+        params = dict(run_id=run_id, index=index, shards=len(parts), target_ids=ids, attempt=1, ticket=tickets[index])
+        try:
+            op_id = queue_operation(dataset, params, f"conceptseg {pred_field}: shard {index + 1}/{len(parts)}")
+        except Exception as e:
+            for left in range(index, len(parts)):
+                update_record(dataset_id, run_id, left, dict(op_id=None, state="not queued",
+                                                             error=f"queueing failed: {type(e).__name__}: {e}"),
+                              when={"op_id": QUEUEING, "ticket": tickets[left]})
+            raise ShardQueueError(
+                f"Queueing shard {index + 1} of {len(parts)} failed ({type(e).__name__}: {e}); "
+                f"{index} shard(s) are queued. Queue the others with `conceptseg shards --dataset {dataset.name} "
+                f"--pred-field {pred_field} --requeue-dead`, or delete the run.", op_ids) from e
+        settle(dataset_id, run_id, index, tickets[index], op_id)
         op_ids.append(op_id)
     return op_ids
 
 
+def settle(dataset_id, run_id: str, index: int, ticket: str, op_id: str) -> None:
+    """Names the queued operation in its record, unless the worker that claimed it already did."""
+    update_record(dataset_id, run_id, index, dict(op_id=op_id), when={"op_id": {"$in": list(PENDING)}, "ticket": ticket})
+
+
 def refuse_busy(dataset, run_id: str) -> None:
     """A run whose shards are still queued or running cannot be started again under the same id."""
-    busy = [r["index"] + 1 for r in shard_records(dataset, run_id) if _op_state(r.get("op_id")) in ("queued", "running")]
+    from conceptseg.shard_lock import shard_active
+
+    now = db_time()
+    busy = [r["index"] + 1 for r in shard_records(dataset, run_id) if shard_active(r, now)]
     if busy:
         raise ConceptSegError(
             f"Shard(s) {', '.join(map(str, busy))} of this run are still queued or running: wait for them "
@@ -177,16 +311,11 @@ def _op(op_id):
         return None
 
 
-def _op_state(op_id) -> str | None:
-    op = _op(op_id)
-    return op.run_state if op is not None else None
-
-
 def segment_sharded(demonstrations, targets, mask_field: str, pred_field: str, shards: int, route: str = "auto",
                     threshold: float | None = None, concept: str = "concept", overwrite: bool = False,
                     resume: bool = False, instances: bool = True, output_dir: str | None = None, model=None,
                     classes=None, resize_masks: bool = False, prompt_template: str | None = None,
-                    batch_size: int = 1) -> dict:
+                    batch_size: int = 1, prefix_reuse: bool = True) -> dict:
     """Chooses the route once, records the run and queues its targets as ``shards`` delegated operations.
 
     Same arguments and checks as :func:`conceptseg.jobs.segment_by_demonstration`; returns
@@ -195,6 +324,7 @@ def segment_sharded(demonstrations, targets, mask_field: str, pred_field: str, s
     from conceptseg import fiftyone_io as fio
     from conceptseg import jobs
     from conceptseg.errors import EmptyViewError
+    from conceptseg.outputs import writable_dir
     from conceptseg.router import DEFAULT_THRESHOLD, make_router
     from conceptseg.runs import run_identity
     from conceptseg.video import as_frames
@@ -227,16 +357,19 @@ def segment_sharded(demonstrations, targets, mask_field: str, pred_field: str, s
     if resume and run_key in dataset.list_runs():
         jobs._check_resume(dataset, run_key, demo_ids, settings)
     refuse_busy(dataset, run_id)
+    # Before anything is recorded or queued: every shard writes its masks there.
+    out_dir = os.path.abspath(writable_dir(output_dir or jobs.default_output_dir(dataset, pred_field),
+                                           "mask output directory"))
 
     demos, found = fio.read_demonstrations(demonstrations, mask_field, classes=classes, resize_masks=resize_masks)
     if concept == "concept" and found.classes:
         concept = ", ".join(found.classes)
     question = concept if concept != "concept" else None
     template = jobs._template(prompt_template)  # read and checked here; every worker reads the same path
-    router = make_router(route, threshold, bundle=jobs._load_model(model), question=question, prompt_template=template)
+    router = make_router(route, threshold, bundle=jobs._load_model(model), question=question, prompt_template=template,
+                         prefix_reuse=prefix_reuse)
     choice = router.choose(demos)
     jobs._ensure_mask_targets(targets, pred_field, concept)
-    out_dir = os.path.abspath(output_dir or jobs.default_output_dir(dataset, pred_field))
     demo_file = demonstrations_path(out_dir, run_id)
     save_demonstrations(demos, demo_file)
     record = dict(
@@ -249,10 +382,15 @@ def segment_sharded(demonstrations, targets, mask_field: str, pred_field: str, s
         fit_seconds=choice.fit_seconds, targets=len(targets), skipped=len(targets) - len(todo_ids),
         shards=n, shards_requested=shards, demonstrations_file=demo_file,
         prompt_template=os.path.abspath(prompt_template) if prompt_template else None, batch_size=batch_size,
-        **settings,
+        prefix_reuse=bool(prefix_reuse), **settings,
     )
     jobs._start_run(targets, run_key, record)
-    op_ids = queue_shards(dataset, run_key, run_id, pred_field, todo_ids, n)
+    try:
+        op_ids = queue_shards(dataset, run_key, run_id, pred_field, todo_ids, n)
+    except ShardQueueError as e:
+        if e.queued:  # the queued shards write the field: the run holds it
+            shard_lock.hold(dataset, pred_field, run_key, run_id)
+        raise
     if op_ids:  # the field stays locked until the last shard ends, not only while queueing
         shard_lock.hold(dataset, pred_field, run_key, run_id)
     summary = dict(run_key=run_key, run_id=run_id, queued=True, operations=op_ids, note=note,
@@ -287,7 +425,8 @@ def _recorded_choice(config: dict, demos: list[Demonstration]):
     from conceptseg.types import Verification
 
     router = make_router(config["route"], config["threshold"], bundle=_load_model(config.get("model")),
-                         question=config.get("question"), prompt_template=_template(config.get("prompt_template")))
+                         question=config.get("question"), prompt_template=_template(config.get("prompt_template")),
+                         prefix_reuse=config.get("prefix_reuse", True))
     route = router.routes[0]
     start = time.perf_counter()
     # A reused rule (reasoning-fast) is the recorded one: a worker never induces its own.
@@ -322,30 +461,48 @@ class _Heartbeat(threading.Thread):
 
     def run(self) -> None:
         while not self.stop.wait(max(self.every, 0.5)):
-            self.shard.write()
+            if not self.shard.write():  # superseded: the segmenting loop stops at its next target
+                return
 
 
 class _Shard:
-    """One attempt at one shard: its record in the store, written only while it is the current attempt."""
+    """One attempt at one shard: its record, written only while this attempt is the shard's.
 
-    def __init__(self, dataset, run_id: str, index: int, op_id: str | None):
-        self.dataset, self.run_id, self.index, self.op_id = dataset, run_id, index, op_id
-        self.store, self.key = _store(dataset), _key(run_id, index)
+    The attempt is the shard's while the record names its operation, or awaits the
+    operation of its ticket (queued, not yet named): each write is one conditional update
+    (:func:`update_record`), so a re-queue between a check and a write cannot be
+    overwritten. A write that matches nothing marks the attempt superseded.
+    """
+
+    def __init__(self, dataset, run_id: str, index: int, op_id: str | None, ticket: str | None = None):
+        self.dataset, self.run_id, self.index, self.op_id, self.ticket = dataset, run_id, index, op_id, ticket
         self.lock = threading.Lock()
-        self.record = self.store.get(self.key) or dict(run_id=run_id, index=index, attempt=1, starts=0)
+        self.record = _store(dataset).get(_key(run_id, index)) or dict(run_id=run_id, index=index, attempt=1,
+                                                                        starts=0)
         self.done = 0
+        self.superseded = False
 
-    def current(self) -> bool:
-        """Whether this attempt is still the shard's (a re-queue hands the shard to a new operation)."""
-        stored = self.store.get(self.key) or {}
-        return self.op_id is None or stored.get("op_id") in (None, self.op_id)
+    def _mine(self) -> dict | None:
+        """The condition under which the record is this attempt's (None: run in-process, no operation)."""
+        if self.op_id is None:
+            return None
+        mine = [{"op_id": self.op_id}]
+        if self.ticket:
+            mine.append({"op_id": {"$in": list(PENDING)}, "ticket": self.ticket})
+        return {"$or": mine}
 
-    def write(self, **changes) -> None:
+    def write(self, stamp: tuple = (), **changes) -> bool:
+        """Writes ``changes``, the progress and a heartbeat (the database's clock); False once superseded."""
         with self.lock:
-            if not self.current():
-                return
-            self.record.update(changes, done=self.done, heartbeat=time.time())
-            self.store.set(self.key, dict(self.record))
+            if self.superseded:
+                return False
+            changes = dict(changes, done=self.done)
+            if update_record(self.dataset._doc.id, self.run_id, self.index, changes, when=self._mine(),
+                             stamp=("heartbeat",) + tuple(stamp)):
+                self.record.update(changes)
+                return True
+            self.superseded = True
+            return False
 
 
 def run_shard(dataset, params: dict, op_id: str | None = None, progress=None,
@@ -353,10 +510,13 @@ def run_shard(dataset, params: dict, op_id: str | None = None, progress=None,
     """Segments one shard's targets for the run ``params['run_id']``; returns the shard's counts.
 
     Targets that already hold a label of this run are skipped (a re-queued shard resumes).
-    A run deleted before or during the shard ends it without writing further labels.
+    A run deleted before or during the shard ends it without writing further labels. A
+    shard handed to a newer attempt meanwhile (re-queued) stops at its next target, keeping
+    the labels it wrote (the new attempt skips them).
     """
     import psutil
 
+    from conceptseg.execution import report as execution_report
     from conceptseg.jobs import _segment_targets
 
     run_id, index, ids = params["run_id"], int(params["index"]), list(params["target_ids"])
@@ -366,10 +526,14 @@ def run_shard(dataset, params: dict, op_id: str | None = None, progress=None,
         return dict(run_id=run_id, index=index, ended="run deleted", segmented=0)
     dataset.reload()
     config, run_key = doc["config"], doc["key"]
-    shard = _Shard(dataset, run_id, index, op_id)
+    shard = _Shard(dataset, run_id, index, op_id, params.get("ticket"))
     me = psutil.Process()
-    shard.write(op_id=op_id, state="running", host=socket.gethostname(), pid=me.pid,
-                pid_started=me.create_time(), started=time.time(), starts=shard.record.get("starts", 0) + 1)
+    claim = dict(state="running", host=socket.gethostname(), pid=me.pid, pid_started=me.create_time(),
+                 starts=shard.record.get("starts", 0) + 1)
+    if op_id is not None:
+        claim["op_id"] = op_id
+    if not shard.write(stamp=("started",), **claim):  # the record names another attempt: this one is stale
+        return dict(run_id=run_id, index=index, ended="superseded", segmented=0)
 
     started, cpu_started = time.perf_counter(), time.process_time()
     pred_field, inst_field = config["pred_field"], config.get("instances_field")
@@ -391,19 +555,28 @@ def run_shard(dataset, params: dict, op_id: str | None = None, progress=None,
         shard.done = done
         if progress is not None:
             progress(done, total)
+        if shard.superseded:  # a heartbeat found the shard re-queued: the new attempt does the rest
+            raise ShardSuperseded(f"shard {index + 1} of run {run_id} was re-queued while this worker ran it")
         if time.monotonic() - checked[0] >= heartbeat:  # one query per heartbeat: was the run deleted?
             checked[0] = time.monotonic()
             if _run_doc(dataset, run_id) is None:
                 raise RunGoneError(f"run {run_id} was deleted while shard {index + 1} was running")
             _share_cores(dataset, run_id)  # workers here may have started or finished meanwhile
 
-    try:
-        seconds, failures = _segment_targets(router, choice, todo, pred_field, inst_field, config["concept"],
-                                              run_key, config["output_dir"], report, run_id,
-                                              int(config.get("batch_size") or 1))
-    except RunGoneError:
+    batch_size = int(config.get("batch_size") or 1)
+    def run_deleted() -> dict:
         _remove_leftovers(dataset, run_id, ids, [pred_field, inst_field], config["output_dir"])
         return dict(run_id=run_id, index=index, ended="run deleted", segmented=0)
+
+    try:
+        seconds, failures = _segment_targets(router, choice, todo, pred_field, inst_field, config["concept"],
+                                              run_key, config["output_dir"], report, run_id, batch_size)
+    except RunGoneError:
+        return run_deleted()
+    except ShardSuperseded:  # its record was handed on, or went with the run
+        if _run_doc(dataset, run_id) is None:
+            return run_deleted()
+        return dict(run_id=run_id, index=index, ended="superseded", segmented=0, done=shard.done)
     finally:
         beat.stop.set()
         beat.join()
@@ -412,10 +585,13 @@ def run_shard(dataset, params: dict, op_id: str | None = None, progress=None,
     result = dict(run_id=run_id, index=index, targets=len(ids), segmented=len(seconds), resumed=resumed,
                   failures=failures, seconds_sum=float(sum(seconds)), fit_seconds=choice.fit_seconds,
                   busy_seconds=time.perf_counter() - started, cpu_seconds=time.process_time() - cpu_started,
-                  threads=used_threads)
-    shard.write(state="completed", finished=time.time(), **{k: v for k, v in result.items() if k not in ("run_id", "index")})
-    if shard.current():
-        finish_if_done(dataset, run_id)
+                  threads=used_threads, execution=execution_report(choice.route, batch_size))
+    if not shard.write(stamp=("finished",), state="completed",
+                       **{k: v for k, v in result.items() if k not in ("run_id", "index")}):
+        if _run_doc(dataset, run_id) is None:
+            return run_deleted()
+        return dict(result, ended="superseded")  # re-queued at the last moment: the new attempt finishes
+    finish_if_done(dataset, run_id)
     return result
 
 
@@ -445,6 +621,8 @@ def _remove_leftovers(dataset, run_id: str, ids: list[str], fields: list[str | N
 
 def aggregate(config: dict, records: list[dict]) -> dict:
     """The run's summary from its queue-time choice and its shards' records."""
+    from conceptseg.execution import combine
+
     segmented = sum(r.get("segmented", 0) + r.get("resumed", 0) for r in records)
     written = sum(r.get("segmented", 0) for r in records)
     seconds = sum(r.get("seconds_sum", 0.0) for r in records)
@@ -473,6 +651,9 @@ def aggregate(config: dict, records: list[dict]) -> dict:
         shard_attempts=sum(r.get("attempt", 1) for r in records),
         worker_seconds=sum(r.get("busy_seconds", 0.0) for r in records),
         worker_cpu_seconds=sum(r.get("cpu_seconds", 0.0) for r in records),
+        execution=combine([dict(r["execution"], fallbacks=[dict(f, shard=r["index"]) for f in
+                                                           r["execution"].get("fallbacks", [])])
+                           for r in records if r.get("execution")]),
     )
 
 

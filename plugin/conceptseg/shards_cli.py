@@ -59,11 +59,16 @@ def cmd_worker(args) -> int:
 
     from conceptseg.shards import operator_uri
 
+    import math
+
+    from conceptseg.errors import ConceptSegError
+
+    if not math.isfinite(args.poll) or args.poll < 0:
+        raise ConceptSegError(f"--poll must be a finite number of seconds, 0 or more; got {args.poll:g}.")
     service, uri = DelegatedOperationService(), operator_uri()
     if args.threads is not None:
         import os
 
-        from conceptseg.errors import ConceptSegError
         from conceptseg.threads import ENV
 
         if args.threads < 1:

@@ -1,45 +1,72 @@
 """Watching a sharded run's shards, and re-queueing those whose worker died (`conceptseg shards`).
 
-A shard counts as dead when its operation failed or was deleted, or it is RUNNING while its
-worker's pid on this host is gone or its heartbeat is older than ``stale_after``. The new
-attempt resumes: the targets that already carry the run's label are skipped.
+A shard counts as dead when its operation failed or was deleted or never reached the queue,
+or it is RUNNING while its worker's pid on this host is gone or its heartbeat is older than
+``stale_after``. Ages are read on the database's clock, which stamps every heartbeat, so a
+worker host whose clock is off neither dies early nor lives forever. The new attempt
+resumes: the targets that already carry the run's label are skipped.
 """
 
 from __future__ import annotations
 
-import datetime
 import socket
-import time
+import uuid
 
 from conceptseg import shard_lock
 from conceptseg.errors import ConceptSegError
-from conceptseg.shards import (STALE_AFTER, _key, _op, _pid_alive, _run_doc, _store, finish_if_done,
-                               queue_operation, shard_records)
+from conceptseg.shards import (PENDING, REQUEUEING, STALE_AFTER, _op, _pid_alive, _run_doc, _store,
+                               _targets_key, db_time, finish_if_done, pending_op, queue_operation, settle,
+                               shard_records, update_record)
 
 
-def _dead_reason(record: dict, op, now: float, stale_after: float) -> str | None:
-    """Why a shard's worker counts as dead, or None while it is queued, alive or done."""
+def _claim_age(dataset, record: dict, op, now: float) -> float:
+    """Seconds (database clock) since the running ``op`` was first seen unclaimed in its record.
+
+    A worker takes its record at once; an operation RUNNING whose record it never wrote is
+    stamped the first time it is seen so (one conditional update), and ages from there.
+    """
+    op_id = str(op.id)
+    if record.get("claim_seen_op") == op_id and record.get("claim_seen_at"):
+        return now - record["claim_seen_at"]
+    update_record(dataset._doc.id, record["run_id"], record["index"], dict(claim_seen_op=op_id),
+                  when={"op_id": record.get("op_id"), "heartbeat": record.get("heartbeat"),
+                        "claim_seen_op": record.get("claim_seen_op")}, stamp=("claim_seen_at",))
+    return 0.0
+
+
+def _dead_reason(dataset, record: dict, op, now: float, stale_after: float) -> str | None:
+    """Why a shard's worker counts as dead, or None while it is queued, alive or done.
+
+    ``op`` is the operation the record names, or for a record awaiting one, the operation
+    queued with its ticket (None when there is none).
+    """
+    waiting = record.get("op_id") in PENDING
+    if waiting and op is None:
+        age = now - (record.get("pending_since") or 0.0)
+        if age <= stale_after:
+            return None  # being queued right now
+        return f"its {'re-' if record['op_id'] == REQUEUEING else ''}queueing never reached the queue ({age:.0f} s ago)"
     if op is None:
-        return "its delegated operation is gone"
+        return record.get("error") or "its delegated operation is gone"
     state = op.run_state
     if state == "failed":
         return "its operation failed"
     if state != "running":
         return None
-    if record.get("op_id") == str(op.id) and record.get("host") == socket.gethostname() and record.get("pid"):
-        if not _pid_alive(record):
-            return f"worker pid {record['pid']} on this host is gone"
-    if record.get("op_id") == str(op.id) and record.get("heartbeat"):
-        last = record["heartbeat"]
-    else:  # claimed, but the shard never wrote: count from the claim
-        last = op.started_at.replace(tzinfo=datetime.timezone.utc).timestamp() if op.started_at else now
-    if now - last > stale_after:
-        return f"no heartbeat for {now - last:.0f} s"
+    if waiting or not record.get("heartbeat"):  # claimed, but the shard never wrote
+        last_seen = _claim_age(dataset, record, op, now)
+        return f"claimed but silent for {last_seen:.0f} s" if last_seen > stale_after else None
+    if record.get("host") == socket.gethostname() and record.get("pid") and not _pid_alive(record):
+        return f"worker pid {record['pid']} on this host is gone"
+    age = now - record["heartbeat"]
+    if age > stale_after:
+        return f"no heartbeat for {age:.0f} s"
     return None
 
 
-def shard_status(dataset, pred_field: str, stale_after: float = STALE_AFTER) -> dict:
-    """The shards of the newest sharded run writing ``pred_field``, each with its state and whether it is dead."""
+def _judge(dataset, pred_field: str, stale_after: float):
+    """(run key, run id, [(record, its operation, dead reason, database time)]) of the newest sharded run
+    writing the field."""
     from conceptseg.runs import RunNotFoundError, keys_for_field
 
     for key in keys_for_field(dataset, pred_field):
@@ -48,55 +75,88 @@ def shard_status(dataset, pred_field: str, stale_after: float = STALE_AFTER) -> 
             break
     else:
         raise RunNotFoundError(f"No sharded conceptseg run writes {pred_field!r} on dataset {dataset.name!r}.")
-    now, rows = time.time(), []
+    now, judged = db_time(), []
     for record in shard_records(dataset, config.run_id):
-        op = _op(record.get("op_id"))
-        rows.append(dict(index=record["index"], op_id=record.get("op_id"),
+        op = pending_op(record) if record.get("op_id") in PENDING else _op(record.get("op_id"))
+        judged.append((record, op, _dead_reason(dataset, record, op, now, stale_after), now))
+    return key, config.run_id, judged
+
+
+def shard_status(dataset, pred_field: str, stale_after: float = STALE_AFTER) -> dict:
+    """The shards of the newest sharded run writing ``pred_field``, each with its state and whether it is dead."""
+    key, run_id, judged = _judge(dataset, pred_field, stale_after)
+    rows = []
+    for record, op, dead, now in judged:
+        rows.append(dict(index=record["index"], op_id=str(op.id) if op is not None else record.get("op_id"),
                          op_state=op.run_state if op is not None else None,
                          state=record.get("state"), attempt=record.get("attempt", 1), targets=record.get("targets"),
                          done=record.get("done", 0) + record.get("resumed", 0), host=record.get("host"),
-                         pid=record.get("pid"), heartbeat_age=(now - record["heartbeat"]) if record.get("heartbeat") else None,
-                         dead=_dead_reason(record, op, now, stale_after)))
-    if rows and all(r["state"] == "completed" for r in rows) and not (_run_doc(dataset, config.run_id) or {}).get("results"):
-        finish_if_done(dataset, config.run_id)  # the last worker died between its shard and the aggregate
-    return dict(run_key=key, run_id=config.run_id, shards=rows)
+                         pid=record.get("pid"),
+                         heartbeat_age=(now - record["heartbeat"]) if record.get("heartbeat") else None,
+                         dead=dead))
+    if rows and all(r["state"] == "completed" for r in rows) and not (_run_doc(dataset, run_id) or {}).get("results"):
+        finish_if_done(dataset, run_id)  # the last worker died between its shard and the aggregate
+    return dict(run_key=key, run_id=run_id, shards=rows)
+
+
+def _targets(store, record: dict, op) -> list[str] | None:
+    """A shard's target ids: kept in the store at queueing, else (older runs) its operation's params."""
+    ids = store.get(_targets_key(record["run_id"], record["index"]))
+    if ids is None and op is not None:
+        ids = op.context.request_params["params"].get("target_ids")
+    return list(ids) if ids is not None else None
 
 
 def requeue_dead(dataset, pred_field: str, stale_after: float = STALE_AFTER) -> list[dict]:
     """Re-queues every shard whose worker died; the new operation resumes (finished targets are skipped).
 
-    A RUNNING operation is first marked failed, atomically (only if still RUNNING), so a shard
-    that just completed is left alone; the store's compare-and-set lets one caller win.
+    Per dead shard: the record is fenced first, in one conditional update that matches only
+    the record exactly as it was judged dead (same operation, attempt, heartbeat, ticket), so
+    of two callers one wins and a worker that wrote meanwhile keeps its shard; from then on
+    the old worker's writes match nothing. Its operation, if still RUNNING, is marked failed
+    (only if still RUNNING), then the new attempt is queued. If queueing fails, the record is
+    put back as it was (dead, holding nothing) and the error raised.
     """
-    from bson import ObjectId
     from fiftyone.operators.delegated import DelegatedOperationService
     from fiftyone.operators.executor import ExecutionResult, ExecutionRunState
 
-    service, status, done = DelegatedOperationService(), shard_status(dataset, pred_field, stale_after), []
-    store = _store(dataset)
-    if any(row["dead"] for row in status["shards"]):  # the new attempts write the field: the run must hold it
-        shard_lock.take(dataset, pred_field, status["run_key"], status["run_id"])
-    for row in status["shards"]:
-        if not row["dead"]:
+    service, done = DelegatedOperationService(), []
+    run_key, run_id, judged = _judge(dataset, pred_field, stale_after)
+    store, dataset_id = _store(dataset), dataset._doc.id
+    if any(dead for _, _, dead, _ in judged):  # the new attempts write the field: the run must hold it
+        shard_lock.take(dataset, pred_field, run_key, run_id)
+    for record, op, dead, _ in judged:
+        if not dead:
             continue
-        key = _key(status["run_id"], row["index"])
-        record = store.get(key)
-        op = _op(row["op_id"])
-        if op is not None and op.run_state == "running":
-            error = ExecutionResult(error=f"conceptseg: worker dead ({row['dead']}); {shard_lock.REQUEUE_MARK}")
-            if service.set_failed(ObjectId(row["op_id"]), result=error, required_state=ExecutionRunState.RUNNING) is None:
-                continue  # it finished or failed meanwhile
-        params = dict(run_id=status["run_id"], index=row["index"], shards=record.get("shards"),
-                      target_ids=list(op.context.request_params["params"]["target_ids"]) if op is not None else None)
-        if params["target_ids"] is None:
-            raise ConceptSegError(f"Shard {row['index'] + 1}'s operation was deleted: its targets are unknown; "
+        index = record["index"]
+        ids = _targets(store, record, op)
+        if ids is None:
+            raise ConceptSegError(f"Shard {index + 1}'s operation was deleted: its targets are unknown; "
                                   "resume the run instead (segment --resume).")
-        label = f"conceptseg {pred_field}: shard {row['index'] + 1}/{record.get('shards')} (attempt {row['attempt'] + 1})"
-        new = dict(record, state="queued", attempt=row["attempt"] + 1, pid=None, host=None, heartbeat=None,
-                   op_id="requeueing")
-        if not store.compare_and_set(key, record, new):
-            continue  # another caller re-queued it
-        new_id = queue_operation(dataset, params, label)
-        store.set(key, dict(new, op_id=new_id))
-        done.append(dict(index=row["index"], reason=row["dead"], old_op_id=row["op_id"], op_id=new_id))
+        attempt, ticket = int(record.get("attempt", 1)) + 1, uuid.uuid4().hex
+        if op is not None:
+            replaced = str(op.id)
+        else:  # the operation was deleted or never queued (a stuck re-queue keeps naming the one before)
+            replaced = record.get("requeued_from") if record.get("op_id") in PENDING else record.get("op_id")
+        fence = dict(state="queued", attempt=attempt, ticket=ticket, op_id=REQUEUEING, pid=None, host=None,
+                     heartbeat=None, requeued_from=replaced, error=None, claim_seen_op=None, claim_seen_at=None)
+        judged_as = {name: record.get(name) for name in ("op_id", "attempt", "heartbeat", "ticket")}
+        if not update_record(dataset_id, run_id, index, fence, when=judged_as, stamp=("pending_since",)):
+            continue  # another caller re-queued it, or its worker wrote: not the record judged dead
+        if op is not None and op.run_state == "running":
+            error = ExecutionResult(error=f"conceptseg: worker dead ({dead}); {shard_lock.REQUEUE_MARK}")
+            service.set_failed(op.id, result=error, required_state=ExecutionRunState.RUNNING)
+        shards = record.get("shards")
+        params = dict(run_id=run_id, index=index, shards=shards, target_ids=ids, attempt=attempt, ticket=ticket)
+        try:
+            new_id = queue_operation(dataset, params, f"conceptseg {pred_field}: shard {index + 1}/{shards} "
+                                                      f"(attempt {attempt})")
+        except Exception as e:
+            update_record(dataset_id, run_id, index, replace=dict(record, error=f"re-queueing failed: {e}"),
+                          when={"op_id": REQUEUEING, "ticket": ticket})
+            raise ConceptSegError(
+                f"Re-queueing shard {index + 1} failed ({type(e).__name__}: {e}); its record is back as it was "
+                "(dead, holding nothing): run `conceptseg shards --requeue-dead` again.") from e
+        settle(dataset_id, run_id, index, ticket, new_id)
+        done.append(dict(index=index, reason=dead, old_op_id=fence["requeued_from"], op_id=new_id))
     return done

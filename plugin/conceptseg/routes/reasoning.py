@@ -19,6 +19,7 @@ import numpy as np
 from conceptseg.doubt import check_doubt, probability_doubt
 from conceptseg.episode import TARGET_SIZE, BoxMap, build_episode, build_reference_episode
 from conceptseg.errors import ConceptSegError
+from conceptseg.execution import log_of
 from conceptseg.imaging import content_key, to_uint8
 from conceptseg.prefix import PrefixStore
 from conceptseg.prompts import CompletionParseError, PromptTemplate, box_iou, build_prompt, parse_completion
@@ -121,11 +122,23 @@ class ReasoningRoute(Route):
                 return [ConceptSegError(f"Out of GPU memory on this image even alone ({e}); free memory or "
                                         "use a smaller model.")]
             self._max_rows = len(images) // 2
+            log_of(self).fallback(f"batch of {len(images)} halved to {self._max_rows} (and later batches)",
+                                  f"out of GPU memory: {e}", len(images))
             return self.segment_batch(images)
         except Exception as e:  # one image's fault must not fail the others: alone, each finds its own
             if len(images) == 1:
                 return [e]
+            log_of(self).fallback(f"batch of {len(images)} retried one by one", f"{type(e).__name__}: {e}",
+                                  len(images))
             return [o for image in images for o in self.segment_batch([image])]
+
+    def batch_size_used(self, asked: int) -> int:
+        """The batch the route ends with for ``asked``: smaller after an out-of-memory halving."""
+        return min(asked, self._max_rows or asked)
+
+    def prefix_stats(self) -> dict:
+        """Whether the canvas's prefix is reused, and the store's hits, misses and unshared calls."""
+        return dict(self._prefix.stats(), reuse=self.config.reuse_prefix)
 
     def _segment_rows(self, images: list) -> list:
         outcomes: list = [None] * len(images)
@@ -151,7 +164,7 @@ class ReasoningRoute(Route):
         group = max(1, getattr(getattr(segmenter, "config", None), "cache_size", 1))
         for start in range(0, len(asked), group):
             rows = list(zip(asked, answers))[start:start + group]
-            embedded = _embed_all(segmenter, [(pixels, key) for (_, pixels, key, _), _ in rows])
+            embedded = _embed_all(segmenter, [(pixels, key) for (_, pixels, key, _), _ in rows], log_of(self))
             for (i, _, key, reason), (details, box_600, target_map) in rows:
                 if isinstance(embedded.get(key), Exception):
                     outcomes[i] = embedded[key]
@@ -283,7 +296,7 @@ class ReasoningRoute(Route):
         return {demonstrations[0].id or "0": float(score)}
 
 
-def _embed_all(segmenter, images: list) -> dict:
+def _embed_all(segmenter, images: list, log=None) -> dict:
     """Embeds (pixels, key) pairs, in one image-encoder pass where the segmenter offers one;
     returns {key: exception} for the images that could not be embedded."""
     many = getattr(segmenter, "embed_many", None)
@@ -291,8 +304,9 @@ def _embed_all(segmenter, images: list) -> dict:
         try:
             many([p for p, _ in images], [k for _, k in images])
             return {}
-        except ConceptSegError:
-            pass  # one at a time below finds which image it was
+        except ConceptSegError as e:  # one at a time below finds which image it was
+            if log is not None:
+                log.fallback(f"{len(images)} images embedded one by one", f"{type(e).__name__}: {e}", len(images))
     failed = {}
     for pixels, key in images:
         try:
