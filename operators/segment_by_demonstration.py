@@ -101,6 +101,11 @@ class SegmentByDemonstration(foo.Operator):
                    description="Label of the predicted masks (default: the classes)")
         inputs.bool("overwrite", default=False, label="Overwrite existing labels in the output field")
         inputs.bool("resume", default=False, label="Resume an interrupted run (skip finished targets)")
+        inputs.bool("resize_masks", default=False, label="Resize demonstration masks to their images",
+                    description="Stretch (nearest) a demonstration mask of another size than its image instead "
+                                "of stopping")
+        inputs.bool("instances", default=True, label="Write instances (<field>_instances Detections)",
+                    description="One Detection per connected component; untick to write the Segmentation only")
         inputs.int("batch_size", default=1, min=1, label="Batch size",
                    description="Targets per policy call on the reasoning route (same labels; more uses "
                                "more GPU memory, and an out-of-memory error halves it)")
@@ -165,6 +170,8 @@ class SegmentByDemonstration(foo.Operator):
             progress=progress,
             prompt_template=params.get("prompt_template") or None,
             batch_size=int(params.get("batch_size") or 1),
+            resize_masks=bool(params.get("resize_masks", False)),
+            instances=bool(params.get("instances", True)),
             # One shard is this run itself; more are queued for delegated workers.
             shards=int(params["shards"]) if (params.get("shards") or 1) > 1 else None,
         )

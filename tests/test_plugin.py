@@ -95,6 +95,26 @@ class TestSegmentOperator:
         assert len(nuclei_dataset.exists("op_pred")) == 13
         assert nuclei_dataset.match({"concept": "animal"}).first().op_pred is None
 
+    def test_resize_masks_and_no_instances_as_on_the_cli(self, plugin_installed, nuclei_dataset):
+        import cv2
+
+        nuclei = nuclei_dataset.load_saved_view("nuclei")
+        demo_ids = nuclei.match_tags("demo").values("id")
+        small = nuclei_dataset[demo_ids[0]]
+        mask = small.ground_truth.get_mask()
+        small.ground_truth = fo.Segmentation(mask=cv2.resize(mask, (mask.shape[1] // 2, mask.shape[0] // 2),
+                                                             interpolation=cv2.INTER_NEAREST))
+        small.save()
+        ctx = dict(dataset=nuclei_dataset, view=nuclei, selected=demo_ids)
+        with pytest.raises(ExecutionError, match="pass resize_masks"):
+            foo.execute_operator(SEGMENT, **ctx, params=self._params(view_target="CURRENT_VIEW"))
+        assert not nuclei_dataset.has_field("op_pred") or len(nuclei_dataset.exists("op_pred")) == 0
+        result = foo.execute_operator(SEGMENT, **ctx, params=self._params(
+            view_target="CURRENT_VIEW", resize_masks=True, instances=False, overwrite=True))
+        assert result.error is None and result.result["segmented"] == 13
+        assert len(nuclei_dataset.exists("op_pred")) == 13
+        assert not nuclei_dataset.has_field("op_pred_instances")
+
     def test_delegated_run_by_tag_reports_progress(self, plugin_installed, nuclei_dataset):
         nuclei_dataset.persistent = True
         nuclei = nuclei_dataset.load_saved_view("nuclei")
