@@ -217,15 +217,14 @@ def _collections(dataset: fo.Dataset) -> list[tuple[object, dict, bool]]:
 
 def _live_shards(dataset: fo.Dataset, run_id: str) -> list[dict]:
     """Shard records of the run whose worker is alive and writing (RUNNING, heartbeat fresh, pid alive here)."""
-    import time
-
-    from conceptseg.shards import STALE_AFTER, _op, shard_records
+    from conceptseg.shards import STALE_AFTER, _op, db_time, shard_records
     from conceptseg.shards_watch import _dead_reason
 
-    now, live = time.time(), []
+    now, live = db_time(), []  # heartbeats are the database's clock
     for record in shard_records(dataset, run_id):
         op = _op(record.get("op_id"))
-        if op is not None and op.run_state == "running" and _dead_reason(record, op, now, STALE_AFTER) is None:
+        if op is not None and op.run_state == "running" and _dead_reason(dataset, record, op, now,
+                                                                         STALE_AFTER) is None:
             live.append(record)
     return live
 
