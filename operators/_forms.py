@@ -1,11 +1,13 @@
 """Small form helpers shared by the operators (no torch import: forms must stay fast)."""
 
 import dataclasses
-
+import os
+import re
 import time
 
 import fiftyone as fo
 import fiftyone.operators.types as types
+from fiftyone import ViewField as F
 
 MASK_TYPES = (fo.Segmentation, fo.Detections, fo.Detection, fo.Polylines, fo.Polyline)
 # Reading masks for the class picker: a Segmentation field's classes need its masks read.
@@ -174,3 +176,158 @@ def prompt_template_input(ctx, inputs) -> None:
         except ConceptSegError as e:
             field.invalid = True
             field.error_message = str(e)
+
+
+# ---- checks the form can make before Execute ----------------------------------------------
+
+SEGMENT_METHODS = ("conceptseg.segment_by_demonstration", "conceptseg.segment_by_query")
+# A Hugging Face repository id: owner/name, nothing else (conceptseg.checkpoint reads any other "/" as a path).
+HF_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def field_name_problem(name, role: str = "output") -> str | None:
+    """Why ``name`` cannot be a field we write (``a.b``, spaces, a leading digit), or None."""
+    from conceptseg.errors import ConceptSegError
+    from conceptseg.jobs import check_field_name
+
+    try:
+        check_field_name(name, role)
+    except ConceptSegError as e:
+        return str(e)
+    return None
+
+
+def _looks_like_path(model: str) -> bool:
+    return (model.startswith(("/", "~", ".", "\\")) or "\\" in model or model.count("/") > 1
+            or model.endswith("/") or bool(re.match(r"^[A-Za-z]:", model)))
+
+
+def model_problem(model: str | None) -> str | None:
+    """Why ``model`` names no bundle this machine can load, as far as a form can tell cheaply; None if it may.
+
+    A zoo name or an existing directory is fine; something that looks like a path but does
+    not exist is refused (it would otherwise be read as a Hugging Face id); an id of the form
+    owner/name is left to the download.
+    """
+    if not model:
+        return None
+    from conceptseg.zoo import ZOO
+
+    model = model.strip()
+    if model in ZOO:
+        return None
+    path = os.path.expanduser(model)
+    if os.path.isdir(path):
+        return None
+    if os.path.exists(path):
+        return f"{model!r} is a file: give the bundle's directory (the one holding its config), not a file in it."
+    zoo = ", ".join(ZOO)
+    if _looks_like_path(model):
+        return (f"There is no directory {model!r} on the machine that runs the App: give an existing bundle "
+                f"directory, a Hugging Face id (owner/name) or a zoo model ({zoo}).")
+    if HF_ID.match(model):
+        return None
+    return f"Unknown model {model!r}: give a bundle directory, a Hugging Face id (owner/name) or a zoo model ({zoo})."
+
+
+def model_input(inputs, ctx, description: str, required: bool = False, needed_for: str | None = None):
+    """The Model field, invalid with a sentence when the model cannot be loaded or is needed but missing."""
+    prop = inputs.str("model", required=required, label="Model", description=description)
+    value = (ctx.params.get("model") or "").strip()
+    problem = model_problem(value) if value else needed_for
+    if problem:
+        prop.invalid, prop.error_message = True, problem
+    return prop
+
+
+def masked_count(demonstrations, mask_field: str) -> int:
+    """How many of ``demonstrations`` hold a label with pixels or shapes in ``mask_field``."""
+    schema = demonstrations.get_field_schema()
+    doc_type = getattr(schema.get(mask_field), "document_type", None)
+    if doc_type is None:
+        return 0
+    if doc_type in (fo.Detections, fo.Polylines):
+        kind = "detections" if doc_type is fo.Detections else "polylines"
+        return demonstrations.match(F(f"{mask_field}.{kind}").length() > 0).count()
+    if doc_type is fo.Segmentation:
+        return demonstrations.match(F(f"{mask_field}.mask").exists() | F(f"{mask_field}.mask_path").exists()).count()
+    return demonstrations.exists(mask_field).count()
+
+
+def concept_default(demonstrations, classes) -> str | None:
+    """The concept's name by default: the classes, else the demonstrations' one ``concept`` value, else None."""
+    if classes:
+        return ", ".join(str(c) for c in classes)
+    if demonstrations is None or not isinstance(demonstrations.get_field("concept"), fo.StringField):
+        return None
+    values = [v for v in demonstrations.distinct("concept") if v]
+    return values[0] if len(values) == 1 else None
+
+
+def run_prediction_fields(dataset) -> list[str]:
+    """Prediction fields written by our segmentation runs (demonstration, query, saved concept), newest first."""
+    if dataset is None:
+        return []
+    found = {}
+    for key in dataset.list_runs():
+        info = dataset.get_run_info(key)
+        field = getattr(info.config, "pred_field", None)
+        if getattr(info.config, "method", None) in SEGMENT_METHODS and field and dataset.has_field(field):
+            found[field] = max(found.get(field, info.timestamp), info.timestamp)
+    return [f for f, _ in sorted(found.items(), key=lambda kv: kv[1], reverse=True)]
+
+
+def run_config(dataset, pred_field: str):
+    """The config of our run that wrote ``pred_field``, or None."""
+    from conceptseg.jobs import run_key_for
+
+    key = run_key_for(pred_field)
+    if dataset is None or key not in dataset.list_runs():
+        return None
+    config = dataset.get_run_info(key).config
+    return config if getattr(config, "method", None) in SEGMENT_METHODS else None
+
+
+def acceptance_problem(dataset, pred_field: str, ids, action: str = "accept", done: str | None = None) -> str | None:
+    """Why the samples ``ids`` cannot be accepted (or rejected) in the run of ``pred_field`` (one sentence), or None.
+
+    Refused: a demonstration (its mask is ground truth already), a sample without this run's
+    prediction (not one of its targets, or it failed), one accepted already.
+    """
+    from conceptseg.errors import ConceptSegError
+    from conceptseg.jobs import run_key_for
+    from conceptseg.review import state
+
+    ids = list(ids or [])
+    done = done or action + "ed"
+    if not ids:
+        return f"Select the samples to {action}, or open one."
+    try:
+        record = state(dataset, pred_field)
+    except ConceptSegError as e:
+        return str(e)
+    demos = set(record["rounds"][-1]["demonstrations"]) | set(record["negatives"])
+    with_prediction = set()
+    if dataset.has_field(pred_field):
+        with_prediction = set(dataset.select(ids).match(F(f"{pred_field}.run_key") == run_key_for(pred_field))
+                              .values("id"))
+
+    def some(found: list[str]) -> str:
+        return "this sample" if len(ids) == 1 else f"{len(found)} of the {len(ids)} selected samples"
+
+    def verb(found: list[str], one: str, many: str) -> str:
+        return one if len(found) == 1 else many
+
+    found = [i for i in ids if i in demos]
+    if found:
+        return (f"Cannot {action}: {some(found)} {verb(found, 'is a demonstration', 'are demonstrations')} of this "
+                "run (a demonstration's mask is its ground truth already).")
+    found = [i for i in ids if i in record["accepted"]]
+    if found:
+        return (f"Cannot {action}: {some(found)} {verb(found, 'is', 'are')} accepted already; to change a mask, "
+                "promote a corrected one.")
+    found = [i for i in ids if i not in with_prediction]
+    if found:
+        return (f"Cannot {action}: {some(found)} {verb(found, 'has', 'have')} no prediction of this run in "
+                f"{pred_field!r} (not one of its targets); only segmented targets can be {done}.")
+    return None

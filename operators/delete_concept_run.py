@@ -3,6 +3,8 @@
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
+from . import _live
+
 SEGMENT_METHODS = ("conceptseg.segment_by_demonstration", "conceptseg.segment_by_query")
 
 
@@ -26,6 +28,7 @@ class DeleteConceptRun(foo.Operator):
             label="Delete concept segmentation run",
             description="Delete a run's record, its prediction fields, their evaluations and its mask files",
             dynamic=True,
+            execute_as_generator=True,
         )
 
     def resolve_input(self, ctx):
@@ -49,12 +52,18 @@ class DeleteConceptRun(foo.Operator):
     def execute(self, ctx):
         from conceptseg.runs import delete_run
 
-        report = delete_run(ctx.dataset, ctx.params["pred_field"])
-        ctx.ops.reload_dataset()
-        return report
+        return _live.run(ctx, lambda _: delete_run(ctx.dataset, ctx.params["pred_field"]), title="Delete run",
+                         dialog=False, done=_deleted_sentence)
 
     def resolve_output(self, ctx):
         outputs = types.Object()
         outputs.list("fields", types.String(), label="Fields deleted")
         outputs.int("files", label="Mask files deleted")
         return types.Property(outputs)
+
+
+def _deleted_sentence(report: dict) -> str:
+    fields = ", ".join(repr(f) for f in report.get("fields") or []) or "no field"
+    evaluations = len(report.get("evaluations") or [])
+    return (f"Deleted {fields}, {len(report.get('run_keys') or [])} run record(s)"
+            + (f", {evaluations} evaluation(s)" if evaluations else "") + f" and {report.get('files', 0)} mask file(s).")

@@ -3,7 +3,9 @@
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-from ._forms import field_choice, progress_callback
+from . import _live
+from ._forms import acceptance_problem, field_choice
+from ._messages import accepted_sentence, promoted_sentence, rejected_sentence, rerun_sentence
 
 DEMONSTRATION_METHOD = "conceptseg.segment_by_demonstration"
 
@@ -87,10 +89,12 @@ def _ids(ctx) -> list[str]:
 class _ReviewOperator(foo.Operator):
     name = label = description = ""
     writes_truth = False  # accept, reject (absent) and promote write ground truth into a mask field
+    refuse_unacceptable = False  # the form refuses demonstrations and samples without this run's prediction
 
     @property
     def config(self):
-        return foo.OperatorConfig(name=self.name, label=self.label, description=self.description, dynamic=True)
+        return foo.OperatorConfig(name=self.name, label=self.label, description=self.description, dynamic=True,
+                                  execute_as_generator=True)  # the App gets the progress and the closing sentence
 
     def resolve_input(self, ctx):
         inputs = types.Object()
@@ -98,6 +102,11 @@ class _ReviewOperator(foo.Operator):
         if self.writes_truth:
             truth_field_input(inputs, ctx)
         self.more_inputs(inputs, ctx)
+        pred_field, ids = ctx.params.get("pred_field"), _ids(ctx)
+        problem = acceptance_problem(ctx.dataset, pred_field, ids) if self.refuse_unacceptable and pred_field and ids \
+            else None
+        if problem:
+            inputs.view("not_acceptable", types.Error(label=problem)).invalid = True
         return types.Property(inputs, view=types.View(label=self.label))
 
     def more_inputs(self, inputs, ctx):
@@ -114,6 +123,8 @@ class AcceptTargets(_ReviewOperator):
     writes_truth = True
     description = "The predictions become ground truth under the concept's class; the samples join the demonstrations"
 
+    refuse_unacceptable = True
+
     def more_inputs(self, inputs, ctx):
         ids_notice(inputs, ctx)
         replace_input(inputs)
@@ -121,10 +132,9 @@ class AcceptTargets(_ReviewOperator):
     def execute(self, ctx):
         from conceptseg.review import accept
 
-        out = accept(ctx.dataset, ctx.params["pred_field"], _ids(ctx), replace=bool(ctx.params.get("replace")),
-                     mask_field=_mask_field(ctx))
-        ctx.ops.reload_dataset()
-        return out
+        return _live.run(ctx, lambda _: accept(ctx.dataset, ctx.params["pred_field"], _ids(ctx),
+                                               replace=bool(ctx.params.get("replace")), mask_field=_mask_field(ctx)),
+                         title=self.label, dialog=False, done=accepted_sentence)
 
 
 class RejectTargets(_ReviewOperator):
@@ -139,10 +149,9 @@ class RejectTargets(_ReviewOperator):
     def execute(self, ctx):
         from conceptseg.review import reject
 
-        out = reject(ctx.dataset, ctx.params["pred_field"], _ids(ctx), absent=bool(ctx.params.get("absent")),
-                     mask_field=_mask_field(ctx))
-        ctx.ops.reload_dataset()
-        return out
+        return _live.run(ctx, lambda _: reject(ctx.dataset, ctx.params["pred_field"], _ids(ctx),
+                                               absent=bool(ctx.params.get("absent")), mask_field=_mask_field(ctx)),
+                         title=self.label, dialog=False, done=rejected_sentence)
 
 
 class PromoteCorrections(_ReviewOperator):
@@ -158,10 +167,10 @@ class PromoteCorrections(_ReviewOperator):
     def execute(self, ctx):
         from conceptseg.review import promote
 
-        out = promote(ctx.dataset, ctx.params["pred_field"], ctx.params["from_field"], _ids(ctx),
-                      replace=bool(ctx.params.get("replace")), mask_field=_mask_field(ctx))
-        ctx.ops.reload_dataset()
-        return out
+        return _live.run(ctx, lambda _: promote(ctx.dataset, ctx.params["pred_field"], ctx.params["from_field"],
+                                                _ids(ctx), replace=bool(ctx.params.get("replace")),
+                                                mask_field=_mask_field(ctx)),
+                         title=self.label, dialog=False, done=promoted_sentence)
 
 
 class RerunReview(_ReviewOperator):
@@ -174,7 +183,11 @@ class RerunReview(_ReviewOperator):
     def execute(self, ctx):
         from conceptseg.review import rerun
 
-        out = rerun(ctx.dataset, ctx.params["pred_field"], progress=progress_callback(ctx))
-        if not ctx.delegated:
-            ctx.ops.reload_dataset()
-        return {k: out[k] for k in ("round", "route", "verification", "verified", "demonstrations", "segmented")}
+        def job(progress):
+            out = rerun(ctx.dataset, ctx.params["pred_field"], progress=progress)
+            keys = ("round", "route", "verification", "verified", "demonstrations", "segmented", "pred_field")
+            return {k: out[k] for k in keys}
+
+        return _live.run(ctx, job, title=self.label, start="Learning the concept again with the accepted samples",
+                         unit="targets", done=rerun_sentence)
+

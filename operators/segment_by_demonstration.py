@@ -1,16 +1,14 @@
 """Operator: learn a concept from demonstration samples and segment it across a view."""
 
-import queue
-import threading
-import time
-
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 # The router's DEFAULT_THRESHOLD, from a module that imports nothing (the engine loads only inside execute).
 from conceptseg.constants import VERIFY_THRESHOLD
 
-from ._forms import class_choice, field_choice, progress_callback, prompt_template_input
+from . import _live
+from ._forms import class_choice, concept_default, field_choice, field_name_problem, masked_count, model_input
+from ._forms import prompt_template_input
 from ._forms import selected_labels as _selected_labels
 
 ROUTES = ("auto", "appearance", "object", "prototype", "reasoning-fast", "reasoning")
@@ -69,8 +67,10 @@ class SegmentByDemonstration(foo.Operator):
         demos = _demonstrations(ctx, by_tag)
         if demos is not None or not by_tag:
             _demonstration_notice(inputs, demos, mask_field, ctx.dataset)
+        classes = None
         if demos is not None and mask_field:
-            class_choice(inputs, demos, mask_field, picked.classes)
+            picker = class_choice(inputs, demos, mask_field, picked.classes)
+            classes = ctx.params.get("classes") or (picker.default if picker is not None else None)
         # The selected samples are the demonstrations, never targets: no "Current selection".
         inputs.view_target(ctx, default_target="CURRENT_VIEW", allow_selected_samples=False)
         pred = inputs.str(
@@ -83,21 +83,22 @@ class SegmentByDemonstration(foo.Operator):
         overwrite = ctx.params.get("overwrite", False)
         resume = ctx.params.get("resume", False)
         name = ctx.params.get("pred_field") or "predictions"
-        if ctx.dataset is not None and ctx.view.has_field(name) and not (overwrite or resume):
+        bad_name = field_name_problem(name)
+        if bad_name:
+            pred.invalid, pred.error_message = True, bad_name
+        elif ctx.dataset is not None and ctx.view.has_field(name) and not (overwrite or resume):
             pred.invalid = True
             pred.error_message = f"{name!r} exists: tick overwrite or resume, or choose another name."
         inputs.enum("route", list(ROUTES), default="auto", label="Route", view=types.DropdownView())
-        model = inputs.str(
-            "model",
-            label="Model",
-            description="Bundle directory or Hugging Face id; enables the reasoning route",
-        )
-        if ctx.params.get("route") in ("reasoning", "reasoning-fast") and not ctx.params.get("model"):
-            model.invalid = True
-            model.error_message = "The reasoning routes need a model: give a bundle directory or id."
+        route = ctx.params.get("route") or "auto"
+        needed = {"reasoning": "The reasoning routes need a model: give a bundle directory, Hugging Face id or zoo name.",
+                  "prototype": "The prototype route needs a model with a SAM 2 segmenter: give a bundle directory, "
+                               "Hugging Face id or zoo name (e.g. conceptseg-sam2-hiera-large)."}
+        model_input(inputs, ctx, "Bundle directory, Hugging Face id or zoo name; enables the prototype and "
+                                 "reasoning routes", needed_for=needed.get(route.replace("-fast", "")))
         prompt_template_input(ctx, inputs)
         inputs.float("threshold", default=VERIFY_THRESHOLD, min=0.0, max=1.0, label="Verification threshold (IoU)")
-        inputs.str("concept", default="concept", label="Concept name",
+        inputs.str("concept", default=concept_default(demos, classes), label="Concept name",
                    description="Label of the predicted masks (default: the classes)")
         inputs.bool("overwrite", default=False, label="Overwrite existing labels in the output field")
         inputs.bool("resume", default=False, label="Resume an interrupted run (skip finished targets)")
@@ -125,20 +126,9 @@ class SegmentByDemonstration(foo.Operator):
         return types.Property(inputs, view=types.View(label="Segment by demonstration"))
 
     def execute(self, ctx):
-        """Runs the job; launched from the App, as a stream of progress updates.
-
-        FiftyOne 1.22.1 exhausts a generator in ``execute_operator`` and in delegated runs and
-        keeps no result (``do_execute_operator(exhaust=True)`` returns None), and its plain
-        ``/operators/execute`` route cannot serialise one; so only the App, which posts to
-        ``/operators/execute/generator``, gets a generator. Every other caller (SDK, HTTP
-        script, delegated worker) gets the summary dict as before.
-        """
-        if ctx.delegated or not _from_app(ctx):
-            summary = self._segment(ctx, progress_callback(ctx))
-            if not ctx.delegated:
-                ctx.ops.reload_dataset()
-            return summary
-        return self._segment_live(ctx)
+        """Runs the job: in the App as a progress dialog that ends in one sentence (see ``_live``)."""
+        return _live.run(ctx, lambda progress: self._segment(ctx, progress), title="Segment by demonstration",
+                         start="Learning the concept from the demonstrations", unit="targets", done=_done)
 
     def _segment(self, ctx, progress):
         from conceptseg.errors import ConceptSegError
@@ -163,10 +153,10 @@ class SegmentByDemonstration(foo.Operator):
             pred_field=params.get("pred_field", "predictions"),
             route=params.get("route", "auto"),
             threshold=params.get("threshold", VERIFY_THRESHOLD),
-            concept=params.get("concept", "concept"),
+            concept=params.get("concept") or "concept",
             overwrite=params.get("overwrite", False),
             resume=params.get("resume", False),
-            model=params.get("model") or None,
+            model=_model(params.get("model")),
             progress=progress,
             prompt_template=params.get("prompt_template") or None,
             batch_size=int(params.get("batch_size") or 1),
@@ -174,55 +164,6 @@ class SegmentByDemonstration(foo.Operator):
             instances=bool(params.get("instances", True)),
             # One shard is this run itself; more are queued for delegated workers.
             shards=int(params["shards"]) if (params.get("shards") or 1) > 1 else None,
-        )
-
-    def _segment_live(self, ctx):
-        """Runs the job in a worker thread and yields the App's progress bar as targets finish."""
-        from conceptseg.errors import ConceptSegError
-
-        updates: queue.Queue = queue.Queue()
-        outcome: dict = {}
-        last_put = [0.0]
-
-        def report(done: int, total: int) -> None:
-            # At most four updates a second reach the App; the last one always does.
-            now = time.monotonic()
-            if done == total or now - last_put[0] >= 0.25:
-                last_put[0] = now
-                updates.put((done, total))
-
-        def work() -> None:
-            try:
-                outcome["summary"] = self._segment(ctx, report)
-            except Exception as error:  # handed to the generator, which reports or re-raises it
-                outcome["error"] = error
-            finally:
-                updates.put(None)
-
-        worker = threading.Thread(target=work, name="conceptseg-segment", daemon=True)
-        worker.start()
-        yield ctx.ops.set_progress(progress=0.0, label="Learning the concept from the demonstrations")
-        while (update := updates.get()) is not None:
-            done, total = update
-            yield ctx.ops.set_progress(progress=done / max(total, 1), label=f"{done}/{total} targets")
-        worker.join()
-        error = outcome.get("error")
-        if isinstance(error, ConceptSegError):
-            yield ctx.ops.notify(str(error), variant="error")
-            return
-        if error is not None:
-            raise error
-        summary = outcome["summary"]
-        yield ctx.ops.reload_dataset()
-        if summary.get("queued"):
-            yield ctx.ops.notify(
-                f"Queued {summary['shards']} shards with the {summary['route']} route: start "
-                "`fiftyone delegated launch` workers to run them.", variant="success")
-            return
-        yield ctx.ops.notify(
-            f"Segmented {summary['segmented']} targets with the {summary['route']} route "
-            f"(verification {_score(summary['verification'])}).",
-            variant="success",
         )
 
     def resolve_output(self, ctx):
@@ -235,12 +176,35 @@ class SegmentByDemonstration(foo.Operator):
         return types.Property(outputs)
 
 
-def _from_app(ctx) -> bool:
-    """Whether the request came from the App's own execution context."""
-    # The 1.22.1 App sends its whole session context with every run, including the grid's
-    # sample selection style; execute_operator and HTTP scripts send only what they are given.
-    # (The App's prompt_id is not set for a plain Execute, and hidden form defaults are not sent.)
-    return "sample_selection_style" in ctx.request_params
+def _done(summary: dict) -> str:
+    """The sentence the App shows when the run ends: what was written where, how many, how."""
+    if summary.get("queued"):
+        return (f"Queued {summary['shards']} shards with the {summary['route']} route: start "
+                "`fiftyone delegated launch` workers to run them.")
+    where = repr(summary["pred_field"])
+    if summary.get("instances_field"):
+        where += f" (instances in {summary['instances_field']!r})"
+    failed = len(summary.get("failures") or [])
+    verification = _score(summary["verification"])
+    if summary["verification"] is not None and not summary.get("verified"):
+        verification += ", below the threshold: unverified"
+    skipped = f", {summary['skipped']} already done" if summary.get("skipped") else ""
+    return (f"Segmented {summary['segmented']} targets with the {summary['route']} route (verification "
+            f"{verification}) into {where}{skipped}" + (f"; {failed} failed (the Concept Rules panel says why)."
+                                                       if failed else "."))
+
+
+def _model(value):
+    """The model field's value, refused in one sentence when it names nothing loadable (the form says so too)."""
+    from conceptseg.errors import ConceptSegError
+
+    from ._forms import model_problem
+
+    value = (value or "").strip() or None
+    problem = model_problem(value)
+    if problem:
+        raise ConceptSegError(problem)
+    return value
 
 
 def _demonstrations(ctx, by_tag: bool):
@@ -262,7 +226,14 @@ def _demonstration_notice(inputs, demos, mask_field, dataset) -> None:
             label="Select the demonstration samples (or labels) in the grid first, or use a tag."))
         prop.invalid = True
         return
-    without = demos.exists(mask_field, False).count() if mask_field and demos.has_field(mask_field) else 0
+    masked = masked_count(demos, mask_field) if mask_field else 0
+    if mask_field and not masked:
+        prop = inputs.view("demo_count", types.Warning(
+            label=f"None of the {n} demonstration(s) has a mask in {mask_field!r}: choose the field that holds "
+                  "their masks (a demonstration without one only teaches background)."))
+        prop.invalid = True
+        return
+    without = n - masked
     negatives = (f"; {without} without a label there are negatives (the concept is absent: they teach "
                  "background)") if without else ""
     inputs.view("demo_count", types.Notice(label=f"{n} demonstration(s), masks from {mask_field!r}{negatives}."))

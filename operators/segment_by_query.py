@@ -3,7 +3,8 @@
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-from ._forms import progress_callback, prompt_template_input, with_hf_token
+from . import _live
+from ._forms import field_name_problem, model_input, prompt_template_input, with_hf_token
 
 DELEGATE_ABOVE = 50  # the policy is slow on CPU: delegate all but small views
 
@@ -16,6 +17,7 @@ class SegmentByQuery(foo.Operator):
             label="Segment by text query",
             description="The reasoning policy reads the query and each image, then segments what it means",
             dynamic=True,
+            execute_as_generator=True,
             allow_immediate_execution=True,
             allow_delegated_execution=True,
         )
@@ -30,14 +32,17 @@ class SegmentByQuery(foo.Operator):
     def resolve_input(self, ctx):
         inputs = types.Object()
         inputs.str("text", required=True, label="Query", description="e.g. 'the animal that is hiding'")
-        inputs.str("model", required=True, label="Model", description="Bundle directory or Hugging Face id")
+        model_input(inputs, ctx, "Bundle directory, Hugging Face id or zoo name", required=True)
         prompt_template_input(ctx, inputs)
         inputs.view_target(ctx)
         pred = inputs.str("pred_field", default="query_predictions", required=True, label="Output field")
         name = ctx.params.get("pred_field") or "query_predictions"
         overwrite = ctx.params.get("overwrite", False)
         resume = ctx.params.get("resume", False)
-        if ctx.dataset is not None and ctx.dataset.has_field(name) and not (overwrite or resume):
+        bad_name = field_name_problem(name)
+        if bad_name:
+            pred.invalid, pred.error_message = True, bad_name
+        elif ctx.dataset is not None and ctx.dataset.has_field(name) and not (overwrite or resume):
             pred.invalid = True
             pred.error_message = f"{name!r} exists: tick overwrite or resume, or choose another name."
         inputs.bool("overwrite", default=False, label="Overwrite existing labels in the output field")
@@ -50,18 +55,21 @@ class SegmentByQuery(foo.Operator):
         from conceptseg.jobs import segment_by_query
 
         params = ctx.params
-        summary = with_hf_token(
+        return _live.run(ctx, lambda progress: with_hf_token(
             ctx, segment_by_query,
             ctx.target_view(),
             params["text"],
             params.get("pred_field", "query_predictions"),
-            params["model"],
+            params["model"].strip(),
             overwrite=params.get("overwrite", False),
             resume=params.get("resume", False),
-            progress=progress_callback(ctx),
+            progress=progress,
             prompt_template=params.get("prompt_template") or None,
             batch_size=int(params.get("batch_size") or 1),
-        )
-        if not ctx.delegated:
-            ctx.ops.reload_dataset()
-        return summary
+        ), title="Segment by text query", start="Loading the model", unit="targets", done=_done)
+
+
+def _done(summary: dict) -> str:
+    failed = len(summary.get("failures") or [])
+    return (f"Segmented {summary.get('segmented')} targets for the query into {summary.get('pred_field')!r}"
+            + (f"; {failed} failed." if failed else "."))

@@ -8,7 +8,7 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 from fiftyone import ViewField as F
 
-from ._forms import field_choice, with_hf_token
+from ._forms import field_choice, model_input, with_hf_token
 
 STAGES = {"1": "1: align the translator (policy frozen)", "2": "2: Meta-GRPO on the policy"}
 
@@ -32,8 +32,7 @@ class TrainConceptPolicy(foo.Operator):
         inputs.view_target(ctx)
         concept = _concept_field_choice(inputs, ctx)
         mask = field_choice(inputs, ctx, "mask_field", "Mask field", "The concept's masks", "ground_truth")
-        inputs.str("model", required=True, label="Model",
-                   description="Bundle directory, zoo name or Hugging Face id to start from")
+        model_input(inputs, ctx, "Bundle directory, zoo name or Hugging Face id to start from", required=True)
         inputs.str("out_dir", required=True, label="Output directory",
                    description="Where the trained bundle, metrics.jsonl and checkpoints go (on the worker)")
         inputs.enum("stage", list(STAGES), default="2", label="Stage", view=_radio(STAGES))

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
+
 import fiftyone as fo
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
@@ -17,10 +21,45 @@ ALL = "all"  # the one bar group when the dataset has no level or concept field
 PLOT_LAYOUT = {"margin": {"t": 40, "l": 48, "b": 48, "r": 16}}
 PLOT_CONFIG = {"displayModeBar": False}  # its buttons would cover the titles; clicks still work
 
+# How often an open panel checks whether a run, an evaluation or a review step changed the dataset.
+REFRESH_MS = 2000
+
 NO_EVALUATIONS = (
     "No concept evaluation on this dataset yet. Run **Evaluate concept segmentation** on a prediction "
     "field with ground truth; its Fω, Sα and IoU per level or concept will show here."
 )
+
+
+def fingerprint(dataset) -> str:
+    """Changes whenever what our panels show may have: a run or evaluation recorded, re-run or deleted
+    (its record and results), or a review step (the loop's record in the dataset's info).
+
+    ``ctx.dataset`` is reloaded for every panel event, so a write by any process shows here.
+    """
+    try:  # the run documents come with the dataset's: no query per run
+        runs = [(key, str(doc.id), str(getattr(doc.results, "grid_id", None)))
+                for key, doc in sorted(dataset._doc.runs.items())]
+    except Exception:  # a FiftyOne whose documents differ: the records' keys and times
+        runs = [(key, str(dataset.get_run_info(key).timestamp)) for key in sorted(dataset.list_runs())]
+    review = (dataset.info or {}).get("conceptseg_review")
+    text = json.dumps([runs, review], sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()
+
+
+def friendly(method):
+    """A panel callback whose user-fixable error (ConceptSegError) is one notification, never an error box."""
+
+    @functools.wraps(method)
+    def wrapper(self, ctx):
+        from conceptseg.errors import ConceptSegError
+
+        try:
+            return method(self, ctx)
+        except ConceptSegError as error:
+            ctx.ops.notify(str(error), variant="error")
+            return None
+
+    return wrapper
 
 
 def evaluation_runs(dataset) -> list[str]:
@@ -93,16 +132,28 @@ class ConceptEvaluation(foo.Panel):
         )
 
     def on_load(self, ctx):
-        """Lists the evaluations and loads the chosen (or newest) one."""
+        """Lists the evaluations and loads one: an evaluation new since the last look, else the chosen, else the newest."""
         runs = evaluation_runs(ctx.dataset)
-        chosen = ctx.panel.state.eval_key
+        chosen, known = ctx.panel.state.eval_key, ctx.panel.state.evals
+        new = [key for key in runs if known is not None and key not in known]
         ctx.panel.state.evals = runs
-        ctx.panel.state.eval_key = chosen if chosen in runs else (runs[0] if runs else None)
+        ctx.panel.state.eval_key = next((k for k in (*new, chosen) if k in runs), runs[0] if runs else None)
         self._load(ctx)
 
     def on_change_dataset(self, ctx):
         ctx.panel.state.eval_key = None
+        ctx.panel.state.evals = None
         self.on_load(ctx)
+
+    def check_fresh(self, ctx):
+        """Every REFRESH_MS: reloads when an evaluation (or a run) changed the dataset, in any process."""
+        self.on_load(ctx)
+
+    def execute(self, ctx):
+        # A timer tick when nothing changed sends nothing back: no state, no render.
+        if ctx.params.get("__method__") == "check_fresh" and fingerprint(ctx.dataset) == ctx.panel.state.fingerprint:
+            return None
+        return super().execute(ctx)
 
     def on_change_eval(self, ctx):
         ctx.panel.state.eval_key = ctx.params.get("value")
@@ -124,7 +175,8 @@ class ConceptEvaluation(foo.Panel):
 
     def _load(self, ctx) -> None:
         key = ctx.panel.state.eval_key
-        state = {"notice": None, "summary": None, "routes": None, "group_field": None}
+        state = {"notice": None, "summary": None, "routes": None, "group_field": None,
+                 "fingerprint": fingerprint(ctx.dataset)}
         if key is None:
             ctx.panel.state.set({**state, "notice": NO_EVALUATIONS})
             return
@@ -160,6 +212,8 @@ class ConceptEvaluation(foo.Panel):
         # Markdown names end in _md: a component shows the state value of its own name, if any.
         state = ctx.panel.state
         panel = types.Object()
+        # Re-reads the dataset when any process (operator, panel, delegated worker) changed it.
+        panel.view("refresh_timer", types.TimerView(interval=REFRESH_MS, on_interval=self.check_fresh))
         if not state.evals:
             panel.md(NO_EVALUATIONS, name="empty_md")
             return types.Property(panel, view=types.GridView(orientation="vertical", gap=2))

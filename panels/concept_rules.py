@@ -8,8 +8,9 @@ from urllib.parse import urlencode
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 from bson import ObjectId
+from fiftyone import ViewField as F
 
-from .concept_evaluation import metric_field
+from .concept_evaluation import REFRESH_MS, fingerprint, friendly, metric_field
 
 SEGMENT_METHODS = ("conceptseg.segment_by_demonstration", "conceptseg.segment_by_query")
 EVALUATE_METHOD = "conceptseg.evaluate"
@@ -21,6 +22,8 @@ NO_RUNS = (
     "the rule it induces will show here."
 )
 NO_SAMPLE = "Open a sample to see the rule, reasoning and answer recorded on its own prediction."
+# The dataset-scoped store where the grid's panel leaves the run it shows, for the modal's to follow.
+STORE, FOCUS = "conceptseg_panels", "focus_run"
 
 
 def media_url(filepath: str) -> str:
@@ -98,14 +101,59 @@ def review_facts(dataset, run: dict) -> dict | None:
     """Where the labeling loop stands on a demonstration run: round, counts, every round's verification."""
     if run["method"] != SEGMENT_METHODS[0]:
         return None
-    from conceptseg.review import review
+    from conceptseg.review import review, state
 
     out = review(dataset, run["pred_field"])
     rounds = [{k: r.get(k) for k in ("round", "verification", "verified", "accepted", "negatives")}
               for r in out["rounds"]]
     top = out["targets"][0] if out["targets"] else None
+    record = state(dataset, run["pred_field"])
+    learned = set(record["rounds"][-1]["demonstrations"])
+    new = len(set(record["accepted"] + record["negatives"]) - learned)
     return {"round": out["round"], "accepted": out["accepted"], "to_review": len(out["targets"]),
-            "most_doubtful": top and top["id"], "top_doubt": top and top["doubt"], "rounds": rounds}
+            "most_doubtful": top and top["id"], "top_doubt": top and top["doubt"], "rounds": rounds,
+            "new_since_round": new}
+
+
+def review_walk(dataset, pred_field: str) -> list[dict]:
+    """The round's targets in doubt order, decided ones included: the walk "k of N" counts along.
+
+    The order is ``conceptseg.review.review``'s (most doubtful first; a label without a doubt
+    counts as fully doubtful); accepted and rejected targets keep their place, marked.
+    """
+    from conceptseg.jobs import run_key_for
+    from conceptseg.review import REJECTED_TAG, state
+
+    record = state(dataset, pred_field)
+    demos = record["rounds"][-1]["demonstrations"]
+    view = dataset.match(F(f"{pred_field}.run_key") == run_key_for(pred_field)).exclude(demos)
+    ids, doubts, tags = view.values(["id", f"{pred_field}.doubt", "tags"])
+    accepted = set(record["accepted"])
+    rows = [{"id": i, "doubt": 1.0 if d is None else float(d),
+             "status": "accepted" if i in accepted else ("rejected" if REJECTED_TAG in (t or []) else None)}
+            for i, d, t in zip(ids, doubts, tags)]
+    rows.sort(key=lambda r: -r["doubt"])
+    return rows
+
+
+def next_open(walk: list[dict], after: str | None) -> str | None:
+    """The next undecided target after ``after`` in the walk (wrapping round), or None when all are decided."""
+    ids = [r["id"] for r in walk]
+    start = ids.index(after) + 1 if after in ids else 0
+    for row in walk[start:] + walk[:start]:
+        if row["status"] is None and row["id"] != after:
+            return row["id"]
+    return None
+
+
+def walk_position(walk: list[dict], sample_id: str) -> dict | None:
+    """Where ``sample_id`` stands in the walk: k, N, how many are still open, its status."""
+    ids = [r["id"] for r in walk]
+    if sample_id not in ids:
+        return None
+    row = walk[ids.index(sample_id)]
+    return {"k": ids.index(sample_id) + 1, "n": len(ids), "open": sum(r["status"] is None for r in walk),
+            "status": row["status"], "doubt": row["doubt"]}
 
 
 def review_markdown(facts: dict) -> str:
@@ -138,22 +186,43 @@ class ConceptRules(foo.Panel):
         )
 
     def on_load(self, ctx):
-        """Lists the runs and loads the chosen (or newest) one."""
+        """Lists the runs and loads the chosen one: a run new since the last look, else the chosen, else the newest."""
         runs = segmentation_runs(ctx.dataset)
-        chosen = ctx.panel.state.run_key
+        chosen, known = ctx.panel.state.run_key, ctx.panel.state.runs
+        new = [key for key in runs if known is not None and key not in known]
+        focus = _focus(ctx) if ctx.current_sample and not chosen else None  # the modal follows the grid's run
         ctx.panel.state.runs = runs
-        ctx.panel.state.run_key = chosen if chosen in runs else (runs[0] if runs else None)
+        ctx.panel.state.run_key = next((k for k in (*new, focus, chosen) if k in runs), runs[0] if runs else None)
         self._load_run(ctx)
 
     def on_change_dataset(self, ctx):
         ctx.panel.state.run_key = None
+        ctx.panel.state.runs = None
         self.on_load(ctx)
 
     def on_change_current_sample(self, ctx):
-        self._load_sample(ctx)
+        # The whole run again, not only the sample: this event may carry the panel's state from before the
+        # action that opened the sample (Accept moving on), and what it renders is what the panel shows.
+        self._load_run(ctx)
 
+    def on_change_selected(self, ctx):
+        self._load_run(ctx)
+
+    def check_fresh(self, ctx):
+        """Every REFRESH_MS: reloads when a run, evaluation or review step changed the dataset (any process)."""
+        self.on_load(ctx)
+
+    def execute(self, ctx):
+        # A timer tick when nothing changed sends nothing back: no state, no render.
+        if ctx.params.get("__method__") == "check_fresh" and fingerprint(ctx.dataset) == ctx.panel.state.fingerprint:
+            return None
+        return super().execute(ctx)
+
+    @friendly
     def on_change_run(self, ctx):
         ctx.panel.state.run_key = ctx.params.get("value")
+        if not ctx.current_sample:
+            _set_focus(ctx, ctx.panel.state.run_key)
         self._load_run(ctx)
 
     def show_prediction_vs_gt(self, ctx):
@@ -167,38 +236,108 @@ class ConceptRules(foo.Panel):
         iou = metric_field(ctx.panel.state.eval_key, "iou")
         ctx.ops.set_view(view=ctx.dataset.exists(iou).sort_by(iou))
 
+    @friendly
     def open_review(self, ctx):
-        """Shows the targets not yet accepted, most doubtful first, and opens the most doubtful one."""
-        from conceptseg.review import review
-
-        pred = ctx.panel.state.run["pred_field"]
-        out = review(ctx.dataset, pred)
-        ids = [t["id"] for t in out["targets"]]
-        if not ids:
-            ctx.ops.notify("Every target is accepted: nothing left to review.")
+        """Shows the round's targets most doubtful first and opens the first one not yet decided, on the run's field."""
+        run = ctx.panel.state.run
+        walk = review_walk(ctx.dataset, run["pred_field"])
+        if not walk:
+            ctx.ops.notify("This run has no target left to review: every one is a demonstration now.")
             return
-        ctx.ops.set_view(view=ctx.dataset.select(ids, ordered=True))
-        ctx.ops.open_sample(id=ids[0])
+        first = next_open(walk, None) or walk[0]["id"]
+        _set_focus(ctx, run["key"])
+        fields = [f for f in (run["pred_field"], ctx.panel.state.gt_field) if f]
+        if _show_by_default(ctx.dataset, fields):
+            ctx.ops.reload_dataset()
+        ctx.ops.set_active_fields(fields=fields)
+        ctx.ops.set_view(view=ctx.dataset.select([r["id"] for r in walk], ordered=True))
+        ctx.ops.open_sample(id=first)
 
+    @friendly
+    def walk_previous(self, ctx):
+        """Opens the target before this one in doubt order."""
+        self._walk_to(ctx, -1)
+
+    @friendly
+    def walk_next(self, ctx):
+        """Opens the target after this one in doubt order, decided or not."""
+        self._walk_to(ctx, +1)
+
+    def _walk_to(self, ctx, step: int) -> None:
+        walk = [r["id"] for r in review_walk(ctx.dataset, ctx.panel.state.run["pred_field"])]
+        if ctx.current_sample not in walk:
+            return
+        k = walk.index(ctx.current_sample) + step
+        if 0 <= k < len(walk):
+            self._open(ctx, walk, walk[k])
+
+    @staticmethod
+    def _open(ctx, walk: list[str], sample_id: str) -> None:
+        if not len(ctx.view.select(sample_id)):  # the modal shows samples of the grid's view: it must hold it
+            ctx.ops.set_view(view=ctx.dataset.select(walk, ordered=True))
+        ctx.ops.open_sample(id=sample_id)
+
+    @friendly
     def accept_current(self, ctx):
-        """Accepts the open sample's prediction (or the selected samples')."""
+        """Accepts the open sample's prediction (or the selected samples'), then opens the next undecided target."""
         from conceptseg.review import accept
 
-        ids = list(ctx.selected or ([ctx.current_sample] if ctx.current_sample else []))
-        out = accept(ctx.dataset, ctx.panel.state.run["pred_field"], ids)
-        ctx.ops.notify(f"Accepted {len(out['accepted'])} into {out['mask_field']!r} as {out['class']!r}.")
-        self._load_run(ctx)
+        from ..operators._messages import accepted_sentence
 
+        out = accept(ctx.dataset, ctx.panel.state.run["pred_field"], _acted_on(ctx))
+        ctx.ops.notify(accepted_sentence(out), variant="success")
+        self._after_decision(ctx)
+
+    @friendly
+    def reject_current(self, ctx):
+        """Rejects the open sample's prediction (or the selected samples'), then opens the next undecided target."""
+        from conceptseg.review import reject
+
+        from ..operators._messages import rejected_sentence
+
+        out = reject(ctx.dataset, ctx.panel.state.run["pred_field"], _acted_on(ctx))
+        ctx.ops.notify(rejected_sentence(out), variant="success")
+        self._after_decision(ctx)
+
+    @friendly
     def rerun(self, ctx):
-        """A new round: the targets not yet accepted, segmented with the enlarged demonstrations."""
+        """A new round: the targets not yet accepted, segmented with the enlarged demonstrations.
+
+        From the App it runs as the Re-run operator (its progress dialog and sentence); the
+        panel picks up the new round when the dataset changes.
+        """
+        pred_field = ctx.panel.state.run["pred_field"]
+        if _from_app(ctx):
+            ctx.trigger(self.uri.rsplit("/", 1)[0] + "/rerun_review", params={"pred_field": pred_field})
+            return
         from conceptseg.review import rerun
 
-        out = rerun(ctx.dataset, ctx.panel.state.run["pred_field"])
-        ctx.ops.notify(f"Round {out['round']}: {out['segmented']} targets segmented again.")
+        from ..operators._messages import rerun_sentence
+
+        out = rerun(ctx.dataset, pred_field)
+        ctx.ops.notify(rerun_sentence(out), variant="success")
         ctx.ops.reload_dataset()
         self._load_run(ctx)
 
+    def _after_decision(self, ctx) -> None:
+        """Reloads the panel and the samples' tags; in the modal, opens the next target not yet decided."""
+        self._load_run(ctx)
+        # The grid's tiles show the new tags. (The modal's sidebar keeps a sample's tags from when it was
+        # first opened until the page reloads, in FiftyOne 1.22.1; the panel says "accepted" meanwhile.)
+        ctx.ops.reload_samples()
+        current = ctx.current_sample
+        if not current:
+            return
+        pred_field = ctx.panel.state.run["pred_field"]
+        walk = review_walk(ctx.dataset, pred_field)
+        following = next_open(walk, current)
+        if following is None:
+            ctx.ops.notify(f"All {len(walk)} targets of this round are decided: Re-run with accepted learns from them.")
+            return
+        self._open(ctx, [r["id"] for r in walk], following)
+
     def _load_run(self, ctx) -> None:
+        ctx.panel.state.fingerprint = fingerprint(ctx.dataset)
         key = ctx.panel.state.run_key
         if key is None:
             ctx.panel.state.set({"run": None, "notice": NO_RUNS, "sample": None})
@@ -232,12 +371,31 @@ class ConceptRules(foo.Panel):
         if run is None or ctx.panel.state.notice:
             return
         sample_id = ctx.current_sample
-        ctx.panel.state.sample = sample_facts(ctx.dataset, run, sample_id) if sample_id else None
+        sample = sample_facts(ctx.dataset, run, sample_id) if sample_id else None
+        review = ctx.panel.state.review
+        if sample is not None and review is not None:
+            sample["walk"] = walk_position(review_walk(ctx.dataset, run["pred_field"]), sample_id)
+        ctx.panel.state.sample = sample
+        # Why the open sample (or the selection) cannot be accepted or rejected, said on the buttons.
+        ids = _acted_on(ctx)
+        ctx.panel.state.decision = None
+        if review is not None and ids:
+            from ..operators._forms import acceptance_problem
+
+            decision = {action: acceptance_problem(ctx.dataset, run["pred_field"], ids, action)
+                        for action in ("accept", "reject")}
+            both = all(decision.values())  # one sentence for both buttons
+            decision["why"] = (acceptance_problem(ctx.dataset, run["pred_field"], ids, "accept or reject",
+                                                  "accepted or rejected") if both
+                               else decision["accept"] or decision["reject"])
+            ctx.panel.state.decision = decision
 
     def render(self, ctx):
         # Markdown names end in _md: a component shows the state value of its own name, if any.
         state = ctx.panel.state
         panel = types.Object()
+        # Re-reads the dataset when any process (operator, panel, delegated worker) changed it.
+        panel.view("refresh_timer", types.TimerView(interval=REFRESH_MS, on_interval=self.check_fresh))
         if not state.runs:
             panel.md(NO_RUNS, name="empty_md")
             return types.Property(panel, view=types.GridView(orientation="vertical", gap=2))
@@ -249,6 +407,14 @@ class ConceptRules(foo.Panel):
             panel.md(state.notice, name="notice_md")
             return types.Property(panel, view=types.GridView(orientation="vertical", gap=2))
         run = state.run
+        if state.sample and state.sample.get("walk"):
+            walk = state.sample["walk"]
+            row = panel.h_stack("walk", gap=1, align_y="center")
+            row.btn("walk_previous", label="Previous", icon="arrow_back", on_click=self.walk_previous,
+                    variant="outlined", disabled=walk["k"] == 1)
+            row.btn("walk_next", label="Next", icon="arrow_forward", icon_position="right", on_click=self.walk_next,
+                    variant="outlined", disabled=walk["k"] == walk["n"])
+            row.md(_walk_markdown(walk), name="walk_md")
         panel.md(_run_markdown(run), name="run_md")
         panel.md(_sample_markdown(state.sample, run["rule"]), name="sample_md")
         names = state.demo_names or []
@@ -266,13 +432,76 @@ class ConceptRules(foo.Panel):
             panel.md("Run **Evaluate concept segmentation** on this field to rank its worst samples.",
                      name="no_eval_md")
         if state.review:
-            panel.md(review_markdown(state.review), name="review_md")
-            loop = panel.h_stack("review_actions", gap=1)
-            loop.btn("open_review", label="Review by doubt", on_click=self.open_review, variant="contained")
-            if ctx.current_sample or ctx.selected:
-                loop.btn("accept_current", label="Accept", on_click=self.accept_current, variant="outlined")
-            loop.btn("rerun", label="Re-run with accepted", on_click=self.rerun, variant="outlined")
+            self._render_review(panel, state)
         return types.Property(panel, view=types.GridView(orientation="vertical", gap=2, padding=1))
+
+    def _render_review(self, panel, state) -> None:
+        review = state.review
+        panel.md(review_markdown(review), name="review_md")
+        loop = panel.h_stack("review_actions", gap=1)
+        loop.btn("open_review", label="Review by doubt", on_click=self.open_review, variant="contained")
+        decision = state.decision
+        if decision is not None:
+            for name, label, method in (("accept", "Accept", self.accept_current),
+                                        ("reject", "Reject", self.reject_current)):
+                why = decision[name]
+                loop.btn(f"{name}_current", label=label, on_click=method, variant="outlined", disabled=bool(why),
+                         title=why or None)
+        stale = not review.get("new_since_round")
+        why_not = (f"Re-run learns from targets accepted (or rejected as absent) since round {review['round']}: "
+                   "none yet.") if stale else None
+        loop.btn("rerun", label="Re-run with accepted", on_click=self.rerun, variant="outlined", disabled=stale,
+                 title=why_not)
+        if decision is not None and decision.get("why"):
+            panel.md(decision["why"], name="decision_md")
+
+
+def _show_by_default(dataset, fields: list[str]) -> bool:
+    """Makes ``fields`` the dataset's default sidebar fields (App config); True if that changed anything.
+
+    The modal's sidebar shows the dataset's default fields until the user ticks its boxes:
+    FiftyOne 1.22's ``set_active_fields`` reaches only the grid's, and its own default shows
+    every non-mask label field (another run's ``_instances`` included, this run's mask not).
+    So reviewing a run makes its prediction and ground truth the default.
+    """
+    import fiftyone as fo
+
+    current = dataset.app_config.active_fields
+    if current is not None and not current.exclude and list(current.paths) == fields:
+        return False
+    dataset.app_config.active_fields = fo.core.odm.dataset.ActiveFields(paths=fields)
+    dataset.save()
+    return True
+
+
+def _from_app(ctx) -> bool:
+    """Whether the event came from the App (which sends its whole session context), not an SDK call."""
+    return "sample_selection_style" in ctx.request_params
+
+
+def _acted_on(ctx) -> list[str]:
+    """The samples Accept and Reject act on: the open sample in the modal, else the grid's selection."""
+    return [ctx.current_sample] if ctx.current_sample else list(ctx.selected or [])
+
+
+def _focus(ctx) -> str | None:
+    try:
+        return ctx.store(STORE).get(FOCUS)
+    except Exception:  # a store that cannot be read only loses the modal's hint
+        return None
+
+
+def _set_focus(ctx, key: str | None) -> None:
+    try:
+        ctx.store(STORE).set(FOCUS, key)
+    except Exception:
+        pass
+
+
+def _walk_markdown(walk: dict) -> str:
+    """'Review: 3 of 9 by doubt · accepted · 6 still open'."""
+    status = f" · **{walk['status']}**" if walk["status"] else ""
+    return f"**Review:** {walk['k']} of {walk['n']} by doubt{status} · {walk['open']} still open"
 
 
 def _run_markdown(run: dict) -> str:

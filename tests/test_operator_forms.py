@@ -1,5 +1,6 @@
 """Segment-by-demonstration's form (counts, missing masks, estimate) and its live progress stream."""
 
+import fiftyone as fo
 import fiftyone.operators as foo
 import pytest
 from fiftyone.operators.executor import ExecutionContext
@@ -86,11 +87,16 @@ class TestLiveProgress:
         progress = [r["params"] for r in requests if r["operator_uri"] == "set_progress"]
         assert progress[0]["progress"] == 0.0 and progress[-1] == {"progress": 1.0, "label": "13/13 targets"}
         names = [r["operator_uri"] for r in requests]
-        assert names[-2:] == ["reload_dataset", "notify"]
+        # The dialog's progress gives way to the sentence (what was written where), also a notification.
+        assert names[-3:] == ["reload_dataset", "show_output", "notify"]
+        sentence = requests[-1]["params"]["message"]
         assert requests[-1]["params"]["variant"] == "success"
+        assert sentence.startswith("Segmented 13 targets with the appearance route (verification 0.")
+        assert sentence.endswith("into 'live' (instances in 'live_instances').")
+        assert dialog_message(requests[-2]) == ("Success", sentence)
         assert len(nuclei_dataset.exists("live")) == 13
 
-    def test_engine_errors_become_an_error_notification(self, plugin_installed, nuclei_dataset):
+    def test_engine_errors_become_one_sentence_in_place_of_the_progress(self, plugin_installed, nuclei_dataset):
         demos = nuclei_dataset.match_tags("demo").values("id")
         # The form lets this through (overwrite ticked); the engine refuses to write over the masks.
         result = foo.execute_operator(
@@ -98,9 +104,33 @@ class TestLiveProgress:
             params=run_params(view_target="DATASET", pred_field="ground_truth", overwrite=True),
             **FROM_APP,
         )
-        notify = [r["params"] for r in result.executor.to_json()["requests"] if r["operator_uri"] == "notify"]
+        assert result.error is None  # no traceback: the error is the user's to fix
+        requests = result.executor.to_json()["requests"]
+        notify = [r["params"] for r in requests if r["operator_uri"] == "notify"]
         assert [n["variant"] for n in notify] == ["error"]
         assert "is the demonstrations' mask field" in notify[0]["message"]
+        # The dialog stopped at its first progress label; a failed run replaces it by the reason.
+        assert [r["operator_uri"] for r in requests][-2:] == ["show_output", "notify"]
+        assert dialog_message(requests[-2]) == ("Error", notify[0]["message"])
+
+    def test_sdk_callers_get_the_summary_and_the_error(self, plugin_installed, nuclei_dataset):
+        from fiftyone.operators.executor import ExecutionError
+
+        demos = nuclei_dataset.match_tags("demo").values("id")
+        result = foo.execute_operator(SEGMENT, dataset=nuclei_dataset, selected=demos,
+                                      params=run_params(view_target="DATASET", instances=False))
+        assert result.result["segmented"] == 14 and result.result["instances_field"] is None
+        assert not nuclei_dataset.has_field("live_instances")  # the CLI's --no-instances
+        with pytest.raises(ExecutionError, match="is the demonstrations' mask field"):
+            foo.execute_operator(SEGMENT, dataset=nuclei_dataset, selected=demos, params=run_params(
+                view_target="DATASET", pred_field="ground_truth", overwrite=True))
+
+
+def dialog_message(request) -> tuple[str, str]:
+    """(view, sentence) of a show_output request: what the operator's dialog shows."""
+    assert request["operator_uri"] == "show_output"
+    (prop,) = request["params"]["outputs"]["type"]["properties"].values()
+    return prop["view"]["name"], prop["view"]["label"]
 
 
 TRAIN = f"{PLUGIN_NAME}/train_concept_policy"
@@ -166,3 +196,173 @@ class TestTrainForm:
         props = train_form(shapes, out_dir=str(tmp_path / "out"))
         assert props["resume"].view.label.endswith("holds checkpoints up to step 40: the run resumes from there.")
         assert "resume" not in train_form(shapes, out_dir=str(tmp_path / "elsewhere"))
+
+
+EVALUATE = f"{PLUGIN_NAME}/evaluate_concept_segmentation"
+ACCEPT = f"{PLUGIN_NAME}/accept_targets"
+REJECT = f"{PLUGIN_NAME}/reject_targets"
+APPLY = f"{PLUGIN_NAME}/apply_concept"
+SAVE = f"{PLUGIN_NAME}/save_concept"
+QUERY = f"{PLUGIN_NAME}/segment_by_query"
+
+
+def props(uri, dataset, selected=(), view=None, current_sample=None, **params):
+    """The properties of ``uri``'s form for this selection and params."""
+    request = {"dataset_name": dataset.name, "selected": list(selected), "params": params,
+               "current_sample": current_sample}
+    if view is not None:
+        request["view"] = view._serialize()
+    return foo.get_operator(uri).resolve_input(ExecutionContext(request_params=request)).type.properties
+
+
+def refused(prop) -> str:
+    """The sentence a property is refused with (its error message, or its warning's label)."""
+    assert prop.invalid, "the form lets it through"
+    return prop.error_message or prop.view.label
+
+
+@pytest.fixture
+def segmented(plugin_installed, nuclei_dataset):
+    """The demo dataset with a run on the nuclei (``predictions``) and an older one (``older``)."""
+    from conceptseg.jobs import segment_by_demonstration
+
+    nuclei = nuclei_dataset.load_saved_view("nuclei")
+    demos = nuclei.match_tags("demo")
+    for field in ("older", "predictions"):
+        segment_by_demonstration(demos, nuclei, "ground_truth", field, route="appearance")
+    return nuclei_dataset
+
+
+class TestRefusedInTheForm:
+    """Every bad input the form can know about is refused before Execute, in one sentence."""
+
+    def test_a_mask_field_without_masks_on_the_demonstrations(self, plugin_installed, nuclei_dataset):
+        demos = nuclei_dataset.match_tags("demo")
+        nuclei_dataset.add_sample_field("empty", fo.EmbeddedDocumentField, embedded_doc_type=fo.Segmentation)
+        notice = form(nuclei_dataset, demos.values("id"), mask_field="empty")["demo_count"]
+        assert refused(notice) == ("None of the 3 demonstration(s) has a mask in 'empty': choose the field that "
+                                   "holds their masks (a demonstration without one only teaches background).")
+        assert not form(nuclei_dataset, demos.values("id"))["demo_count"].invalid
+
+    @pytest.mark.parametrize("name", ["a.b", "my field", "1st", "frames.x"])
+    def test_an_output_field_that_is_no_field_name(self, plugin_installed, nuclei_dataset, name):
+        demos = nuclei_dataset.match_tags("demo").values("id")
+        message = refused(form(nuclei_dataset, demos, pred_field=name)["pred_field"])
+        assert message.startswith(f"The output field name {name!r} is not allowed: use letters, digits")
+        assert refused(props(APPLY, nuclei_dataset, pred_field=name)["pred_field"]) == message
+        assert refused(props(QUERY, nuclei_dataset, pred_field=name)["pred_field"]) == message
+
+    def test_the_prototype_and_reasoning_routes_without_a_model(self, plugin_installed, nuclei_dataset):
+        demos = nuclei_dataset.match_tags("demo").values("id")
+        assert refused(form(nuclei_dataset, demos, route="prototype")["model"]).startswith(
+            "The prototype route needs a model with a SAM 2 segmenter")
+        for route in ("reasoning", "reasoning-fast"):
+            assert refused(form(nuclei_dataset, demos, route=route)["model"]).startswith(
+                "The reasoning routes need a model")
+        assert refused(props(SAVE, nuclei_dataset, demos, route="prototype", mask_field="ground_truth")["model"])
+        for route in ("auto", "appearance", "object"):
+            assert not form(nuclei_dataset, demos, route=route)["model"].invalid
+
+    @pytest.mark.parametrize("path", ["/no/such/bundle", "./bundle", "~/nowhere/bundle", "models/a/b"])
+    def test_a_model_path_that_does_not_exist_is_no_hub_id(self, plugin_installed, nuclei_dataset, path):
+        demos = nuclei_dataset.match_tags("demo").values("id")
+        message = refused(form(nuclei_dataset, demos, route="prototype", model=path)["model"])
+        assert message.startswith(f"There is no directory {path!r} on the machine that runs the App")
+        assert refused(props(QUERY, nuclei_dataset, text="the nuclei", model=path)["model"]) == message
+
+    def test_models_that_may_load_pass(self, plugin_installed, nuclei_dataset, tmp_path):
+        demos = nuclei_dataset.match_tags("demo").values("id")
+        for model in (str(tmp_path), "zhaoyuan666/ConceptSeg-R1-7B", "conceptseg-tiny-random"):
+            assert not form(nuclei_dataset, demos, route="reasoning", model=model)["model"].invalid
+        (tmp_path / "config.json").write_text("{}")
+        assert refused(form(nuclei_dataset, demos, model=str(tmp_path / "config.json"))["model"]).endswith(
+            "not a file in it.")
+        assert refused(form(nuclei_dataset, demos, model="nonsense")["model"]).startswith("Unknown model 'nonsense'")
+
+    def test_an_sdk_run_with_a_missing_model_path_is_one_sentence(self, plugin_installed, nuclei_dataset):
+        from fiftyone.operators.executor import ExecutionError
+
+        demos = nuclei_dataset.match_tags("demo").values("id")
+        with pytest.raises(ExecutionError, match="There is no directory '/no/such/bundle'"):
+            foo.execute_operator(SEGMENT, dataset=nuclei_dataset, selected=demos,
+                                 params=run_params(view_target="DATASET", model="/no/such/bundle"))
+
+    def test_evaluate_with_no_predictions_in_its_target(self, segmented):
+        demos = segmented.match_tags("demo").values("id")
+        target = props(EVALUATE, segmented, demos, target="selected")["target"]
+        assert refused(target).startswith("None of the 3 target samples has a prediction in 'predictions'")
+        quokka = segmented.match({"concept": "animal"}).values("id")
+        assert refused(props(EVALUATE, segmented, quokka, target="selected")["target"]).startswith(
+            "None of the 1 target samples has a prediction")
+
+    def test_evaluate_with_a_key_that_is_no_field_name(self, segmented):
+        assert refused(props(EVALUATE, segmented, eval_key="a.b")["eval_key"]).startswith(
+            "The evaluation key field name 'a.b' is not allowed")
+
+    def test_accepting_a_demonstration_or_a_sample_without_prediction(self, segmented):
+        demo = segmented.match_tags("demo").first().id
+        quokka = segmented.match({"concept": "animal"}).first().id
+        target = segmented.exists("predictions").first().id
+        form_of = lambda **kw: props(ACCEPT, segmented, pred_field="predictions", **kw)  # noqa: E731
+        assert refused(form_of(current_sample=demo)["not_acceptable"]) == (
+            "Cannot accept: this sample is a demonstration of this run (a demonstration's mask is its ground truth "
+            "already).")
+        assert refused(form_of(current_sample=quokka)["not_acceptable"]) == (
+            "Cannot accept: this sample has no prediction of this run in 'predictions' (not one of its targets); "
+            "only segmented targets can be accepted.")
+        assert refused(form_of(selected=[target, demo, quokka])["not_acceptable"]).startswith(
+            "Cannot accept: 1 of the 3 selected samples is a demonstration")
+        assert "not_acceptable" not in form_of(current_sample=target)
+        foo.execute_operator(ACCEPT, dataset=segmented, current_sample=target, params={"pred_field": "predictions"})
+        assert refused(form_of(current_sample=target)["not_acceptable"]).startswith(
+            "Cannot accept: this sample is accepted already")
+
+    def test_applying_to_an_empty_target(self, plugin_installed, nuclei_dataset):
+        empty = nuclei_dataset.match_tags("no such tag")
+        count = props(APPLY, nuclei_dataset, view=empty, view_target="CURRENT_VIEW")["target_count"]
+        assert refused(count) == "The target view holds no sample: choose another one."
+
+
+class TestDefaults:
+    def test_evaluate_lists_our_runs_newest_first_and_scores_the_runs_targets(self, segmented):
+        demos = segmented.match_tags("demo").values("id")
+        # The demonstrations still selected, as right after a run: the default target is the run's targets.
+        form_ = props(EVALUATE, segmented, demos)
+        assert form_["pred_field"].type.values == ["predictions", "older"]  # no _instances, no ground truth
+        assert form_["pred_field"].default == "predictions" and form_["gt_field"].default == "ground_truth"
+        assert form_["target"].default == "run" and not form_["target"].invalid
+        assert form_["target_count"].view.label == "13 sample(s) with a prediction and ground truth."
+        result = foo.execute_operator(EVALUATE, dataset=segmented, selected=demos,
+                                      params={"pred_field": "predictions", "gt_field": "ground_truth"})
+        assert result.error is None and result.result["scored"] == 13 and result.result["missing_pred"] == 0
+
+    def test_evaluate_after_an_app_run_says_what_it_scored(self, segmented):
+        result = foo.execute_operator(EVALUATE, dataset=segmented, params={
+            "pred_field": "predictions", "gt_field": "ground_truth", "target": "run"}, **FROM_APP)
+        notify = [r["params"] for r in result.executor.to_json()["requests"] if r["operator_uri"] == "notify"]
+        assert notify[-1]["message"].startswith(
+            "Scored 13 samples of 'predictions' as evaluation 'eval_predictions' (gIoU 0.")
+
+    def test_the_concept_is_named_after_the_classes(self, plugin_installed, nuclei_dataset):
+        demos = nuclei_dataset.match_tags("demo").values("id")
+        # The nuclei's masks are 0/1 without class names; the demonstrations' concept field names them.
+        assert form(nuclei_dataset, demos)["concept"].default == "nucleus"
+
+    def test_the_clis_resize_and_instances_options(self, plugin_installed, nuclei_dataset):
+        demos = nuclei_dataset.match_tags("demo").values("id")
+        props_ = form(nuclei_dataset, demos, pred_field="mine")
+        assert props_["resize_masks"].default is False and props_["instances"].default is True
+        assert props_["instances"].view.label == "Also write instances to 'mine_instances'"
+
+
+class TestTwoClassDefaults:
+    @pytest.fixture
+    def two_classes(self, name, tmp_path):
+        from conceptseg.datasets import two_classes
+
+        return two_classes.build(name, str(tmp_path / "media"))[0]
+
+    def test_the_concept_is_the_picked_class(self, plugin_installed, two_classes):
+        demos = two_classes.match_tags("demo").values("id")
+        assert form(two_classes, demos, mask_field="gt", classes=["red"])["concept"].default == "red"
+        assert form(two_classes, demos, mask_field="gt")["concept"].default is None  # the engine names it

@@ -16,13 +16,17 @@ SEGMENT = f"{PLUGIN_NAME}/segment_by_demonstration"
 EVALUATE = f"{PLUGIN_NAME}/evaluate_concept_segmentation"
 
 
-def call_panel(uri, dataset, method="on_load", state=None, current_sample=None, **params):
-    """Runs one panel event; returns (state after it, panel data, rendered schema, other requests)."""
+def call_panel(uri, dataset, method="on_load", state=None, current_sample=None, request=None, **params):
+    """Runs one panel event; returns (state after it, panel data, rendered schema, other requests).
+
+    ``request`` adds to the request what the App sends besides (its selection, its session context).
+    """
     result = foo.execute_operator(
-        uri, dataset=dataset, current_sample=current_sample,
+        uri, dataset=dataset, current_sample=current_sample, **(request or {}),
         # The App sends the panel's state as params["panel_state"] (ExecutionContext reads it there).
         params={"__method__": method, "panel_id": "p1", "panel_state": dict(state or {}), **params},
     )
+    assert result.error is None, result.error  # never the App's error box
     state, data, schema, others = dict(state or {}), {}, None, []
     for request in result.executor.to_json()["requests"]:
         name, body = request["operator_uri"], request["params"]
@@ -236,3 +240,144 @@ class TestConceptEvaluationPanel:
         run_without_evaluation.delete_sample_field("ev2_concept_wfm")
         _, _, schema, _ = call_panel(EVALUATION, run_without_evaluation)
         assert "Evaluation 'ev2' has nothing to plot: fields ev2_concept_wfm were deleted" in texts(schema)
+
+
+# Part of the context the App sends with every event (and SDK callers do not).
+FROM_APP = {"sample_selection_style": {"default": "checkmark", "alt": "checkmark"}}
+
+
+def names(requests) -> list[str]:
+    return [r["operator_uri"] for r in requests]
+
+
+class TestPanelsStayTrue:
+    """An open panel shows what any process did to the dataset, without the user switching anything."""
+
+    def test_both_panels_poll_with_a_timer(self, run_without_evaluation):
+        for uri in (RULES, EVALUATION):
+            _, _, schema, _ = call_panel(uri, run_without_evaluation)
+            timer = schema["type"]["properties"]["refresh_timer"]["view"]
+            assert timer["name"] == "TimerView" and timer["on_interval"] == f"{uri}#check_fresh"
+
+    def test_a_tick_with_nothing_new_sends_nothing(self, run_without_evaluation):
+        state, *_ = call_panel(RULES, run_without_evaluation)
+        after, _, schema, others = call_panel(RULES, run_without_evaluation, "check_fresh", state)
+        assert after == state and schema is None and others == []
+
+    def test_an_evaluation_elsewhere_shows_in_both_open_panels(self, run_without_evaluation):
+        from conceptseg.evaluation import evaluate
+
+        dataset = run_without_evaluation
+        rules, _, schema, _ = call_panel(RULES, dataset)
+        assert "to rank its worst samples" in texts(schema)
+        evaluation, *_ = call_panel(EVALUATION, dataset)
+        assert evaluation["evals"] == []
+        evaluate(dataset.load_saved_view("nuclei"), "gone", "ground_truth", eval_key="ev")  # another process, say
+        rules, _, schema, _ = call_panel(RULES, dataset, "check_fresh", rules)
+        assert rules["eval_key"] == "ev" and "open_worst" in texts(schema)
+        evaluation, data, schema, _ = call_panel(EVALUATION, dataset, "check_fresh", evaluation)
+        assert evaluation["eval_key"] == "ev" and sum(data["histogram"][0]["y"]) == 13
+
+    def test_a_new_run_or_evaluation_is_shown_a_rerun_keeps_the_choice(self, run_without_evaluation):
+        from conceptseg.evaluation import evaluate
+        from conceptseg.jobs import segment_by_demonstration
+
+        dataset = run_without_evaluation
+        nuclei = dataset.load_saved_view("nuclei")
+        evaluate(nuclei, "gone", "ground_truth", eval_key="first")
+        evaluation, *_ = call_panel(EVALUATION, dataset)
+        rules, *_ = call_panel(RULES, dataset)
+        segment_by_demonstration(nuclei.match_tags("demo"), nuclei, "ground_truth", "newer", route="appearance")
+        evaluate(nuclei, "newer", "ground_truth", eval_key="second")
+        rules, *_ = call_panel(RULES, dataset, "check_fresh", rules)
+        evaluation, *_ = call_panel(EVALUATION, dataset, "check_fresh", evaluation)
+        assert rules["run_key"] == "conceptseg_newer" and evaluation["eval_key"] == "second"
+        # Chosen by the user, then re-run: the panel stays on it and shows its new record.
+        rules, *_ = call_panel(RULES, dataset, "on_change_run", rules, value="conceptseg_gone")
+        segment_by_demonstration(nuclei.match_tags("demo"), nuclei, "ground_truth", "gone", route="appearance",
+                                 overwrite=True)
+        rules, *_ = call_panel(RULES, dataset, "check_fresh", rules)
+        assert rules["run_key"] == "conceptseg_gone" and rules["run"]["pred_field"] == "gone"
+
+
+class TestReviewMode:
+    def _targets(self, dataset, field="gone"):
+        from conceptseg import review
+
+        return [t["id"] for t in review.review(dataset, field)["targets"]]
+
+    def test_k_of_n_in_doubt_order(self, run_without_evaluation):
+        dataset = run_without_evaluation
+        order = self._targets(dataset)
+        state, *_ = call_panel(RULES, dataset)
+        state, _, schema, _ = call_panel(RULES, dataset, "on_change_current_sample", state, order[2])
+        assert state["sample"]["walk"] == {"k": 3, "n": 13, "open": 13, "status": None,
+                                           "doubt": pytest.approx(state["sample"]["doubt"])}
+        assert "**Review:** 3 of 13 by doubt \\u00b7 13 still open" in texts(schema)
+
+    def test_review_by_doubt_opens_the_first_open_target_on_the_runs_field(self, run_without_evaluation):
+        dataset = run_without_evaluation
+        order = self._targets(dataset)
+        state, *_ = call_panel(RULES, dataset)
+        _, _, _, requests = call_panel(RULES, dataset, "open_review", state)
+        assert names(requests) == ["set_active_fields", "set_view", "open_sample"] or \
+            names(requests) == ["reload_dataset", "set_active_fields", "set_view", "open_sample"]
+        assert request_named(requests, "open_sample")["params"]["id"] == order[0]
+        assert request_named(requests, "set_active_fields")["params"]["fields"] == ["gone", "ground_truth"]
+        assert rebuilt_view(dataset, request_named(requests, "set_view")).values("id") == order
+        dataset.reload()
+        assert list(dataset.app_config.active_fields.paths) == ["gone", "ground_truth"]  # what the modal shows
+
+    def test_accept_and_reject_move_on_to_the_next_open_target(self, run_without_evaluation):
+        from conceptseg import review
+
+        dataset = run_without_evaluation
+        order = self._targets(dataset)
+        view = dataset.select(order, ordered=True)
+        state, *_ = call_panel(RULES, dataset, current_sample=order[0])
+        state, _, _, requests = call_panel(RULES, dataset, "accept_current", state, order[0], request={"view": view})
+        assert request_named(requests, "notify")["params"]["message"].startswith(
+            "Accepted 1 sample: its prediction is now ground truth in 'ground_truth'")
+        assert request_named(requests, "open_sample")["params"]["id"] == order[1]
+        assert state["review"]["accepted"] == 1
+        state, _, _, requests = call_panel(RULES, dataset, "reject_current", state, order[1], request={"view": view})
+        assert request_named(requests, "open_sample")["params"]["id"] == order[2]
+        assert review.REJECTED_TAG in dataset[order[1]].tags
+        # Back on the accepted one: both buttons are disabled, with the reason.
+        state, _, schema, _ = call_panel(RULES, dataset, "on_change_current_sample", state, order[0])
+        assert state["sample"]["walk"]["status"] == "accepted" and state["sample"]["walk"]["open"] == 11
+        buttons = schema["type"]["properties"]["review_actions"]["type"]["properties"]
+        assert buttons["accept_current"]["view"]["disabled"] and buttons["reject_current"]["view"]["disabled"]
+        assert "Cannot accept or reject: this sample is accepted already" in texts(schema)
+        assert not buttons["rerun"]["view"]["disabled"]  # something new to learn from
+
+    def test_a_demonstration_cannot_be_accepted_and_says_why(self, run_without_evaluation):
+        dataset = run_without_evaluation
+        demo = dataset.match_tags("demo").first().id
+        state, _, schema, _ = call_panel(RULES, dataset, current_sample=demo)
+        buttons = schema["type"]["properties"]["review_actions"]["type"]["properties"]
+        assert buttons["accept_current"]["view"]["disabled"]
+        assert "this sample is a demonstration of this run" in buttons["accept_current"]["view"]["title"]
+        assert buttons["rerun"]["view"]["disabled"]  # nothing accepted yet
+        # Forced anyway (an old App page): one notification, never the panel's error box.
+        _, _, schema, requests = call_panel(RULES, dataset, "accept_current", state, demo)
+        notify = request_named(requests, "notify")["params"]
+        assert notify["variant"] == "error" and "only segmented targets can be accepted" in notify["message"]
+        assert schema is not None  # the panel still renders
+
+    def test_rerun_from_the_app_runs_the_operator_with_its_progress(self, run_without_evaluation):
+        dataset = run_without_evaluation
+        state, *_ = call_panel(RULES, dataset)
+        _, _, _, requests = call_panel(RULES, dataset, "rerun", state, request=FROM_APP)
+        trigger = request_named(requests, f"{PLUGIN_NAME}/rerun_review")
+        assert trigger["params"] == {"pred_field": "gone"}
+
+    def test_rerun_with_nothing_new_is_one_sentence(self, run_without_evaluation):
+        dataset = run_without_evaluation
+        result = foo.execute_operator(f"{PLUGIN_NAME}/rerun_review", dataset=dataset, params={"pred_field": "gone"},
+                                      **FROM_APP)
+        assert result.error is None
+        requests = result.executor.to_json()["requests"]
+        notify = request_named(requests, "notify")["params"]
+        assert notify["variant"] == "error" and notify["message"].startswith("Nothing was accepted, corrected or")
+        assert names(requests)[-2:] == ["show_output", "notify"]  # the dialog says it too, no progress left

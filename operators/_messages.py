@@ -1,0 +1,27 @@
+"""The sentences the review operators and the Concept Rules panel end with: what was written where, how many."""
+
+
+def accepted_sentence(out: dict) -> str:
+    n = len(out["accepted"])
+    return (f"Accepted {n} sample{'s' * (n != 1)}: {'its' if n == 1 else 'their'} prediction is now ground truth in "
+            f"{out['mask_field']!r} as {out['class']!r} ({out['total_accepted']} accepted in all).")
+
+
+def rejected_sentence(out: dict) -> str:
+    n = len(out["rejected"])
+    absent = f"; {len(out['negatives'])} join the demonstrations as negatives" if out["negatives"] else ""
+    return f"Rejected {n} prediction{'s' * (n != 1)} (tagged conceptseg_rejected){absent}."
+
+
+def promoted_sentence(out: dict) -> str:
+    n, missing = len(out["promoted"]), len(out["missing"])
+    return (f"Promoted {n} corrected mask{'s' * (n != 1)} into {out['mask_field']!r} as {out['class']!r}"
+            + (f"; {missing} skipped: " + "; ".join(f"{i} {w}" for i, w in out["missing"].items()) if missing else "")
+            + ".")
+
+
+def rerun_sentence(out: dict) -> str:
+    v = out["verification"]
+    return (f"Round {out['round']}: {out['segmented']} targets segmented again into {out['pred_field']!r} with "
+            f"{out['demonstrations']} demonstrations ({out['route']} route, verification "
+            f"{'unavailable' if v is None else f'{v:.3f}'}).")
