@@ -288,11 +288,17 @@ def run_config(dataset, pred_field: str):
     return config if getattr(config, "method", None) in SEGMENT_METHODS else None
 
 
-def acceptance_problem(dataset, pred_field: str, ids, action: str = "accept", done: str | None = None) -> str | None:
+# Reading the ground truth of more samples than this is left to accept itself (a form redraws on every change).
+TRUTH_CHECK_LIMIT = 50
+
+
+def acceptance_problem(dataset, pred_field: str, ids, action: str = "accept", done: str | None = None,
+                       replace: bool = False, mask_field: str | None = None) -> str | None:
     """Why the samples ``ids`` cannot be accepted (or rejected) in the run of ``pred_field`` (one sentence), or None.
 
     Refused: a demonstration (its mask is ground truth already), a sample without this run's
-    prediction (not one of its targets, or it failed), one accepted already.
+    prediction (not one of its targets, or it failed), one accepted already; for accept without
+    ``replace``, one whose ground truth already shows the concept's class.
     """
     from conceptseg.errors import ConceptSegError
     from conceptseg.jobs import run_key_for
@@ -330,4 +336,11 @@ def acceptance_problem(dataset, pred_field: str, ids, action: str = "accept", do
     if found:
         return (f"Cannot {action}: {some(found)} {verb(found, 'has', 'have')} no prediction of this run in "
                 f"{pred_field!r} (not one of its targets); only segmented targets can be {done}.")
+    if action == "accept" and not replace and len(ids) <= TRUTH_CHECK_LIMIT:
+        from conceptseg.review import holding_truth
+
+        found = holding_truth(dataset, pred_field, ids, mask_field)
+        if found:
+            return (f"Cannot accept: {some(found)} already {verb(found, 'has', 'have')} ground truth of the concept's "
+                    "class; tick 'Replace existing ground truth of this class' to replace it.")
     return None

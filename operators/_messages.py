@@ -4,7 +4,12 @@
 def accepted_sentence(out: dict) -> str:
     n = len(out["accepted"])
     return (f"Accepted {n} sample{'s' * (n != 1)}: {'its' if n == 1 else 'their'} prediction is now ground truth in "
-            f"{out['mask_field']!r} as {out['class']!r} ({out['total_accepted']} accepted in all).")
+            f"{out['mask_field']!r} as {out['class']!r}" + _replaced(out) + f" ({out['total_accepted']} accepted in all).")
+
+
+def _replaced(out: dict) -> str:
+    n = len(out.get("replaced") or [])
+    return f", in place of the class's earlier ground truth on {n} sample{'s' * (n != 1)}" if n else ""
 
 
 def rejected_sentence(out: dict) -> str:

@@ -103,7 +103,8 @@ class _ReviewOperator(foo.Operator):
             truth_field_input(inputs, ctx)
         self.more_inputs(inputs, ctx)
         pred_field, ids = ctx.params.get("pred_field"), _ids(ctx)
-        problem = acceptance_problem(ctx.dataset, pred_field, ids) if self.refuse_unacceptable and pred_field and ids \
+        problem = acceptance_problem(ctx.dataset, pred_field, ids, replace=bool(ctx.params.get("replace")),
+                                     mask_field=_mask_field(ctx)) if self.refuse_unacceptable and pred_field and ids \
             else None
         if problem:
             inputs.view("not_acceptable", types.Error(label=problem)).invalid = True

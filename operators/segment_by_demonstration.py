@@ -105,8 +105,9 @@ class SegmentByDemonstration(foo.Operator):
         inputs.bool("resize_masks", default=False, label="Resize demonstration masks to their images",
                     description="Stretch (nearest) a demonstration mask of another size than its image instead "
                                 "of stopping")
-        inputs.bool("instances", default=True, label="Write instances (<field>_instances Detections)",
-                    description="One Detection per connected component; untick to write the Segmentation only")
+        inputs.bool("instances", default=True, label=f"Also write instances to {name + '_instances'!r}",
+                    description="One Detection per connected component; untick to write the Segmentation only "
+                                "(the CLI's --no-instances)")
         inputs.int("batch_size", default=1, min=1, label="Batch size",
                    description="Targets per policy call on the reasoning route (same labels; more uses "
                                "more GPU memory, and an out-of-memory error halves it)")

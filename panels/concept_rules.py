@@ -280,11 +280,19 @@ class ConceptRules(foo.Panel):
     @friendly
     def accept_current(self, ctx):
         """Accepts the open sample's prediction (or the selected samples'), then opens the next undecided target."""
+        self._accept(ctx, replace=False)
+
+    @friendly
+    def accept_replacing(self, ctx):
+        """Accept where the sample has ground truth of the class already: the prediction takes its place."""
+        self._accept(ctx, replace=True)
+
+    def _accept(self, ctx, replace: bool) -> None:
         from conceptseg.review import accept
 
         from ..operators._messages import accepted_sentence
 
-        out = accept(ctx.dataset, ctx.panel.state.run["pred_field"], _acted_on(ctx))
+        out = accept(ctx.dataset, ctx.panel.state.run["pred_field"], _acted_on(ctx), replace=replace)
         ctx.ops.notify(accepted_sentence(out), variant="success")
         self._after_decision(ctx)
 
@@ -380,11 +388,22 @@ class ConceptRules(foo.Panel):
         ids = _acted_on(ctx)
         ctx.panel.state.decision = None
         if review is not None and ids:
-            from ..operators._forms import acceptance_problem
+            from conceptseg.review import holding_truth
 
-            decision = {action: acceptance_problem(ctx.dataset, run["pred_field"], ids, action)
+            from ..operators._forms import TRUTH_CHECK_LIMIT, acceptance_problem
+
+            decision = {action: acceptance_problem(ctx.dataset, run["pred_field"], ids, action, replace=True)
                         for action in ("accept", "reject")}
-            both = all(decision.values())  # one sentence for both buttons
+            # Ground truth of the class there already: Accept would refuse, Accept and replace overwrites it.
+            holding = [] if decision["accept"] or len(ids) > TRUTH_CHECK_LIMIT else \
+                holding_truth(ctx.dataset, run["pred_field"], ids)
+            if holding:
+                decision["accept"] = ((
+                    "This sample has" if len(ids) == 1 else f"{len(holding)} of the {len(ids)} selected samples have")
+                    + " ground truth of the concept's class already: Accept and replace puts the prediction in its "
+                      "place.")
+            decision["replace"] = bool(holding)
+            both = decision["accept"] and decision["reject"]  # one sentence for both buttons
             decision["why"] = (acceptance_problem(ctx.dataset, run["pred_field"], ids, "accept or reject",
                                                   "accepted or rejected") if both
                                else decision["accept"] or decision["reject"])
@@ -447,6 +466,9 @@ class ConceptRules(foo.Panel):
                 why = decision[name]
                 loop.btn(f"{name}_current", label=label, on_click=method, variant="outlined", disabled=bool(why),
                          title=why or None)
+            if decision.get("replace"):
+                loop.btn("accept_replacing", label="Accept and replace", on_click=self.accept_replacing,
+                         variant="outlined", title="Replace this sample's ground truth of the class with the prediction")
         stale = not review.get("new_since_round")
         why_not = (f"Re-run learns from targets accepted (or rejected as absent) since round {review['round']}: "
                    "none yet.") if stale else None

@@ -312,8 +312,13 @@ class TestRefusedInTheForm:
             "only segmented targets can be accepted.")
         assert refused(form_of(selected=[target, demo, quokka])["not_acceptable"]).startswith(
             "Cannot accept: 1 of the 3 selected samples is a demonstration")
-        assert "not_acceptable" not in form_of(current_sample=target)
-        foo.execute_operator(ACCEPT, dataset=segmented, current_sample=target, params={"pred_field": "predictions"})
+        # The target has ground truth of the class already: only with Replace ticked.
+        assert refused(form_of(current_sample=target)["not_acceptable"]) == (
+            "Cannot accept: this sample already has ground truth of the concept's class; tick 'Replace existing "
+            "ground truth of this class' to replace it.")
+        assert "not_acceptable" not in form_of(current_sample=target, replace=True)
+        foo.execute_operator(ACCEPT, dataset=segmented, current_sample=target,
+                             params={"pred_field": "predictions", "replace": True})
         assert refused(form_of(current_sample=target)["not_acceptable"]).startswith(
             "Cannot accept: this sample is accepted already")
 

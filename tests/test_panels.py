@@ -334,10 +334,16 @@ class TestReviewMode:
         dataset = run_without_evaluation
         order = self._targets(dataset)
         view = dataset.select(order, ordered=True)
-        state, *_ = call_panel(RULES, dataset, current_sample=order[0])
-        state, _, _, requests = call_panel(RULES, dataset, "accept_current", state, order[0], request={"view": view})
+        state, _, schema, _ = call_panel(RULES, dataset, current_sample=order[0])
+        # Its ground truth shows the class already: plain Accept says so, Accept and replace takes its place.
+        buttons = schema["type"]["properties"]["review_actions"]["type"]["properties"]
+        assert buttons["accept_current"]["view"]["disabled"] and not buttons["accept_replacing"]["view"]["disabled"]
+        assert ("This sample has ground truth of the concept's class already: Accept and replace puts the prediction "
+                "in its place.") in texts(schema)
+        state, _, _, requests = call_panel(RULES, dataset, "accept_replacing", state, order[0], request={"view": view})
         assert request_named(requests, "notify")["params"]["message"].startswith(
-            "Accepted 1 sample: its prediction is now ground truth in 'ground_truth'")
+            "Accepted 1 sample: its prediction is now ground truth in 'ground_truth' as 'concept', in place of the "
+            "class's earlier ground truth on 1 sample")
         assert request_named(requests, "open_sample")["params"]["id"] == order[1]
         assert state["review"]["accepted"] == 1
         state, _, _, requests = call_panel(RULES, dataset, "reject_current", state, order[1], request={"view": view})

@@ -37,6 +37,7 @@ import time
 import cv2
 import fiftyone as fo
 import numpy as np
+from bson import ObjectId
 from fiftyone import ViewField as F
 
 from conceptseg import classes as classes_
@@ -469,6 +470,27 @@ def acceptable(dataset, pred_field: str, ids) -> tuple[list[str], dict[str, str]
     reasons = {i: _NOT_ACCEPTABLE["demonstration" if i in demos and kind == "no_prediction" else kind]
                .format(field=pred_field) for i, kind in kinds.items()}
     return [i for i in ids if i not in kinds], reasons
+
+
+def holding_truth(dataset, pred_field: str, ids, mask_field: str | None = None) -> list[str]:
+    """The ids whose ground truth already shows the concept's class: accepting them needs ``replace``.
+
+    For a form or a panel button, on the samples in hand: reads their ground truth only and
+    creates nothing. [] when the truth field is not known or not there yet (accept then says why).
+    """
+    try:
+        config = run_config(dataset, pred_field)
+        field = truth_field(dataset, config, state(dataset, pred_field), mask_field)
+        if not dataset.has_field(field):
+            return []
+        source = applied_source(config)
+        target = (truth_class(dataset, config) if source is None
+                  else applied_truth_class(dataset, source, field, create=False))
+    except ConceptSegError:
+        return []
+    valid = [i for i in ids or [] if ObjectId.is_valid(str(i))]
+    return [sample.id for sample in dataset.select(valid).select_fields(field)
+            if not _mask_file_missing(sample[field]) and _has_class(sample[field], target)]
 
 
 def _refuse_not_acceptable(kinds: dict[str, str], pred_field: str) -> None:
