@@ -6,6 +6,8 @@ Thin over :func:`conceptseg.library.update` (the CLI's ``conceptseg concepts upd
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
+from . import _live
+
 DEMONSTRATION_METHOD = "conceptseg.segment_by_demonstration"
 
 
@@ -41,7 +43,7 @@ class UpdateConcept(foo.Operator):
         return foo.OperatorConfig(
             name="update_concept", label="Update concept",
             description="Add the samples accepted on an Apply concept run to the saved concept, as its new version",
-            dynamic=True,
+            dynamic=True, execute_as_generator=True,  # the App gets the progress and the closing sentence
         )
 
     def resolve_input(self, ctx):
@@ -87,7 +89,7 @@ class UpdateConcept(foo.Operator):
     def _name_error(value: str, run: dict) -> str | None:
         from conceptseg.library import NAME, exists
 
-        if not NAME.match(value):
+        if not NAME.fullmatch(value):
             return "Use letters, digits, '_' and '-' only."
         if value != run["concept"]:
             return f"{run['pred_field']!r} applied {run['concept']!r}, not {value!r}."
@@ -96,31 +98,26 @@ class UpdateConcept(foo.Operator):
         return None
 
     def execute(self, ctx):
-        from conceptseg.errors import ConceptSegError
         from conceptseg.library import update
 
-        try:
+        def job(_):
             record = update(ctx.params["name"], ctx.dataset, ctx.params["pred_field"])
-        except ConceptSegError as e:
-            self._notify(ctx, str(e), "error")
-            return {"error": str(e)}
-        v, previous = record["verification"], record["previous_version"]
-        message = (f"Saved {record['name']!r} version {record['version']}: {len(record['added'])} sample(s) added, "
-                   f"{len(record['demonstrations'])} demonstrations, verification "
-                   f"{'n/a' if v is None else f'{v:.2f}'}; version {previous} stays applicable as "
-                   f"{record['name']}@{previous}.")
-        self._notify(ctx, message, "success")
-        return {"message": message, "name": record["name"], "version": record["version"],
-                "added": len(record["added"]), "demonstrations": len(record["demonstrations"]),
-                "verification": v}
+            return {"message": _updated_sentence(record), "name": record["name"], "version": record["version"],
+                    "added": len(record["added"]), "demonstrations": len(record["demonstrations"]),
+                    "verification": record["verification"]}
 
-    @staticmethod
-    def _notify(ctx, message: str, variant: str) -> None:
-        if ctx.executor is not None:  # the App (or an executor) is there to show it
-            ctx.ops.notify(message, variant=variant)
+        # The route is chosen and verified again on the grown demonstrations: seconds, so a dialog.
+        return _live.run(ctx, job, title="Update concept", reload=False, done=lambda out: out["message"],
+                         start="Verifying the concept on its grown demonstrations")
 
     def resolve_output(self, ctx):
         outputs = types.Object()
         outputs.str("message", label="Result")
-        outputs.str("error", label="Not updated")
         return types.Property(outputs)
+
+
+def _updated_sentence(record: dict) -> str:
+    v, previous = record["verification"], record["previous_version"]
+    return (f"Saved {record['name']!r} version {record['version']}: {len(record['added'])} sample(s) added, "
+            f"{len(record['demonstrations'])} demonstrations, verification {'n/a' if v is None else f'{v:.2f}'}; "
+            f"version {previous} stays applicable as {record['name']}@{previous}.")

@@ -125,7 +125,8 @@ def review_walk(dataset, pred_field: str) -> list[dict]:
     from conceptseg.review import REJECTED_TAG, state
 
     record = state(dataset, pred_field)
-    demos = record["rounds"][-1]["demonstrations"]
+    # An applied concept's demonstrations are library references ("NAME@N:demos/000.png"), no sample here.
+    demos = [i for i in record["rounds"][-1]["demonstrations"] if ObjectId.is_valid(i)]
     view = dataset.match(F(f"{pred_field}.run_key") == run_key_for(pred_field)).exclude(demos)
     ids, doubts, tags = view.values(["id", f"{pred_field}.doubt", "tags"])
     accepted = set(record["accepted"])

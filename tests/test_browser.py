@@ -378,7 +378,7 @@ def private_library(tmp_path, monkeypatch):
     return tmp_path / "library"
 
 
-def test_bad_input_is_refused_in_the_form_then_save_apply_and_delete(private_library, app_url, page, nuclei_dataset,
+def test_bad_input_is_refused_in_the_form_then_save_apply_review_update_and_delete(private_library, app_url, page, nuclei_dataset,
                                                                      tmp_path):
     page.goto(f"{app_url}/datasets/{nuclei_dataset.name}?view=nuclei")
     expect(page.locator("[data-cy=looker]").first).to_be_visible()
@@ -421,12 +421,42 @@ def test_bad_input_is_refused_in_the_form_then_save_apply_and_delete(private_lib
     nuclei_dataset.reload()
     assert set(nuclei_dataset.distinct("applied.concept_name")) == {"nuclei_demo"}
 
+    # Review the applied run: its first target has ground truth already, so Accept says why and Accept and
+    # replace puts the prediction in its place.
+    rules.get_by_role("button", name="Review by doubt").click()
+    modal = page.locator("[data-cy=modal]")
+    expect(modal).to_be_visible()
+    modal.locator("[data-cy=panel-tab-concept_rules]").click()
+    modal_rules = modal.locator("[data-cy=panel-content-concept_rules]")
+    expect(modal_rules).to_contain_text("Review: 1 of 16 by doubt")
+    expect(modal_rules).to_contain_text("This sample has ground truth of the concept's class already")
+    expect(modal_rules.get_by_role("button", name="Accept", exact=True)).to_be_disabled()
+    _shot(page, tmp_path, "loop-7-review-applied-run.png")
+    modal_rules.get_by_role("button", name="Accept and replace").click()
+    expect(page.get_by_text("Accepted 1 sample: its prediction is now ground truth in 'ground_truth'").first
+           ).to_be_visible()
+    expect(modal_rules).to_contain_text("Review: 2 of 16 by doubt")
+    page.evaluate("document.activeElement && document.activeElement.blur()")  # Escape to the modal, not a button
+    page.keyboard.press("Escape")
+    expect(modal).to_have_count(0)
+
+    # The accepted sample makes the saved concept's version 2; version 1 stays applicable.
+    prompt = _run_operator(page, "Update concept")
+    expect(prompt).to_contain_text("Adds 1 accepted and 0 absent sample(s) to 'nuclei_demo' as version 2")
+    _shot(page, tmp_path, "loop-8-update-form.png")
+    prompt.get_by_role("button", name="Execute", exact=True).click()
+    _finish(page, "Saved 'nuclei_demo' version 2: 1 sample(s) added, 4 demonstrations", tmp_path,
+            "loop-9-updated.png")
+    from conceptseg import library
+
+    assert library.load("nuclei_demo")["version"] == 2 and library.load("nuclei_demo@1")["version"] == 1
+
     # Delete the run: one sentence saying what went, and the open panel empties by itself.
     prompt = _run_operator(page, "Delete concept segmentation run")
     expect(prompt).to_contain_text("Deletes 'applied', 'applied_instances' when present")
     prompt.get_by_role("button", name="Execute", exact=True).click()
     expect(page.get_by_text("Deleted 'applied', 'applied_instances', 1 run record(s) and 16 mask file(s).")).to_be_visible()
     expect(rules).to_contain_text("No ConceptSeg run on this dataset yet")
-    _shot(page, tmp_path, "loop-7-deleted.png")
+    _shot(page, tmp_path, "loop-10-deleted.png")
     nuclei_dataset.reload()
     assert not nuclei_dataset.has_field("applied")

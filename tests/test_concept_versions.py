@@ -428,6 +428,24 @@ def test_an_update_made_on_a_version_that_changed_meanwhile_is_refused(applied, 
     assert library.load("red_disc")["classes"] == ["blue"] and library.load("red_disc")["version"] == 2
 
 
+def test_accept_on_an_applied_run_writes_under_the_class_its_demonstrations_showed(nuclei_dataset):
+    """Saved without classes from a 0/1 field named {1: "concept"}: accepts go in as value 1, no new class."""
+    dataset = nuclei_dataset
+    library.save("nd", dataset.match_tags("demo"), "ground_truth")
+    assert library.load("nd")["settings"]["shown_class"] == {"name": "concept", "value": 1}
+    library.apply("nd", dataset, "applied")
+    target = review.review(dataset, "applied")["targets"][0]["id"]
+    assert review.holding_truth(dataset, "applied", [target]) == [target]  # its ground truth shows the class
+    with pytest.raises(ConceptSegError, match="already has ground truth of 'concept' in 'ground_truth'"):
+        review.accept(dataset, "applied", [target])
+    out = review.accept(dataset, "applied", [target], replace=True)
+    assert out["class"] == "concept" and out["replaced"] == [target]
+    dataset.reload()
+    assert dataset.mask_targets["ground_truth"] == {1: "concept"}  # no class 2 named after the concept
+    truth, predicted = dataset[target].ground_truth.get_mask(), dataset[target].applied.get_mask() > 0
+    assert set(np.unique(truth)) <= {0, 1} and np.array_equal(truth == 1, predicted)
+
+
 # ---- the Update concept operator -------------------------------------------------------------
 
 UPDATE = f"{PLUGIN_NAME}/update_concept"
@@ -464,9 +482,11 @@ def test_update_concept_operator(plugin_installed, applied, monkeypatch):
         raise library.LibraryError("Concept 'red_disc' changed while this update was prepared.")
 
     monkeypatch.setattr(library, "update", changed)
-    result = foo.execute_operator(UPDATE, dataset=dataset, params=params)
+    from_app = {"sample_selection_style": {"default": "checkmark", "alt": "checkmark"}}  # as the App sends it
+    result = foo.execute_operator(UPDATE, dataset=dataset, params=params, **from_app)
     assert result.error is None
-    assert result.result["error"] == "Concept 'red_disc' changed while this update was prepared."
+    notified = [r["params"] for r in result.executor.to_json()["requests"] if r["operator_uri"] == "notify"]
+    assert notified == [{"message": "Concept 'red_disc' changed while this update was prepared.", "variant": "error"}]
     library.delete("red_disc")
     assert _form(dataset)["name"].error_message == "No saved concept 'red_disc' (deleted since it was applied)."
 

@@ -435,7 +435,8 @@ def save(name: str, demonstrations, mask_field: str, classes: list[str] | None =
     record = {
         "format": FORMAT, "name": name, "classes": concept.classes, "concept": concept.describe(),
         "settings": {"route": route, "threshold": threshold, "model": model, "mask_field": mask_field,
-                     "classes": classes, "label_type": _label_type(demonstrations, mask_field)},
+                     "classes": classes, "label_type": _label_type(demonstrations, mask_field),
+                     "shown_class": None if classes else _shown_class(demonstrations, mask_field)},
         "route": choice.route.name, "rule": choice.route.rule(), "verification": choice.verification,
         "verified": choice.verified, "reason": choice.reason, "demonstrations": [],
         "warnings": list(warnings or []),
@@ -459,6 +460,29 @@ def _label_type(collection, field: str) -> str | None:
     if field not in schema and collection.media_type == "video":
         schema = collection.get_frame_field_schema() or {}
     return getattr(getattr(schema.get(field), "document_type", None), "__name__", None)
+
+
+def _shown_class(collection, field: str) -> dict | None:
+    """The one class the demonstrations show in ``field`` when no classes were named: its name and, in
+    a Segmentation, its value. An accept on a run applying the concept writes under that class
+    (e.g. value 1 "concept"), not a new class named after the concept. None for several classes.
+    """
+    from conceptseg import classes as classes_
+
+    label_type = _label_type(collection, field)
+    if collection.media_type == "video" or label_type is None:
+        return None
+    labels = [label for label in collection.values(field) if label is not None]
+    targets = classes_.mask_targets_of(collection, field)
+    if label_type == "Segmentation":
+        values = {v for label in labels for v in classes_.segmentation_values(label)}
+        if len(values) != 1:
+            return None
+        value = values.pop()
+        return {"name": classes_._name_of(value, targets),
+                "value": list(value) if isinstance(value, tuple) else int(value)}
+    names = set().union(*(classes_.label_classes(label, targets) for label in labels))
+    return {"name": names.pop(), "value": None} if len(names) == 1 else None
 
 
 def _write_demos(directory: str, entries: list[dict], new) -> list[dict]:
@@ -635,7 +659,7 @@ def concept_source(snapshot: Snapshot) -> dict:
     record = snapshot.record
     return {"concept": snapshot.name, "version": snapshot.version, "classes": record.get("classes"),
             "mask_field": record["settings"].get("mask_field"), "label_type": record["settings"].get("label_type"),
-            "demonstration_ids": demonstration_keys(snapshot)}
+            "shown_class": record["settings"].get("shown_class"), "demonstration_ids": demonstration_keys(snapshot)}
 
 
 def scratch_demonstrations(snapshot: Snapshot, extra=()):

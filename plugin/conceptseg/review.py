@@ -853,13 +853,16 @@ def applied_truth_class(dataset, source: dict, field: str, create: bool = True) 
             f"The concept is several classes ({', '.join(classes)}): an accepted mask cannot say which pixels are "
             "which. Promote corrections per class from a field that has them."
         )
-    name = classes[0] if classes else source["concept"]
+    # Without named classes, the class the concept's demonstrations showed (library._shown_class), when known.
+    shown = None if classes else source.get("shown_class")
+    name = classes[0] if classes else (shown or {}).get("name") or source["concept"]
     schema = dataset.get_field_schema()
     if field not in schema:
         if not create:
             raise FieldError(
                 f"The mask field {field!r} of this run's accepted samples no longer exists on {dataset.name!r}.")
         label_type = _concept_label_type(source)
+        name = classes[0] if classes else source["concept"]  # a new field: its one class is the concept
         dataset.add_sample_field(field, fo.EmbeddedDocumentField, embedded_doc_type=label_type)
         if label_type is fo.Segmentation:
             _add_mask_target(dataset, field, 1, name)
@@ -877,6 +880,14 @@ def applied_truth_class(dataset, source: dict, field: str, create: bool = True) 
     if any(str(v) == name for v in targets.values()):
         concept = classes_.named(dataset, field, [name])
         return label_type, concept.classes[0], concept.values[0]
+    if shown and shown.get("value") is not None and not targets:  # a field without names: its values are the classes
+        value = shown["value"]
+        return label_type, name, tuple(value) if isinstance(value, list) else int(value)
+    if shown:  # this field names its classes otherwise: a new class under the concept's own name
+        name = source["concept"]
+        if any(str(v) == name for v in targets.values()):
+            concept = classes_.named(dataset, field, [name])
+            return label_type, concept.classes[0], concept.values[0]
     rgb = any(str(k).startswith("#") for k in targets)
     free = next((v for v in range(1, 256) if v not in {int(k) for k in targets if str(k).isdigit()}), None)
     if not targets or rgb or free is None or not create:
