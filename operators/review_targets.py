@@ -107,7 +107,8 @@ class _ReviewOperator(foo.Operator):
                                      mask_field=_mask_field(ctx)) if self.refuse_unacceptable and pred_field and ids \
             else None
         if problem:
-            inputs.view("not_acceptable", types.Error(label=problem)).invalid = True
+            prop = inputs.view("not_acceptable", types.Error(label=problem))
+            prop.invalid, prop.error_message = True, problem  # also the reason an SDK call is refused with
         return types.Property(inputs, view=types.View(label=self.label))
 
     def more_inputs(self, inputs, ctx):

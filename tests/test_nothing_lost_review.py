@@ -333,7 +333,7 @@ def test_the_operator_form_has_the_replace_checkbox(plugin_installed, loop):
     sample = dataset[target]
     sample.gt = fo.Segmentation(mask=_two_class_mask(truth, target))
     sample.save()
-    with pytest.raises(ExecutionError, match="already has ground truth of 'red'"):
+    with pytest.raises(ExecutionError, match="already has ground truth of the concept's class; tick 'Replace"):
         foo.execute_operator(f"{PLUGIN}/accept_targets", dataset=dataset, selected=[target],
                              params={"pred_field": "pred"})
     result = foo.execute_operator(f"{PLUGIN}/accept_targets", dataset=dataset, selected=[target],
