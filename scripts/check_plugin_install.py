@@ -106,11 +106,12 @@ def operators_run(plugin_dir: str) -> None:
         ious = [v for v in dataset.values(metric_field("check", "iou")) if v is not None]
         check(len(ious) == 4 and min(ious) > 0.5, f"the masks match the disks: IoU {np.round(ious, 3).tolist()}")
 
-        if os.environ.get("CHECK_REASONING") == "1":  # the reasoning route, with the user's torch and transformers
+        bundle = os.environ.get("CHECK_TINY_BUNDLE")
+        if bundle:  # the reasoning route, with the user's torch and transformers
             result = foo.execute_operator(
                 f"{PLUGIN}/segment_by_demonstration", dataset=dataset, selected=demos.values("id"),
                 params=dict(demo_source="selected", mask_field="ground_truth", pred_field="pred_reasoning",
-                            route="reasoning", model="conceptseg-tiny-random", concept="disk", view_target="DATASET"),
+                            route="reasoning", model=bundle, concept="disk", view_target="DATASET"),
             )
             check(result.error is None, f"segment_by_demonstration ran the reasoning route ({result.error})")
             summary = result.result

