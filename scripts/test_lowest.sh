@@ -39,6 +39,11 @@ if [ -d "$low_fo" ]; then
   done
 fi
 
+# The console script, as pip would write it for .venv-lowest (tests run `conceptseg`).
+printf '#!%s\nimport sys\nfrom conceptseg.cli import main\nsys.exit(main())\n' "$(cd "$low" && pwd)/bin/python" \
+  >"$low/bin/conceptseg"
+chmod +x "$low/bin/conceptseg"
+
 # What is imported must be exactly the lowest versions (and the engine this checkout's).
 "$low/bin/python" - "$pins" <<'EOF'
 import importlib.metadata as md, os, sys
