@@ -86,7 +86,7 @@ def _warm_start_loss(policy, episodes, rng, negatives: int = 16384):
     requests = [PolicyRequest(images=e.images, text=e.prompt) for e in episodes]
     inputs, sequences, mask = policy.encode_with_response(requests, [_sft_response(e) for e in episodes])
     prompt = inputs["input_ids"].shape[1]
-    out = policy.model(**forward_inputs(inputs, sequences, mask), output_hidden_states=True, logits_to_keep=1)
+    out = policy.model(**forward_inputs(inputs, sequences, mask), output_hidden_states=True, **policy.logits_to_keep(1))
     hidden = out.hidden_states[-1][:, prompt - 1 : -1][mask]  # the state before each response token
     targets = sequences[:, prompt:][mask]
     weight = policy.model.get_output_embeddings().weight

@@ -106,6 +106,18 @@ def operators_run(plugin_dir: str) -> None:
         ious = [v for v in dataset.values(metric_field("check", "iou")) if v is not None]
         check(len(ious) == 4 and min(ious) > 0.5, f"the masks match the disks: IoU {np.round(ious, 3).tolist()}")
 
+        bundle = os.environ.get("CHECK_TINY_BUNDLE")
+        if bundle:  # the reasoning route, with the user's torch and transformers
+            result = foo.execute_operator(
+                f"{PLUGIN}/segment_by_demonstration", dataset=dataset, selected=demos.values("id"),
+                params=dict(demo_source="selected", mask_field="ground_truth", pred_field="pred_reasoning",
+                            route="reasoning", model=bundle, concept="disk", view_target="DATASET"),
+            )
+            check(result.error is None, f"segment_by_demonstration ran the reasoning route ({result.error})")
+            summary = result.result
+            check(summary["segmented"] == 4 and not summary["failures"],
+                  f"the tiny policy and SAM 2 segmented the 4 targets: {summary['segmented']} {summary['failures']}")
+
         for panel in ("concept_rules", "concept_evaluation"):
             result = foo.execute_operator(
                 f"{PLUGIN}/{panel}", dataset=dataset,
@@ -117,11 +129,25 @@ def operators_run(plugin_dir: str) -> None:
         dataset.delete()
 
 
+def users_packages() -> None:
+    """CHECK_USER_PACKAGES ("torch==V ..."): what ran is the user's own, not a replacement."""
+    import torch
+    import torchvision
+    import transformers
+
+    want = os.environ.get("CHECK_USER_PACKAGES", "")
+    ran = {"torch": torch.__version__, "torchvision": torchvision.__version__, "transformers": transformers.__version__}
+    for item in want.split():
+        name, version = item.split("==")
+        check(ran[name].split("+")[0] == version.split("+")[0], f"the operators ran on the user's {name} {version}: {ran[name]}")
+
+
 def main() -> None:
     plugin_dir = sys.argv[1]
     engine_not_installed(plugin_dir)
     registry(plugin_dir)
     operators_run(plugin_dir)
+    users_packages()
     if os.environ.get("CHECK_STARTED_AT"):  # set by check_plugin_install.sh
         print(f"all checks passed in {time.time() - float(os.environ['CHECK_STARTED_AT']):.0f} s")
     print(f"install-route: {len(PASSED)} passed, 0 failed")  # the closing line CI reads

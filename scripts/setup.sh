@@ -15,15 +15,16 @@ if [ ! -x .venv/bin/python ]; then
   }
 fi
 
-# Reinstall only when the dependency list or this script changed.
+# Reinstall only when the dependency list, the tested versions or this script changed.
+# pyproject.toml holds ranges; constraints.txt the exact versions tested (the recipe).
 stamp=.venv/.conceptseg-setup
-want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
+want=$(cat pyproject.toml constraints.txt scripts/setup.sh | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  .venv/bin/python -m pip install -q -e ".[test]"
+  .venv/bin/python -m pip install -q -c constraints.txt -e ".[test]"
   # The `sam2` package builds from source: without build isolation and with its CUDA
   # extension off, it neither pulls a second torch into a build env nor needs nvcc
   # (the extension only speeds up hole filling on GPU).
-  SAM2_BUILD_CUDA=0 .venv/bin/python -m pip install -q --no-build-isolation --no-deps sam2==1.1.0
+  SAM2_BUILD_CUDA=0 .venv/bin/python -m pip install -q --no-build-isolation --no-deps -c constraints.txt sam2
   echo "$want" > "$stamp"
 fi
 

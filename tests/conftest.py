@@ -38,6 +38,20 @@ else:
     raise RuntimeError("No mongod for the tests: run `conceptseg setup-db` (or set FIFTYONE_DATABASE_URI).")
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``sam3`` skip on a transformers without SAM 3 (scripts/test_lowest.sh's)."""
+    if not any(item.get_closest_marker("sam3") for item in items):
+        return
+    from conceptseg.segmenters.sam3 import sam3_problem
+
+    problem = sam3_problem()
+    if problem:
+        skip = pytest.mark.skip(reason=problem)
+        for item in items:
+            if item.get_closest_marker("sam3"):
+                item.add_marker(skip)
+
+
 def pytest_unconfigure(config):
     # Our own mongod stops first, so its files can go with everything else.
     if _SERVER is not None:

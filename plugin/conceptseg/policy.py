@@ -116,7 +116,7 @@ class Policy:
         hf_logging.set_verbosity_error()
         try:
             model, info = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-                path, dtype=dtype, output_loading_info=True, token=token)
+                path, **_dtype_keyword(dtype), output_loading_info=True, token=token)
         finally:
             hf_logging.set_verbosity(verbosity)
         missing = [k for k in info.get("missing_keys", []) if k != "lm_head.weight" or not _tied(model)]
@@ -213,11 +213,18 @@ class Policy:
         with torch.set_grad_enabled(grad):
             if shared is not None:
                 out = self.model(**shared.forward_inputs(inputs, sequences, completion_mask), output_hidden_states=True,
-                                 logits_to_keep=1)
+                                 **self.logits_to_keep(1))
                 return out.hidden_states[-1][:, prompt_length - shared.length:, :]
             out = self.model(**forward_inputs(inputs, sequences, completion_mask), output_hidden_states=True,
-                             logits_to_keep=1)
+                             **self.logits_to_keep(1))
         return out.hidden_states[-1][:, prompt_length:, :]
+
+    def logits_to_keep(self, n: int) -> dict:
+        """``logits_to_keep=n`` where the model takes it; transformers before 4.52 computes the
+        logits of every position for Qwen2.5-VL (callers keep the last ``n`` themselves)."""
+        import inspect
+
+        return {"logits_to_keep": n} if "logits_to_keep" in inspect.signature(self.base_model().forward).parameters else {}
 
     def base_model(self):
         """The Qwen2.5-VL model under any LoRA wrapper (its adapters stay active)."""
@@ -264,12 +271,21 @@ class Policy:
         prompt_length = inputs["input_ids"].shape[1]
         steps = sequences.shape[1] - prompt_length
         out = model(**forward_inputs(inputs, sequences, completion_mask), output_hidden_states=True,
-                    logits_to_keep=steps + 1, use_cache=False)
+                    **self.logits_to_keep(steps + 1), use_cache=False)
         # The logit at position p predicts token p + 1: positions P-1 .. P+T-2 score the completion.
-        logits = out.logits[:, :-1, :].float() / self.config.temperature
+        logits = out.logits[:, -(steps + 1):-1, :].float() / self.config.temperature
         targets = sequences[:, prompt_length:]
         logp = torch.gather(logits, 2, targets.unsqueeze(2)).squeeze(2) - torch.logsumexp(logits, dim=2)
         return logp, out.hidden_states[-1][:, prompt_length:, :]
+
+
+def _dtype_keyword(dtype) -> dict:
+    """from_pretrained's dtype: ``dtype`` from transformers 4.56 on, ``torch_dtype`` before. A
+    version check: both land in ``**kwargs``, so no signature tells which one is understood."""
+    import transformers
+    from packaging.version import Version
+
+    return {"dtype" if Version(transformers.__version__).release >= (4, 56) else "torch_dtype": dtype}
 
 
 def _tied(model) -> bool:

@@ -131,7 +131,7 @@ def _prefix_of(policy, inputs: dict) -> tuple[str, int] | str:
 
     ids, grids = inputs["input_ids"], inputs.get("image_grid_thw")
     rows = ids.shape[0]
-    if "mm_encoder_outputs" not in _forward_arguments(policy):
+    if not reuse_supported(policy):
         return "this transformers version cannot take the target's image features pre-encoded"
     if grids is None or grids.shape[0] < 2 * rows or grids.shape[0] % rows:
         return "the prompt has no image before the target's (a text query): nothing to share"
@@ -191,6 +191,12 @@ def _encode_prefix(policy, inputs: dict, length: int):
     with torch.no_grad():
         out = policy.model(**kwargs, use_cache=True)
     return getattr(out, "cache", None) or out.past_key_values
+
+
+def reuse_supported(policy) -> bool:
+    """Whether the model takes the images after the prefix pre-encoded (``mm_encoder_outputs``);
+    transformers before 5.2x does not, and every call then encodes everything."""
+    return "mm_encoder_outputs" in _forward_arguments(policy)
 
 
 def _forward_arguments(policy) -> set[str]:

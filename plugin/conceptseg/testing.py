@@ -65,37 +65,49 @@ def qwen25vl_processor_and_config(tokenizer_dir: str, text: dict, vision: dict, 
     ``tie`` shares the input embeddings with the output head; by default it does as the
     released models do (the small ones tie, 7B does not).
     """
-    from transformers import (
-        AutoTokenizer,
-        Qwen2_5_VLConfig,
-        Qwen2_5_VLProcessor,
-        Qwen2VLImageProcessor,
-        Qwen2VLVideoProcessor,
-    )
+    from transformers import AutoTokenizer, Qwen2_5_VLConfig, Qwen2_5_VLProcessor, Qwen2VLImageProcessor
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in
            ("<|im_end|>", "<|endoftext|>", "<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")}
     image_processor = Qwen2VLImageProcessor(min_pixels=28 * 28, max_pixels=max_pixels, patch_size=14, merge_size=2, temporal_patch_size=2)
-    processor = Qwen2_5_VLProcessor(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        video_processor=Qwen2VLVideoProcessor(),
-        chat_template=VL_CHAT_TEMPLATE,
-    )
+    parts = {}
+    if _accepts(Qwen2_5_VLProcessor.__init__, "video_processor"):  # transformers >= 4.52 has one of its own
+        from transformers import Qwen2VLVideoProcessor
+
+        parts["video_processor"] = Qwen2VLVideoProcessor()
+    processor = Qwen2_5_VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                                    chat_template=VL_CHAT_TEMPLATE, **parts)
     if tie is None:
         tie = text["hidden_size"] < 1024
-    config = Qwen2_5_VLConfig(
-        text_config=dict(vocab_size=len(tokenizer), bos_token_id=None, eos_token_id=ids["<|im_end|>"],
-                         pad_token_id=ids["<|endoftext|>"], tie_word_embeddings=tie, **text),
-        vision_config=dict(vision),
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=tie,
-    )
+    text = dict(vocab_size=len(tokenizer), bos_token_id=None, eos_token_id=ids["<|im_end|>"],
+                pad_token_id=ids["<|endoftext|>"], tie_word_embeddings=tie, **text)
+    tokens = dict(image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+                  vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
+    text_class = getattr(Qwen2_5_VLConfig, "sub_configs", {}).get("text_config")
+    if text_class is not None:
+        config = Qwen2_5_VLConfig(text_config=_rope_kwargs(text_class, text), vision_config=dict(vision),
+                                  tie_word_embeddings=tie, **tokens)
+    else:  # transformers before 4.52: one flat config, as the release's
+        config = Qwen2_5_VLConfig(**_rope_kwargs(Qwen2_5_VLConfig, text), vision_config=dict(vision), **tokens)
     return processor, config
+
+
+def _accepts(function, name: str) -> bool:
+    import inspect
+
+    return name in inspect.signature(function).parameters
+
+
+def _rope_kwargs(config_class, text: dict) -> dict:
+    """``text`` with its ``rope_parameters`` as ``config_class`` takes them: as they are
+    (transformers 5), or as ``rope_theta`` and an mrope ``rope_scaling`` (transformers 4)."""
+    if _accepts(config_class.__init__, "rope_parameters"):
+        return text
+    text = dict(text)
+    rope = text.pop("rope_parameters")
+    return dict(text, rope_theta=rope["rope_theta"],
+                rope_scaling={"type": "mrope", "mrope_section": list(rope["mrope_section"])})
 
 
 # Qwen2.5-VL's own image processor limit: a 600² image becomes 21 × 21 = 441 tokens.
@@ -117,8 +129,9 @@ def build_tiny_policy(out_dir: str, seed: int = 0, tie_embeddings: bool = True, 
                                                      tie=tie_embeddings)
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(config).eval()
-    model.generation_config.eos_token_id = config.text_config.eos_token_id
-    model.generation_config.pad_token_id = config.text_config.pad_token_id
+    text_config = getattr(config, "text_config", config)  # flat before transformers 4.52
+    model.generation_config.eos_token_id = text_config.eos_token_id
+    model.generation_config.pad_token_id = text_config.pad_token_id
     os.makedirs(out_dir, exist_ok=True)
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
@@ -204,7 +217,15 @@ def build_tiny_sam3(out_dir: str, seed: int = 0, width: int = 256, image_size: i
     SAM 3 (about 6.4 M parameters; width=128 gives about 1.8 M). Same seed, same weights.
     """
     import torch
-    from transformers import Sam3Config, Sam3ImageProcessor, Sam3Model, Sam3Processor
+
+    from conceptseg.segmenters.sam3 import require_sam3
+
+    require_sam3()
+    import transformers
+    from transformers import Sam3Config, Sam3Model, Sam3Processor
+
+    # the first transformers releases with SAM 3 export only its fast image processor
+    Sam3ImageProcessor = getattr(transformers, "Sam3ImageProcessor", None) or transformers.Sam3ImageProcessorFast
 
     grid = image_size // 14
     scales = [4.0, 2.0, 1.0, 0.5]
@@ -313,15 +334,19 @@ def _release_key(key: str) -> str:
 
 
 def _release_config(config: dict, num_queries: int, base_model: str) -> dict:
-    """A transformers 5 Qwen2.5-VL config.json → the flat form 4.51.3 wrote for the release."""
-    text = dict(config["text_config"])
-    rope = text.pop("rope_parameters")
-    for key in ("model_type", "layer_types", "dtype"):
+    """A Qwen2.5-VL config.json → the flat form 4.51.3 wrote for the release. From transformers
+    4.52 on the language model's keys are nested (``text_config``), from 5 on with ``rope_parameters``."""
+    flat = "text_config" not in config  # saved by a transformers before 4.52
+    text = dict(config if flat else config["text_config"])
+    rope = text.pop("rope_parameters", None) or {"rope_theta": text["rope_theta"],
+                                                 "mrope_section": text["rope_scaling"]["mrope_section"]}
+    for key in ("model_type", "layer_types", "dtype", "rope_theta", "rope_scaling", "vision_config", "architectures",
+                "_name_or_path", "transformers_version", "torch_dtype"):
         text.pop(key, None)
     vision = dict(config["vision_config"])
     vision.pop("rope_parameters", None)
     vision["model_type"] = "qwen2_5_vl"
-    vision["in_chans"] = vision.pop("in_channels", 3)
+    vision["in_chans"] = vision.pop("in_channels", vision.get("in_chans", 3))
     vision["spatial_patch_size"] = vision["patch_size"]
     out = {
         "_name_or_path": base_model,
@@ -332,7 +357,7 @@ def _release_config(config: dict, num_queries: int, base_model: str) -> dict:
         # 4.51 rewrote "mrope" to "default" and saved both keys
         "rope_scaling": {"type": "default", "mrope_section": rope["mrope_section"], "rope_type": "default"},
         "vision_config": vision,
-        "torch_dtype": config.get("dtype", "float32"),
+        "torch_dtype": config.get("dtype") or config.get("torch_dtype") or "float32",
         "transformers_version": "4.51.3",
         "num_of_query": num_queries,
         "if_use_qwen_connector": False,

@@ -37,6 +37,33 @@ _WEIGHTS_HINT = (
     "facebook/sam3 (gated: accept its licence on huggingface.co, then `hf auth login`); "
     "conceptseg.testing.build_tiny_sam3(out_dir) makes a tiny random one for tests."
 )
+# The first transformers this segmenter runs on. Sam3Model ships from 5.0.0, but before 5.9.0
+# it cannot take the text encoder's output as predict() passes it (5.8.1 fails, 5.9.0 passes
+# tests/test_segmenter_sam3.py). A version check: no signature shows the difference.
+SAM3_TRANSFORMERS = "5.9.0"
+
+
+def sam3_problem() -> str | None:
+    """None when this transformers runs SAM 3; else the sentence that says what to install."""
+    import importlib.util
+
+    import transformers
+    from packaging.version import Version
+
+    if (importlib.util.find_spec("transformers.models.sam3") is not None
+            and Version(transformers.__version__).release >= Version(SAM3_TRANSFORMERS).release):
+        return None
+    return (f"SAM 3 needs transformers {SAM3_TRANSFORMERS} or newer (this environment has "
+            f"{transformers.__version__}): pip install 'transformers>={SAM3_TRANSFORMERS}', or use SAM 2.")
+
+
+def require_sam3() -> None:
+    """Raises that sentence as a ConceptSegError when this transformers cannot run SAM 3."""
+    problem = sam3_problem()
+    if problem:
+        raise ConceptSegError(problem)
+
+
 _TEXT_CACHE_SIZE = 64  # encoded text prompts kept (they are small: L x 256 floats each)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -221,11 +248,12 @@ class Sam3Segmenter:
     def from_config(cls, config: Sam3SegmenterConfig) -> "Sam3Segmenter":
         """Loads model and processor from ``config.path``; a mismatch between the weights and
         the model config is a ``CheckpointError`` listing the missing and unexpected keys."""
-        from transformers import AutoConfig, Sam3Config, Sam3Model, Sam3Processor
-
         from conceptseg.hub import hf_token
 
         path = _resolve_path(config.path)
+        require_sam3()
+        from transformers import AutoConfig, Sam3Config, Sam3Model, Sam3Processor
+
         token = hf_token()  # for hub ids (a gated repository needs one); None: huggingface_hub decides
         device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
         try:

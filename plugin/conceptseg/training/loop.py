@@ -195,8 +195,9 @@ def _trainable_policy(bundle, config: TrainConfig, start_from: Callable | None =
             for name, p in model.named_parameters():
                 p.requires_grad_("lora_" in name)
         else:
-            # The language model's layers only: the vision tower's MLPs share these names.
-            targets = rf".*language_model.*\.({'|'.join(config.lora_targets)})"
+            # The language model's layers only: the vision tower's MLPs share these names. The
+            # language model is model.language_model.* from transformers 4.52 on, model.* before.
+            targets = rf"(?!(.*\.)?visual\.).*\.({'|'.join(config.lora_targets)})"
             model = get_peft_model(model, LoraConfig(
                 r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=0.0,
                 target_modules=targets, task_type="CAUSAL_LM"))
