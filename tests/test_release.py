@@ -126,6 +126,10 @@ class TestWhatCanGoWrong:
         config = json.load(open(os.path.join(out, "config.json")))
         json.dump({**config, "hidden_size": 3584}, open(os.path.join(out, "config.json"), "w"))
         assert processor_source(out) == "Qwen/Qwen2.5-VL-7B-Instruct"
+        # A name with a newline after it is no hub id (a "$" would have let it through).
+        json.dump({**config, "hidden_size": 3584, "_name_or_path": "someone/base\n"},
+                  open(os.path.join(out, "config.json"), "w"))
+        assert processor_source(out) == "Qwen/Qwen2.5-VL-7B-Instruct"
 
     def test_num_of_query_must_match_the_tensors(self, ours, tmp_path):
         path, bundle = ours

@@ -268,6 +268,8 @@ def test_missing_directory_is_named(tmp_path):
         Sam3Segmenter.from_config(Sam3SegmenterConfig(path=str(empty)))
     with pytest.raises(CheckpointError, match="owner-x/no-such-sam3"):  # a hub id, offline in tests
         Sam3Segmenter.from_config(Sam3SegmenterConfig(path="owner-x/no-such-sam3"))
+    with pytest.raises(CheckpointError, match="model directory not found"):  # a newline after it: no hub id
+        Sam3Segmenter.from_config(Sam3SegmenterConfig(path="owner-x/no-such-sam3\n"))
 
 
 def test_weights_that_do_not_match_list_the_keys(tiny_dir, tmp_path):

@@ -27,7 +27,7 @@ RELEASE_MAX_NEW_TOKENS = 2048
 # Qwen2.5-VL-Instruct of the same size (the official training started from it).
 QWEN_BASE_BY_HIDDEN_SIZE = {3584: "Qwen/Qwen2.5-VL-7B-Instruct", 2048: "Qwen/Qwen2.5-VL-3B-Instruct"}
 PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")  # whole string: fullmatch
 
 
 class ReleaseError(ConceptSegError):
@@ -109,7 +109,7 @@ def processor_source(path: str) -> str:
     base = str(config.get("_name_or_path") or "")
     if os.path.isdir(base) and has_processor(base):
         return base
-    if _HUB_ID.match(base) and ".." not in base:
+    if _HUB_ID.fullmatch(base) and ".." not in base:
         return base
     hidden = config.get("hidden_size") or (config.get("text_config") or {}).get("hidden_size")
     if hidden in QWEN_BASE_BY_HIDDEN_SIZE:

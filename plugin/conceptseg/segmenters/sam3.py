@@ -65,7 +65,7 @@ def require_sam3() -> None:
 
 
 _TEXT_CACHE_SIZE = 64  # encoded text prompts kept (they are small: L x 256 floats each)
-_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")  # whole string: fullmatch
 
 
 class CheckpointError(ConceptSegError):
@@ -208,7 +208,7 @@ def _resolve_path(path: str) -> str:
         return local
     if os.path.exists(local):
         raise CheckpointError(f"SAM 3 path {path} is a file, not a directory. {_WEIGHTS_HINT}")
-    if not _HUB_ID.match(path) or ".." in path:
+    if not _HUB_ID.fullmatch(path) or ".." in path:
         raise CheckpointError(f"SAM 3 model directory not found: {path}. {_WEIGHTS_HINT}")
     return path
 
