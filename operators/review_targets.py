@@ -180,7 +180,23 @@ class RerunReview(_ReviewOperator):
     description = "Segment the targets not yet accepted again, with the accepted and negative samples as demonstrations"
 
     def more_inputs(self, inputs, ctx):
-        pass
+        """Refused in the form when nothing was accepted (or rejected as absent) since the last round."""
+        from conceptseg.errors import ConceptSegError
+        from conceptseg.review import state
+
+        field = ctx.params.get("pred_field") or next(iter(reviewable_fields(ctx.dataset)), None)
+        try:
+            record = state(ctx.dataset, field) if field else None
+        except ConceptSegError:
+            return  # the predictions dropdown says why
+        if record is None:
+            return
+        last = record["rounds"][-1]
+        if not set(record["accepted"] + record["negatives"]) - set(last["demonstrations"]):
+            why = (f"Nothing was accepted, corrected or rejected as absent since round {last['round']}: accept some "
+                   "targets (or reject them as absent) first, so the re-run has something to learn from.")
+            prop = inputs.view("nothing_new", types.Warning(label=why))
+            prop.invalid, prop.error_message = True, why  # also the reason an SDK call is refused with
 
     def execute(self, ctx):
         from conceptseg.review import rerun

@@ -204,6 +204,7 @@ REJECT = f"{PLUGIN_NAME}/reject_targets"
 APPLY = f"{PLUGIN_NAME}/apply_concept"
 SAVE = f"{PLUGIN_NAME}/save_concept"
 QUERY = f"{PLUGIN_NAME}/segment_by_query"
+RERUN = f"{PLUGIN_NAME}/rerun_review"
 
 
 def props(uri, dataset, selected=(), view=None, current_sample=None, **params):
@@ -321,6 +322,15 @@ class TestRefusedInTheForm:
                              params={"pred_field": "predictions", "replace": True})
         assert refused(form_of(current_sample=target)["not_acceptable"]).startswith(
             "Cannot accept: this sample is accepted already")
+
+    def test_rerun_with_nothing_new_to_learn_from(self, segmented):
+        assert refused(props(RERUN, segmented, pred_field="predictions")["nothing_new"]) == (
+            "Nothing was accepted, corrected or rejected as absent since round 1: accept some targets (or reject "
+            "them as absent) first, so the re-run has something to learn from.")
+        target = segmented.exists("predictions").first().id
+        foo.execute_operator(ACCEPT, dataset=segmented, current_sample=target,
+                             params={"pred_field": "predictions", "replace": True})
+        assert "nothing_new" not in props(RERUN, segmented, pred_field="predictions")
 
     def test_applying_to_an_empty_target(self, plugin_installed, nuclei_dataset):
         empty = nuclei_dataset.match_tags("no such tag")

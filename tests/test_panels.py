@@ -1,11 +1,13 @@
 """The panels' logic through FiftyOne's executor: on_load and callbacks, empty states included."""
 
 import json
+import os
 from urllib.parse import unquote
 
 import fiftyone as fo
 import fiftyone.operators as foo
 import pytest
+from fiftyone.operators.executor import ExecutionError
 from fiftyone.operators.registry import OperatorRegistry
 
 from conceptseg.install import PLUGIN_NAME
@@ -380,10 +382,20 @@ class TestReviewMode:
 
     def test_rerun_with_nothing_new_is_one_sentence(self, run_without_evaluation):
         dataset = run_without_evaluation
+        # The form refuses it before Execute (the panel's button is disabled, with the reason) ...
+        with pytest.raises(ExecutionError, match="Nothing was accepted, corrected or rejected as absent since round 1"):
+            foo.execute_operator(f"{PLUGIN_NAME}/rerun_review", dataset=dataset, params={"pred_field": "gone"},
+                                 **FROM_APP)
+        # ... and what only the engine can know ends the dialog in one sentence, no progress left.
+        foo.execute_operator(f"{PLUGIN_NAME}/accept_targets", dataset=dataset, selected=[self._targets(dataset)[0]],
+                             params={"pred_field": "gone", "replace": True})
+        missing = dataset.match_tags("demo").first().filepath
+        os.remove(missing)
         result = foo.execute_operator(f"{PLUGIN_NAME}/rerun_review", dataset=dataset, params={"pred_field": "gone"},
                                       **FROM_APP)
         assert result.error is None
         requests = result.executor.to_json()["requests"]
         notify = request_named(requests, "notify")["params"]
-        assert notify["variant"] == "error" and notify["message"].startswith("Nothing was accepted, corrected or")
+        assert notify == {"message": f"Image file not found: {missing}. Check the sample's filepath.",
+                          "variant": "error"}
         assert names(requests)[-2:] == ["show_output", "notify"]  # the dialog says it too, no progress left
