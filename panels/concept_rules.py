@@ -384,6 +384,14 @@ class ConceptRules(foo.Panel):
         review = ctx.panel.state.review
         if sample is not None and review is not None:
             sample["walk"] = walk_position(review_walk(ctx.dataset, run["pred_field"]), sample_id)
+        picture = None
+        if sample is not None and "notice" not in sample:
+            from ._judge import prediction_picture
+
+            shown = ctx.dataset.select(sample_id).select_fields(run["pred_field"]).first()
+            picture = prediction_picture(shown.filepath, shown[run["pred_field"]])
+            sample["picture"] = picture is not None
+        ctx.panel.data.set("judge_img", picture)  # a data URL, only drawn: it travels as panel data
         ctx.panel.state.sample = sample
         # Why the open sample (or the selection) cannot be accepted or rejected, said on the buttons.
         ids = _acted_on(ctx)
@@ -435,8 +443,13 @@ class ConceptRules(foo.Panel):
             row.btn("walk_next", label="Next", icon="arrow_forward", icon_position="right", on_click=self.walk_next,
                     variant="outlined", disabled=walk["k"] == walk["n"])
             row.md(_walk_markdown(walk), name="walk_md")
+            if state.review:
+                self._render_review_actions(panel, state)  # Accept / Reject next to "k of N", not a scroll away
         panel.md(_run_markdown(run), name="run_md")
         panel.md(_sample_markdown(state.sample, run["rule"]), name="sample_md")
+        if state.sample and state.sample.get("picture"):
+            panel.md("**The prediction to judge** (orange, over this sample):", name="judge_md")
+            panel.img("judge_img", width="320px", alt_text="this sample's prediction", point_on_hover=False)
         names = state.demo_names or []
         if names:
             panel.md(f"**Demonstrations used** ({len(run['demonstration_ids'])})", name="demos_title_md")
@@ -456,8 +469,12 @@ class ConceptRules(foo.Panel):
         return types.Property(panel, view=types.GridView(orientation="vertical", gap=2, padding=1))
 
     def _render_review(self, panel, state) -> None:
+        panel.md(review_markdown(state.review), name="review_md")
+        if not (state.sample and state.sample.get("walk")):  # while walking, the buttons sit under the walk
+            self._render_review_actions(panel, state)
+
+    def _render_review_actions(self, panel, state) -> None:
         review = state.review
-        panel.md(review_markdown(review), name="review_md")
         loop = panel.h_stack("review_actions", gap=1)
         loop.btn("open_review", label="Review by doubt", on_click=self.open_review, variant="contained")
         decision = state.decision

@@ -322,6 +322,7 @@ def test_review_by_doubt_walks_k_of_n_accept_and_reject_move_on_then_rerun(app_u
     modal.locator("[data-cy=panel-tab-concept_rules]").click()
     modal_rules = modal.locator("[data-cy=panel-content-concept_rules]")
     expect(modal_rules).to_contain_text("Review: 1 of 9 by doubt · 9 still open")
+    expect(modal_rules.get_by_role("img", name="this sample's prediction")).to_be_visible()
     # The grid shows the reviewed run's field and its ground truth, not the older run's; so does the modal once
     # the App reads the dataset's default fields again (FiftyOne 1.22.1's set_active_fields reaches only the grid's).
     dataset.reload()
@@ -431,6 +432,8 @@ def test_bad_input_is_refused_in_the_form_then_save_apply_review_update_and_dele
     expect(modal_rules).to_contain_text("Review: 1 of 16 by doubt")
     expect(modal_rules).to_contain_text("This sample has ground truth of the concept's class already")
     expect(modal_rules.get_by_role("button", name="Accept", exact=True)).to_be_disabled()
+    # The mask to judge is drawn in the panel (the modal's sidebar may not list the new field yet).
+    expect(modal_rules.get_by_role("img", name="this sample's prediction")).to_be_visible()
     _shot(page, tmp_path, "loop-7-review-applied-run.png")
     modal_rules.get_by_role("button", name="Accept and replace").click()
     expect(page.get_by_text("Accepted 1 sample: its prediction is now ground truth in 'ground_truth'").first

@@ -317,6 +317,32 @@ class TestReviewMode:
                                            "doubt": pytest.approx(state["sample"]["doubt"])}
         assert "**Review:** 3 of 13 by doubt \\u00b7 13 still open" in texts(schema)
 
+    def test_the_prediction_to_judge_is_drawn_in_the_panel(self, run_without_evaluation):
+        import base64
+
+        import cv2
+        import numpy as np
+
+        dataset = run_without_evaluation
+        target = self._targets(dataset)[0]
+        state, *_ = call_panel(RULES, dataset)
+        state, data, schema, _ = call_panel(RULES, dataset, "on_change_current_sample", state, target)
+        assert state["sample"]["picture"] and "judge_img" in schema["type"]["properties"]
+        head, encoded = data["judge_img"].split(",", 1)
+        assert head == "data:image/png;base64"
+        picture = cv2.cvtColor(cv2.imdecode(np.frombuffer(base64.b64decode(encoded), np.uint8), cv2.IMREAD_COLOR),
+                               cv2.COLOR_BGR2RGB).astype(int)
+        predicted = dataset[target].gone.get_mask() > 0
+        assert picture.shape[:2] == predicted.shape  # 128 px tiles: under 320 px, kept at their size
+        shown = cv2.resize(predicted.astype(np.uint8), picture.shape[1::-1], interpolation=cv2.INTER_NEAREST) > 0
+        # Tinted pixels are orange-ish (red well over blue); the rest keep the grey image (red == blue).
+        orange = picture[..., 0] - picture[..., 2] > 60
+        assert shown.mean() > 0.05 and (orange == shown).mean() > 0.99
+        # A demonstration has no prediction: no picture, the text says why.
+        demo = dataset.match_tags("demo").first().id
+        state, data, schema, _ = call_panel(RULES, dataset, "on_change_current_sample", state, demo)
+        assert data["judge_img"] is None and "judge_img" not in schema["type"]["properties"]
+
     def test_review_by_doubt_opens_the_first_open_target_on_the_runs_field(self, run_without_evaluation):
         dataset = run_without_evaluation
         order = self._targets(dataset)
