@@ -1,7 +1,61 @@
 """ConceptSeg-R1 engine: segment a concept from a few demonstrations.
 
-Importing this package is cheap: FiftyOne, torch and scikit-learn load only in the
-modules that need them.
+The public API, as ``fiftyone.brain`` gives its own: everything a script needs is a name here.
+
+    import conceptseg
+    conceptseg.segment_by_demonstration(demonstrations=..., targets=..., mask_field=..., pred_field=...)
+    conceptseg.evaluate(view, "predictions", "ground_truth")
+
+Importing this package is cheap: each name loads its module (and FiftyOne, torch or
+scikit-learn with it) on first use.
 """
 
+import importlib
+
 __version__ = "0.1.0"
+
+# name -> (module, attribute in it)
+_API = {
+    # segment, evaluate, train
+    "segment_by_demonstration": ("conceptseg.jobs", "segment_by_demonstration"),
+    "segment_by_query": ("conceptseg.jobs", "segment_by_query"),
+    "evaluate": ("conceptseg.evaluation", "evaluate"),
+    "train_concept_policy": ("conceptseg.jobs", "train_concept_policy"),
+    # the engine without FiftyOne
+    "Router": ("conceptseg.router", "Router"),
+    "Demonstration": ("conceptseg.types", "Demonstration"),
+    # runs on a dataset
+    "list_runs": ("conceptseg.runs", "list_runs"),
+    "delete_run": ("conceptseg.runs", "delete_run"),
+    # the labelling loop
+    "review": ("conceptseg.review", "review"),
+    "accept": ("conceptseg.review", "accept"),
+    "reject": ("conceptseg.review", "reject"),
+    "promote": ("conceptseg.review", "promote"),
+    "rerun": ("conceptseg.review", "rerun"),
+    # the concept library
+    "save_concept": ("conceptseg.library", "save"),
+    "apply_concept": ("conceptseg.library", "apply"),
+    "update_concept": ("conceptseg.library", "update"),
+    "list_concepts": ("conceptseg.library", "list_concepts"),
+    "export_concept": ("conceptseg.library", "export"),
+    "import_concept": ("conceptseg.library", "import_zip"),
+    "delete_concept": ("conceptseg.library", "delete"),
+    # errors a caller may catch
+    "ConceptSegError": ("conceptseg.errors", "ConceptSegError"),
+}
+
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str):
+    if name not in _API:
+        raise AttributeError(f"module 'conceptseg' has no attribute {name!r}")
+    module, attribute = _API[name]
+    value = getattr(importlib.import_module(module), attribute)
+    globals()[name] = value  # once loaded, a plain attribute
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_API))
