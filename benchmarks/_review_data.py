@@ -12,7 +12,7 @@ PROCEDURAL = ("circle", "red object", "striped object", "camouflaged blob")
 
 def nuclei_tiles() -> list[tuple[str, np.ndarray, np.ndarray]]:
     """The 16 128x128 nuclei tiles of the bundled demo, normalised as the demo does."""
-    from conceptseg import demo_data
+    from conceptseg.datasets import demo_data
     from conceptseg.imaging import to_rgb_float, to_uint8
 
     files = demo_data.fetch_demo_files()

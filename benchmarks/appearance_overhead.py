@@ -17,7 +17,7 @@ read from the dataclass):
 No image here is larger than ``max_side``, so the route's shrinking is a no-op and the
 direct path has nothing to mirror there (checked below).
 
-Data, real and with ground truth (``conceptseg.demo_data``):
+Data, real and with ground truth (``conceptseg.datasets.demo_data``):
 
 - nuclei: the 512x512 fluorescence image normalised once as a whole and cut into 16
   tiles of 128x128, as the bundled demo does (``demo.build_dataset``); the demo's three
@@ -48,7 +48,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from conceptseg import demo_data
+from conceptseg.datasets import demo_data
 from conceptseg.demo import DEMO_TILES
 from conceptseg.imaging import to_rgb_float, to_uint8
 from conceptseg.threads import budget, forest_jobs

@@ -40,7 +40,7 @@ THINK = ("The reference image shows several bright oval blobs on a dark backgrou
 
 
 def _tiles(n: int):
-    from conceptseg import demo_data
+    from conceptseg.datasets import demo_data
     from conceptseg.imaging import to_rgb_float
     from conceptseg.types import Demonstration
 
@@ -80,7 +80,7 @@ def _prefill(bundle, demos, targets, repeats: int) -> dict:
     everything vs the canvas's cache reused; and the token counts L (prefix) and P (prompt)."""
     import torch
 
-    from conceptseg.prefix import PrefixStore
+    from conceptseg.model.prefix import PrefixStore
     from conceptseg.routes.reasoning import ReasoningConfig, ReasoningRoute
 
     route = ReasoningRoute(bundle, ReasoningConfig(question="nucleus"))
@@ -154,7 +154,7 @@ def main() -> None:
 
     import torch
 
-    from conceptseg.checkpoint import load_bundle
+    from conceptseg.model.checkpoint import load_bundle
     from conceptseg.testing import RELEASED_MAX_PIXELS, build_tiny_bundle
 
     if args.threads:

@@ -7,7 +7,7 @@ Concepts, each taught by 3 demonstrations and scored on held-out targets:
 
 - every procedural concept of ``conceptseg.training.procedural`` (128x128 images; the
   first 3 of a concept's images teach, the next ``--targets`` are the targets);
-- "nuclei > median": on the stardist nuclei image (``conceptseg.demo_data``), normalised
+- "nuclei > median": on the stardist nuclei image (``conceptseg.datasets.demo_data``), normalised
   once as a whole and cut into 16 tiles of 128x128 as the bundled demo does, the concept
   is the nuclei larger than the median nucleus of the whole image. A nucleus cut by a tile
   border counts by its visible part (its pixels inside the tile). The demo's three
@@ -33,10 +33,10 @@ from dataclasses import replace
 
 import numpy as np
 
-from conceptseg import demo_data
+from conceptseg.datasets import demo_data
 from conceptseg.demo import DEMO_TILES
 from conceptseg.imaging import to_rgb_float, to_uint8
-from conceptseg.router import Router
+from conceptseg.routes.router import Router
 from conceptseg.routes import AppearanceRoute, ObjectRoute
 from conceptseg.routes.base import mask_iou
 from conceptseg.routes.objects import PROPOSALS, CandidateConfig, object_labels, propose

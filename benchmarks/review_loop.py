@@ -6,7 +6,7 @@ Per concept set (the 16 nuclei tiles of the demo; 16 images of each of several p
 concepts) and seed: one demonstration (drawn by the seed) teaches the appearance route,
 every other image is a target. Each round the route is fitted on the demonstrations and
 segments the targets not yet corrected; then the "user" corrects ``k`` of them (their true
-masks become demonstrations), chosen either by doubt (highest first, ``conceptseg.doubt``)
+masks become demonstrations), chosen either by doubt (highest first, ``conceptseg.routes.doubt``)
 or at random. Two numbers per round, mean over seeds:
 
 - ``left``: mean IoU on the targets not yet corrected (the issue's measure). It favours

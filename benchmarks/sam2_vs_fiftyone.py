@@ -12,7 +12,7 @@ Same weights, same images, same boxes for both paths:
   that both paths load: ours through ``Sam2SegmenterConfig.checkpoint``, FiftyOne's through
   ``SegmentAnything2ImageModelConfig``'s ``model_path`` (handed to ``build_sam2`` as
   ``ckpt_path``, which loads it strictly).
-- images: the real nuclei fluorescence image (``conceptseg.demo_data``) normalised once
+- images: the real nuclei fluorescence image (``conceptseg.datasets.demo_data``) normalised once
   as a whole (``to_rgb_float``/``to_uint8``, as the demo does), cut into 128x128 tiles,
   upscaled to ``--size`` (512) with bilinear interpolation (labels: nearest), written as
   RGB PNGs. The first ``--images`` tiles with at least ``--boxes`` nuclei are used.
@@ -83,7 +83,7 @@ import os
 import shutil
 import tempfile
 
-from conceptseg.testing_db import private_database_for_script  # noqa: E402
+from conceptseg.testing.db import private_database_for_script  # noqa: E402
 
 # A mongod of our own, never the user's database; started before fiftyone is imported.
 private_database_for_script("sam2-bench-db-")
@@ -103,7 +103,7 @@ import torch  # noqa: E402
 import fiftyone as fo  # noqa: E402
 import fiftyone.utils.sam2 as fosam2  # noqa: E402
 
-from conceptseg import demo_data  # noqa: E402
+from conceptseg.datasets import demo_data  # noqa: E402
 from conceptseg.imaging import read_image, to_rgb_float, to_uint8  # noqa: E402
 from conceptseg.segmenters.sam2 import Sam2Segmenter, Sam2SegmenterConfig  # noqa: E402
 

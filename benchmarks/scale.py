@@ -27,7 +27,7 @@ Columns:
 - bench ΔRSS MiB: growth of that peak during the benchmark call (after the import): flat
   memory means the same delta for 50 and 500 targets.
 
-FiftyOne's database is a mongod the script starts for itself (conceptseg.testing_db; the
+FiftyOne's database is a mongod the script starts for itself (conceptseg.testing.db; the
 children share it), never the user's; its media live in a temporary directory.
 """
 
@@ -43,7 +43,7 @@ import time
 
 import numpy as np
 
-from conceptseg.testing_db import private_database_for_script
+from conceptseg.testing.db import (private_database_for_script)
 
 # Before fiftyone is imported; a child finds its parent's server in the environment.
 private_database_for_script("conceptseg-scale-db-")
@@ -73,7 +73,7 @@ def write_layout(root: str, targets: int) -> str:
     """A ConceptSeg-Benchmark layout: 3 train tiles (the demo's) and ``targets`` test crops."""
     import cv2
 
-    from conceptseg import demo_data
+    from conceptseg.datasets import demo_data
     from conceptseg.datasets.fixtures import TRAIN_TILES, nuclei_tiles
     from conceptseg.imaging import to_rgb_float, to_uint8
 
@@ -111,7 +111,7 @@ def child(targets: int, root: str) -> dict:
     import fiftyone as fo
 
     from conceptseg.datasets import import_dataset
-    from conceptseg.protocol import run_benchmark
+    from conceptseg.runs.protocol import run_benchmark
 
     layout = write_layout(os.path.join(root, "layout"), targets)
     name = f"conceptseg-scale-{targets}-{os.getpid()}"

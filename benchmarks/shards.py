@@ -118,7 +118,7 @@ def compute(args) -> None:
     from conceptseg import threads
     from conceptseg.imaging import load_rgb
     from conceptseg.routes.appearance import AppearanceRoute
-    from conceptseg.shards import load_demonstrations
+    from conceptseg.runs.shards.worker import load_demonstrations
 
     threads.set_threads(threads.cores() // args.procs)
     route = AppearanceRoute()
@@ -150,10 +150,11 @@ def child(args) -> None:
     from fiftyone import ViewField as F
 
     from conceptseg import demo
-    from conceptseg import shards as sh
-    from conceptseg import shards_watch as sw
+    from conceptseg.runs.shards import queue as sh
+    from conceptseg.runs.shards import store as shard_store
+    from conceptseg.runs.shards import watch as sw
     from conceptseg.install import install_plugin
-    from conceptseg.jobs import segment_by_demonstration
+    from conceptseg.runs.jobs import segment_by_demonstration
 
     install_plugin()
     root = os.environ["FIFTYONE_DEFAULT_DATASET_DIR"]
@@ -167,7 +168,7 @@ def child(args) -> None:
     assert len(targets) == args.targets
     import json
 
-    from conceptseg.fiftyone_io import read_demonstrations
+    from conceptseg.runs.fiftyone_io import read_demonstrations
 
     demo_file, paths_file = os.path.join(root, "ceiling-demos.npz"), os.path.join(root, "ceiling-paths.json")
     sh.save_demonstrations(read_demonstrations(demos, "ground_truth")[0], demo_file)
@@ -187,7 +188,7 @@ def child(args) -> None:
         dataset.reload()  # the workers added the field
         own = targets.match(F(f"{field}.run_id") == run_id)
         equal = sum(np.array_equal(reference[s.id], s[field].get_mask()) for s in own.select_fields(field))
-        records = sh.shard_records(dataset, run_id)
+        records = shard_store.shard_records(dataset, run_id)
         redone = sum(r.get("segmented", 0) + r.get("resumed", 0) - r["targets"] for r in records)
         span = max(r["finished"] for r in records) - min(r["started"] for r in records)
         return dict(labels=len(own), equal=equal, redone=redone, span=span,
@@ -196,7 +197,7 @@ def child(args) -> None:
                     attempts=sum(r.get("attempt", 1) for r in records))
 
     def finished(run_id: str) -> bool:
-        doc = sh._run_doc(dataset, run_id)
+        doc = shard_store.run_doc(dataset, run_id)
         return bool(doc and doc.get("results"))
 
     logs = tempfile.mkdtemp(prefix="shards-bench-logs-")

@@ -55,7 +55,7 @@ def load_tiles(size: int) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """The 16 nuclei tiles as (name, HxWx3 float32 image, HxW bool mask) at size x size."""
     import cv2
 
-    from conceptseg import demo_data
+    from conceptseg.datasets import demo_data
     from conceptseg.imaging import to_rgb_float, to_uint8
 
     files = demo_data.fetch_demo_files()

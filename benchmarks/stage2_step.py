@@ -137,7 +137,7 @@ def main() -> None:
     import transformers
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    from conceptseg.policy import Policy, PolicyConfig
+    from conceptseg.model.policy import Policy, PolicyConfig
     from conceptseg.segmenters.sam2 import Sam2Segmenter, Sam2SegmenterConfig
     from conceptseg.testing import (
         QWEN25VL_7B_TEXT,
@@ -147,7 +147,7 @@ def main() -> None:
         TINY_VISION,
         qwen25vl_processor_and_config,
     )
-    from conceptseg.translator import ConceptTranslator, TranslatorConfig
+    from conceptseg.model.translator import ConceptTranslator, TranslatorConfig
 
     device = "cpu" if args.tiny else "cuda"
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, "

@@ -1,7 +1,7 @@
 """Remote zoo source for ConceptSeg-R1 models: download, load, and the App's form.
 
-Each function is a few lines over the engine (``conceptseg.zoo`` and
-``conceptseg.zoo_model``). The engine ships in the plugin's ``plugin/`` directory; this file
+Each function is a few lines over the engine (``conceptseg.model.zoo`` and
+``conceptseg.runs.zoo_model``). The engine ships in the plugin's ``plugin/`` directory; this file
 finds it there (see ``use_plugin_engine``), so it needs no pip install.
 """
 
@@ -42,7 +42,7 @@ def use_plugin_engine() -> None:
 def download_model(model_name, model_path):
     """Fetches the model into ``model_path`` (idempotent: FiftyOne calls it on every load)."""
     use_plugin_engine()
-    from conceptseg.zoo import download_zoo_bundle
+    from conceptseg.model.zoo import download_zoo_bundle
 
     download_zoo_bundle(model_name, model_path)
 
@@ -55,7 +55,7 @@ def load_model(model_name, model_path, bundle=None, **kwargs):
     model loads and takes them as attributes before apply_model.
     """
     use_plugin_engine()
-    from conceptseg.zoo_model import ConceptSegModel, ConceptSegModelConfig
+    from conceptseg.runs.zoo_model import ConceptSegModel, ConceptSegModelConfig
 
     return ConceptSegModel(ConceptSegModelConfig(bundle=bundle or model_path, **kwargs))
 

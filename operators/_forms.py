@@ -77,7 +77,7 @@ def selected_labels(ctx) -> SelectedLabels:
 
 def present_classes(demonstrations, mask_field: str) -> list[str]:
     """The classes the demonstrations show in ``mask_field`` (masks read for Segmentation fields)."""
-    from conceptseg import classes as classes_
+    from conceptseg.runs import classes as classes_
 
     schema = demonstrations.get_field_schema()
     doc_type = getattr(schema.get(mask_field), "document_type", None)
@@ -150,10 +150,10 @@ def hf_token(ctx) -> str | None:
 def with_hf_token(ctx, job, *args, **kwargs):
     """Runs an engine ``job`` whose model downloads use the HF_TOKEN secret.
 
-    The token goes to the engine's downloads (``conceptseg.hub``) for this call only; it is
+    The token goes to the engine's downloads (``conceptseg.model.hub``) for this call only; it is
     not put in ``os.environ``, where other operators and child processes would see it.
     """
-    from conceptseg.hub import using_hf_token
+    from conceptseg.model.hub import using_hf_token
 
     with using_hf_token(hf_token(ctx)):
         return job(*args, **kwargs)
@@ -169,7 +169,7 @@ def prompt_template_input(ctx, inputs) -> None:
     path = ctx.params.get("prompt_template")
     if path:
         from conceptseg.errors import ConceptSegError
-        from conceptseg.prompts import load_prompt_template
+        from conceptseg.model.prompts import load_prompt_template
 
         try:
             load_prompt_template(path)
@@ -181,14 +181,14 @@ def prompt_template_input(ctx, inputs) -> None:
 # ---- checks the form can make before Execute ----------------------------------------------
 
 SEGMENT_METHODS = ("conceptseg.segment_by_demonstration", "conceptseg.segment_by_query")
-# A Hugging Face repository id: owner/name, nothing else (conceptseg.checkpoint reads any other "/" as a path).
+# A Hugging Face repository id: owner/name, nothing else (conceptseg.model.checkpoint reads any other "/" as a path).
 HF_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 def field_name_problem(name, role: str = "output") -> str | None:
     """Why ``name`` cannot be a field we write (``a.b``, spaces, a leading digit), or None."""
     from conceptseg.errors import ConceptSegError
-    from conceptseg.jobs import check_field_name
+    from conceptseg.runs.names import check_field_name
 
     try:
         check_field_name(name, role)
@@ -211,7 +211,7 @@ def model_problem(model: str | None) -> str | None:
     """
     if not model:
         return None
-    from conceptseg.zoo import ZOO
+    from conceptseg.model.zoo import ZOO
 
     model = model.strip()
     if model in ZOO:
@@ -279,7 +279,7 @@ def run_prediction_fields(dataset) -> list[str]:
 
 def run_config(dataset, pred_field: str):
     """The config of our run that wrote ``pred_field``, or None."""
-    from conceptseg.jobs import run_key_for
+    from conceptseg.runs.names import run_key_for
 
     key = run_key_for(pred_field)
     if dataset is None or key not in dataset.list_runs():
@@ -301,8 +301,8 @@ def acceptance_problem(dataset, pred_field: str, ids, action: str = "accept", do
     ``replace``, one whose ground truth already shows the concept's class.
     """
     from conceptseg.errors import ConceptSegError
-    from conceptseg.jobs import run_key_for
-    from conceptseg.review import state
+    from conceptseg.runs.names import run_key_for
+    from conceptseg.runs.review import state
 
     ids = list(ids or [])
     done = done or action + "ed"
@@ -337,7 +337,7 @@ def acceptance_problem(dataset, pred_field: str, ids, action: str = "accept", do
         return (f"Cannot {action}: {some(found)} {verb(found, 'has', 'have')} no prediction of this run in "
                 f"{pred_field!r} (not one of its targets); only segmented targets can be {done}.")
     if action == "accept" and not replace and len(ids) <= TRUTH_CHECK_LIMIT:
-        from conceptseg.review import holding_truth
+        from conceptseg.runs.review import holding_truth
 
         found = holding_truth(dataset, pred_field, ids, mask_field)
         if found:

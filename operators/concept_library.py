@@ -1,4 +1,4 @@
-"""Operators of the concept library: Save concept, Apply concept (thin over conceptseg.library)."""
+"""Operators of the concept library: Save concept, Apply concept (thin over conceptseg.runs.library)."""
 
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
@@ -11,7 +11,7 @@ DELEGATE_ABOVE = 200
 
 
 def _saved_concepts() -> list[dict]:
-    from conceptseg.library import list_concepts
+    from conceptseg.runs.library import list_concepts
 
     return list_concepts()
 
@@ -34,7 +34,7 @@ class SaveConcept(foo.Operator):
         name = inputs.str("name", required=True, label="Name", description="letters, digits, '_' and '-'")
         value = ctx.params.get("name")
         if value:
-            from conceptseg.library import NAME, exists
+            from conceptseg.runs.library import NAME, exists
 
             if not NAME.fullmatch(value):
                 name.invalid, name.error_message = True, "Use letters, digits, '_' and '-' only."
@@ -59,7 +59,7 @@ class SaveConcept(foo.Operator):
         return types.Property(inputs, view=types.View(label="Save concept"))
 
     def execute(self, ctx):
-        from conceptseg.library import save
+        from conceptseg.runs.library import save
 
         p = ctx.params
 
@@ -119,7 +119,7 @@ class ApplyConcept(foo.Operator):
         return types.Property(inputs, view=types.View(label="Apply concept"))
 
     def execute(self, ctx):
-        from conceptseg.library import apply
+        from conceptseg.runs.library import apply
 
         p = ctx.params
         return _live.run(ctx, lambda progress: apply(

@@ -50,7 +50,7 @@ class DeleteConceptRun(foo.Operator):
         return types.Property(inputs, view=types.View(label="Delete concept segmentation run"))
 
     def execute(self, ctx):
-        from conceptseg.runs import delete_run
+        from conceptseg.runs.delete import delete_run
 
         return _live.run(ctx, lambda _: delete_run(ctx.dataset, ctx.params["pred_field"]), title="Delete run",
                          dialog=False, done=_deleted_sentence)

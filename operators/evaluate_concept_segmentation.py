@@ -7,7 +7,7 @@ import fiftyone.operators.types as types
 from fiftyone import ViewField as F
 
 from . import _live
-from ._forms import field_choice, field_name_problem, run_config, run_prediction_fields
+from ._forms import (field_choice, field_name_problem, run_config, run_prediction_fields)
 
 # Where the scored samples come from; "run" only when the predictions are one of our runs.
 TARGETS = {
@@ -63,7 +63,7 @@ class EvaluateConceptSegmentation(foo.Operator):
     def execute(self, ctx):
         def job(progress):
             from conceptseg.errors import ConceptSegError
-            from conceptseg.evaluation import evaluate
+            from conceptseg.runs.evaluation import evaluate
 
             params = ctx.params
             pred_field, gt_field = params["pred_field"], params["gt_field"]
@@ -121,7 +121,7 @@ def _target_choices(ctx, config) -> list[str]:
 
 def target_view(ctx, pred_field: str):
     """The samples to score: the ``target`` param's choice (``view_target`` from SDK callers that set only it)."""
-    from conceptseg.jobs import run_key_for
+    from conceptseg.runs.names import run_key_for
 
     config = run_config(ctx.dataset, pred_field)
     target = ctx.params.get("target")

@@ -29,7 +29,7 @@ class _ConceptMetric(foo.EvaluationMetric):
         )
 
     def compute(self, samples, results, **kwargs):
-        from conceptseg.evaluation import metric_field, score_samples
+        from conceptseg.runs.evaluation import metric_field, score_samples
 
         scores, _, _ = score_samples(samples, results.config.pred_field, results.config.gt_field)
         values = {i: s[self.metric] for i, s in scores.items()}
@@ -37,7 +37,7 @@ class _ConceptMetric(foo.EvaluationMetric):
         return sum(values.values()) / len(values) if values else None
 
     def get_fields(self, samples, config, eval_key):
-        return [f"{eval_key}_concept_{self.metric}"]  # conceptseg.evaluation.metric_field, without the import
+        return [f"{eval_key}_concept_{self.metric}"]  # conceptseg.runs.evaluation.metric_field, without the import
 
 
 class ConceptIoU(_ConceptMetric):

@@ -1,4 +1,4 @@
-"""Operators of the labeling loop: accept, reject, promote corrections, re-run (thin over conceptseg.review)."""
+"""Operators of the labeling loop: accept, reject, promote corrections, re-run (thin over conceptseg.runs.review)."""
 
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
@@ -56,7 +56,7 @@ def truth_field_input(inputs, ctx) -> None:
     field = ctx.params.get("pred_field") or next(iter(reviewable_fields(ctx.dataset)), None)
     if not field or ctx.dataset is None:
         return
-    from conceptseg.review import ReviewError, applied_source, run_config, state, truth_field
+    from conceptseg.runs.review import ReviewError, applied_source, run_config, state, truth_field
 
     try:
         config = run_config(ctx.dataset, field)
@@ -132,7 +132,7 @@ class AcceptTargets(_ReviewOperator):
         replace_input(inputs)
 
     def execute(self, ctx):
-        from conceptseg.review import accept
+        from conceptseg.runs.review import accept
 
         return _live.run(ctx, lambda _: accept(ctx.dataset, ctx.params["pred_field"], _ids(ctx),
                                                replace=bool(ctx.params.get("replace")), mask_field=_mask_field(ctx)),
@@ -149,7 +149,7 @@ class RejectTargets(_ReviewOperator):
                     description="They join the demonstrations as negatives (they teach background)")
 
     def execute(self, ctx):
-        from conceptseg.review import reject
+        from conceptseg.runs.review import reject
 
         return _live.run(ctx, lambda _: reject(ctx.dataset, ctx.params["pred_field"], _ids(ctx),
                                                absent=bool(ctx.params.get("absent")), mask_field=_mask_field(ctx)),
@@ -167,7 +167,7 @@ class PromoteCorrections(_ReviewOperator):
         replace_input(inputs)
 
     def execute(self, ctx):
-        from conceptseg.review import promote
+        from conceptseg.runs.review import promote
 
         return _live.run(ctx, lambda _: promote(ctx.dataset, ctx.params["pred_field"], ctx.params["from_field"],
                                                 _ids(ctx), replace=bool(ctx.params.get("replace")),
@@ -182,7 +182,7 @@ class RerunReview(_ReviewOperator):
     def more_inputs(self, inputs, ctx):
         """Refused in the form when nothing was accepted (or rejected as absent) since the last round."""
         from conceptseg.errors import ConceptSegError
-        from conceptseg.review import state
+        from conceptseg.runs.review import state
 
         field = ctx.params.get("pred_field") or next(iter(reviewable_fields(ctx.dataset)), None)
         try:
@@ -199,7 +199,7 @@ class RerunReview(_ReviewOperator):
             prop.invalid, prop.error_message = True, why  # also the reason an SDK call is refused with
 
     def execute(self, ctx):
-        from conceptseg.review import rerun
+        from conceptseg.runs.review import rerun
 
         def job(progress):
             out = rerun(ctx.dataset, ctx.params["pred_field"], progress=progress)

@@ -133,7 +133,7 @@ class SegmentByDemonstration(foo.Operator):
 
     def _segment(self, ctx, progress):
         from conceptseg.errors import ConceptSegError
-        from conceptseg.jobs import segment_by_demonstration
+        from conceptseg.runs.jobs import segment_by_demonstration
 
         from ._forms import with_hf_token
 

@@ -52,7 +52,7 @@ class SegmentByQuery(foo.Operator):
         return types.Property(inputs, view=types.View(label="Segment by text query"))
 
     def execute(self, ctx):
-        from conceptseg.jobs import segment_by_query
+        from conceptseg.runs.jobs import segment_by_query
 
         params = ctx.params
         return _live.run(ctx, lambda progress: with_hf_token(

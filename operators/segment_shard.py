@@ -18,7 +18,7 @@ class SegmentShard(foo.Operator):
         )
 
     def execute(self, ctx):
-        from conceptseg.shards import run_shard
+        from conceptseg.runs.shards.worker import run_shard
 
         op_id = ctx.request_params.get("run_doc")
         return run_shard(ctx.dataset, dict(ctx.params), op_id=str(op_id) if op_id else None,

@@ -52,7 +52,7 @@ class TrainConceptPolicy(foo.Operator):
         return types.Property(inputs, view=types.View(label="Train concept policy"))
 
     def execute(self, ctx):
-        from conceptseg.jobs import train_concept_policy
+        from conceptseg.runs.jobs import train_concept_policy
         from conceptseg.training.loop import TrainConfig
 
         params = ctx.params

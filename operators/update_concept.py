@@ -1,6 +1,6 @@
 """Operator: Update concept — what the review of an Apply concept run taught becomes the concept's new version.
 
-Thin over :func:`conceptseg.library.update` (the CLI's ``conceptseg concepts update``).
+Thin over :func:`conceptseg.runs.library.update` (the CLI's ``conceptseg concepts update``).
 """
 
 import fiftyone.operators as foo
@@ -27,7 +27,7 @@ def applied_runs(dataset) -> list[dict]:
 
 def _new_samples(dataset, pred_field: str, record: dict) -> tuple[int, int]:
     """(accepted, absent) samples of the run's review that the concept's ``record`` does not hold yet."""
-    from conceptseg.review import state
+    from conceptseg.runs.review import state
 
     loop = state(dataset, pred_field)
     origin = record.get("provenance", {}).get("dataset")
@@ -69,7 +69,7 @@ class UpdateConcept(foo.Operator):
         if error:
             name.invalid, name.error_message = True, error
             return types.Property(inputs, view=types.View(label="Update concept"))
-        from conceptseg.library import resolve
+        from conceptseg.runs.library import resolve
 
         snapshot = resolve(value)
         current = snapshot.version
@@ -87,7 +87,7 @@ class UpdateConcept(foo.Operator):
 
     @staticmethod
     def _name_error(value: str, run: dict) -> str | None:
-        from conceptseg.library import NAME, exists
+        from conceptseg.runs.library import NAME, exists
 
         if not NAME.fullmatch(value):
             return "Use letters, digits, '_' and '-' only."
@@ -98,7 +98,7 @@ class UpdateConcept(foo.Operator):
         return None
 
     def execute(self, ctx):
-        from conceptseg.library import update
+        from conceptseg.runs.library import update
 
         def job(_):
             record = update(ctx.params["name"], ctx.dataset, ctx.params["pred_field"])

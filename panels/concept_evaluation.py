@@ -70,7 +70,7 @@ def evaluation_runs(dataset) -> list[str]:
 
 
 def metric_field(eval_key: str, metric: str) -> str:
-    """The per-sample field of a metric (``conceptseg.evaluation.metric_field``, without the engine import)."""
+    """The per-sample field of a metric (``conceptseg.runs.evaluation.metric_field``, without the engine import)."""
     return f"{eval_key}_concept_{metric}"
 
 

@@ -101,7 +101,7 @@ def review_facts(dataset, run: dict) -> dict | None:
     """Where the labeling loop stands on a demonstration run: round, counts, every round's verification."""
     if run["method"] != SEGMENT_METHODS[0]:
         return None
-    from conceptseg.review import review, state
+    from conceptseg.runs.review import review, state
 
     out = review(dataset, run["pred_field"])
     rounds = [{k: r.get(k) for k in ("round", "verification", "verified", "accepted", "negatives")}
@@ -118,11 +118,11 @@ def review_facts(dataset, run: dict) -> dict | None:
 def review_walk(dataset, pred_field: str) -> list[dict]:
     """The round's targets in doubt order, decided ones included: the walk "k of N" counts along.
 
-    The order is ``conceptseg.review.review``'s (most doubtful first; a label without a doubt
+    The order is ``conceptseg.runs.review.review``'s (most doubtful first; a label without a doubt
     counts as fully doubtful); accepted and rejected targets keep their place, marked.
     """
-    from conceptseg.jobs import run_key_for
-    from conceptseg.review import REJECTED_TAG, state
+    from conceptseg.runs.names import run_key_for
+    from conceptseg.runs.review import REJECTED_TAG, state
 
     record = state(dataset, pred_field)
     # An applied concept's demonstrations are library references ("NAME@N:demos/000.png"), no sample here.
@@ -289,7 +289,7 @@ class ConceptRules(foo.Panel):
         self._accept(ctx, replace=True)
 
     def _accept(self, ctx, replace: bool) -> None:
-        from conceptseg.review import accept
+        from conceptseg.runs.review import accept
 
         from ..operators._messages import accepted_sentence
 
@@ -300,7 +300,7 @@ class ConceptRules(foo.Panel):
     @friendly
     def reject_current(self, ctx):
         """Rejects the open sample's prediction (or the selected samples'), then opens the next undecided target."""
-        from conceptseg.review import reject
+        from conceptseg.runs.review import reject
 
         from ..operators._messages import rejected_sentence
 
@@ -319,7 +319,7 @@ class ConceptRules(foo.Panel):
         if _from_app(ctx):
             ctx.trigger(self.uri.rsplit("/", 1)[0] + "/rerun_review", params={"pred_field": pred_field})
             return
-        from conceptseg.review import rerun
+        from conceptseg.runs.review import rerun
 
         from ..operators._messages import rerun_sentence
 
@@ -397,7 +397,7 @@ class ConceptRules(foo.Panel):
         ids = _acted_on(ctx)
         ctx.panel.state.decision = None
         if review is not None and ids:
-            from conceptseg.review import holding_truth
+            from conceptseg.runs.review import holding_truth
 
             from ..operators._forms import TRUTH_CHECK_LIMIT, acceptance_problem
 

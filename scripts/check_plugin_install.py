@@ -101,7 +101,7 @@ def operators_run(plugin_dir: str) -> None:
             params=dict(pred_field="pred", gt_field="ground_truth", eval_key="check", view_target="DATASET"),
         )
         check(result.error is None, f"evaluate_concept_segmentation ran ({result.error})")
-        from conceptseg.evaluation import metric_field
+        from conceptseg.runs.evaluation import metric_field
 
         ious = [v for v in dataset.values(metric_field("check", "iou")) if v is not None]
         check(len(ious) == 4 and min(ious) > 0.5, f"the masks match the disks: IoU {np.round(ious, 3).tolist()}")

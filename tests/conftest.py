@@ -1,7 +1,7 @@
 """Every test runs against a private FiftyOne: its own database, plugins, zoo and media dirs.
 
 The environment is set before anything imports fiftyone, which reads it once. The database
-is a ``mongod`` this session starts on a free loopback port (conceptseg.testing_db) and
+is a ``mongod`` this session starts on a free loopback port (conceptseg.testing.db) and
 reaches by FIFTYONE_DATABASE_URI: FiftyOne's embedded service would attach to a FiftyOne
 database the user already has running, whatever FIFTYONE_DATABASE_DIR says.
 """
@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 
-from conceptseg.testing_db import mongod_binary, start_private_database
+from conceptseg.testing.db import mongod_binary, start_private_database
 
 _ROOT = tempfile.mkdtemp(prefix="conceptseg-tests-")
 _ENV = {
@@ -73,7 +73,7 @@ def name():
 @pytest.fixture(scope="session")
 def demo_files():
     """The real demo files (nuclei + quokka), downloaded once per machine."""
-    from conceptseg import demo_data
+    from conceptseg.datasets import demo_data
 
     return demo_data.fetch_demo_files()
 
@@ -81,7 +81,7 @@ def demo_files():
 @pytest.fixture(scope="session")
 def nuclei_tiles(demo_files):
     """16 tiles of 128x128: (name, HxWx3 float image, bool mask), normalised like the demo."""
-    from conceptseg import demo_data
+    from conceptseg.datasets import demo_data
     from conceptseg.imaging import to_rgb_float, to_uint8
 
     image, labels = demo_data.nuclei(demo_files)

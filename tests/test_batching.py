@@ -13,11 +13,11 @@ import torch
 
 import fiftyone as fo
 
-from conceptseg.checkpoint import load_bundle
+from conceptseg.model.checkpoint import load_bundle
 from conceptseg.errors import ConceptSegError
-from conceptseg.jobs import segment_by_demonstration
-from conceptseg.policy import PolicyRequest
-from conceptseg.prefix import PrefixStore, reuse_supported
+from conceptseg.runs.jobs import segment_by_demonstration
+from conceptseg.model.policy import PolicyRequest
+from conceptseg.model.prefix import PrefixStore, reuse_supported
 from conceptseg.routes.reasoning import ReasoningRoute
 from conceptseg.testing import ScriptedPolicy, build_tiny_bundle
 from conceptseg.types import Demonstration
@@ -236,7 +236,7 @@ class TestZooModel:
     def test_apply_model_batches_give_the_labels_of_one_at_a_time(self, plugin_installed, nuclei_dataset):
         import fiftyone.zoo as foz
 
-        from conceptseg.zoo_model import ConceptSegModelConfig
+        from conceptseg.runs.zoo_model import ConceptSegModelConfig
 
         _, path = foz.download_zoo_model("conceptseg-tiny-random")
         view = nuclei_dataset.match_tags("demo", bool=False).limit(5)

@@ -62,7 +62,7 @@ def _wait_for_server(url: str, server: subprocess.Popen, log_path) -> None:
 def app_url(plugin_installed, nuclei_dataset, tmp_path):
     """A FiftyOne App server on a free loopback port, sharing this process's private database."""
     # os.environ carries FIFTYONE_DATABASE_URI of the session's own mongod (tests/conftest.py,
-    # conceptseg.testing_db): the server joins it, never a FiftyOne database of the user's.
+    # conceptseg.testing.db): the server joins it, never a FiftyOne database of the user's.
     assert os.environ["FIFTYONE_DATABASE_URI"].startswith("mongodb://127.0.0.1:")
     port = _free_port()
     main = os.path.join(os.path.dirname(fo.__file__), "server", "main.py")
@@ -296,7 +296,8 @@ def test_a_class_picked_on_a_multi_class_dataset(app_url, page, two_class_datase
 
 def test_review_by_doubt_walks_k_of_n_accept_and_reject_move_on_then_rerun(app_url, page, two_class_dataset,
                                                                           tmp_path):
-    from conceptseg import jobs, review
+    from conceptseg.runs import jobs
+    from conceptseg.runs import review
 
     dataset, truth = two_class_dataset
     for sample in dataset.match_tags("demo", bool=False):  # red not labelled yet: accepting adds it (never over it)
@@ -449,7 +450,7 @@ def test_bad_input_is_refused_in_the_form_then_save_apply_review_update_and_dele
     prompt.get_by_role("button", name="Execute", exact=True).click()
     _finish(page, "Saved 'nuclei_demo' version 2: 1 sample(s) added, 4 demonstrations", tmp_path,
             "loop-9-updated.png")
-    from conceptseg import library
+    from conceptseg.runs import library
 
     assert library.load("nuclei_demo")["version"] == 2 and library.load("nuclei_demo@1")["version"] == 1
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from fiftyone import ViewField as F
 
-from conceptseg import jobs
+from conceptseg.runs import jobs
 from conceptseg.datasets import two_classes as two_class_dataset
 from conceptseg.errors import DemonstrationError, FieldError
 
@@ -133,7 +133,7 @@ class TestBadClasses:
 
 
 def test_evaluate_scores_against_the_chosen_class(two_classes):
-    from conceptseg.evaluation import evaluate
+    from conceptseg.runs.evaluation import evaluate
 
     dataset, _ = two_classes
     _segment(dataset, "gt", classes=["red"], route="appearance")

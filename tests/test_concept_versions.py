@@ -20,7 +20,9 @@ import fiftyone.operators as foo
 import numpy as np
 import pytest
 
-from conceptseg import jobs, library, review
+from conceptseg.runs import jobs
+from conceptseg.runs import library
+from conceptseg.runs import review
 from conceptseg.cli import main
 from conceptseg.datasets import two_classes as two_class_dataset
 from conceptseg.errors import ConceptSegError
@@ -201,7 +203,7 @@ def test_an_overwrite_landing_while_apply_reads_leaves_that_apply_on_its_version
 
 IMPORTER = """
 import sys
-from conceptseg import library
+from conceptseg.runs import library
 zips, burst = sys.argv[1:3], int(sys.argv[3])
 count = 0
 for _ in sys.stdin:  # a burst of imports each time an apply ends, overlapping the next apply
@@ -215,7 +217,7 @@ APPLIER = """
 import hashlib, json, sys
 import fiftyone as fo
 import numpy as np
-from conceptseg import library
+from conceptseg.runs import library
 dataset_name, ids, applies = sys.argv[1], sys.argv[2].split(","), int(sys.argv[3])
 targets = fo.load_dataset(dataset_name).select(ids)
 for _ in range(applies):

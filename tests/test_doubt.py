@@ -5,7 +5,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from conceptseg.doubt import check_doubt, margin_doubt, probability_doubt
+from conceptseg.routes.doubt import check_doubt, margin_doubt, probability_doubt
 from conceptseg.routes.appearance import AppearanceRoute
 from conceptseg.types import Demonstration
 
@@ -51,9 +51,9 @@ def test_appearance_doubt_is_higher_on_a_target_unlike_the_demonstrations(nuclei
 
 
 def test_reasoning_doubt_is_one_minus_the_check_iou(tiny_bundle_dir, nuclei_tiles):
-    from conceptseg.checkpoint import load_bundle_cached
-    from conceptseg.episode import build_episode
-    from conceptseg.prompts import box_iou
+    from conceptseg.model.checkpoint import load_bundle_cached
+    from conceptseg.model.episode import build_episode
+    from conceptseg.model.prompts import box_iou
     from conceptseg.routes.reasoning import ReasoningRoute
 
     bundle = load_bundle_cached(tiny_bundle_dir)
@@ -85,7 +85,7 @@ def test_every_predicted_label_carries_its_doubt(name, nuclei_tiles, tmp_path):
     import cv2
     import fiftyone as fo
 
-    from conceptseg import jobs
+    from conceptseg.runs import jobs
 
     dataset = fo.Dataset(name)
     for i, (tile, image, mask) in enumerate(nuclei_tiles[:6]):

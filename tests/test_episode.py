@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conceptseg.episode import (
+from conceptseg.model.episode import (
     BOX_COLOR,
     MAX_REFERENCES,
     TARGET_SIZE,
@@ -275,7 +275,7 @@ class TestFormatBoxes:
 
 class TestReferenceEpisode:
     def test_unmasked_references_make_a_mosaic_without_boxes(self):
-        from conceptseg.episode import build_reference_episode, resize_square
+        from conceptseg.model.episode import build_reference_episode, resize_square
 
         rng = np.random.default_rng(0)
         refs = [rng.integers(0, 256, (40 + 10 * i, 70, 3), dtype=np.uint8) for i in range(3)]

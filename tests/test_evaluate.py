@@ -8,7 +8,9 @@ import numpy as np
 import py_sod_metrics as psm
 import pytest
 
-from conceptseg import cli, evaluation, jobs
+from conceptseg import cli
+from conceptseg.runs import evaluation
+from conceptseg.runs import jobs
 from conceptseg.errors import EmptyViewError, FieldError
 
 

@@ -47,8 +47,8 @@ def test_smoke_run_measures_every_row(smoke):
     order = [("default", 1), ("default", 2), ("prefix", 2), ("best", 1)]
     assert [(r["option"], r["batch"]) for r in result["e2e"]] == order
     for row in result["e2e"]:
-        if row["option"] == "prefix" and importlib.util.find_spec("conceptseg.prefix") is None:
-            assert row["skipped"] == "this checkout has no conceptseg.prefix (prefix reuse)"
+        if row["option"] == "prefix" and importlib.util.find_spec("conceptseg.model.prefix") is None:
+            assert row["skipped"] == "this checkout has no conceptseg.model.prefix (prefix reuse)"
             continue
         assert row["images_s"] > 0 and row["policy_s"] > 0 and row["segmenter"] == "sam2", row
     best = result["best"]

@@ -120,7 +120,7 @@ class TestBenchmark:
 
 
     def test_mask_directory_that_cannot_be_written_records_nothing(self, demo_files, tmp_path, name, capsys):
-        from conceptseg.jobs import default_output_dir
+        from conceptseg.runs.names import default_output_dir
 
         root = fixtures.write_folder(str(tmp_path / "cells"), demo_files)
         import_dataset("folder", root, name)
@@ -141,7 +141,7 @@ class TestTinyBundleAndInstallPaths:
         assert json.loads((out / "bundle.json").read_text())["mine"] is True
 
     def test_overwrite_or_empty_directory_passes_the_check(self, tmp_path):
-        from conceptseg.outputs import empty_or_overwrite
+        from conceptseg.runs.outputs import empty_or_overwrite
 
         (tmp_path / "full").mkdir()
         (tmp_path / "full" / "x").write_text("x")
@@ -188,8 +188,8 @@ class TestSegmentAndEvaluateInputs:
                           "--out", str(tmp_path / "afile" / "out")], "is a file")
 
     def test_output_dir_that_cannot_be_written_writes_nothing(self, nuclei_dataset, tmp_path):
-        from conceptseg.jobs import segment_by_demonstration
-        from conceptseg.outputs import OutputDirError
+        from conceptseg.runs.jobs import segment_by_demonstration
+        from conceptseg.runs.outputs import OutputDirError
 
         (tmp_path / "afile").write_text("x")
         nuclei = nuclei_dataset.load_saved_view("nuclei")
@@ -203,7 +203,7 @@ class TestEvaluateTruth:
     def test_deleted_prediction_leaves_no_stale_metrics(self, nuclei_dataset, capsys):
         assert cli.main(_segment(nuclei_dataset, "--json")) == 0
         nuclei = nuclei_dataset.load_saved_view("nuclei")
-        from conceptseg.evaluation import evaluate
+        from conceptseg.runs.evaluation import evaluate
 
         assert len(evaluate(nuclei, "pred", "ground_truth")["samples"]) == 13
         gone = nuclei.match_tags("demo", bool=False).first()
@@ -242,7 +242,7 @@ class TestLabels:
 
 class TestLock:
     def test_second_run_on_the_same_field_is_refused_naming_the_first(self, nuclei_dataset, capsys):
-        from conceptseg.locks import COLLECTION, field_lock
+        from conceptseg.runs.locks import COLLECTION, field_lock
 
         with field_lock(nuclei_dataset.name, "pred", "segment_by_demonstration"):
             err = _refused(capsys, _segment(nuclei_dataset), "being written by another run",
@@ -257,7 +257,7 @@ class TestLock:
     def test_lock_of_a_dead_run_is_taken_over(self, nuclei_dataset, caplog):
         import fiftyone.core.odm.database as fod
 
-        from conceptseg.locks import COLLECTION, lock_id
+        from conceptseg.runs.locks import COLLECTION, lock_id
 
         dead = subprocess.Popen([sys.executable, "-c", "pass"])
         dead.wait()
@@ -271,12 +271,12 @@ class TestLock:
     def test_lock_on_another_host_is_not_taken(self, nuclei_dataset, capsys):
         import fiftyone.core.odm.database as fod
 
-        from conceptseg.locks import COLLECTION, lock_id, release
+        from conceptseg.runs.locks import COLLECTION, lock_id, release
 
         fod.get_db_conn()[COLLECTION].insert_one(dict(
             _id=lock_id(nuclei_dataset.name, "pred"), dataset=nuclei_dataset.name, field="pred", token="t",
             pid=1, host="elsewhere", process_started=0.0, started_at=0.0, what="x", command="x"))
-        _refused(capsys, _segment(nuclei_dataset), "on elsewhere", "python -m conceptseg.locks --release")
+        _refused(capsys, _segment(nuclei_dataset), "on elsewhere", "python -m conceptseg.runs.locks --release")
         assert release(nuclei_dataset.name, "pred")
 
 
@@ -315,7 +315,7 @@ class TestCommandLine:
 
 class TestBundles:
     def test_damaged_weights_are_one_sentence(self, tiny_bundle_dir, tmp_path):
-        from conceptseg.checkpoint import BundleError, load_bundle
+        from conceptseg.model.checkpoint import BundleError, load_bundle
 
         for damaged in ("translator.safetensors", os.path.join("policy", "model.safetensors")):
             copy = tmp_path / damaged.replace(os.sep, "_")
@@ -327,7 +327,7 @@ class TestBundles:
             assert damaged.split(os.sep)[0] in str(error.value)
 
     def test_saved_bundle_does_not_need_its_input(self, tiny_bundle_dir, tmp_path):
-        from conceptseg.checkpoint import load_bundle, save_bundle
+        from conceptseg.model.checkpoint import load_bundle, save_bundle
 
         source = tmp_path / "input"
         shutil.copytree(tiny_bundle_dir, source)
@@ -341,8 +341,8 @@ class TestBundles:
     def test_7b_says_what_it_needs_before_downloading(self, tmp_path, monkeypatch):
         import torch
 
-        from conceptseg.checkpoint import BundleError
-        from conceptseg.zoo import ANYWAY, download_zoo_bundle
+        from conceptseg.model.checkpoint import BundleError
+        from conceptseg.model.zoo import ANYWAY, download_zoo_bundle
 
         monkeypatch.delenv(ANYWAY, raising=False)
         target = tmp_path / "zoo" / "conceptseg-r1-7b"

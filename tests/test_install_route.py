@@ -20,7 +20,7 @@ from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
-from conceptseg.zoo import ZOO
+from conceptseg.model.zoo import ZOO
 from conceptseg.install import PLUGIN_NAME, repo_root
 
 ROOT = repo_root()
@@ -72,7 +72,7 @@ class TestPluginWithoutInstalledEngine:
             "from fiftyone.operators.registry import OperatorRegistry\n"
             "registry = OperatorRegistry()\n"
             f"uris = sorted(o.uri for o in registry.list_operators(builtin=False) if o.uri.startswith({PLUGIN_NAME!r}))\n"
-            "import conceptseg.jobs\n"
+            "import conceptseg.runs.jobs\n"
             "print(json.dumps({'errors': [str(e) for e in registry.list_errors()], 'uris': uris,"
             " 'engine': os.path.realpath(conceptseg.__file__)}))\n",
             {"FIFTYONE_PLUGINS_DIR": plugins},
@@ -93,7 +93,7 @@ class TestPluginWithoutInstalledEngine:
             f"spec = importlib.util.spec_from_file_location('zoo_source', {str(source / '__init__.py')!r})\n"
             "zoo = importlib.util.module_from_spec(spec); spec.loader.exec_module(zoo)\n"
             "zoo.use_plugin_engine(); zoo.use_plugin_engine()\n"
-            "import conceptseg.checkpoint\n"
+            "import conceptseg.model.checkpoint\n"
             "print(json.dumps({'engine': os.path.realpath(conceptseg.__file__), 'path': sys.path}))\n",
             {"FIFTYONE_PLUGINS_DIR": plugins},
         )
@@ -240,7 +240,7 @@ class TestHfToken:
         repo_requests = [(path, auth) for path, auth in _HubStandIn.seen if path.startswith("/api/models/")]
         assert [path.split("/")[4] for path, _ in repo_requests] == ["ConceptSeg-R1-7B", "some-bundle"]
         assert {auth for _, auth in repo_requests} == {"Bearer hf_from_secret"}
-        from conceptseg.hub import hf_token
+        from conceptseg.model.hub import hf_token
 
         assert hf_token() is None and "HF_TOKEN" not in os.environ  # nothing left behind
 
@@ -265,15 +265,15 @@ def _download_in_child(endpoint: str, home: str) -> dict:
     """Both hub downloads of the engine, against ``endpoint``, with the token of this context.
 
     huggingface_hub reads its endpoint once at import, so the downloads run in a child whose
-    token is handed over the same way (conceptseg.hub), never through its environment.
+    token is handed over the same way (conceptseg.model.hub), never through its environment.
     """
-    from conceptseg.hub import hf_token
+    from conceptseg.model.hub import hf_token
 
     code = (
         "import json, os, sys, tempfile\n"
-        "from conceptseg.hub import using_hf_token\n"
-        "from conceptseg.checkpoint import download\n"
-        "from conceptseg.zoo import download_zoo_bundle\n"
+        "from conceptseg.model.hub import using_hf_token\n"
+        "from conceptseg.model.checkpoint import download\n"
+        "from conceptseg.model.zoo import download_zoo_bundle\n"
         "errors = []\n"
         "with using_hf_token(sys.stdin.read()):\n"
         "    for job in (lambda: download_zoo_bundle('conceptseg-r1-7b', os.path.join(tempfile.mkdtemp(), 'm')),\n"

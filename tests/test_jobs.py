@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from conceptseg import jobs
+from conceptseg.runs import jobs
 from conceptseg.errors import ConceptSegError, DemonstrationError, EmptyViewError, FieldError
 from conceptseg.metrics import score_sample
 
@@ -120,7 +120,7 @@ class TestTargetsOfEveryKind:
         return sample
 
     def test_other_sizes_gray_rgba_16bit_and_unreadable(self, nuclei_dataset, demo_files, tmp_path):
-        from conceptseg import demo_data
+        from conceptseg.datasets import demo_data
 
         image, labels = demo_data.nuclei(demo_files)
         tile16, gt = image[384:, 256:384], labels[384:, 256:384] > 0  # a target tile, 128x128
@@ -168,7 +168,7 @@ class TestTargetsOfEveryKind:
 
 class TestSixteenBit:
     def test_raw_16bit_tiles_as_demonstrations_and_targets(self, demo_files, tmp_path):
-        from conceptseg import demo_data
+        from conceptseg.datasets import demo_data
 
         dataset = fo.Dataset()
         for name, tile, labels in demo_data.nuclei_tiles(demo_files):

@@ -9,7 +9,8 @@ import fiftyone as fo
 import numpy as np
 import pytest
 
-from conceptseg import jobs, library
+from conceptseg.runs import jobs
+from conceptseg.runs import library
 from conceptseg.cli import main
 from conceptseg.datasets import two_classes as two_class_dataset
 from conceptseg.errors import ConceptSegError
@@ -181,7 +182,7 @@ def test_save_and_apply_operators(plugin_installed, source, name):
 
 
 def test_reviewing_an_applied_concept_accepts_into_the_concepts_own_field(saved, source):
-    from conceptseg import review
+    from conceptseg.runs import review
 
     targets = source.match_tags("demo", bool=False)
     library.apply("red_disc", targets, "applied")

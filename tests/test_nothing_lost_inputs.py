@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-from conceptseg import classes as classes_
-from conceptseg import cli, jobs
-from conceptseg import fiftyone_io as fio
+from conceptseg.runs import classes as classes_
+from conceptseg import cli
+from conceptseg.runs import jobs
+from conceptseg.runs import fiftyone_io as fio
 from conceptseg.datasets import two_classes as two_class_dataset
 from conceptseg.errors import ConceptSegError, DemonstrationError
-from conceptseg.prompts import (
+from conceptseg.model.prompts import (
     MAX_TEMPLATE_CHARS,
     PromptTemplate,
     PromptTemplateError,
@@ -265,7 +266,8 @@ def test_a_trainer_state_holding_pickled_objects_is_refused(tmp_path):
 
 
 def test_the_threshold_is_one_constant_the_operator_reads_without_the_engine():
-    from conceptseg import constants, router
+    from conceptseg import constants
+    from conceptseg.routes import router
 
     assert router.DEFAULT_THRESHOLD == constants.VERIFY_THRESHOLD
     args = cli.build_parser().parse_args(["segment", "--dataset", "d", "--demo-tag", "t", "--mask-field", "m",

@@ -20,7 +20,7 @@ import fiftyone as fo
 import numpy as np
 import pytest
 
-from conceptseg import library
+from conceptseg.runs import library
 from conceptseg.cli import main
 from conceptseg.datasets import two_classes as two_class_dataset
 from conceptseg.errors import ConceptSegError
@@ -175,7 +175,7 @@ def _jpeg_claiming(width: int, height: int) -> bytes:
 
 _MEASURE = """
 import resource, sys, time
-from conceptseg import library
+from conceptseg.runs import library
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 start = time.perf_counter()
 try:
@@ -256,12 +256,12 @@ def test_save_ids_that_are_not_ids_or_not_samples(source, capsys):
 # The CLI with each label's write slowed down, so that a signal lands in the middle of the run.
 _SLOW_CLI = """
 import sys, time
-from conceptseg import jobs
-write = jobs._write_labels
+from conceptseg.runs import writing
+write = writing.write_labels
 def slow(*args, **kwargs):
     time.sleep(0.3)
     return write(*args, **kwargs)
-jobs._write_labels = slow
+writing.write_labels = slow
 from conceptseg.cli import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -317,7 +317,7 @@ def test_interrupted_apply_says_what_was_written_and_resumes(saved, source, caps
 
 
 def test_interrupted_before_any_label_says_nothing_was_written(saved, source, monkeypatch):
-    from conceptseg import jobs
+    from conceptseg.runs import jobs
 
     def stop(*args, **kwargs):
         raise KeyboardInterrupt
@@ -362,7 +362,7 @@ def test_resume_refuses_a_concept_changed_since(saved, source, capsys):
 
 def test_a_live_applys_scratch_dataset_is_kept(saved, source):
     """Only a scratch dataset whose process is gone is removed: another apply running now keeps its own."""
-    from conceptseg.locks import _holder
+    from conceptseg.runs.locks import _holder
 
     live = fo.Dataset(library.SCRATCH_PREFIX + "red_disc-live0000")
     live.info = {"conceptseg_scratch": _holder()}  # this very process: alive
@@ -481,7 +481,7 @@ def test_library_dir_pointing_at_a_file(source, tmp_path, monkeypatch, capsys, e
 # without sleeps): the installs then start at the same moment.
 _GATED_CLI = """
 import sys
-from conceptseg import library
+from conceptseg.runs import library
 validate = library.validate_zip
 def gated(path):
     out = validate(path)
@@ -531,7 +531,7 @@ def test_names_are_matched_whole():
     for bad in ("abc\n", "red_disc\n", "\nabc"):
         with pytest.raises(ConceptSegError, match="not allowed"):
             library.check_name(bad)
-    from conceptseg.jobs import check_field_name
+    from conceptseg.runs.names import check_field_name
 
     with pytest.raises(ConceptSegError):
         check_field_name("pred\n")
@@ -561,7 +561,7 @@ def test_a_utf8_bom_does_not_reach_the_prompt(exported, source, tmp_path, lib):
 
 
 def test_save_verifies_at_segments_threshold_and_takes_the_object_route(source, capsys):
-    from conceptseg.router import DEFAULT_THRESHOLD
+    from conceptseg.routes.router import DEFAULT_THRESHOLD
 
     assert main(["concepts", "save", "red_disc", "--dataset", source.name, "--demo-tag", "demo", "--mask-field", "gt",
                  "--classes", "red"]) == 0

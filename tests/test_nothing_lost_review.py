@@ -22,7 +22,10 @@ import fiftyone as fo
 import numpy as np
 import pytest
 
-from conceptseg import cli, jobs, review
+from conceptseg import cli
+from conceptseg.runs import jobs
+from conceptseg.runs import review
+from conceptseg.runs.review.record import update_record
 from conceptseg.datasets import two_classes as two_class_dataset
 from conceptseg.errors import ConceptSegError
 
@@ -139,10 +142,10 @@ def test_a_write_between_read_and_write_is_not_lost(loop):
     def change(record):
         if not interleaved:  # the first attempt read the record; someone else writes now
             interleaved.append(True)
-            review._update(dataset, "pred", lambda other: other["rejected"].append(second))
+            update_record(dataset, "pred", lambda other: other["rejected"].append(second))
         record["accepted"].append(first)
 
-    review._update(dataset, "pred", change)
+    update_record(dataset, "pred", change)
     record = review.state(dataset, "pred")
     assert record["accepted"] == [first] and record["rejected"] == [second]
     assert dataset.info[review.INFO_KEY]["pred"]["accepted"] == [first]  # the in-memory dataset sees it
@@ -151,7 +154,7 @@ def test_a_write_between_read_and_write_is_not_lost(loop):
 _RERUN_PAUSED = """
 import os, sys, time
 import fiftyone as fo
-from conceptseg import review
+from conceptseg.runs import review
 
 name, ready, go = sys.argv[1:4]
 
@@ -209,7 +212,7 @@ def test_accept_during_a_rerun_is_kept(loop, tmp_path, capfd):
 _ACCEPT_AT_ONCE = """
 import os, sys, time
 import fiftyone as fo
-from conceptseg import review
+from conceptseg.runs import review
 
 name, sample_id, folder, count = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 dataset = fo.load_dataset(name)

@@ -20,9 +20,13 @@ import fiftyone as fo
 import numpy as np
 import pytest
 
-from conceptseg import cli, jobs, review, runs
+from conceptseg import cli
+from conceptseg.runs import jobs
+from conceptseg.runs import review
+from conceptseg.runs import records as runs
+from conceptseg.runs.delete import RunBusyError, delete_run
 from conceptseg.datasets import two_classes
-from conceptseg.outputs import KINDS, PREDICTIONS, REVIEWED, conceptseg_root, mask_dir, path_component
+from conceptseg.runs.outputs import KINDS, PREDICTIONS, REVIEWED, conceptseg_root, mask_dir, path_component
 
 CLI = [sys.executable, "-m", "conceptseg.cli"]
 
@@ -101,7 +105,7 @@ class TestRefusedWhileWritten:
         holder = subprocess.Popen(
             [sys.executable, "-c",
              "import sys, time\n"
-             "from conceptseg.locks import field_lock\n"
+             "from conceptseg.runs.locks import field_lock\n"
              "with field_lock(sys.argv[1], 'pred', 'segment_by_demonstration'):\n"
              "    print('held', flush=True)\n"
              "    time.sleep(300)\n",
@@ -109,8 +113,8 @@ class TestRefusedWhileWritten:
             stdout=subprocess.PIPE, text=True, env=_env())
         try:
             assert holder.stdout.readline().strip() == "held"
-            with pytest.raises(runs.RunBusyError, match=f"pid {holder.pid} on {socket.gethostname()}"):
-                runs.delete_run(nuclei_dataset, "pred")
+            with pytest.raises(RunBusyError, match=f"pid {holder.pid} on {socket.gethostname()}"):
+                delete_run(nuclei_dataset, "pred")
             assert cli.main(["delete-run", "--dataset", nuclei_dataset.name, "--pred-field", "pred"]) == 2
             _one_sentence(capsys.readouterr().err, f"pid {holder.pid}", "still running", "Wait for it")
             nuclei_dataset.reload()
@@ -120,7 +124,7 @@ class TestRefusedWhileWritten:
             holder.kill()
             holder.wait()
         # its holder gone, the lock is stale: the deletion goes through
-        assert runs.delete_run(nuclei_dataset, "pred")["files"] == 13
+        assert delete_run(nuclei_dataset, "pred")["files"] == 13
         assert not nuclei_dataset.has_field("pred")
 
     def test_a_live_shard_worker_is_named_and_a_dead_one_is_not(self, plugin_installed, nuclei_dataset):
@@ -128,7 +132,8 @@ class TestRefusedWhileWritten:
         from bson import ObjectId
         from fiftyone.operators.delegated import DelegatedOperationService
 
-        from conceptseg import shards as sh
+        from conceptseg.runs.shards import queue as sh
+        from conceptseg.runs.shards import store as shard_store
 
         view = nuclei_dataset.load_saved_view("nuclei")
         queued = jobs.segment_by_demonstration(view.match_tags("demo"), view.match_tags("demo", bool=False),
@@ -137,21 +142,21 @@ class TestRefusedWhileWritten:
         worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
         try:
             DelegatedOperationService().set_running(ObjectId(op_id))  # the worker claimed the shard ...
-            store, key = sh._store(nuclei_dataset), sh._key(queued["run_id"], 0)
+            store, key = shard_store.execution_store(nuclei_dataset), shard_store.record_key(queued["run_id"], 0)
             store.set(key, dict(store.get(key), op_id=op_id, state="running", host=socket.gethostname(),
                                 pid=worker.pid, pid_started=psutil.Process(worker.pid).create_time(),
                                 heartbeat=time.time()))  # ... and is writing
-            with pytest.raises(runs.RunBusyError, match=f"worker pid {worker.pid} on {socket.gethostname()}"):
-                runs.delete_run(nuclei_dataset, "sharded")
+            with pytest.raises(RunBusyError, match=f"worker pid {worker.pid} on {socket.gethostname()}"):
+                delete_run(nuclei_dataset, "sharded")
             assert queued["run_key"] in nuclei_dataset.list_runs()
         finally:
             worker.kill()
             worker.wait()
-        report = runs.delete_run(nuclei_dataset, "sharded")  # its worker is dead: nothing writes the field
+        report = delete_run(nuclei_dataset, "sharded")  # its worker is dead: nothing writes the field
         assert report["run_keys"] == [queued["run_key"]] and nuclei_dataset.list_runs() == []
         import fiftyone.core.odm.database as fod
 
-        from conceptseg.locks import COLLECTION, lock_id
+        from conceptseg.runs.locks import COLLECTION, lock_id
 
         assert fod.get_db_conn()[COLLECTION].find_one({"_id": lock_id(nuclei_dataset.name, "sharded")}) is None
 
@@ -243,7 +248,7 @@ class TestOnlyTheRunsLabels:
         files = _files(dataset, "pred")
         truth = [dataset[i].gt.mask_path for i in accepted]
 
-        report = runs.delete_run(dataset, "pred")
+        report = delete_run(dataset, "pred")
 
         assert report["fields"] == ["pred", "pred_instances"] and not dataset.has_field("pred")
         assert not any(os.path.exists(p) for p in files)
@@ -279,7 +284,7 @@ class TestFolders:
         assert pred_dirs == {mask_dir(name, PREDICTIONS, "gt_reviewed")}
         assert not set(truth_files.values()) & set(predicted)
         # deleting that run leaves the ground truth alone
-        runs.delete_run(dataset, "gt_reviewed")
+        delete_run(dataset, "gt_reviewed")
         assert {i: _digest(p) for i, p in truth_files.items()} == before
 
     @pytest.mark.parametrize("field", ["gt", "gt_reviewed", "reviewed-masks", "..", ".", "a/../../b", "/abs", "%2E"])
@@ -296,13 +301,13 @@ class TestFolders:
             assert mask_dir("data/set", PREDICTIONS, other) != mask_dir("data/set", PREDICTIONS, field)
 
     def test_a_run_in_the_old_layout_is_deleted_where_it_is(self, nuclei_dataset):
-        from conceptseg.outputs import legacy_prediction_dir
+        from conceptseg.runs.outputs import legacy_prediction_dir
 
         old = legacy_prediction_dir(nuclei_dataset.name, "pred")
         _segment(nuclei_dataset, output_dir=old)  # what a run of the earlier version wrote
         files = _files(nuclei_dataset, "pred")
         assert {os.path.dirname(p) for p in files} == {old}
-        assert runs.delete_run(nuclei_dataset, "pred")["files"] == 13
+        assert delete_run(nuclei_dataset, "pred")["files"] == 13
         assert not os.path.exists(old)
 
 
@@ -316,12 +321,12 @@ class TestSharedFiles:
         clone = nuclei_dataset.clone(nuclei_dataset.name + "-clone")
         try:
             assert _files(clone, "a") == files  # a clone shares the mask files
-            report = runs.delete_run(nuclei_dataset, "a")
+            report = delete_run(nuclei_dataset, "a")
             assert report["files"] == 0 and not nuclei_dataset.has_field("a")
             assert all(os.path.isfile(p) for p in files)
             assert all(s.a.get_mask().shape == (128, 128) for s in clone.exists("a"))
             if "conceptseg_a" in clone.list_runs():  # the clone's own copy of the run
-                assert runs.delete_run(clone, "a")["files"] == 13
+                assert delete_run(clone, "a")["files"] == 13
                 assert not any(os.path.exists(p) for p in files)
         finally:
             fo.delete_dataset(clone.name)
@@ -339,7 +344,7 @@ class TestSharedFiles:
         more = fo.Dataset(name + "-img")
         try:
             more.add_sample(image)
-            assert runs.delete_run(nuclei_dataset, "a")["files"] == 11
+            assert delete_run(nuclei_dataset, "a")["files"] == 11
             assert os.path.isfile(files[0]) and os.path.isfile(files[1])
             assert not any(os.path.exists(p) for p in files[2:])
         finally:
@@ -427,7 +432,7 @@ class TestVideo:
         files = _frame_files(dataset, "pred")
         assert len(files) == 21 and all(os.path.isfile(p) for p in files)  # 24 frames, 3 demonstrations
 
-        report = runs.delete_run(dataset, "pred")
+        report = delete_run(dataset, "pred")
 
         dataset.reload()
         assert report["files"] == 21 and report["labels"]["pred"] == 21
@@ -446,7 +451,7 @@ class TestVideo:
         jobs.segment_by_demonstration(dataset.match_tags("demo"), dataset, "gt", "pred", route="appearance")
         files = _frame_files(dataset, "pred")
 
-        report = runs.delete_run(dataset, "pred")
+        report = delete_run(dataset, "pred")
 
         dataset.reload()
         assert report["kept"] == {"pred": 3} and not any(os.path.exists(p) for p in files)
@@ -490,10 +495,10 @@ class TestLabelsTheSchemaLost:
         files = [p for p in _files(nuclei_dataset, "pred") if p not in {v[0] for v in mine.values()}]
         nuclei_dataset.delete_run("conceptseg_pred")
 
-        report = runs.delete_run(nuclei_dataset, "pred")
+        report = delete_run(nuclei_dataset, "pred")
 
         assert report["labels"] == {"pred": 13, "pred_instances": 13} and report["kept"] == {"pred": 4}
         assert report["files"] == 13 and not any(os.path.exists(p) for p in files)
         assert {s.pred.mask_path for s in nuclei_dataset.exists("pred")} == {v[0] for v in mine.values()}
         with pytest.raises(runs.RunNotFoundError):  # nothing of a run is left: the user's labels are theirs
-            runs.delete_run(nuclei_dataset, "pred")
+            delete_run(nuclei_dataset, "pred")

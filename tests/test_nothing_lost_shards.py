@@ -25,12 +25,14 @@ from fiftyone.operators.delegated import DelegatedOperationService
 from fiftyone.operators.executor import ExecutionResult
 
 from conceptseg import cli
-from conceptseg import shards as sh
-from conceptseg import shards_watch as sw
-from conceptseg.checkpoint import load_bundle
+from conceptseg.runs.shards import queue as sh
+from conceptseg.runs.shards import worker as shard_worker
+from conceptseg.runs.shards import store as shard_store
+from conceptseg.runs.shards import watch as sw
+from conceptseg.model.checkpoint import load_bundle
 from conceptseg.errors import ConceptSegError
-from conceptseg.jobs import segment_by_demonstration, segment_by_query
-from conceptseg.locks import COLLECTION, FieldLockedError, is_stale, lock_id
+from conceptseg.runs.jobs import segment_by_demonstration, segment_by_query
+from conceptseg.runs.locks import COLLECTION, FieldLockedError, is_stale, lock_id
 from conceptseg.testing import ScriptedPolicy, scripted_bundle
 
 PARSABLE = ("<think>bright blobs</think><rule>nuclei are bright ovals</rule>"
@@ -206,7 +208,7 @@ def params_of(op_id):
 
 
 def record_of(dataset, run_id, index=0):
-    return sh._store(dataset).get(sh._key(run_id, index))
+    return shard_store.execution_store(dataset).get(shard_store.record_key(run_id, index))
 
 
 def lock_doc(dataset, field):
@@ -214,7 +216,7 @@ def lock_doc(dataset, field):
 
 
 def finished(dataset, field):
-    from conceptseg.runs import list_runs
+    from conceptseg.runs.records import list_runs
 
     dataset.reload()
     run = next(r for r in list_runs(dataset) if r["pred_field"] == field)
@@ -226,7 +228,7 @@ class _BeforeNextUpdate:
     the moment between any check a writer made and its write."""
 
     def __init__(self, step):
-        self.collection, self.step = sh._records(), step
+        self.collection, self.step = shard_store.records_collection(), step
 
     def update_one(self, *args, **kwargs):
         step, self.step = self.step, None
@@ -240,17 +242,17 @@ class _BeforeNextUpdate:
 
 def before_next_update(monkeypatch, step):
     proxy = _BeforeNextUpdate(step)
-    monkeypatch.setattr(sh, "_records", lambda: proxy)
+    monkeypatch.setattr(sh, "records_collection", lambda: proxy)
 
 
 def claimed_elsewhere(dataset, queued, heartbeat_age=None):
     """The run's one shard claimed by a worker on another host, which wrote its record (and went silent)."""
     (op_id,) = queued["operations"]
     DelegatedOperationService().set_running(ObjectId(op_id))
-    worker = sh._Shard(dataset, queued["run_id"], 0, op_id, params_of(op_id)["ticket"])
+    worker = shard_worker.Shard(dataset, queued["run_id"], 0, op_id, params_of(op_id)["ticket"])
     assert worker.write(op_id=op_id, state="running", host="gpu-node-7", pid=4242)
     if heartbeat_age is not None:
-        assert sh.update_record(dataset._doc.id, queued["run_id"], 0, dict(heartbeat=sh.db_time() - heartbeat_age))
+        assert shard_store.update_record(dataset._doc.id, queued["run_id"], 0, dict(heartbeat=shard_store.db_time() - heartbeat_age))
     return op_id, worker
 
 
@@ -268,7 +270,7 @@ class TestCompareAndSet:
         assert record["op_id"] == new["op_id"] != old and record["state"] == "queued" and record["attempt"] == 2
         assert stale.superseded and not stale.write()  # and it stays out
         # the stale worker, started again on its old operation, ends at once and writes no label
-        result = sh.run_shard(dataset, params_of(old), op_id=old)
+        result = shard_worker.run_shard(dataset, params_of(old), op_id=old)
         assert result["ended"] == "superseded"
         dataset.reload()
         assert not dataset.has_field("race") or len(dataset.exists("race")) == 0
@@ -316,7 +318,7 @@ class TestRecordBeforeQueue:
         queued = sharded(demos, targets, "eager", 2)
         monkeypatch.undo()
         assert [r["op_id"] for r in seen] == ["queueing", "queueing"] and all(r["ticket"] for r in seen)
-        records = sh.shard_records(dataset, queued["run_id"])
+        records = shard_store.shard_records(dataset, queued["run_id"])
         assert [r["state"] for r in records] == ["completed", "completed"]  # not put back to "queued"
         assert [r["op_id"] for r in records] == queued["operations"]
         assert finished(dataset, "eager")["segmented"] == 13
@@ -390,7 +392,7 @@ class TestStuckRequeue:
         assert record_of(dataset, run_id)["op_id"] == "requeueing"
         assert not is_stale(lock_doc(dataset, "stuck"))  # a moment ago: it may still be queueing
         assert sw.shard_status(dataset, "stuck")["shards"][0]["dead"] is None
-        sh.update_record(dataset._doc.id, run_id, 0, dict(pending_since=sh.db_time() - 2 * sh.STALE_AFTER))
+        shard_store.update_record(dataset._doc.id, run_id, 0, dict(pending_since=shard_store.db_time() - 2 * shard_store.STALE_AFTER))
         assert is_stale(lock_doc(dataset, "stuck"))  # stuck: the field is not locked forever
         (row,) = sw.shard_status(dataset, "stuck")["shards"]
         assert row["dead"].startswith("its re-queueing never reached the queue")
@@ -411,7 +413,7 @@ class TestStuckRequeue:
             sw.requeue_dead(dataset, "unnamed")
         monkeypatch.undo()
         assert record_of(dataset, queued["run_id"])["op_id"] == "requeueing"
-        sh.update_record(dataset._doc.id, queued["run_id"], 0, dict(pending_since=sh.db_time() - 2 * sh.STALE_AFTER))
+        shard_store.update_record(dataset._doc.id, queued["run_id"], 0, dict(pending_since=shard_store.db_time() - 2 * shard_store.STALE_AFTER))
         (row,) = sw.shard_status(dataset, "unnamed")["shards"]
         assert row["op_state"] == "queued" and row["dead"] is None  # found by its ticket, however old
         assert not is_stale(lock_doc(dataset, "unnamed"))
@@ -422,7 +424,7 @@ class TestStuckRequeue:
 
 class TestDatabaseClock:
     def test_the_database_clock_is_read(self):
-        assert abs(sh.db_time() - time.time()) < 5  # one machine here: the clocks agree
+        assert abs(shard_store.db_time() - time.time()) < 5  # one machine here: the clocks agree
 
     def test_a_worker_with_a_clock_two_hours_behind_is_alive(self, nuclei, monkeypatch):
         dataset, demos, targets = nuclei
@@ -449,8 +451,8 @@ class TestDatabaseClock:
         DelegatedOperationService().set_running(ObjectId(op_id))  # claimed; the worker died before writing
         assert sw.shard_status(dataset, "mute", stale_after=60)["shards"][0]["dead"] is None
         record = record_of(dataset, queued["run_id"])
-        assert record["claim_seen_op"] == op_id and abs(record["claim_seen_at"] - sh.db_time()) < 30
-        sh.update_record(dataset._doc.id, queued["run_id"], 0, dict(claim_seen_at=sh.db_time() - 120))
+        assert record["claim_seen_op"] == op_id and abs(record["claim_seen_at"] - shard_store.db_time()) < 30
+        shard_store.update_record(dataset._doc.id, queued["run_id"], 0, dict(claim_seen_at=shard_store.db_time() - 120))
         (row,) = sw.shard_status(dataset, "mute", stale_after=60)["shards"]
         assert row["dead"].startswith("claimed but silent for 12")
         (requeued,) = sw.requeue_dead(dataset, "mute", stale_after=60)

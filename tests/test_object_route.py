@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from conceptseg.router import Router, make_router
+from conceptseg.routes.router import Router, make_router
 from conceptseg.routes import ROUTES, ObjectConfig, ObjectRoute
 from conceptseg.routes.base import mask_iou
 from conceptseg.routes.objects import FEATURES, CandidateConfig, features, object_labels, propose

@@ -225,7 +225,7 @@ def refused(prop) -> str:
 @pytest.fixture
 def segmented(plugin_installed, nuclei_dataset):
     """The demo dataset with a run on the nuclei (``predictions``) and an older one (``older``)."""
-    from conceptseg.jobs import segment_by_demonstration
+    from conceptseg.runs.jobs import segment_by_demonstration
 
     nuclei = nuclei_dataset.load_saved_view("nuclei")
     demos = nuclei.match_tags("demo")

@@ -267,7 +267,7 @@ class TestPanelsStayTrue:
         assert after == state and schema is None and others == []
 
     def test_an_evaluation_elsewhere_shows_in_both_open_panels(self, run_without_evaluation):
-        from conceptseg.evaluation import evaluate
+        from conceptseg.runs.evaluation import evaluate
 
         dataset = run_without_evaluation
         rules, _, schema, _ = call_panel(RULES, dataset)
@@ -281,8 +281,8 @@ class TestPanelsStayTrue:
         assert evaluation["eval_key"] == "ev" and sum(data["histogram"][0]["y"]) == 13
 
     def test_a_new_run_or_evaluation_is_shown_a_rerun_keeps_the_choice(self, run_without_evaluation):
-        from conceptseg.evaluation import evaluate
-        from conceptseg.jobs import segment_by_demonstration
+        from conceptseg.runs.evaluation import evaluate
+        from conceptseg.runs.jobs import segment_by_demonstration
 
         dataset = run_without_evaluation
         nuclei = dataset.load_saved_view("nuclei")
@@ -304,7 +304,7 @@ class TestPanelsStayTrue:
 
 class TestReviewMode:
     def _targets(self, dataset, field="gone"):
-        from conceptseg import review
+        from conceptseg.runs import review
 
         return [t["id"] for t in review.review(dataset, field)["targets"]]
 
@@ -357,7 +357,7 @@ class TestReviewMode:
         assert list(dataset.app_config.active_fields.paths) == ["gone", "ground_truth"]  # what the modal shows
 
     def test_accept_and_reject_move_on_to_the_next_open_target(self, run_without_evaluation):
-        from conceptseg import review
+        from conceptseg.runs import review
 
         dataset = run_without_evaluation
         order = self._targets(dataset)

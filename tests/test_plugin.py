@@ -214,7 +214,7 @@ class TestEvaluateOperator:
 
 class TestCustomEvaluationMetrics:
     def test_fiftyone_evaluation_gains_true_iou_and_dice(self, plugin_installed, nuclei_dataset):
-        from conceptseg.evaluation import evaluate
+        from conceptseg.runs.evaluation import evaluate
 
         nuclei = nuclei_dataset.load_saved_view("nuclei")
         foo.execute_operator(

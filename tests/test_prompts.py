@@ -6,9 +6,9 @@ import random
 
 import pytest
 
-from conceptseg.episode import format_boxes
+from conceptseg.model.episode import format_boxes
 from conceptseg.errors import ConceptSegError
-from conceptseg.prompts import (
+from conceptseg.model.prompts import (
     SYSTEM_PROMPT,
     BoxFormatError,
     Completion,
@@ -417,7 +417,7 @@ class TestBoxIou:
 
 class TestPromptTemplate:
     def test_missing_placeholders_are_named(self):
-        from conceptseg.prompts import PromptTemplate, PromptTemplateError
+        from conceptseg.model.prompts import PromptTemplate, PromptTemplateError
 
         with pytest.raises(PromptTemplateError, match=r"lacks the placeholders \{question\}, \{output_format\}"):
             PromptTemplate("Find the thing.", "t.txt")
@@ -425,7 +425,7 @@ class TestPromptTemplate:
             PromptTemplate("Find {question}.")
 
     def test_unknown_placeholders_and_stray_braces_are_refused(self):
-        from conceptseg.prompts import PromptTemplate, PromptTemplateError
+        from conceptseg.model.prompts import PromptTemplate, PromptTemplateError
 
         with pytest.raises(PromptTemplateError, match=r"unknown placeholders \{ref_bboxes\}; known: \{question\}"):
             PromptTemplate("{question} {ref_bboxes} {output_format}")
@@ -434,7 +434,7 @@ class TestPromptTemplate:
         assert "{x}" in PromptTemplate("{question} {{x}} {output_format}").render("q", [], True, False)
 
     def test_render_fills_every_placeholder(self):
-        from conceptseg.prompts import PromptTemplate
+        from conceptseg.model.prompts import PromptTemplate
 
         t = PromptTemplate("Q={question}|B={reference_boxes}|C={check}|F={output_format}")
         with_check = t.render(" cat ", [(0, 0, 9, 9)], True, True)
@@ -445,7 +445,7 @@ class TestPromptTemplate:
         assert build_prompt("cat", with_references=False, template=t) == plain
 
     def test_file_is_read_and_checked(self, tmp_path):
-        from conceptseg.prompts import PromptTemplateError, load_prompt_template
+        from conceptseg.model.prompts import PromptTemplateError, load_prompt_template
 
         path = tmp_path / "official.txt"
         path.write_text("Locate {question}.\n{output_format}\n", encoding="utf-8")

@@ -13,7 +13,7 @@ from conceptseg import cli
 from conceptseg.datasets import fixtures, import_dataset
 from conceptseg.errors import ConceptSegError, FieldError
 from conceptseg.metrics import score_sample
-from conceptseg.protocol import draw_demonstrations, run_benchmark
+from conceptseg.runs.protocol import draw_demonstrations, run_benchmark
 from conceptseg.tables import percent
 
 CONCEPT_KEYS = ("iou", "wfm", "sm", "em", "mae", "dice", "ber", "miou")
@@ -124,7 +124,7 @@ class TestMultiImageItems:
     def test_cr_items_are_scored_with_their_own_references_and_question(self, demo_files, tmp_path, tiny_bundle_dir):
         import dataclasses
 
-        from conceptseg.checkpoint import load_bundle
+        from conceptseg.model.checkpoint import load_bundle
         from conceptseg.testing import ScriptedPolicy
 
         seen = []
@@ -146,7 +146,7 @@ class TestMultiImageItems:
         asked = [r for r in seen if r.text.find(cr.question) >= 0 and cr.question not in ("nucleus", "quokka")]
         assert len(asked) == 1 and len(asked[0].images) == 2  # its references' canvas, then the target
         assert "<check>" not in asked[0].text  # no box withheld: the references have no masks
-        from conceptseg.episode import build_reference_episode
+        from conceptseg.model.episode import build_reference_episode
         from conceptseg.imaging import load_rgb
 
         canvas = build_reference_episode([load_rgb(p) for p in cr.references], load_rgb(cr.filepath)).canvas
@@ -180,7 +180,7 @@ class TestReasonSeg:
         assert "### ReasonSeg-test" in out and "### ReasonSeg-val" in out and "text query without model 2" in out
 
     def test_with_a_model_scored_at_original_resolution(self, demo_files, tmp_path, tiny_bundle_dir):
-        from conceptseg.checkpoint import load_bundle
+        from conceptseg.model.checkpoint import load_bundle
 
         bundle = load_bundle(tiny_bundle_dir)  # a fresh copy: the test shortens its generation
         bundle.policy.config.max_new_tokens = 8  # a random policy: any text will do, shorter is faster

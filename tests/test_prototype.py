@@ -13,7 +13,7 @@ import torch
 
 from conceptseg.errors import ConceptSegError, DemonstrationError
 from conceptseg.imaging import to_uint8
-from conceptseg.router import Router
+from conceptseg.routes.router import Router
 from conceptseg.routes.appearance import AppearanceConfig, AppearanceRoute
 from conceptseg.routes.prototype import (
     PrototypeConfig,

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from conceptseg.checkpoint import BundleError, load_bundle, save_bundle
+from conceptseg.model.checkpoint import BundleError, load_bundle, save_bundle
 from conceptseg.errors import ConceptSegError
-from conceptseg.policy import PolicyRequest
-from conceptseg.router import make_router
+from conceptseg.model.policy import PolicyRequest
+from conceptseg.routes.router import make_router
 from conceptseg.routes.reasoning import ReasoningRoute
 from conceptseg.testing import ScriptedPolicy, scripted_bundle
 from conceptseg.types import Demonstration
@@ -105,14 +105,14 @@ class TestPolicy:
         assert len(set(out.completions)) > 1  # sampling, not greedy
 
     def test_a_completion_without_its_end_token_at_the_budget_is_truncated(self):
-        from conceptseg.policy import _truncated
+        from conceptseg.model.policy import _truncated
 
         ids = torch.tensor([[5, 6, 9, 0], [5, 6, 7, 8]])
         assert _truncated(ids, eos=9, max_new_tokens=4) == [False, True]
         assert _truncated(ids[:, :3], eos=9, max_new_tokens=4) == [False, False]  # stopped early: all ended
 
     def test_completion_mask_stops_after_the_first_end_of_turn(self):
-        from conceptseg.policy import _completion_mask
+        from conceptseg.model.policy import _completion_mask
 
         ids = torch.tensor([[5, 6, 9, 0, 0], [5, 9, 6, 9, 0], [5, 6, 7, 8, 4]])
         expected = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
@@ -176,7 +176,7 @@ class TestReasoningRoute:
         assert details["truncated"] is True and details["parse_error"].startswith("cut at 32 tokens (max_new_tokens)")
 
     def test_a_prompt_template_replaces_the_wording(self, tiny_bundle, nuclei_tiles):
-        from conceptseg.prompts import PromptTemplate
+        from conceptseg.model.prompts import PromptTemplate
         from conceptseg.routes.reasoning import ReasoningConfig
 
         seen = []
@@ -199,8 +199,8 @@ class TestReasoningRoute:
         scripted = _scripted(tiny_bundle, text)
         demos = _demos(nuclei_tiles)
         scores = ReasoningRoute(scripted).verify(demos)
-        from conceptseg.episode import build_episode
-        from conceptseg.prompts import box_iou
+        from conceptseg.model.episode import build_episode
+        from conceptseg.model.prompts import box_iou
 
         proxy = build_episode(demos, demos[0].image).proxy_box
         assert scores == {demos[0].id: pytest.approx(box_iou((0, 0, 299, 299), proxy))}
@@ -323,7 +323,7 @@ class TestThroughTheCliAndOperators:
         assert nuclei_dataset.mask_targets["qp"] == {1: "the animal"}
 
     def test_empty_query_and_missing_model(self, nuclei_dataset):
-        from conceptseg.jobs import segment_by_query
+        from conceptseg.runs.jobs import segment_by_query
 
         with pytest.raises(ConceptSegError, match="query is empty"):
             segment_by_query(nuclei_dataset, "  ", "qp", None)
@@ -331,7 +331,7 @@ class TestThroughTheCliAndOperators:
             segment_by_query(nuclei_dataset, "the animal", "qp", None)
 
     def test_missing_bundle_directory_names_what_to_do(self, nuclei_dataset, tmp_path):
-        from conceptseg.jobs import segment_by_query
+        from conceptseg.runs.jobs import segment_by_query
 
         with pytest.raises(BundleError, match="tiny-bundle"):
             segment_by_query(nuclei_dataset, "the animal", "qp", str(tmp_path))

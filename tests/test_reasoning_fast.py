@@ -5,11 +5,11 @@ import dataclasses
 import numpy as np
 import pytest
 
-from conceptseg.checkpoint import load_bundle
+from conceptseg.model.checkpoint import load_bundle
 from conceptseg.errors import ConceptSegError
-from conceptseg.jobs import segment_by_demonstration
-from conceptseg.prompts import CompletionParseError, build_fast_prompt, parse_answer
-from conceptseg.router import make_router
+from conceptseg.runs.jobs import segment_by_demonstration
+from conceptseg.model.prompts import CompletionParseError, build_fast_prompt, parse_answer
+from conceptseg.routes.router import make_router
 from conceptseg.routes.reasoning import ReasoningRoute
 from conceptseg.routes.reasoning_fast import ReasoningFastRoute, RuleInductionError
 from conceptseg.testing import ScriptedPolicy
@@ -122,7 +122,7 @@ class TestSharded:
     def test_workers_reuse_the_recorded_rule_and_batch(self, plugin_installed, nuclei_dataset, tiny_bundle_dir):
         from fiftyone.operators.delegated import DelegatedOperationService
 
-        from conceptseg import shards
+        from conceptseg.runs.shards import queue as shards
         from conceptseg.testing import scripted_bundle
 
         full_prompts = []

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from conceptseg.checkpoint import is_official_checkpoint, load_bundle
-from conceptseg.episode import build_episode
-from conceptseg.policy import PolicyRequest
-from conceptseg.prompts import build_prompt
-from conceptseg.release import ReleaseError, processor_source
+from conceptseg.model.checkpoint import is_official_checkpoint, load_bundle
+from conceptseg.model.episode import build_episode
+from conceptseg.model.policy import PolicyRequest
+from conceptseg.model.prompts import build_prompt
+from conceptseg.model.release import ReleaseError, processor_source
 from conceptseg.routes.reasoning import ReasoningConfig, ReasoningRoute
 from conceptseg.segmenters.sam2 import Sam2SegmenterConfig
 from conceptseg.testing import TINY_BASE_ID, build_tiny_bundle, put_in_hub_cache, write_release_layout
@@ -67,7 +67,7 @@ class TestLayout:
         assert processor_source(path) == (path if with_files else TINY_BASE_ID)
 
     def test_without_a_segmenter_it_needs_sam3(self, release):
-        from conceptseg.errors import ConceptSegError
+        from conceptseg.errors import (ConceptSegError)
 
         # the segmenter it was trained with, not on this machine (nor in a transformers before SAM 3)
         with pytest.raises(ConceptSegError, match="facebook/sam3|SAM 3 needs transformers 5"):

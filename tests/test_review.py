@@ -6,7 +6,9 @@ import fiftyone as fo
 import numpy as np
 import pytest
 
-from conceptseg import jobs, review
+from conceptseg.runs import jobs
+from conceptseg.runs.names import run_key_for
+from conceptseg.runs import review
 from conceptseg.cli import main
 from conceptseg.datasets import two_classes as two_class_dataset
 from conceptseg.errors import ConceptSegError
@@ -93,7 +95,7 @@ def test_reject_absent_makes_a_negative_and_rerun_learns_from_it(loop):
     assert review.REJECTED_TAG in dataset[negative.id].tags
     out = review.rerun(dataset, "pred")
     assert out["round"] == 2 and out["demonstrations"] == 5 and out["negative_demonstrations"] == 1
-    config = dataset.get_run_info(jobs.run_key_for("pred")).config
+    config = dataset.get_run_info(run_key_for("pred")).config
     assert {shows_red.id, negative.id} <= set(config.demonstration_ids)
     rounds = review.review(dataset, "pred")["rounds"]
     assert [r["round"] for r in rounds] == [1, 2] and rounds[1]["accepted"] == 1 and rounds[1]["negatives"] == 1

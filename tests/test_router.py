@@ -5,7 +5,7 @@ import pytest
 
 from conceptseg.errors import ConceptSegError, DemonstrationError
 from conceptseg.metrics import score_sample
-from conceptseg.router import Router, make_router
+from conceptseg.routes.router import Router, make_router
 from conceptseg.routes import AppearanceConfig, AppearanceRoute
 from conceptseg.types import Demonstration, Target
 

@@ -8,8 +8,11 @@ import sys
 import fiftyone as fo
 import pytest
 
-from conceptseg import cli, jobs, runs
-from conceptseg.evaluation import evaluate
+from conceptseg import cli
+from conceptseg.runs import jobs
+from conceptseg.runs import records as runs
+from conceptseg.runs.delete import delete_run
+from conceptseg.runs.evaluation import evaluate
 
 
 def _segment(dataset, pred_field="pred", **kwargs):
@@ -95,7 +98,7 @@ class TestDeleteRun:
         gt = nuclei_dataset.values("ground_truth.mask_path")
         assert len(a_files) == 13 and all(os.path.isfile(p) for p in a_files)
 
-        report = runs.delete_run(nuclei_dataset, "a")
+        report = delete_run(nuclei_dataset, "a")
 
         assert report["run_keys"] == ["conceptseg_a"] and report["evaluations"] == ["ev_a"]
         assert report["files"] == 13
@@ -117,13 +120,13 @@ class TestDeleteRun:
         mine = str(tmp_path / "my_mask.png")
         sample.a.export_mask(mine, update=True)  # the user pointed one label at a file of their own
         sample.save()
-        runs.delete_run(nuclei_dataset, "a")
+        delete_run(nuclei_dataset, "a")
         assert os.path.isfile(mine)
 
     def test_unknown_run_lists_the_runs(self, nuclei_dataset, capsys):
         _segment(nuclei_dataset, "b")
         with pytest.raises(runs.RunNotFoundError, match=r"No conceptseg run wrote 'nope'.*write: b"):
-            runs.delete_run(nuclei_dataset, "nope")
+            delete_run(nuclei_dataset, "nope")
         assert cli.main(["delete-run", "--dataset", nuclei_dataset.name, "--pred-field", "nope"]) == 2
         assert "runs here write: b" in capsys.readouterr().err
         assert nuclei_dataset.list_runs() == ["conceptseg_b"] and len(nuclei_dataset.exists("b")) == 13
@@ -170,7 +173,7 @@ class TestRenamedRunResumes:
         labels = [l for l in nuclei_dataset.values("pred") if l is not None]
         assert len(labels) == 13 and {l.run_id for l in labels} == {run_id}
         assert {l.run_key for l in labels} == {"conceptseg_pred", "nuclei_run"}  # the key when written
-        assert runs.delete_run(nuclei_dataset, "pred")["run_keys"] == ["nuclei_run"]
+        assert delete_run(nuclei_dataset, "pred")["run_keys"] == ["nuclei_run"]
 
 
 class TestDeleteOperator:

@@ -14,12 +14,16 @@ import pytest
 from bson import ObjectId
 from fiftyone.operators.delegated import DelegatedOperationService
 
-from conceptseg import shards as sh
-from conceptseg import shards_watch as sw
+from conceptseg.runs.shards import queue as sh
+from conceptseg.runs.shards import worker as shard_worker
+from conceptseg.runs.shards import store as shard_store
+from conceptseg.runs.shards import watch as sw
 from conceptseg.cli import main
 from conceptseg.errors import ConceptSegError
-from conceptseg.jobs import default_output_dir, segment_by_demonstration
-from conceptseg.runs import delete_run, list_runs
+from conceptseg.runs.names import default_output_dir
+from conceptseg.runs.jobs import segment_by_demonstration
+from conceptseg.runs.delete import delete_run
+from conceptseg.runs.records import list_runs
 
 URI = sh.operator_uri()
 
@@ -127,7 +131,7 @@ class TestShardedRun:
             if done == 3:  # the user deletes the run while this shard runs
                 delete_run(dataset, "late")
 
-        result = sh.run_shard(dataset, params, op_id=None, progress=progress, heartbeat=0.0)
+        result = shard_worker.run_shard(dataset, params, op_id=None, progress=progress, heartbeat=0.0)
         assert seen == [1, 2, 3]  # the shard stopped at its next check
         assert result["ended"] == "run deleted" and result["segmented"] == 0
         dataset.reload()
@@ -153,7 +157,7 @@ class TestShardedRun:
             t.join()
         ran = [o for o in outcomes if o is not None]
         assert len(ran) == 1 and ran[0].error is None and ran[0].result["segmented"] == 13
-        (record,) = sh.shard_records(dataset, sw.shard_status(dataset, "once")["run_id"])
+        (record,) = shard_store.shard_records(dataset, sw.shard_status(dataset, "once")["run_id"])
         assert record["starts"] == 1 and record["state"] == "completed"
         assert len(dataset.exists("once")) == 13
 
@@ -163,7 +167,7 @@ class TestShardedRun:
         service = DelegatedOperationService()
         (op_id,) = queued["operations"]
         service.set_running(ObjectId(op_id))  # a worker on another machine claimed it ...
-        store, key = sh._store(dataset), sh._key(queued["run_id"], 0)
+        store, key = shard_store.execution_store(dataset), shard_store.record_key(queued["run_id"], 0)
         record = dict(store.get(key), state="running", host="gpu-node-7", pid=4242, heartbeat=time.time())
         store.set(key, record)
         assert sw.shard_status(dataset, "far", stale_after=60)["shards"][0]["dead"] is None
@@ -251,7 +255,7 @@ class TestWorkers:
         finally:
             for w in workers:
                 stop(w)
-        records = {r["index"]: r for r in sh.shard_records(dataset, queued["run_id"])}
+        records = {r["index"]: r for r in shard_store.shard_records(dataset, queued["run_id"])}
         assert records[0]["attempt"] == 2 and records[0]["resumed"] == kept >= 5  # finished targets not redone
         assert records[0]["segmented"] + records[0]["resumed"] == records[0]["targets"] == 65
         assert len(dataset.exists("pred")) == 130

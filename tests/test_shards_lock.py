@@ -9,11 +9,12 @@ from fiftyone.operators.delegated import DelegatedOperationService
 from fiftyone.operators.executor import ExecutionResult
 
 from conceptseg import cli
-from conceptseg import shards as sh
-from conceptseg import shards_watch as sw
-from conceptseg.jobs import segment_by_demonstration
-from conceptseg.locks import COLLECTION, FieldLockedError, field_lock, lock_id
-from conceptseg.runs import delete_run
+from conceptseg.runs.shards import queue as sh
+from conceptseg.runs.shards import store as shard_store
+from conceptseg.runs.shards import watch as sw
+from conceptseg.runs.jobs import segment_by_demonstration
+from conceptseg.runs.locks import COLLECTION, FieldLockedError, field_lock, lock_id
+from conceptseg.runs.delete import delete_run
 
 
 @pytest.fixture
@@ -82,7 +83,7 @@ class TestShardedRunHoldsItsField:
         queued = plain(demos, targets, "dead", shards=1)
         (op_id,) = queued["operations"]
         DelegatedOperationService().set_running(ObjectId(op_id))  # a worker elsewhere claimed it and went silent
-        store, key = sh._store(dataset), sh._key(queued["run_id"], 0)
+        store, key = shard_store.execution_store(dataset), shard_store.record_key(queued["run_id"], 0)
         store.set(key, dict(store.get(key), state="running", host="gpu-node-7", pid=4242,
                             heartbeat=time.time() - 600))
         with pytest.raises(FieldLockedError, match="still queued or running"):

@@ -10,10 +10,13 @@ import pytest
 from fiftyone.operators.delegated import DelegatedOperationService
 from threadpoolctl import threadpool_info
 
-from conceptseg import cli, threads
-from conceptseg import shards as sh
-from conceptseg import shards_watch as sw
-from conceptseg.jobs import segment_by_demonstration
+from conceptseg import cli
+from conceptseg import threads
+from conceptseg.runs.shards import queue as sh
+from conceptseg.runs.shards import worker as shard_worker
+from conceptseg.runs.shards import store as shard_store
+from conceptseg.runs.shards import watch as sw
+from conceptseg.runs.jobs import segment_by_demonstration
 
 
 @pytest.fixture
@@ -59,12 +62,12 @@ class TestShardShare:
         ops = DelegatedOperationService().get_queued_operations(operator=sh.operator_uri(), dataset_name=dataset.name)
         params = {str(op.id): op.context.request_params["params"] for op in ops}
         first = params[queued["operations"][0]]
-        store, other = sh._store(dataset), sh._key(queued["run_id"], 1)
+        store, other = shard_store.execution_store(dataset), shard_store.record_key(queued["run_id"], 1)
         me = psutil.Process()  # shard 2 runs in a live process on this host (this one stands in for it)
         store.set(other, dict(store.get(other), state="running", host=socket.gethostname(), pid=me.pid,
                               pid_started=me.create_time(), heartbeat=time.time()))
         seen = []
-        result = sh.run_shard(dataset, first, progress=lambda done, total: seen.append(threads.budget()))
+        result = shard_worker.run_shard(dataset, first, progress=lambda done, total: seen.append(threads.budget()))
         assert set(seen) == {max(1, threads.cores() // 2)} and result["threads"] == max(1, threads.cores() // 2)
         assert result["cpu_seconds"] > 0
         assert threads.budget() == threads.cores()  # given back after the shard
@@ -75,7 +78,7 @@ class TestShardShare:
         monkeypatch.setenv(threads.ENV, "")  # so that what the worker sets is undone after the test
         assert cli.main(["worker", "--dataset", dataset.name, "--threads", "1", "--exit-when-idle"]) == 0
         assert os.environ[threads.ENV] == "1"
-        (record,) = sh.shard_records(dataset, sw.shard_status(dataset, "fixed")["run_id"])
+        (record,) = shard_store.shard_records(dataset, sw.shard_status(dataset, "fixed")["run_id"])
         assert record["state"] == "completed" and record["threads"] == 1
 
     def test_worker_threads_below_one_is_refused(self, capsys):

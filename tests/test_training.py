@@ -10,10 +10,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conceptseg.checkpoint import load_bundle
-from conceptseg.episode import TARGET_SIZE
+from conceptseg.model.checkpoint import load_bundle
+from conceptseg.model.episode import TARGET_SIZE
 from conceptseg.errors import ConceptSegError
-from conceptseg.prompts import parse_completion
+from conceptseg.model.prompts import parse_completion
 from conceptseg.training import stage1
 from conceptseg.training.episodes import (
     EpisodeReport,
@@ -139,7 +139,7 @@ def test_score_gives_the_log_probabilities_of_the_forced_response(tiny_bundle_di
     bundle = load_bundle(tiny_bundle_dir, device="cpu")
     policy = bundle.policy
     episode = materialise(build_specs(_samples())[0])
-    from conceptseg.policy import PolicyRequest
+    from conceptseg.model.policy import PolicyRequest
 
     requests = [PolicyRequest(images=episode.images, text=episode.prompt)] * 2
     inputs, sequences, mask = policy.encode_with_response(requests, ["<think>x</think>", "<answer>a longer one</answer>"])

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conceptseg.errors import ConceptSegError
-from conceptseg.translator import (
+from conceptseg.model.translator import (
     CheckpointError,
     ConceptTranslator,
     TranslatorConfig,

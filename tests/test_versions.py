@@ -31,7 +31,7 @@ def _sam3_bundle(tiny_bundle_dir, tmp_path) -> str:
 
 
 def test_sam3_on_an_older_transformers_is_one_sentence_naming_the_version(tiny_bundle_dir, tmp_path, monkeypatch):
-    from conceptseg.checkpoint import load_bundle
+    from conceptseg.model.checkpoint import load_bundle
     from conceptseg.segmenters.sam3 import SAM3_TRANSFORMERS
 
     _pretend_transformers(monkeypatch, "4.51.3")

@@ -7,7 +7,7 @@ import fiftyone as fo
 import numpy as np
 import pytest
 
-from conceptseg import jobs
+from conceptseg.runs import jobs
 
 pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="video needs ffmpeg (scripts/setup.sh)")
 

@@ -8,8 +8,8 @@ import fiftyone.zoo.models as fozm
 import numpy as np
 import pytest
 
-from conceptseg.checkpoint import BundleError
-from conceptseg.zoo import ZOO, download_zoo_bundle
+from conceptseg.model.checkpoint import BundleError
+from conceptseg.model.zoo import ZOO, download_zoo_bundle
 from conceptseg.errors import ConceptSegError
 from conceptseg.metrics import score_sample
 
@@ -41,7 +41,7 @@ class TestZooSource:
         assert [p for p in os.listdir(tmp_path)] == []
 
     def test_unknown_names_list_the_known_ones(self, tmp_path, nuclei_dataset):
-        from conceptseg.jobs import segment_by_query
+        from conceptseg.runs.jobs import segment_by_query
 
         with pytest.raises(BundleError, match="known: conceptseg-r1-7b"):
             download_zoo_bundle("conceptseg-huge", str(tmp_path / "x"))
@@ -86,7 +86,7 @@ class TestApplyModel:
         assert model.router.routes[0].bundle.path == path
 
     def test_loads_without_arguments_and_apply_model_names_both_ways(self, plugin_installed, nuclei_dataset):
-        from conceptseg.zoo_model import ConceptSegModel
+        from conceptseg.runs.zoo_model import ConceptSegModel
 
         model = foz.load_zoo_model(TINY)
         assert isinstance(model, ConceptSegModel)
@@ -111,7 +111,7 @@ class TestApplyModel:
 
 class TestModelNames:
     def test_segment_accepts_a_zoo_name(self, plugin_installed, nuclei_dataset):
-        from conceptseg.jobs import segment_by_query
+        from conceptseg.runs.jobs import segment_by_query
 
         summary = segment_by_query(nuclei_dataset.limit(1), "the animal", "zq", TINY)
         assert summary["segmented"] == 1 and summary["route"] == "reasoning"
@@ -183,7 +183,7 @@ class TestReleaseThroughAStandInHub:
     def hub(self, tmp_path, monkeypatch):
         import huggingface_hub.constants
 
-        from conceptseg.checkpoint import load_bundle
+        from conceptseg.model.checkpoint import load_bundle
         from conceptseg.testing import (TINY_BASE_ID, StandInHub, build_tiny_bundle, build_tiny_sam3,
                                         write_release_layout)
 
@@ -202,8 +202,8 @@ class TestReleaseThroughAStandInHub:
     def test_everything_lands_in_the_zoo_dir_and_loads_offline(self, hub, tmp_path, monkeypatch):
         import huggingface_hub.constants
 
-        from conceptseg.checkpoint import load_bundle
-        from conceptseg.zoo import is_downloaded
+        from conceptseg.model.checkpoint import load_bundle
+        from conceptseg.model.zoo import is_downloaded
 
         monkeypatch.setenv("HF_TOKEN", "hf_granted")
         path = download_zoo_bundle("conceptseg-r1-7b", str(tmp_path / "zoo" / "conceptseg-r1-7b"))
@@ -222,7 +222,7 @@ class TestReleaseThroughAStandInHub:
 
     @pytest.mark.parametrize("token", [None, "hf_not_granted"])
     def test_a_missing_or_refused_token_says_what_to_do(self, hub, tmp_path, monkeypatch, token):
-        from conceptseg.zoo import GatedModelError
+        from conceptseg.model.zoo import GatedModelError
 
         if token:
             monkeypatch.setenv("HF_TOKEN", token)

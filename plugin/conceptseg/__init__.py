@@ -17,30 +17,30 @@ __version__ = "0.1.0"
 # name -> (module, attribute in it)
 _API = {
     # segment, evaluate, train
-    "segment_by_demonstration": ("conceptseg.jobs", "segment_by_demonstration"),
-    "segment_by_query": ("conceptseg.jobs", "segment_by_query"),
-    "evaluate": ("conceptseg.evaluation", "evaluate"),
-    "train_concept_policy": ("conceptseg.jobs", "train_concept_policy"),
+    "segment_by_demonstration": ("conceptseg.runs.jobs", "segment_by_demonstration"),
+    "segment_by_query": ("conceptseg.runs.jobs", "segment_by_query"),
+    "evaluate": ("conceptseg.runs.evaluation", "evaluate"),
+    "train_concept_policy": ("conceptseg.runs.jobs", "train_concept_policy"),
     # the engine without FiftyOne
-    "Router": ("conceptseg.router", "Router"),
+    "Router": ("conceptseg.routes.router", "Router"),
     "Demonstration": ("conceptseg.types", "Demonstration"),
     # runs on a dataset
-    "list_runs": ("conceptseg.runs", "list_runs"),
-    "delete_run": ("conceptseg.runs", "delete_run"),
+    "list_runs": ("conceptseg.runs.records", "list_runs"),
+    "delete_run": ("conceptseg.runs.delete", "delete_run"),
     # the labelling loop
-    "review": ("conceptseg.review", "review"),
-    "accept": ("conceptseg.review", "accept"),
-    "reject": ("conceptseg.review", "reject"),
-    "promote": ("conceptseg.review", "promote"),
-    "rerun": ("conceptseg.review", "rerun"),
+    "review": ("conceptseg.runs.review", "review"),
+    "accept": ("conceptseg.runs.review", "accept"),
+    "reject": ("conceptseg.runs.review", "reject"),
+    "promote": ("conceptseg.runs.review", "promote"),
+    "rerun": ("conceptseg.runs.review", "rerun"),
     # the concept library
-    "save_concept": ("conceptseg.library", "save"),
-    "apply_concept": ("conceptseg.library", "apply"),
-    "update_concept": ("conceptseg.library", "update"),
-    "list_concepts": ("conceptseg.library", "list_concepts"),
-    "export_concept": ("conceptseg.library", "export"),
-    "import_concept": ("conceptseg.library", "import_zip"),
-    "delete_concept": ("conceptseg.library", "delete"),
+    "save_concept": ("conceptseg.runs.library", "save"),
+    "apply_concept": ("conceptseg.runs.library", "apply"),
+    "update_concept": ("conceptseg.runs.library", "update"),
+    "list_concepts": ("conceptseg.runs.library", "list_concepts"),
+    "export_concept": ("conceptseg.runs.library", "export"),
+    "import_concept": ("conceptseg.runs.library", "import_zip"),
+    "delete_concept": ("conceptseg.runs.library", "delete"),
     # errors a caller may catch
     "ConceptSegError": ("conceptseg.errors", "ConceptSegError"),
 }

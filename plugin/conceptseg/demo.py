@@ -12,7 +12,7 @@ import os
 import cv2
 import numpy as np
 
-from conceptseg import demo_data
+from conceptseg.datasets import demo_data
 from conceptseg.imaging import to_rgb_float, to_uint8
 
 DATASET_NAME = "conceptseg-demo"
@@ -79,7 +79,8 @@ def _sample(media_dir, name, image, mask, concept, is_demo, ext=".png"):
 
 def run(name: str = DATASET_NAME, pred_field: str = "predictions") -> dict:
     """Builds the dataset, segments the nuclei by demonstration and scores the result."""
-    from conceptseg import evaluation, jobs
+    from conceptseg.runs import evaluation
+    from conceptseg.runs import jobs
 
     dataset = build_dataset(name)
     nuclei = dataset.load_saved_view(NUCLEI_VIEW)

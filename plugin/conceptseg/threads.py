@@ -5,7 +5,7 @@ threads, scikit-image's feature pool, OpenCV's pool, the BLAS and OpenMP pools o
 scikit-learn and torch. Two workers on two cores then run four or more busy threads and
 spend their time switching. A process therefore has one budget (:func:`set_threads`;
 ``CONCEPTSEG_THREADS`` in the environment, or every core the process may use) that every
-pool is limited to; a shard sets it to its share of the cores (:mod:`conceptseg.shards`).
+pool is limited to; a shard sets it to its share of the cores (:mod:`conceptseg.runs.shards.queue`).
 """
 
 from __future__ import annotations

@@ -151,7 +151,7 @@ class AppearanceRoute(Route):
 
     def segment_with_details(self, image: np.ndarray) -> tuple[np.ndarray, dict]:
         """The probability and its doubt: the forest's uncertainty over the region and its border."""
-        from conceptseg.doubt import probability_doubt
+        from conceptseg.routes.doubt import probability_doubt
 
         probability = self.segment(image)
         return probability, {"doubt": probability_doubt(probability, self.config.threshold)}

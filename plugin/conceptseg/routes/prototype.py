@@ -31,7 +31,7 @@ import numpy as np
 
 from conceptseg.errors import ConceptSegError, DemonstrationError
 from conceptseg.imaging import content_key
-from conceptseg.doubt import margin_doubt
+from conceptseg.routes.doubt import margin_doubt
 from conceptseg.routes.base import Route, mask_iou
 from conceptseg.types import Demonstration
 

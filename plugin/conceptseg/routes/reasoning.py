@@ -16,13 +16,13 @@ from typing import Sequence
 
 import numpy as np
 
-from conceptseg.doubt import check_doubt, probability_doubt
-from conceptseg.episode import TARGET_SIZE, BoxMap, build_episode, build_reference_episode
+from conceptseg.routes.doubt import check_doubt, probability_doubt
+from conceptseg.model.episode import TARGET_SIZE, BoxMap, build_episode, build_reference_episode
 from conceptseg.errors import ConceptSegError
-from conceptseg.execution import log_of
+from conceptseg.runs.execution import log_of
 from conceptseg.imaging import content_key, to_uint8
-from conceptseg.prefix import PrefixStore
-from conceptseg.prompts import CompletionParseError, PromptTemplate, box_iou, build_prompt, parse_completion
+from conceptseg.model.prefix import PrefixStore
+from conceptseg.model.prompts import CompletionParseError, PromptTemplate, box_iou, build_prompt, parse_completion
 from conceptseg.routes.base import Route
 from conceptseg.segmenters import is_sam3
 from conceptseg.segmenters.cache import check_finite_output
@@ -46,7 +46,7 @@ class ReasoningConfig:
             policy when it is confident (method.md §3.2), for text queries and, as in the
             official ConceptSeg evaluation, for demonstration episodes too
         reuse_prefix: encode the demonstrations' canvas once per run and reuse its key/value
-            cache for every target (conceptseg.prefix); the completions are the same
+            cache for every target (conceptseg.model.prefix); the completions are the same
     """
 
     question: str = DEFAULT_QUESTION
@@ -191,7 +191,7 @@ class ReasoningRoute(Route):
         except ConceptSegError as e:
             return e
         details["box"] = None if box is None else [int(v) for v in box]
-        # Doubt: how well this episode's <check> re-found the withheld box (see conceptseg.doubt).
+        # Doubt: how well this episode's <check> re-found the withheld box (see conceptseg.routes.doubt).
         probability = torch.sigmoid(torch.from_numpy(logits)).numpy().astype(np.float32)
         details["doubt"] = (check_doubt(details["check_iou"]) if "check_iou" in details
                             else probability_doubt(probability, self.config.threshold))
@@ -222,7 +222,7 @@ class ReasoningRoute(Route):
 
     def _episode(self, image: np.ndarray):
         """(request, target map, episode or None, whether a <check> is required) for one target."""
-        from conceptseg.policy import PolicyRequest
+        from conceptseg.model.policy import PolicyRequest
 
         demos = self._demonstrations
         template = self.config.prompt_template or getattr(self.bundle, "prompt_template", None)

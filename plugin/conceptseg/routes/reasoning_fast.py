@@ -3,7 +3,7 @@
 The reasoning route decodes a whole chain of thought (think, rule, check, box, answer) for
 every target. Here one full episode induces the rule (the leave-one-out episode of the
 verification: the first demonstration is the target and its box is withheld in the
-mosaic), and every target then gets :func:`conceptseg.prompts.build_fast_prompt`: the same
+mosaic), and every target then gets :func:`conceptseg.model.prompts.build_fast_prompt`: the same
 two images, the rule stated, and only ``<bbox>`` and ``<answer>`` asked for, so the policy
 writes a few dozen tokens instead of hundreds. The hidden states of that short answer feed
 the translator as usual.
@@ -21,7 +21,7 @@ import dataclasses
 from typing import Sequence
 
 from conceptseg.errors import ConceptSegError
-from conceptseg.prompts import CompletionParseError, build_fast_prompt, parse_answer
+from conceptseg.model.prompts import CompletionParseError, build_fast_prompt, parse_answer
 from conceptseg.routes.base import mask_iou
 from conceptseg.routes.reasoning import ReasoningRoute
 from conceptseg.types import Demonstration

@@ -248,7 +248,7 @@ class Sam3Segmenter:
     def from_config(cls, config: Sam3SegmenterConfig) -> "Sam3Segmenter":
         """Loads model and processor from ``config.path``; a mismatch between the weights and
         the model config is a ``CheckpointError`` listing the missing and unexpected keys."""
-        from conceptseg.hub import hf_token
+        from conceptseg.model.hub import hf_token
 
         path = _resolve_path(config.path)
         require_sam3()

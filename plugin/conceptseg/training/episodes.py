@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 import cv2
 import numpy as np
 
-from conceptseg.episode import (
+from conceptseg.model.episode import (
     MAX_REFERENCES,
     TARGET_SIZE,
     TILE_SIZE,
@@ -34,7 +34,7 @@ from conceptseg.episode import (
 )
 from conceptseg.errors import ConceptSegError
 from conceptseg.imaging import content_key
-from conceptseg.prompts import build_prompt
+from conceptseg.model.prompts import build_prompt
 from conceptseg.types import Demonstration
 
 Box = tuple[int, int, int, int]

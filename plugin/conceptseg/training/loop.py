@@ -145,7 +145,7 @@ class TrainResult:
 class StepContext:
     """What a stage's step function works with."""
 
-    policy: object  # conceptseg.policy.Policy (its model unwrapped)
+    policy: object  # conceptseg.model.policy.Policy (its model unwrapped)
     model: object  # the model forward passes with gradients go through (maybe DDP-wrapped)
     translator: torch.nn.Module
     segmenter: object
@@ -215,7 +215,7 @@ def _trainable_policy(bundle, config: TrainConfig, start_from: Callable | None =
 
 def _input_policy(model_path: str, device: str):
     """The policy model of the run's input (bundle or release; adapters merged), alone."""
-    from conceptseg.checkpoint import load_policy
+    from conceptseg.model.checkpoint import load_policy
 
     model = load_policy(model_path, device=device).model
     return model.merge_and_unload() if hasattr(model, "peft_config") else model
@@ -234,7 +234,7 @@ def enable_checkpointing(model) -> None:
 def _save_checkpoint(path: str, bundle, ctx: StepContext, accelerator, optimizer, step: int, base_policy: str | None,
                      base_adapter: str | None, copy_segmenter: bool) -> None:
     """A bundle at ``path`` plus the trainer state (optimizer, step, random states)."""
-    from conceptseg.checkpoint import save_bundle
+    from conceptseg.model.checkpoint import save_bundle
 
     os.makedirs(path, exist_ok=True)
     model = accelerator.unwrap_model(ctx.model)
@@ -335,7 +335,7 @@ def train(
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
 
-    from conceptseg.checkpoint import load_bundle
+    from conceptseg.model.checkpoint import load_bundle
     from conceptseg.training import stage1, stage2
 
     if not specs:

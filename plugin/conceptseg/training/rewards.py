@@ -3,7 +3,7 @@
 Total reward = format + box + mask IoU, at most 3 (method.md §2.5). Two sets: "official"
 (the default, the official code's semantics, at the end of this file) and "strict" (every
 reward needs the whole completion to parse, as inference does). In the strict set boxes use the
-inclusive-pixel convention of ``conceptseg.prompts.box_iou`` (width = x2 − x1 + 1) for
+inclusive-pixel convention of ``conceptseg.model.prompts.box_iou`` (width = x2 − x1 + 1) for
 both intersection and union; the official reward uses plain areas for its union, which
 differs by a pixel row and column and changes no ranking between rollouts.
 
@@ -17,7 +17,7 @@ import re
 
 import numpy as np
 
-from conceptseg.prompts import CompletionParseError, box_iou, parse_completion
+from conceptseg.model.prompts import CompletionParseError, box_iou, parse_completion
 
 Box = tuple[int, int, int, int]
 

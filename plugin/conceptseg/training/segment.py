@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from conceptseg.episode import TARGET_SIZE
+from conceptseg.model.episode import TARGET_SIZE
 from conceptseg.segmenters import is_sam3
 from conceptseg.training.episodes import TrainingEpisode
 

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import torch
 
-from conceptseg.policy import PolicyRequest
-from conceptseg.prompts import Completion, format_completion
+from conceptseg.model.policy import PolicyRequest
+from conceptseg.model.prompts import Completion, format_completion
 from conceptseg.training.grpo import mask_loss
 from conceptseg.training.segment import ground_truth, logits_600
 

@@ -19,8 +19,8 @@ import math
 import numpy as np
 import torch
 
-from conceptseg.policy import PolicyRequest
-from conceptseg.prompts import CompletionParseError, parse_completion
+from conceptseg.model.policy import PolicyRequest
+from conceptseg.model.prompts import CompletionParseError, parse_completion
 from conceptseg.training.grpo import group_advantages, mask_loss, policy_loss, total_loss
 from conceptseg.training.rewards import REWARDS, mask_iou_reward
 from conceptseg.training.segment import ground_truth, logits_600

@@ -1,0 +1,309 @@
+"""Whole runs over FiftyOne views: segment by demonstration, evaluate against ground truth.
+
+The CLI, the operators and Python users call these same two functions.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Callable
+
+import fiftyone as fo
+
+from conceptseg.errors import ConceptSegError, EmptyViewError
+from conceptseg.routes.router import DEFAULT_THRESHOLD, check_batch_size, make_router
+from conceptseg.runs import fiftyone_io as fio
+from conceptseg.runs.execution import report as execution_report
+from conceptseg.runs.locks import locks_output_field
+from conceptseg.runs.names import check_field_name, class_list, default_output_dir, instances_field_for, run_key_for
+from conceptseg.runs.outputs import writable_dir
+from conceptseg.runs.plan import (check_resume, ensure_mask_targets, finish_record, image_samples, load_model,
+                                  read_template, start_record, targets_to_do)
+from conceptseg.runs.records import run_identity
+from conceptseg.runs.video import as_frames
+from conceptseg.runs.writing import segment_targets
+
+Progress = Callable[[int, int], None]
+
+
+@locks_output_field  # one run per output field at a time (conceptseg.runs.locks)
+def segment_by_demonstration(
+    demonstrations: fo.core.collections.SampleCollection,
+    targets: fo.core.collections.SampleCollection,
+    mask_field: str,
+    pred_field: str,
+    route: str = "auto",
+    threshold: float = DEFAULT_THRESHOLD,
+    concept: str = "concept",
+    overwrite: bool = False,
+    resume: bool = False,
+    instances: bool = True,
+    output_dir: str | None = None,
+    model=None,
+    progress: Progress | None = None,
+    classes: list[str] | None = None,
+    resize_masks: bool = False,
+    prompt_template: str | None = None,
+    shards: int | None = None,
+    batch_size: int = 1,
+    source: dict | None = None,
+    prefix_reuse: bool = True,
+) -> dict:
+    """Learns the concept from ``demonstrations`` and writes masks on every target.
+
+    The concept is ``classes`` of ``mask_field`` (a Segmentation with mask targets,
+    Detections or Polylines; see :mod:`conceptseg.runs.classes`); without classes the field
+    must show one class on the demonstrations. A demonstration without any label of the
+    concept is a negative: it teaches background. Labels are read through the given
+    views, so their label filters count. Video datasets and clips are segmented frame by
+    frame (frame-level masks are the demonstrations; predictions become frame labels).
+
+    Writes a Segmentation per target in ``pred_field`` (a 0/1 PNG under ``output_dir``)
+    and, with ``instances``, its connected components as Detections in
+    ``<pred_field>_instances``. Each label carries route, verification, verified, rule,
+    reasoning, answer, parse_error, run_key and cost (seconds). The run is recorded as
+    the FiftyOne custom run ``conceptseg_<pred_field>`` on the dataset. Demonstrations are
+    never segmented as targets. ``model`` (a bundle directory, hub id or loaded Bundle)
+    makes the model routes available. Demonstration masks of another size than their
+    image are refused unless ``resize_masks``.
+
+    With ``resume``, targets that already hold a label from this run are skipped, so an
+    interrupted run finishes where it stopped; it must use the run's own settings. Labels
+    written by anything else are only replaced with ``overwrite``.
+
+    ``batch_size`` targets go through the route together (the reasoning route reads them in
+    one policy call; the labels are the same as one at a time). ``prefix_reuse=False`` encodes
+    every prompt whole instead of reusing the demonstrations' canvas (same labels). The
+    summary's ``execution`` says what ran: the batch size used (smaller after an
+    out-of-memory halving), every fallback with its reason, the prefix store's hits and misses.
+
+    With ``shards`` (N), nothing is segmented here: the route is chosen, the run recorded and
+    its targets queued as N delegated operations for ``fiftyone delegated launch`` workers
+    (see :mod:`conceptseg.runs.shards.queue`); the queued run is returned.
+
+    ``source`` says where demonstrations that are no samples of the targets' dataset come from
+    (a saved concept: :func:`conceptseg.runs.library.concept_source`); it is recorded as the run's
+    ``concept_source``, and its ``demonstration_ids`` (stable names) stand for the temporary
+    samples' ids in the run's record and on resume.
+
+    Returns a JSON-able summary (route, verification, counts, failures, timings).
+    """
+    check_batch_size(batch_size)
+    if shards is not None:
+        from conceptseg.runs.shards.queue import segment_sharded
+
+        return segment_sharded(demonstrations, targets, mask_field, pred_field, shards, route=route,
+                               threshold=threshold, concept=concept, overwrite=overwrite, resume=resume,
+                               instances=instances, output_dir=output_dir, model=model, classes=classes,
+                               resize_masks=resize_masks, prompt_template=prompt_template, batch_size=batch_size,
+                               prefix_reuse=prefix_reuse)
+    check_field_name(pred_field)
+    check_batch_size(batch_size)
+    if not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
+        raise ConceptSegError(f"threshold must be an IoU in [0, 1], got {threshold!r}.")
+    demonstrations = image_samples(demonstrations, mask_field)
+    targets, unreadable = as_frames(targets)
+    if len(demonstrations) == 0:
+        raise EmptyViewError(
+            "No demonstrations: select samples (or tag them) whose masks show the concept."
+        )
+    dataset = targets._root_dataset
+    run_key, run_id = run_identity(dataset, pred_field, resume, run_key_for(pred_field))
+    inst_field = instances_field_for(pred_field) if instances else None
+    if inst_field:
+        check_field_name(inst_field)
+    demo_ids = demonstrations.values("id")
+    targets = targets.exclude(demo_ids)
+    recorded_ids = list(source["demonstration_ids"]) if source else demo_ids
+    todo = targets_to_do(targets, pred_field, inst_field, mask_field, overwrite, resume, run_key, run_id)
+    out_dir = writable_dir(output_dir or default_output_dir(dataset, pred_field), "mask output directory")
+    classes = class_list(classes)
+    settings = dict(mask_field=mask_field, classes=classes, route_requested=route, threshold=threshold,
+                    model=model if isinstance(model, str) else None)
+    if resume and run_key in dataset.list_runs():
+        check_resume(dataset, run_key, recorded_ids, settings)
+
+    skipped = len(targets) - len(todo)  # before segmenting: the view is re-evaluated lazily
+    demos, found = fio.read_demonstrations(demonstrations, mask_field, classes=classes, resize_masks=resize_masks)
+    if concept == "concept" and found.classes:
+        concept = ", ".join(found.classes)
+    question = concept if concept != "concept" else None
+    router = make_router(route, threshold, bundle=load_model(model), question=question,
+                         prompt_template=read_template(prompt_template), prefix_reuse=prefix_reuse)
+    choice = router.choose(demos)
+    negatives = sum(1 for d in demos if not d.mask.any())
+    ensure_mask_targets(targets, pred_field, concept)
+    out_dir = os.path.abspath(out_dir)
+    start_record(targets, run_key, dict(
+        method="conceptseg.segment_by_demonstration",
+        run_id=run_id,
+        output_dir=out_dir,
+        pred_field=pred_field,
+        instances_field=inst_field,
+        demonstration_ids=recorded_ids,
+        negative_demonstrations=negatives,
+        box_only_detections=found.box_only,
+        route=choice.route.name,
+        verification=choice.verification,
+        verified=choice.verified,
+        reason=choice.reason,
+        rule=choice.route.rule(),
+        concept=concept,
+        frames=bool(targets._is_frames),
+        batch_size=batch_size,
+        prefix_reuse=bool(prefix_reuse),
+        warnings=found.warnings,
+        **({"concept_source": source} if source else {}),
+        **settings,
+    ))
+    seconds, failures = segment_targets(
+        router, choice, todo, pred_field, inst_field, concept, run_key, out_dir, progress, run_id, batch_size,
+    )
+    failures = unreadable + failures
+    summary = dict(
+        run_key=run_key,
+        pred_field=pred_field,
+        instances_field=inst_field,
+        classes=found.classes,
+        warnings=found.warnings,
+        route=choice.route.name,
+        verification=choice.verification,
+        verifications={v.route: v.scores for v in choice.verifications},
+        verified=choice.verified,
+        reason=choice.reason,
+        rule=choice.route.rule(),
+        demonstrations=len(demos),
+        negative_demonstrations=negatives,
+        box_only_detections=found.box_only,
+        targets=len(targets),
+        segmented=len(seconds),
+        skipped=skipped,
+        failures=failures,
+        fit_seconds=choice.fit_seconds,
+        seconds_per_target=(sum(seconds) / len(seconds)) if seconds else None,
+        execution=execution_report(choice.route, batch_size),
+    )
+    finish_record(dataset, run_key, summary)
+    return summary
+
+
+@locks_output_field
+def segment_by_query(
+    targets: fo.core.collections.SampleCollection,
+    text: str,
+    pred_field: str,
+    model,
+    concept: str | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
+    instances: bool = True,
+    output_dir: str | None = None,
+    progress: Progress | None = None,
+    prompt_template: str | None = None,
+    batch_size: int = 1,
+    prefix_reuse: bool = True,
+) -> dict:
+    """Reasoning segmentation: the policy reads ``text`` and each target, no demonstrations.
+
+    Labels and the run record are as in :func:`segment_by_demonstration`; verification is
+    unavailable (there is no withheld demonstration to check against).
+    """
+    from conceptseg.routes.router import RouteChoice
+    from conceptseg.types import Verification
+
+    if not text or not text.strip():
+        raise ConceptSegError("The query is empty: say what to segment, e.g. --text 'the animal'.")
+    check_field_name(pred_field)
+    check_batch_size(batch_size)
+    targets, unreadable = as_frames(targets)
+    bundle = load_model(model)
+    if bundle is None:
+        raise ConceptSegError("Text queries need a model: pass a bundle (--model DIR or a zoo name).")
+    dataset = targets._root_dataset
+    run_key, run_id = run_identity(dataset, pred_field, resume, run_key_for(pred_field))
+    inst_field = instances_field_for(pred_field) if instances else None
+    todo = targets_to_do(targets, pred_field, inst_field, None, overwrite, resume, run_key, run_id)
+    skipped = len(targets) - len(todo)  # before segmenting: the view is re-evaluated lazily
+    router = make_router("reasoning", bundle=bundle, question=text.strip(), prompt_template=read_template(prompt_template),
+                         prefix_reuse=prefix_reuse)
+    route = router.routes[0]
+    route.fit([])
+    choice = RouteChoice(route, [Verification(route.name)], verified=False,
+                         reason="text query: no demonstration to verify against")
+    concept = concept or text.strip()
+    out_dir = writable_dir(output_dir or default_output_dir(dataset, pred_field), "mask output directory")
+    ensure_mask_targets(targets, pred_field, concept)
+    out_dir = os.path.abspath(out_dir)
+    start_record(targets, run_key, dict(
+        method="conceptseg.segment_by_query", run_id=run_id, output_dir=out_dir,
+        pred_field=pred_field, instances_field=inst_field,
+        query=text, route=route.name, concept=concept, model=model if isinstance(model, str) else None,
+        batch_size=batch_size, prefix_reuse=bool(prefix_reuse),
+    ))
+    seconds, failures = segment_targets(
+        router, choice, todo, pred_field, inst_field, concept, run_key, out_dir, progress, run_id, batch_size,
+    )
+    failures = unreadable + failures
+    summary = dict(
+        run_key=run_key, pred_field=pred_field, instances_field=inst_field, route=route.name,
+        query=text, verification=None, verified=False, reason=choice.reason,
+        targets=len(targets), segmented=len(seconds), skipped=skipped, failures=failures,
+        seconds_per_target=(sum(seconds) / len(seconds)) if seconds else None,
+        execution=execution_report(route, batch_size),
+    )
+    finish_record(dataset, run_key, summary)
+    return summary
+
+
+def train_run_key(out_dir: str) -> str:
+    """The run record of a training run: named after its output directory."""
+    name = re.sub(r"\W+", "_", os.path.basename(os.path.normpath(out_dir))).strip("_").lower()
+    return f"conceptseg_train_{name or 'run'}"
+
+
+def train_concept_policy(
+    view: fo.core.collections.SampleCollection,
+    concept_field: str,
+    mask_field: str,
+    model: str,
+    out_dir: str,
+    config=None,
+    test_tag: str = "test",
+    num_demonstrations: int = 4,
+    progress: Callable[[int, int, dict], None] | None = None,
+) -> dict:
+    """Trains the bundle ``model`` on the view's concepts (stage ``config.stage``); a bundle lands in ``out_dir``.
+
+    Episodes pair each train sample with up to ``num_demonstrations`` other train samples
+    of its concept (drawn once, seeded). The run is recorded on the dataset as
+    ``conceptseg_train_<out_dir name>`` with its settings and, at the end, its summary.
+    Running again with the same ``out_dir`` resumes from the newest checkpoint there.
+    The summary is strict JSON (an unscorable reward is None, not NaN).
+    """
+    from conceptseg.training.episodes import EpisodeReport, build_specs
+    from conceptseg.training.loop import TrainConfig, json_ready, train
+
+    config = config or TrainConfig()
+    if len(view) == 0:
+        raise EmptyViewError("The view holds no samples; train on a view with concept-labelled masks.")
+    samples, left_out = fio.training_samples(view, concept_field, mask_field, test_tag=test_tag)
+    report = EpisodeReport()
+    specs = build_specs(samples, "train", num_demonstrations=num_demonstrations, seed=config.seed, report=report)
+    if not specs:
+        raise ConceptSegError(
+            f"No training episodes: no concept in {concept_field!r} has two or more train samples with masks "
+            f"in {mask_field!r} ({report.to_dict()['skipped_concepts']} concepts skipped, {left_out}). "
+            "Label more samples per concept."
+        )
+    dataset = view._dataset
+    run_key = train_run_key(out_dir)
+    settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(config).items()}
+    start_record(dataset, run_key, dict(method="conceptseg.train_concept_policy", model=model, out_dir=os.path.abspath(out_dir),
+                                      concept_field=concept_field, mask_field=mask_field, test_tag=test_tag, **settings))
+    result = train(model, specs, out_dir, config, report=report, progress=progress)
+    summary = dict(run_key=run_key, bundle=result.bundle, stage=config.stage, steps=result.steps,
+                   resumed_from=result.resumed_from, metrics_file=result.metrics_file,
+                   episodes=result.report, left_out=left_out, last=json_ready(result.last))
+    finish_record(dataset, run_key, summary)
+    return summary
