@@ -65,7 +65,7 @@ def _coarse(box, grid: int = 100):
 
 
 def _sft_response(episode) -> str:
-    from conceptseg.model.prompts import (Completion, format_completion)
+    from conceptseg.model.prompts import Completion, format_completion
 
     # Rule and answer words that do not name the concept: the format must carry over to
     # held-out concepts, whose names the warm start never shows. Coarse boxes: a tiny
@@ -133,7 +133,8 @@ def main() -> None:
     from conceptseg.testing import build_tiny_bundle
     from conceptseg.training import stage2
     from conceptseg.training.episodes import materialise
-    from conceptseg.training.loop import StepContext, TrainConfig, _trainable_policy
+    from conceptseg.training.loop import StepContext, _trainable_policy
+    from conceptseg.training.config import TrainConfig
     from conceptseg.training.procedural import concept_names
 
     began = time.perf_counter()

@@ -76,7 +76,8 @@ class _Clock:
 
 def run(config_name: str, gradient_checkpointing: bool, args, parts) -> list[dict]:
     from conceptseg.training import stage2
-    from conceptseg.training.loop import StepContext, TrainConfig, _trainable_policy, enable_checkpointing
+    from conceptseg.training.loop import StepContext, _trainable_policy, enable_checkpointing
+    from conceptseg.training.config import TrainConfig
 
     policy, translator, segmenter, episode = parts
     config = TrainConfig(stage=2, group_size=args.group_size, max_new_tokens=args.max_new_tokens,

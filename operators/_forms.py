@@ -169,7 +169,7 @@ def prompt_template_input(ctx, inputs) -> None:
     path = ctx.params.get("prompt_template")
     if path:
         from conceptseg.errors import ConceptSegError
-        from conceptseg.model.prompts import load_prompt_template
+        from conceptseg.model.templates import load_prompt_template
 
         try:
             load_prompt_template(path)

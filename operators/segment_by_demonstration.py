@@ -73,22 +73,7 @@ class SegmentByDemonstration(foo.Operator):
             classes = ctx.params.get("classes") or (picker.default if picker is not None else None)
         # The selected samples are the demonstrations, never targets: no "Current selection".
         inputs.view_target(ctx, default_target="CURRENT_VIEW", allow_selected_samples=False)
-        pred = inputs.str(
-            "pred_field",
-            default="predictions",
-            required=True,
-            label="Output field",
-            description="A Segmentation field; instances go to <field>_instances",
-        )
-        overwrite = ctx.params.get("overwrite", False)
-        resume = ctx.params.get("resume", False)
-        name = ctx.params.get("pred_field") or "predictions"
-        bad_name = field_name_problem(name)
-        if bad_name:
-            pred.invalid, pred.error_message = True, bad_name
-        elif ctx.dataset is not None and ctx.view.has_field(name) and not (overwrite or resume):
-            pred.invalid = True
-            pred.error_message = f"{name!r} exists: tick overwrite or resume, or choose another name."
+        name = _output_field(inputs, ctx)
         inputs.enum("route", list(ROUTES), default="auto", label="Route", view=types.DropdownView())
         route = ctx.params.get("route") or "auto"
         needed = {"reasoning": "The reasoning routes need a model: give a bundle directory, Hugging Face id or zoo name.",
@@ -114,16 +99,7 @@ class SegmentByDemonstration(foo.Operator):
         inputs.int("shards", default=1, min=1, label="Shards",
                    description="Above 1: the route is chosen now and the targets are queued as this many "
                                "delegated operations, run by `fiftyone delegated launch` workers")
-        if ctx.dataset is not None:
-            targets = ctx.target_view()
-            n = targets.exclude(demos.values("id")).count() if demos is not None else targets.count()
-            if n or demos is None:
-                inputs.view("estimate", types.Notice(label=f"{n} target(s). " + _estimate(ctx, n)))
-            else:  # demonstrations are never their own targets, so the run would have nothing to do
-                empty = inputs.view("estimate", types.Warning(
-                    label="No targets: the target view holds only the demonstrations. Choose the current "
-                          "view or the dataset."))
-                empty.invalid = True
+        _targets_notice(inputs, ctx, demos)
         return types.Property(inputs, view=types.View(label="Segment by demonstration"))
 
     def execute(self, ctx):
@@ -279,3 +255,38 @@ def _measured_seconds(dataset, route: str):
 
 def _score(value) -> str:
     return "unavailable" if value is None else f"{value:.3f}"
+
+
+def _output_field(inputs, ctx) -> str:
+    """The output field's input, refused in the form when its name is not allowed or it exists already."""
+    pred = inputs.str(
+        "pred_field",
+        default="predictions",
+        required=True,
+        label="Output field",
+        description="A Segmentation field; instances go to <field>_instances",
+    )
+    overwrite = ctx.params.get("overwrite", False)
+    resume = ctx.params.get("resume", False)
+    name = ctx.params.get("pred_field") or "predictions"
+    bad_name = field_name_problem(name)
+    if bad_name:
+        pred.invalid, pred.error_message = True, bad_name
+    elif ctx.dataset is not None and ctx.view.has_field(name) and not (overwrite or resume):
+        pred.invalid = True
+        pred.error_message = f"{name!r} exists: tick overwrite or resume, or choose another name."
+    return name
+
+
+def _targets_notice(inputs, ctx, demos) -> None:
+    """How many targets the run will segment and how long it may take; refused when there are none."""
+    if ctx.dataset is not None:
+        targets = ctx.target_view()
+        n = targets.exclude(demos.values("id")).count() if demos is not None else targets.count()
+        if n or demos is None:
+            inputs.view("estimate", types.Notice(label=f"{n} target(s). " + _estimate(ctx, n)))
+        else:  # demonstrations are never their own targets, so the run would have nothing to do
+            empty = inputs.view("estimate", types.Warning(
+                label="No targets: the target view holds only the demonstrations. Choose the current "
+                      "view or the dataset."))
+            empty.invalid = True

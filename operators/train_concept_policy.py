@@ -53,7 +53,7 @@ class TrainConceptPolicy(foo.Operator):
 
     def execute(self, ctx):
         from conceptseg.runs.jobs import train_concept_policy
-        from conceptseg.training.loop import TrainConfig
+        from conceptseg.training.config import TrainConfig
 
         params = ctx.params
         stage = int(params.get("stage", 2))

@@ -42,7 +42,7 @@ def pytest_collection_modifyitems(config, items):
     """Tests marked ``sam3`` skip on a transformers without SAM 3 (scripts/test_lowest.sh's)."""
     if not any(item.get_closest_marker("sam3") for item in items):
         return
-    from conceptseg.segmenters.sam3 import sam3_problem
+    from conceptseg.segmenters.sam3_text import sam3_problem
 
     problem = sam3_problem()
     if problem:

@@ -19,13 +19,8 @@ from conceptseg.runs import jobs
 from conceptseg.runs import fiftyone_io as fio
 from conceptseg.datasets import two_classes as two_class_dataset
 from conceptseg.errors import ConceptSegError, DemonstrationError
-from conceptseg.model.prompts import (
-    MAX_TEMPLATE_CHARS,
-    PromptTemplate,
-    PromptTemplateError,
-    build_prompt,
-    load_prompt_template,
-)
+from conceptseg.model.templates import MAX_TEMPLATE_CHARS, PromptTemplate, PromptTemplateError, load_prompt_template
+from conceptseg.model.prompts import build_prompt
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -228,7 +223,8 @@ def _episode_specs():
 
 def test_trainer_state_loads_weights_only_and_resumes(tiny_bundle_dir, tmp_path):
     from conceptseg.training.checkpoints import STATE_FILE
-    from conceptseg.training.loop import TrainConfig, latest_checkpoint, load_trainer_state, train
+    from conceptseg.training.config import TrainConfig
+    from conceptseg.training.loop import latest_checkpoint, load_trainer_state, train
 
     out = str(tmp_path / "run")
     train(tiny_bundle_dir, _episode_specs(), out, TrainConfig(stage=1, steps=1, save_every=1, seed=3))

@@ -8,18 +8,9 @@ import pytest
 
 from conceptseg.model.episode import format_boxes
 from conceptseg.errors import ConceptSegError
-from conceptseg.model.prompts import (
-    SYSTEM_PROMPT,
-    BoxFormatError,
-    Completion,
-    CompletionParseError,
-    MissingTagError,
-    TagOrderError,
-    box_iou,
-    build_prompt,
-    format_completion,
-    parse_completion,
-)
+from conceptseg.model.prompts import (SYSTEM_PROMPT, BoxFormatError, Completion, CompletionParseError,
+                                      MissingTagError, TagOrderError, box_iou, build_prompt, format_completion,
+                                      parse_completion)
 
 REFS = [(310, 20, 450, 200), (15, 320, 120, 580), (305, 305, 599, 599)]
 GOOD = (
@@ -417,7 +408,7 @@ class TestBoxIou:
 
 class TestPromptTemplate:
     def test_missing_placeholders_are_named(self):
-        from conceptseg.model.prompts import PromptTemplate, PromptTemplateError
+        from conceptseg.model.templates import PromptTemplate, PromptTemplateError
 
         with pytest.raises(PromptTemplateError, match=r"lacks the placeholders \{question\}, \{output_format\}"):
             PromptTemplate("Find the thing.", "t.txt")
@@ -425,7 +416,7 @@ class TestPromptTemplate:
             PromptTemplate("Find {question}.")
 
     def test_unknown_placeholders_and_stray_braces_are_refused(self):
-        from conceptseg.model.prompts import PromptTemplate, PromptTemplateError
+        from conceptseg.model.templates import PromptTemplate, PromptTemplateError
 
         with pytest.raises(PromptTemplateError, match=r"unknown placeholders \{ref_bboxes\}; known: \{question\}"):
             PromptTemplate("{question} {ref_bboxes} {output_format}")
@@ -434,7 +425,7 @@ class TestPromptTemplate:
         assert "{x}" in PromptTemplate("{question} {{x}} {output_format}").render("q", [], True, False)
 
     def test_render_fills_every_placeholder(self):
-        from conceptseg.model.prompts import PromptTemplate
+        from conceptseg.model.templates import PromptTemplate
 
         t = PromptTemplate("Q={question}|B={reference_boxes}|C={check}|F={output_format}")
         with_check = t.render(" cat ", [(0, 0, 9, 9)], True, True)
@@ -445,7 +436,7 @@ class TestPromptTemplate:
         assert build_prompt("cat", with_references=False, template=t) == plain
 
     def test_file_is_read_and_checked(self, tmp_path):
-        from conceptseg.model.prompts import PromptTemplateError, load_prompt_template
+        from conceptseg.model.templates import PromptTemplateError, load_prompt_template
 
         path = tmp_path / "official.txt"
         path.write_text("Locate {question}.\n{output_format}\n", encoding="utf-8")

@@ -18,10 +18,10 @@ from conceptseg.routes.appearance import AppearanceConfig, AppearanceRoute
 from conceptseg.routes.prototype import (
     PrototypeConfig,
     PrototypeRoute,
-    _central_cell,
     _decode,
     content_key,
 )
+from conceptseg.routes.prototype_prompts import central_cell
 from conceptseg.segmenters.sam2 import Sam2Segmenter, Sam2SegmenterConfig
 from conceptseg.types import Demonstration
 
@@ -213,7 +213,7 @@ class TestTinyMasks:
         ring = np.zeros((128, 128), bool)
         yy, xx = np.mgrid[:128, :128]
         ring[np.abs(np.hypot(yy - 64, xx - 64) - 30) < 1] = True  # centroid (64, 64) is off the ring
-        i, j = _central_cell(ring, (16, 16))
+        i, j = central_cell(ring, (16, 16))
         assert ring[i * 8 : (i + 1) * 8, j * 8 : (j + 1) * 8].any()
         assert (i, j) != (8, 8)
 

@@ -176,7 +176,7 @@ class TestReasoningRoute:
         assert details["truncated"] is True and details["parse_error"].startswith("cut at 32 tokens (max_new_tokens)")
 
     def test_a_prompt_template_replaces_the_wording(self, tiny_bundle, nuclei_tiles):
-        from conceptseg.model.prompts import PromptTemplate
+        from conceptseg.model.templates import PromptTemplate
         from conceptseg.routes.reasoning import ReasoningConfig
 
         seen = []

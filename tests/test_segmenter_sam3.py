@@ -11,15 +11,8 @@ import pytest
 import torch
 
 from conceptseg.errors import ConceptSegError
-from conceptseg.segmenters.sam3 import (
-    CheckpointError,
-    Sam3Prediction,
-    Sam3Segmenter,
-    Sam3SegmenterConfig,
-    shortcut_threshold,
-    shortcut_word_count,
-    text_shortcut,
-)
+from conceptseg.segmenters.sam3 import CheckpointError, Sam3Prediction, Sam3Segmenter, Sam3SegmenterConfig
+from conceptseg.segmenters.sam3_text import shortcut_threshold, shortcut_word_count, text_shortcut
 from conceptseg.testing import build_tiny_sam3
 
 pytestmark = pytest.mark.sam3

@@ -23,7 +23,8 @@ from conceptseg.training.episodes import (
     in_memory,
     materialise,
 )
-from conceptseg.training.loop import TrainConfig, latest_checkpoint, train
+from conceptseg.training.config import TrainConfig
+from conceptseg.training.loop import latest_checkpoint, train
 from conceptseg.training.procedural import generate
 
 

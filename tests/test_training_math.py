@@ -82,7 +82,7 @@ class TestOfficialRewards:
 
 class TestSchedule:
     def test_linear_is_the_trainers_without_warmup(self):
-        from conceptseg.training.loop import TrainConfig
+        from conceptseg.training.config import TrainConfig
 
         config = TrainConfig(steps=4)
         assert [config.lr_factor(s) for s in (1, 2, 3, 4)] == [1.0, 0.75, 0.5, 0.25]

@@ -32,7 +32,7 @@ def _sam3_bundle(tiny_bundle_dir, tmp_path) -> str:
 
 def test_sam3_on_an_older_transformers_is_one_sentence_naming_the_version(tiny_bundle_dir, tmp_path, monkeypatch):
     from conceptseg.model.checkpoint import load_bundle
-    from conceptseg.segmenters.sam3 import SAM3_TRANSFORMERS
+    from conceptseg.segmenters.sam3_text import SAM3_TRANSFORMERS
 
     _pretend_transformers(monkeypatch, "4.51.3")
     with pytest.raises(ConceptSegError) as err:
@@ -63,7 +63,7 @@ def test_this_transformers_runs_the_sam3_tests_or_says_why_not():
     import transformers
     from packaging.version import Version
 
-    from conceptseg.segmenters.sam3 import SAM3_TRANSFORMERS, sam3_problem
+    from conceptseg.segmenters.sam3_text import SAM3_TRANSFORMERS, sam3_problem
 
     if Version(transformers.__version__) >= Version(SAM3_TRANSFORMERS):
         assert sam3_problem() is None  # tests marked sam3 run here

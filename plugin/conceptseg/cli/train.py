@@ -25,7 +25,7 @@ def cmd_train(args) -> int:
     from conceptseg.model.episode import MAX_REFERENCES
     from conceptseg.runs.jobs import train_concept_policy
     from conceptseg.runs.outputs import creatable_dir
-    from conceptseg.training.loop import TrainConfig
+    from conceptseg.training.config import TrainConfig
 
     if not 1 <= args.demonstrations <= MAX_REFERENCES:
         raise ConceptSegError(

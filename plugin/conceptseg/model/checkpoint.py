@@ -274,7 +274,7 @@ def load_bundle(path: str, device: str | None = None, segmenter_config=None):
                                         config=PolicyConfig(max_new_tokens=max_new_tokens, device=device))
     template = None
     if spec.get("prompt_template"):
-        from conceptseg.model.prompts import load_prompt_template
+        from conceptseg.model.templates import load_prompt_template
 
         template = load_prompt_template(_resolve(spec["prompt_template"], path))
     return Bundle(policy=policy, translator=translator.to(policy.device).eval(), segmenter=segmenter, spec=spec,

@@ -33,6 +33,8 @@ from conceptseg.errors import ConceptSegError, DemonstrationError
 from conceptseg.imaging import content_key
 from conceptseg.routes.doubt import margin_doubt
 from conceptseg.routes.base import Route, mask_iou
+from conceptseg.routes.prototype_prompts import (Pooled, cell_centre, central_cell, cell_coverage, extrema, pack,
+                                                 prototypes, region_prompts, upsample)
 from conceptseg.types import Demonstration
 
 if TYPE_CHECKING:
@@ -142,15 +144,6 @@ def _decode(segmenter, key: str, points, labels, concept_tokens=None):
     return F.interpolate(low_res.float(), (h, w), mode="bilinear", align_corners=False)[:, 0]
 
 
-@dataclass
-class _Pooled:
-    """One demonstration's mean feature vectors (C,) under and outside its mask."""
-
-    foreground: torch.Tensor
-    background: torch.Tensor | None
-    fallback: bool  # the mask covered no cell enough; its centroid cell stood in
-
-
 class PrototypeRoute(Route):
     """Cosine similarity to a prototype of the demonstrations' SAM 2 features → SAM 2 prompts."""
 
@@ -175,7 +168,7 @@ class PrototypeRoute(Route):
     def fit(self, demonstrations: Sequence[Demonstration]) -> None:
         """Builds the prototypes from all demonstrations (each embedded once, then cached)."""
         pooled = [self._pool(d) for d in demonstrations]
-        self._foreground, self._background = _prototypes(pooled)
+        self._foreground, self._background = prototypes(pooled)
         self._num_demonstrations = len(pooled)
         self._num_fallbacks = sum(p.fallback for p in pooled)
 
@@ -192,12 +185,12 @@ class PrototypeRoute(Route):
         # images than there are demonstrations, the most recently embedded are still cached.
         for i in reversed(range(len(demonstrations))):
             held_out = demonstrations[i]
-            foreground, background = _prototypes([p for j, p in enumerate(pooled) if j != i])
+            foreground, background = prototypes([p for j, p in enumerate(pooled) if j != i])
             probability, _ = self._segment(held_out.image, foreground, background)
             scores[held_out.id or str(i)] = mask_iou(probability > self.config.threshold, held_out.mask)
         return {(d.id or str(i)): scores[d.id or str(i)] for i, d in enumerate(demonstrations)}
 
-    def _pool(self, demonstration: Demonstration) -> _Pooled:
+    def _pool(self, demonstration: Demonstration) -> Pooled:
         """Embeds a demonstration and averages its features under and outside its mask."""
         import torch
 
@@ -209,12 +202,12 @@ class PrototypeRoute(Route):
             )
         embed = self._embedding(demonstration.image)  # C x h x w
         c, h, w = embed.shape
-        coverage = _coverage(mask, (h, w))
+        coverage = cell_coverage(mask, (h, w))
         fg_weights = np.where(coverage >= self.config.min_coverage, coverage, 0.0)
         fallback = not fg_weights.any()
         if fallback:  # the mask vanishes on the grid: the cell under its most central pixel
             fg_weights = np.zeros_like(coverage)
-            fg_weights[_central_cell(mask, (h, w))] = 1.0
+            fg_weights[central_cell(mask, (h, w))] = 1.0
         bg = 1.0 - coverage
         bg_weights = np.where(bg >= self.config.min_coverage, bg, 0.0)
         if not bg_weights.any():  # nearly all concept: any background there is will do
@@ -226,7 +219,7 @@ class PrototypeRoute(Route):
             return flat @ wt / wt.sum()
 
         background = mean(bg_weights) if bg_weights.any() else None
-        return _Pooled(mean(fg_weights), background, fallback)
+        return Pooled(mean(fg_weights), background, fallback)
 
     # ---- segmenting -------------------------------------------------------------------
 
@@ -245,7 +238,7 @@ class PrototypeRoute(Route):
         if self._foreground is None:
             raise RuntimeError("PrototypeRoute.fit(demonstrations) must be called before segmenting.")
         key = self._embed(image)
-        return _upsample(self._score(key, self._foreground, self._background), image.shape[:2])
+        return upsample(self._score(key, self._foreground, self._background), image.shape[:2])
 
     def _segment(self, image: np.ndarray, foreground, background) -> tuple[np.ndarray, dict]:
         import torch
@@ -254,16 +247,16 @@ class PrototypeRoute(Route):
         key = self._embed(image)
         score = self._score(key, foreground, background)  # h x w
         size = image.shape[:2]
-        upsampled = _upsample(score, size)
+        upsampled = upsample(score, size)
         best = float(score.max())
         above = upsampled > c.min_similarity
         if not above.any():
             doubt = margin_doubt(upsampled, above, c.min_similarity)
             return np.zeros(size, np.float32), {"max_similarity": best, "regions": 0, "doubt": doubt}
-        prompts = _region_prompts(score, upsampled, above, c)
-        negatives = _extrema(-score, c.num_negative_points, threshold=None)
-        neg_xy = [_cell_centre(cell, score.shape, size) for cell in negatives]
-        points, labels = _pack(prompts, neg_xy)
+        prompts = region_prompts(score, upsampled, above, c)
+        negatives = extrema(-score, c.num_negative_points, threshold=None)
+        neg_xy = [cell_centre(cell, score.shape, size) for cell in negatives]
+        points, labels = pack(prompts, neg_xy)
         tokens = foreground.reshape(1, 1, -1) if c.use_concept_token else None
         with torch.no_grad():
             logits = _decode(self.segmenter, key, torch.as_tensor(points), torch.as_tensor(labels), tokens)
@@ -328,104 +321,17 @@ class PrototypeRoute(Route):
 # ---- helpers --------------------------------------------------------------------------
 
 
-def _prototypes(pooled: Sequence[_Pooled]):
-    """Foreground and background prototypes: the means over demonstrations (each counts once)."""
-    import torch
-
-    foreground = torch.stack([p.foreground for p in pooled]).mean(0)
-    backgrounds = [p.background for p in pooled if p.background is not None]
-    background = torch.stack(backgrounds).mean(0) if backgrounds else None
-    return foreground, background
 
 
-def _coverage(mask: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
-    """Fraction of each grid cell the mask covers (h x w float32), by area."""
-    import cv2
-
-    h, w = grid
-    return cv2.resize(mask.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA)
 
 
-def _central_cell(mask: np.ndarray, grid: tuple[int, int]) -> tuple[int, int]:
-    """The grid cell under the mask pixel nearest the mask's centroid (on the mask, even for rings)."""
-    ys, xs = np.nonzero(mask)
-    i = int(np.argmin((ys - ys.mean()) ** 2 + (xs - xs.mean()) ** 2))
-    (height, width), (h, w) = mask.shape, grid
-    return min(ys[i] * h // height, h - 1), min(xs[i] * w // width, w - 1)
 
 
-def _upsample(score, size: tuple[int, int]) -> np.ndarray:
-    """h x w tensor → HxW float32 numpy, bilinear as SAM 2 upsamples its masks."""
-    import torch.nn.functional as F
-
-    up = F.interpolate(score[None, None], size, mode="bilinear", align_corners=False)[0, 0]
-    return up.cpu().numpy().astype(np.float32)
 
 
-def _extrema(score, k: int, threshold: float | None) -> list[tuple[int, int]]:
-    """Up to k local maxima (3x3) of an h x w tensor above threshold, best first, as (row, col)."""
-    import torch
-    import torch.nn.functional as F
-
-    if k <= 0:
-        return []
-    peak = score == F.max_pool2d(score[None, None], 3, stride=1, padding=1)[0, 0]
-    if threshold is not None:
-        peak &= score > threshold
-    rows, cols = torch.nonzero(peak, as_tuple=True)
-    order = torch.argsort(score[rows, cols], descending=True, stable=True)
-    return [(int(rows[i]), int(cols[i])) for i in order[:k]]
 
 
-def _cell_centre(cell: tuple[int, int], grid: tuple[int, int], size: tuple[int, int]) -> list[float]:
-    """XY pixel (SAM 2's convention: pixel indices) of a grid cell's centre in the image."""
-    (i, j), (h, w), (height, width) = cell, grid, size
-    return [(j + 0.5) * width / w - 0.5, (i + 0.5) * height / h - 0.5]
 
 
-def _region_prompts(score, upsampled: np.ndarray, above: np.ndarray, c: PrototypeConfig) -> list[dict]:
-    """Per region (connected above-threshold pixels), best first: positive points and a box."""
-    import cv2
-
-    _, labels, stats, _ = cv2.connectedComponentsWithStats(above.astype(np.uint8), connectivity=8)
-    size, grid = above.shape, tuple(score.shape)
-    regions: dict[int, list[list[float]]] = {}
-    for cell in _extrema(score, score.numel(), threshold=c.min_similarity):
-        x, y = _cell_centre(cell, grid, size)
-        label = int(labels[min(max(round(y), 0), size[0] - 1), min(max(round(x), 0), size[1] - 1)])
-        if label == 0:  # the peak's own pixel fell below the threshold after upsampling
-            continue
-        if label not in regions and len(regions) == c.max_regions:
-            continue
-        points = regions.setdefault(label, [])
-        if len(points) < c.num_positive_points:
-            points.append([x, y])
-        if len(regions) == c.max_regions and all(len(p) == c.num_positive_points for p in regions.values()):
-            break
-    if not regions:  # no grid peak lands in a region: the best pixel speaks for the image
-        y, x = np.unravel_index(int(np.argmax(upsampled)), size)
-        regions[int(labels[y, x])] = [[float(x), float(y)]]
-    prompts = []
-    for label, positives in regions.items():
-        x0, y0, bw, bh = (int(v) for v in stats[label, :4])
-        box = [float(x0), float(y0), float(x0 + bw), float(y0 + bh)] if c.use_box else None
-        prompts.append({"positives": positives, "box": box})
-    return prompts
 
 
-def _pack(prompts: list[dict], negatives: list[list[float]]) -> tuple[np.ndarray, np.ndarray]:
-    """B prompts → BxNx2 float32 points and BxN int32 labels (box corners first, then -1 pads)."""
-    rows = []
-    for p in prompts:
-        pts = [(xy, 1) for xy in p["positives"]] + [(xy, 0) for xy in negatives]
-        if p["box"] is not None:
-            x0, y0, x1, y1 = p["box"]
-            pts = [([x0, y0], 2), ([x1, y1], 3)] + pts
-        rows.append(pts)
-    n = max(len(r) for r in rows)
-    points = np.zeros((len(rows), n, 2), np.float32)
-    labels = np.full((len(rows), n), -1, np.int32)
-    for b, row in enumerate(rows):
-        for k, (xy, label) in enumerate(row):
-            points[b, k], labels[b, k] = xy, label
-    return points, labels

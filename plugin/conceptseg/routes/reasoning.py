@@ -22,7 +22,8 @@ from conceptseg.errors import ConceptSegError
 from conceptseg.runs.execution import log_of
 from conceptseg.imaging import content_key, to_uint8
 from conceptseg.model.prefix import PrefixStore
-from conceptseg.model.prompts import CompletionParseError, PromptTemplate, box_iou, build_prompt, parse_completion
+from conceptseg.model.prompts import CompletionParseError, box_iou, build_prompt, parse_completion
+from conceptseg.model.templates import PromptTemplate
 from conceptseg.routes.base import Route
 from conceptseg.segmenters import is_sam3
 from conceptseg.segmenters.cache import check_finite_output

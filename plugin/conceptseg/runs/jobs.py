@@ -1,6 +1,7 @@
-"""Whole runs over FiftyOne views: segment by demonstration, evaluate against ground truth.
+"""Whole runs over FiftyOne views: segment by demonstration, by text query, and train the policy.
 
-The CLI, the operators and Python users call these same two functions.
+The CLI, the operators and Python users call these same functions; each follows the run plan
+(:mod:`conceptseg.runs.plan`) and writes labels through :mod:`conceptseg.runs.writing`.
 """
 
 from __future__ import annotations
@@ -16,9 +17,8 @@ from conceptseg.routes.router import DEFAULT_THRESHOLD, check_batch_size, make_r
 from conceptseg.runs import fiftyone_io as fio
 from conceptseg.runs.execution import report as execution_report
 from conceptseg.runs.locks import locks_output_field
-from conceptseg.runs.names import check_field_name, class_list, default_output_dir, instances_field_for, run_key_for
-from conceptseg.runs.outputs import writable_dir
-from conceptseg.runs.plan import (check_resume, ensure_mask_targets, finish_record, image_samples, load_model,
+from conceptseg.runs.names import check_field_name, instances_field_for, run_key_for
+from conceptseg.runs.plan import (RunPlan, output_folder, ensure_mask_targets, finish_record, learn, load_model, prepare,
                                   read_template, start_record, targets_to_do)
 from conceptseg.runs.records import run_identity
 from conceptseg.runs.video import as_frames
@@ -68,9 +68,8 @@ def segment_by_demonstration(
     makes the model routes available. Demonstration masks of another size than their
     image are refused unless ``resize_masks``.
 
-    With ``resume``, targets that already hold a label from this run are skipped, so an
-    interrupted run finishes where it stopped; it must use the run's own settings. Labels
-    written by anything else are only replaced with ``overwrite``.
+    With ``resume``, targets holding a label of this run are skipped (same settings needed);
+    labels written by anything else are only replaced with ``overwrite``.
 
     ``batch_size`` targets go through the route together (the reasoning route reads them in
     one policy call; the labels are the same as one at a time). ``prefix_reuse=False`` encodes
@@ -78,9 +77,8 @@ def segment_by_demonstration(
     summary's ``execution`` says what ran: the batch size used (smaller after an
     out-of-memory halving), every fallback with its reason, the prefix store's hits and misses.
 
-    With ``shards`` (N), nothing is segmented here: the route is chosen, the run recorded and
-    its targets queued as N delegated operations for ``fiftyone delegated launch`` workers
-    (see :mod:`conceptseg.runs.shards.queue`); the queued run is returned.
+    With ``shards`` (N), the route is chosen and the run recorded here, and its targets are queued as
+    N delegated operations for workers (:mod:`conceptseg.runs.shards`); the queued run is returned.
 
     ``source`` says where demonstrations that are no samples of the targets' dataset come from
     (a saved concept: :func:`conceptseg.runs.library.concept_source`); it is recorded as the run's
@@ -98,94 +96,47 @@ def segment_by_demonstration(
                                instances=instances, output_dir=output_dir, model=model, classes=classes,
                                resize_masks=resize_masks, prompt_template=prompt_template, batch_size=batch_size,
                                prefix_reuse=prefix_reuse)
-    check_field_name(pred_field)
-    check_batch_size(batch_size)
-    if not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
-        raise ConceptSegError(f"threshold must be an IoU in [0, 1], got {threshold!r}.")
-    demonstrations = image_samples(demonstrations, mask_field)
-    targets, unreadable = as_frames(targets)
-    if len(demonstrations) == 0:
-        raise EmptyViewError(
-            "No demonstrations: select samples (or tag them) whose masks show the concept."
-        )
-    dataset = targets._root_dataset
-    run_key, run_id = run_identity(dataset, pred_field, resume, run_key_for(pred_field))
-    inst_field = instances_field_for(pred_field) if instances else None
-    if inst_field:
-        check_field_name(inst_field)
-    demo_ids = demonstrations.values("id")
-    targets = targets.exclude(demo_ids)
-    recorded_ids = list(source["demonstration_ids"]) if source else demo_ids
-    todo = targets_to_do(targets, pred_field, inst_field, mask_field, overwrite, resume, run_key, run_id)
-    out_dir = writable_dir(output_dir or default_output_dir(dataset, pred_field), "mask output directory")
-    classes = class_list(classes)
-    settings = dict(mask_field=mask_field, classes=classes, route_requested=route, threshold=threshold,
-                    model=model if isinstance(model, str) else None)
-    if resume and run_key in dataset.list_runs():
-        check_resume(dataset, run_key, recorded_ids, settings)
-
-    skipped = len(targets) - len(todo)  # before segmenting: the view is re-evaluated lazily
-    demos, found = fio.read_demonstrations(demonstrations, mask_field, classes=classes, resize_masks=resize_masks)
-    if concept == "concept" and found.classes:
-        concept = ", ".join(found.classes)
-    question = concept if concept != "concept" else None
-    router = make_router(route, threshold, bundle=load_model(model), question=question,
-                         prompt_template=read_template(prompt_template), prefix_reuse=prefix_reuse)
-    choice = router.choose(demos)
-    negatives = sum(1 for d in demos if not d.mask.any())
-    ensure_mask_targets(targets, pred_field, concept)
-    out_dir = os.path.abspath(out_dir)
-    start_record(targets, run_key, dict(
-        method="conceptseg.segment_by_demonstration",
-        run_id=run_id,
-        output_dir=out_dir,
-        pred_field=pred_field,
-        instances_field=inst_field,
-        demonstration_ids=recorded_ids,
-        negative_demonstrations=negatives,
-        box_only_detections=found.box_only,
-        route=choice.route.name,
-        verification=choice.verification,
-        verified=choice.verified,
-        reason=choice.reason,
-        rule=choice.route.rule(),
-        concept=concept,
-        frames=bool(targets._is_frames),
-        batch_size=batch_size,
-        prefix_reuse=bool(prefix_reuse),
-        warnings=found.warnings,
-        **({"concept_source": source} if source else {}),
-        **settings,
-    ))
-    seconds, failures = segment_targets(
-        router, choice, todo, pred_field, inst_field, concept, run_key, out_dir, progress, run_id, batch_size,
-    )
-    failures = unreadable + failures
-    summary = dict(
-        run_key=run_key,
-        pred_field=pred_field,
-        instances_field=inst_field,
-        classes=found.classes,
-        warnings=found.warnings,
-        route=choice.route.name,
-        verification=choice.verification,
-        verifications={v.route: v.scores for v in choice.verifications},
-        verified=choice.verified,
-        reason=choice.reason,
-        rule=choice.route.rule(),
-        demonstrations=len(demos),
-        negative_demonstrations=negatives,
-        box_only_detections=found.box_only,
-        targets=len(targets),
-        segmented=len(seconds),
-        skipped=skipped,
-        failures=failures,
-        fit_seconds=choice.fit_seconds,
-        seconds_per_target=(sum(seconds) / len(seconds)) if seconds else None,
-        execution=execution_report(choice.route, batch_size),
-    )
-    finish_record(dataset, run_key, summary)
+    plan = prepare(demonstrations, targets, mask_field, pred_field, route=route, threshold=threshold, model=model,
+                   classes=classes, instances=instances, overwrite=overwrite, resume=resume, source=source)
+    out_dir = output_folder(plan.dataset, pred_field, output_dir)
+    learned = learn(plan, mask_field, concept, route, threshold, model, prompt_template, prefix_reuse, resize_masks)
+    ensure_mask_targets(plan.targets, pred_field, learned.concept)
+    start_record(plan.targets, plan.run_key, _record(plan, learned, out_dir, batch_size, prefix_reuse, source))
+    choice = learned.choice
+    seconds, failures = segment_targets(learned.router, choice, plan.todo, pred_field, plan.inst_field,
+                                        learned.concept, plan.run_key, out_dir, progress, plan.run_id, batch_size)
+    summary = _summary(plan, learned, seconds, plan.unreadable + failures, execution_report(choice.route, batch_size))
+    finish_record(plan.dataset, plan.run_key, summary)
     return summary
+
+
+def _record(plan: RunPlan, learned, out_dir: str, batch_size: int, prefix_reuse: bool, source: dict | None) -> dict:
+    """The run's record (its FiftyOne run config), written before any target is touched."""
+    choice = learned.choice
+    return dict(
+        method="conceptseg.segment_by_demonstration", run_id=plan.run_id, output_dir=out_dir,
+        pred_field=plan.pred_field, instances_field=plan.inst_field, demonstration_ids=plan.recorded_ids,
+        negative_demonstrations=learned.negatives, box_only_detections=learned.found.box_only,
+        route=choice.route.name, verification=choice.verification, verified=choice.verified, reason=choice.reason,
+        rule=choice.route.rule(), concept=learned.concept, frames=bool(plan.targets._is_frames),
+        batch_size=batch_size, prefix_reuse=bool(prefix_reuse), warnings=learned.found.warnings,
+        **({"concept_source": source} if source else {}), **plan.settings,
+    )
+
+
+def _summary(plan: RunPlan, learned, seconds: list[float], failures: list, execution: dict) -> dict:
+    """The run's summary: returned to the caller and stored as its results."""
+    choice = learned.choice
+    return dict(
+        run_key=plan.run_key, pred_field=plan.pred_field, instances_field=plan.inst_field,
+        classes=learned.found.classes, warnings=learned.found.warnings, route=choice.route.name,
+        verification=choice.verification, verifications={v.route: v.scores for v in choice.verifications},
+        verified=choice.verified, reason=choice.reason, rule=choice.route.rule(), demonstrations=len(learned.demos),
+        negative_demonstrations=learned.negatives, box_only_detections=learned.found.box_only,
+        targets=len(plan.targets), segmented=len(seconds), skipped=plan.skipped, failures=failures,
+        fit_seconds=choice.fit_seconds, seconds_per_target=(sum(seconds) / len(seconds)) if seconds else None,
+        execution=execution,
+    )
 
 
 @locks_output_field
@@ -232,9 +183,8 @@ def segment_by_query(
     choice = RouteChoice(route, [Verification(route.name)], verified=False,
                          reason="text query: no demonstration to verify against")
     concept = concept or text.strip()
-    out_dir = writable_dir(output_dir or default_output_dir(dataset, pred_field), "mask output directory")
+    out_dir = output_folder(dataset, pred_field, output_dir)
     ensure_mask_targets(targets, pred_field, concept)
-    out_dir = os.path.abspath(out_dir)
     start_record(targets, run_key, dict(
         method="conceptseg.segment_by_query", run_id=run_id, output_dir=out_dir,
         pred_field=pred_field, instances_field=inst_field,
@@ -282,7 +232,8 @@ def train_concept_policy(
     The summary is strict JSON (an unscorable reward is None, not NaN).
     """
     from conceptseg.training.episodes import EpisodeReport, build_specs
-    from conceptseg.training.loop import TrainConfig, json_ready, train
+    from conceptseg.training.config import TrainConfig
+    from conceptseg.training.loop import json_ready, train
 
     config = config or TrainConfig()
     if len(view) == 0:

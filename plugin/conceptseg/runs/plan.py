@@ -8,6 +8,7 @@ summary at the end. :mod:`conceptseg.runs.jobs` (one process) and
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 
@@ -15,8 +16,8 @@ import fiftyone as fo
 from fiftyone import ViewField as F
 
 from conceptseg.errors import ConceptSegError, EmptyViewError, FieldError
-from conceptseg.runs.names import refuse_mask_field
-from conceptseg.runs.records import declare_label_attributes
+from conceptseg.runs.names import check_field_name, class_list, instances_field_for, refuse_mask_field, run_key_for
+from conceptseg.runs.records import declare_label_attributes, run_identity
 from conceptseg.runs.video import as_frames
 
 
@@ -85,7 +86,7 @@ def load_model(model):
 
 def read_template(path: str | None):
     """A prompt template file (``--prompt-template``), read and checked before any work."""
-    from conceptseg.model.prompts import load_prompt_template
+    from conceptseg.model.templates import load_prompt_template
 
     return load_prompt_template(path) if path else None
 
@@ -149,3 +150,99 @@ def finish_record(dataset, run_key: str, summary: dict) -> None:
     dataset.save_run_results(run_key, results, overwrite=True)
     if summary.get("pred_field"):
         declare_label_attributes(dataset, [summary["pred_field"], summary.get("instances_field")])
+
+
+@dataclasses.dataclass
+class RunPlan:
+    """What a segmentation run settled before learning anything: its targets, key, fields and settings."""
+
+    dataset: fo.Dataset
+    demonstrations: object  # image samples (a video's frames with a mask)
+    targets: object  # the targets' view (frames for videos), demonstrations excluded
+    todo: object  # the targets still to segment (all, unless resuming)
+    unreadable: list  # per-target failures found before any work (e.g. an unreadable video)
+    demo_ids: list[str]
+    recorded_ids: list[str]  # the ids the record keeps: a saved concept's stable names, else demo_ids
+    run_key: str
+    run_id: str
+    pred_field: str
+    inst_field: str | None
+    classes: list[str] | None
+    settings: dict  # what a resume must share (RESUME_SETTINGS)
+    skipped: int  # targets a resume skips
+
+
+def output_folder(dataset, pred_field: str, output_dir: str | None) -> str:
+    """Where the run writes its mask PNGs (absolute), checked writable before anything is recorded."""
+    from conceptseg.runs.names import default_output_dir
+    from conceptseg.runs.outputs import writable_dir
+
+    return os.path.abspath(writable_dir(output_dir or default_output_dir(dataset, pred_field), "mask output directory"))
+
+
+def check_threshold(threshold) -> None:
+    if not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
+        raise ConceptSegError(f"threshold must be an IoU in [0, 1], got {threshold!r}.")
+
+
+def prepare(demonstrations, targets, mask_field: str, pred_field: str, *, route: str, threshold: float, model,
+            classes, instances: bool, overwrite: bool, resume: bool, source: dict | None = None) -> RunPlan:
+    """Every check a run makes before it reads a pixel, in process or sharded, and what they settle.
+
+    Field names, the threshold, the demonstrations (a video's frames), the output fields (with
+    ``overwrite``/``resume``), the run's key and id, and a resume's demonstrations and settings.
+    """
+    check_field_name(pred_field)
+    check_threshold(threshold)
+    demonstrations = image_samples(demonstrations, mask_field)
+    targets, unreadable = as_frames(targets)
+    if len(demonstrations) == 0:
+        raise EmptyViewError("No demonstrations: select samples (or tag them) whose masks show the concept.")
+    dataset = targets._root_dataset
+    run_key, run_id = run_identity(dataset, pred_field, resume, run_key_for(pred_field))
+    inst_field = instances_field_for(pred_field) if instances else None
+    if inst_field:
+        check_field_name(inst_field)
+    demo_ids = demonstrations.values("id")
+    targets = targets.exclude(demo_ids)
+    recorded_ids = list(source["demonstration_ids"]) if source else demo_ids
+    todo = targets_to_do(targets, pred_field, inst_field, mask_field, overwrite, resume, run_key, run_id)
+    classes = class_list(classes)
+    settings = dict(mask_field=mask_field, classes=classes, route_requested=route, threshold=threshold,
+                    model=model if isinstance(model, str) else None)
+    if resume and run_key in dataset.list_runs():
+        check_resume(dataset, run_key, recorded_ids, settings)
+    return RunPlan(dataset, demonstrations, targets, todo, unreadable, demo_ids, recorded_ids, run_key, run_id,
+                   pred_field, inst_field, classes, settings, skipped=len(targets) - len(todo))
+
+
+@dataclasses.dataclass
+class Learned:
+    """The concept as the run learned it: the demonstrations read, the router and its verified choice."""
+
+    demos: list
+    found: object  # the classes.Concept read: its classes, box-only detections, warnings
+    concept: str
+    question: str | None
+    router: object
+    choice: object
+
+    @property
+    def negatives(self) -> int:
+        return sum(1 for d in self.demos if not d.mask.any())
+
+
+def learn(plan: RunPlan, mask_field: str, concept: str, route: str, threshold: float, model,
+          prompt_template: str | None, prefix_reuse: bool, resize_masks: bool) -> Learned:
+    """Reads the demonstrations, builds the router and lets it choose and verify a route."""
+    from conceptseg.routes.router import make_router
+    from conceptseg.runs import fiftyone_io as fio
+
+    demos, found = fio.read_demonstrations(plan.demonstrations, mask_field, classes=plan.classes,
+                                           resize_masks=resize_masks)
+    if concept == "concept" and found.classes:
+        concept = ", ".join(found.classes)
+    question = concept if concept != "concept" else None
+    router = make_router(route, threshold, bundle=load_model(model), question=question,
+                         prompt_template=read_template(prompt_template), prefix_reuse=prefix_reuse)
+    return Learned(demos, found, concept, question, router, router.choose(demos))

@@ -41,7 +41,7 @@ import uuid
 
 from conceptseg.runs.shards import lock as shard_lock
 from conceptseg.errors import ConceptSegError
-from conceptseg.runs import names, plan
+from conceptseg.runs import plan
 from conceptseg.runs.shards.store import (PENDING, QUEUEING, clear_records, db_time, execution_store,
                                           shard_records, targets_key, update_record)
 from conceptseg.runs.shards.worker import demonstrations_path, finish_if_done, save_demonstrations
@@ -156,67 +156,39 @@ def segment_sharded(demonstrations, targets, mask_field: str, pred_field: str, s
     Same arguments and checks as :func:`conceptseg.runs.jobs.segment_by_demonstration`; returns
     the queued run (route, verification, targets, operation ids) without segmenting anything.
     """
-    from conceptseg.runs import fiftyone_io as fio
-    from conceptseg.errors import EmptyViewError
-    from conceptseg.runs.outputs import writable_dir
-    from conceptseg.routes.router import DEFAULT_THRESHOLD, make_router
-    from conceptseg.runs.records import run_identity
-    from conceptseg.runs.video import as_frames
+    from conceptseg.routes.router import DEFAULT_THRESHOLD
 
     threshold = DEFAULT_THRESHOLD if threshold is None else threshold
-    names.check_field_name(pred_field)
-    if not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
-        raise ConceptSegError(f"threshold must be an IoU in [0, 1], got {threshold!r}.")
     if model is not None and not isinstance(model, str):
         raise ConceptSegError("A sharded run loads its model on every worker: give the model as a bundle directory, "
                               "zoo name or hub id, not a loaded bundle.")
-    demonstrations = plan.image_samples(demonstrations, mask_field)
     if targets._is_frames or targets.media_type != "image":
         raise ConceptSegError("Sharded runs segment image samples; run video datasets without --shards.")
-    targets, unreadable = as_frames(targets)
-    if len(demonstrations) == 0:
-        raise EmptyViewError("No demonstrations: select samples (or tag them) whose masks show the concept.")
-    dataset = targets._root_dataset
-    run_key, run_id = run_identity(dataset, pred_field, resume, names.run_key_for(pred_field))
-    inst_field = names.instances_field_for(pred_field) if instances else None
-    if inst_field:
-        names.check_field_name(inst_field)
-    demo_ids = demonstrations.values("id")
-    targets = targets.exclude(demo_ids)
-    todo = plan.targets_to_do(targets, pred_field, inst_field, mask_field, overwrite, resume, run_key, run_id)
-    todo_ids = todo.values("id")
+    run = plan.prepare(demonstrations, targets, mask_field, pred_field, route=route, threshold=threshold, model=model,
+                       classes=classes, instances=instances, overwrite=overwrite, resume=resume)
+    dataset, run_key, run_id, targets = run.dataset, run.run_key, run.run_id, run.targets
+    todo_ids = run.todo.values("id")
     n, note = check_shards(shards, len(todo_ids))
-    classes = names.class_list(classes)
-    settings = dict(mask_field=mask_field, classes=classes, route_requested=route, threshold=threshold, model=model)
-    if resume and run_key in dataset.list_runs():
-        plan.check_resume(dataset, run_key, demo_ids, settings)
     refuse_busy(dataset, run_id)
     # Before anything is recorded or queued: every shard writes its masks there.
-    out_dir = os.path.abspath(writable_dir(output_dir or names.default_output_dir(dataset, pred_field),
-                                           "mask output directory"))
-
-    demos, found = fio.read_demonstrations(demonstrations, mask_field, classes=classes, resize_masks=resize_masks)
-    if concept == "concept" and found.classes:
-        concept = ", ".join(found.classes)
-    question = concept if concept != "concept" else None
-    template = plan.read_template(prompt_template)  # read and checked here; every worker reads the same path
-    router = make_router(route, threshold, bundle=plan.load_model(model), question=question, prompt_template=template,
-                         prefix_reuse=prefix_reuse)
-    choice = router.choose(demos)
-    plan.ensure_mask_targets(targets, pred_field, concept)
+    out_dir = plan.output_folder(dataset, pred_field, output_dir)
+    # The prompt template is read and checked here; every worker reads the same path.
+    learned = plan.learn(run, mask_field, concept, route, threshold, model, prompt_template, prefix_reuse, resize_masks)
+    choice, demos = learned.choice, learned.demos
+    plan.ensure_mask_targets(targets, pred_field, learned.concept)
     demo_file = demonstrations_path(out_dir, run_id)
     save_demonstrations(demos, demo_file)
     record = dict(
         method="conceptseg.segment_by_demonstration", run_id=run_id, output_dir=out_dir, pred_field=pred_field,
-        instances_field=inst_field, demonstration_ids=demo_ids, demonstrations=len(demos),
-        negative_demonstrations=sum(1 for d in demos if not d.mask.any()), box_only_detections=found.box_only,
-        classes_found=found.classes, warnings=found.warnings, route=choice.route.name, verification=choice.verification,
-        verifications={v.route: v.scores for v in choice.verifications}, verified=choice.verified,
-        reason=choice.reason, rule=choice.route.rule(), concept=concept, question=question, frames=False,
-        fit_seconds=choice.fit_seconds, targets=len(targets), skipped=len(targets) - len(todo_ids),
-        shards=n, shards_requested=shards, demonstrations_file=demo_file,
+        instances_field=run.inst_field, demonstration_ids=run.demo_ids, demonstrations=len(demos),
+        negative_demonstrations=learned.negatives, box_only_detections=learned.found.box_only,
+        classes_found=learned.found.classes, warnings=learned.found.warnings, route=choice.route.name,
+        verification=choice.verification, verifications={v.route: v.scores for v in choice.verifications},
+        verified=choice.verified, reason=choice.reason, rule=choice.route.rule(), concept=learned.concept,
+        question=learned.question, frames=False, fit_seconds=choice.fit_seconds, targets=len(targets),
+        skipped=len(targets) - len(todo_ids), shards=n, shards_requested=shards, demonstrations_file=demo_file,
         prompt_template=os.path.abspath(prompt_template) if prompt_template else None, batch_size=batch_size,
-        prefix_reuse=bool(prefix_reuse), **settings,
+        prefix_reuse=bool(prefix_reuse), **run.settings,
     )
     plan.start_record(targets, run_key, record)
     try:
@@ -228,7 +200,7 @@ def segment_sharded(demonstrations, targets, mask_field: str, pred_field: str, s
     if op_ids:  # the field stays locked until the last shard ends, not only while queueing
         shard_lock.hold(dataset, pred_field, run_key, run_id)
     summary = dict(run_key=run_key, run_id=run_id, queued=True, operations=op_ids, note=note,
-                   failures=unreadable, **{k: record[k] for k in (
+                   failures=run.unreadable, **{k: record[k] for k in (
                        "pred_field", "instances_field", "route", "verification", "verified", "reason", "rule",
                        "warnings", "targets", "skipped", "shards", "shards_requested", "fit_seconds")})
     if not op_ids:  # nothing left to do (a resumed run already finished): the record is complete now

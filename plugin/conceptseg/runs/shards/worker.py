@@ -157,6 +157,38 @@ class Shard:
             return False
 
 
+def _claim(shard: Shard, op_id: str | None) -> bool:
+    """Takes the shard's record for this attempt (host, pid, start); False when it names another attempt."""
+    import psutil
+
+    me = psutil.Process()
+    claim = dict(state="running", host=socket.gethostname(), pid=me.pid, pid_started=me.create_time(),
+                 starts=shard.record.get("starts", 0) + 1)
+    if op_id is not None:
+        claim["op_id"] = op_id
+    return shard.write(stamp=("started",), **claim)
+
+
+def _reporter(shard: Shard, dataset, heartbeat: float, progress):
+    """The shard's progress callback: counts, and stops the shard once it is re-queued or its run deleted."""
+    run_id, index = shard.run_id, shard.index
+    checked = [time.monotonic()]
+
+    def report(done: int, total: int) -> None:
+        shard.done = done
+        if progress is not None:
+            progress(done, total)
+        if shard.superseded:  # a heartbeat found the shard re-queued: the new attempt does the rest
+            raise ShardSuperseded(f"shard {index + 1} of run {run_id} was re-queued while this worker ran it")
+        if time.monotonic() - checked[0] >= heartbeat:  # one query per heartbeat: was the run deleted?
+            checked[0] = time.monotonic()
+            if run_doc(dataset, run_id) is None:
+                raise RunGoneError(f"run {run_id} was deleted while shard {index + 1} was running")
+            _share_cores(dataset, run_id)  # workers here may have started or finished meanwhile
+
+    return report
+
+
 def run_shard(dataset, params: dict, op_id: str | None = None, progress=None,
               heartbeat: float = HEARTBEAT_SECONDS) -> dict:
     """Segments one shard's targets for the run ``params['run_id']``; returns the shard's counts.
@@ -166,8 +198,6 @@ def run_shard(dataset, params: dict, op_id: str | None = None, progress=None,
     shard handed to a newer attempt meanwhile (re-queued) stops at its next target, keeping
     the labels it wrote (the new attempt skips them).
     """
-    import psutil
-
     from conceptseg.runs.execution import report as execution_report
     from conceptseg.runs.writing import segment_targets
 
@@ -179,12 +209,7 @@ def run_shard(dataset, params: dict, op_id: str | None = None, progress=None,
     dataset.reload()
     config, run_key = doc["config"], doc["key"]
     shard = Shard(dataset, run_id, index, op_id, params.get("ticket"))
-    me = psutil.Process()
-    claim = dict(state="running", host=socket.gethostname(), pid=me.pid, pid_started=me.create_time(),
-                 starts=shard.record.get("starts", 0) + 1)
-    if op_id is not None:
-        claim["op_id"] = op_id
-    if not shard.write(stamp=("started",), **claim):  # the record names another attempt: this one is stale
+    if not _claim(shard, op_id):  # the record names another attempt: this one is stale
         return dict(run_id=run_id, index=index, ended="superseded", segmented=0)
 
     started, cpu_started = time.perf_counter(), time.process_time()
@@ -201,19 +226,7 @@ def run_shard(dataset, params: dict, op_id: str | None = None, progress=None,
 
     beat = _Heartbeat(shard, heartbeat)
     beat.start()
-    checked = [time.monotonic()]
-
-    def report(done: int, total: int) -> None:
-        shard.done = done
-        if progress is not None:
-            progress(done, total)
-        if shard.superseded:  # a heartbeat found the shard re-queued: the new attempt does the rest
-            raise ShardSuperseded(f"shard {index + 1} of run {run_id} was re-queued while this worker ran it")
-        if time.monotonic() - checked[0] >= heartbeat:  # one query per heartbeat: was the run deleted?
-            checked[0] = time.monotonic()
-            if run_doc(dataset, run_id) is None:
-                raise RunGoneError(f"run {run_id} was deleted while shard {index + 1} was running")
-            _share_cores(dataset, run_id)  # workers here may have started or finished meanwhile
+    report = _reporter(shard, dataset, heartbeat, progress)
 
     batch_size = int(config.get("batch_size") or 1)
     def run_deleted() -> dict:
