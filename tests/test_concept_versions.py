@@ -191,12 +191,12 @@ def test_an_overwrite_landing_while_apply_reads_leaves_that_apply_on_its_version
         landed.append(library.load("cc")["version"])
         return real(snapshot, extra)
 
-    monkeypatch.setattr(library, "scratch_demonstrations", overwrite_first)
+    monkeypatch.setattr(library.applying, "scratch_demonstrations", overwrite_first)
     summary = library.apply("cc", targets, "applied", overwrite=True)
     assert landed == [4] and summary["concept_version"] == 3
     assert _digest(_masks(targets, "applied")) == expected["red"]
     assert set(targets.values("applied.concept_version")) == {3}
-    monkeypatch.setattr(library, "scratch_demonstrations", real)
+    monkeypatch.setattr(library.applying, "scratch_demonstrations", real)
     assert library.apply("cc", targets, "applied", overwrite=True)["concept_version"] == 4
     assert _digest(_masks(targets, "applied")) == expected["blue"]
 
@@ -424,7 +424,7 @@ def test_an_update_made_on_a_version_that_changed_meanwhile_is_refused(applied, 
         _save(source, classes=("blue",), overwrite=True)
         return real(snapshot)
 
-    monkeypatch.setattr(library, "read_demonstrations", overwritten_meanwhile)
+    monkeypatch.setattr(library.applying, "read_demonstrations", overwritten_meanwhile)
     with pytest.raises(ConceptSegError, match="changed while this update was prepared .*version 2 now"):
         library.update("red_disc", dataset, "applied")
     assert library.load("red_disc")["classes"] == ["blue"] and library.load("red_disc")["version"] == 2

@@ -317,12 +317,12 @@ def test_interrupted_apply_says_what_was_written_and_resumes(saved, source, caps
 
 
 def test_interrupted_before_any_label_says_nothing_was_written(saved, source, monkeypatch):
-    from conceptseg.runs import jobs
+    from conceptseg.runs import writing
 
     def stop(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(jobs, "_write_labels", stop)
+    monkeypatch.setattr(writing, "write_labels", stop)
     with pytest.raises(library.ApplyInterrupted, match="nothing was written into 'applied'"):
         library.apply("red_disc", source, "applied")
     assert fo.list_datasets(glob_patt=SCRATCH) == []
@@ -481,14 +481,14 @@ def test_library_dir_pointing_at_a_file(source, tmp_path, monkeypatch, capsys, e
 # without sleeps): the installs then start at the same moment.
 _GATED_CLI = """
 import sys
-from conceptseg.runs import library
-validate = library.validate_zip
+from conceptseg.runs.library import zipfiles
+validate = zipfiles.validate_zip
 def gated(path):
     out = validate(path)
     print("ready", flush=True)
     sys.stdin.readline()
     return out
-library.validate_zip = gated
+zipfiles.validate_zip = gated
 from conceptseg.cli import main
 sys.exit(main(sys.argv[1:]))
 """

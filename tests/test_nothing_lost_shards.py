@@ -242,7 +242,7 @@ class _BeforeNextUpdate:
 
 def before_next_update(monkeypatch, step):
     proxy = _BeforeNextUpdate(step)
-    monkeypatch.setattr(sh, "records_collection", lambda: proxy)
+    monkeypatch.setattr(shard_store, "records_collection", lambda: proxy)
 
 
 def claimed_elsewhere(dataset, queued, heartbeat_age=None):
