@@ -85,7 +85,7 @@ def write_records(name: str, records: Iterable[Record], report: ImportReport, ma
             raise DatasetFormatError(
                 f"Found no sample to import in {source or 'the source'} (skipped {report.skipped}: missing files "
                 f"{len(report.missing)}, unreadable {len(report.unreadable)}, invalid {len(report.invalid)}); check "
-                f"the path and that it has the {report.format} layout (README: Bring your own data)."
+                f"the path and that it has the {report.format} layout (docs/your-data.md)."
             )
     except BaseException:
         fo.delete_dataset(name)

@@ -123,7 +123,7 @@ def run_benchmark(
         raise FieldError(
             f"No test or val sample of {dataset.name!r} has a concept or a query field, so nothing can be scored: "
             "give each sample a string field 'concept' (segment by demonstration) or 'query' (text), e.g. "
-            "by importing with `conceptseg import` (README: Bring your own data)."
+            "by importing with `conceptseg import` (docs/your-data.md)."
         )
     writable_dir(default_output_dir(dataset, Fields(key).pred), "mask output directory")
     bundle = _load_model(model)
