@@ -65,4 +65,4 @@ if [ $# -eq 0 ]; then
   mapfile -t files < <(grep -v '^#' tests/lowest.txt | grep .)
   set -- "${files[@]}"
 fi
-exec "$low/bin/python" -m pytest "$@"
+exec "$low/bin/python" -m pytest -n "${CONCEPTSEG_TEST_WORKERS:-3}" --dist loadfile "$@"
