@@ -43,7 +43,7 @@ import time
 
 import numpy as np
 
-from conceptseg.testing.db import (private_database_for_script)
+from conceptseg.testing.db import private_database_for_script
 
 # Before fiftyone is imported; a child finds its parent's server in the environment.
 private_database_for_script("conceptseg-scale-db-")

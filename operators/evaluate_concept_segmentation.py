@@ -7,7 +7,7 @@ import fiftyone.operators.types as types
 from fiftyone import ViewField as F
 
 from . import _live
-from ._forms import (field_choice, field_name_problem, run_config, run_prediction_fields)
+from ._forms import field_choice, field_name_problem, run_config, run_prediction_fields
 
 # Where the scored samples come from; "run" only when the predictions are one of our runs.
 TARGETS = {

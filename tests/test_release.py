@@ -67,7 +67,7 @@ class TestLayout:
         assert processor_source(path) == (path if with_files else TINY_BASE_ID)
 
     def test_without_a_segmenter_it_needs_sam3(self, release):
-        from conceptseg.errors import (ConceptSegError)
+        from conceptseg.errors import ConceptSegError
 
         # the segmenter it was trained with, not on this machine (nor in a transformers before SAM 3)
         with pytest.raises(ConceptSegError, match="facebook/sam3|SAM 3 needs transformers 5"):

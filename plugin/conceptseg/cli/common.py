@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from conceptseg.errors import (ConceptSegError)
+from conceptseg.errors import ConceptSegError
 
 # Where --json documents go: the real stdout, while everything else a command prints
 # (FiftyOne's database notices included) is sent to stderr (see conceptseg.cli.main).

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from conceptseg.datasets import demo_data
-from conceptseg.imaging import (to_rgb_float, to_uint8)
+from conceptseg.imaging import to_rgb_float, to_uint8
 
 # Tiles of the demo's 4x4 grid: train (demonstrations) and test targets.
 TRAIN_TILES = ("nuclei_r000_c000", "nuclei_r128_c128", "nuclei_r256_c256")

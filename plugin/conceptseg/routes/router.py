@@ -19,7 +19,7 @@ from conceptseg.constants import VERIFY_THRESHOLD
 from conceptseg.routes.doubt import probability_doubt
 from conceptseg.errors import ConceptSegError, DemonstrationError
 from conceptseg.routes import ROUTES, Route
-from conceptseg.types import (Demonstration, Target, TargetResult, Verification)
+from conceptseg.types import Demonstration, Target, TargetResult, Verification
 
 # Written once, in conceptseg.constants (why 0.6 is there): the operator reads it without the engine.
 DEFAULT_THRESHOLD = VERIFY_THRESHOLD

@@ -14,7 +14,8 @@ import fiftyone as fo
 
 from conceptseg.runs import locks
 from conceptseg.runs.locks import FieldLockedError
-from conceptseg.runs.records import RunNotFoundError, evaluations_of, label_file_paths, is_under, keys_for_field, referenced_files, segment_runs
+from conceptseg.runs.records import (RunNotFoundError, evaluations_of, label_file_paths, is_under,
+                                     keys_for_field, referenced_files, segment_runs)
 
 
 class RunBusyError(FieldLockedError):

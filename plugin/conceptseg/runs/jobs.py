@@ -18,8 +18,8 @@ from conceptseg.runs import fiftyone_io as fio
 from conceptseg.runs.execution import report as execution_report
 from conceptseg.runs.locks import locks_output_field
 from conceptseg.runs.names import check_field_name, instances_field_for, run_key_for
-from conceptseg.runs.plan import (RunPlan, output_folder, ensure_mask_targets, finish_record, learn, load_model, prepare,
-                                  read_template, start_record, targets_to_do)
+from conceptseg.runs.plan import (RunPlan, ensure_mask_targets, finish_record, learn, load_model, output_folder,
+                                  prepare, read_template, start_record, targets_to_do)
 from conceptseg.runs.records import run_identity
 from conceptseg.runs.video import as_frames
 from conceptseg.runs.writing import segment_targets

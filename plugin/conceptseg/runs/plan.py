@@ -16,7 +16,9 @@ import fiftyone as fo
 from fiftyone import ViewField as F
 
 from conceptseg.errors import ConceptSegError, EmptyViewError, FieldError
-from conceptseg.runs.names import check_field_name, class_list, instances_field_for, refuse_mask_field, run_key_for
+from conceptseg.runs.names import (check_field_name, class_list, default_output_dir, instances_field_for,
+                                   refuse_mask_field, run_key_for)
+from conceptseg.runs.outputs import writable_dir
 from conceptseg.runs.records import declare_label_attributes, run_identity
 from conceptseg.runs.video import as_frames
 
@@ -174,10 +176,8 @@ class RunPlan:
 
 def output_folder(dataset, pred_field: str, output_dir: str | None) -> str:
     """Where the run writes its mask PNGs (absolute), checked writable before anything is recorded."""
-    from conceptseg.runs.names import default_output_dir
-    from conceptseg.runs.outputs import writable_dir
-
-    return os.path.abspath(writable_dir(output_dir or default_output_dir(dataset, pred_field), "mask output directory"))
+    folder = output_dir or default_output_dir(dataset, pred_field)
+    return os.path.abspath(writable_dir(folder, "mask output directory"))
 
 
 def check_threshold(threshold) -> None:

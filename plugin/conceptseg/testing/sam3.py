@@ -55,7 +55,7 @@ def build_tiny_sam3(out_dir: str, seed: int = 0, width: int = 256, image_size: i
 
     require_sam3()
     import transformers
-    from transformers import (Sam3Config, Sam3Model, Sam3Processor)
+    from transformers import Sam3Config, Sam3Model, Sam3Processor
 
     # the first transformers releases with SAM 3 export only its fast image processor
     Sam3ImageProcessor = getattr(transformers, "Sam3ImageProcessor", None) or transformers.Sam3ImageProcessorFast

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from conceptseg.errors import (ConceptSegError)
+from conceptseg.errors import ConceptSegError
 
 
 # Paper values (method.md §7): 3e-5 for stage 1, 1e-6 for a full stage-2 fine-tune. LoRA
