@@ -5,7 +5,7 @@
 # 4.51.3 ...) and sees everything else in .venv behind them, through a .pth line: only the older
 # packages are installed (about 3 GB: torch 2.5.1 brings its CUDA 12 libraries). Python runs no
 # .pth file of .venv's, so .venv's editable conceptseg stays out; this checkout's plugin/ is put
-# on the path instead. Arguments go to pytest (default: the files of tests/lowest.txt).
+# on the path instead. Arguments go to pytest (default files: those of tests/lowest.txt).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh >/dev/null
@@ -61,8 +61,13 @@ if wrong:
 print(f"lowest versions: torch {torch.__version__}, transformers {transformers.__version__} (constraints-lowest.txt)")
 EOF
 
-if [ $# -eq 0 ]; then
+# Options alone (.ci/run passes -q) keep the default files; any test path replaces them.
+paths=0
+for arg in "$@"; do
+  case "$arg" in -*) ;; *) paths=1 ;; esac
+done
+if [ "$paths" -eq 0 ]; then
   mapfile -t files < <(grep -v '^#' tests/lowest.txt | grep .)
-  set -- "${files[@]}"
+  set -- "$@" "${files[@]}"
 fi
 exec "$low/bin/python" -m pytest -n "${CONCEPTSEG_TEST_WORKERS:-3}" --dist loadfile "$@"
