@@ -18,6 +18,9 @@ survives the deletion of its source dataset and a library update. An imported zi
 validated (names inside the library, no links, bounded sizes, image sizes read from their
 headers before any decoding, decodable images, a well-formed manifest) in memory before a
 single file is written.
+
+The package's modules: ``concepts`` (names, versions, manifests), ``saving``, ``applying`` (apply and
+update), ``zipfiles`` (export and import) and ``store`` (atomic writes); their public names are here.
 """
 
 from conceptseg.runs.library.concepts import (  # noqa: F401

@@ -23,7 +23,10 @@ during a re-run) all land.
 A run made by `concepts apply` learned from a saved concept's demonstrations, which are not
 samples here: its accepted masks go into a mask field of this dataset that the user names
 once (see :func:`truth_field`), and a re-run fits on the concept's demonstrations plus the
-accepted and absent samples (the section at the end of this module).
+accepted and absent samples (:mod:`conceptseg.runs.review.rounds`).
+
+The package's modules: ``record`` (the loop's record), ``truth`` (writing ground truth), ``decisions``
+(review, accept, reject, promote) and ``rounds`` (re-run); their public names are here.
 """
 
 from conceptseg.runs.review.record import (  # noqa: F401
