@@ -362,13 +362,13 @@ def test_resume_refuses_a_concept_changed_since(saved, source, capsys):
 
 def test_a_live_applys_scratch_dataset_is_kept(saved, source):
     """Only a scratch dataset whose process is gone is removed: another apply running now keeps its own."""
-    from conceptseg.runs.locks import _holder
+    from conceptseg.runs.locks import this_process
 
     live = fo.Dataset(library.SCRATCH_PREFIX + "red_disc-live0000")
-    live.info = {"conceptseg_scratch": _holder()}  # this very process: alive
+    live.info = {"conceptseg_scratch": this_process()}  # this very process: alive
     live.save()
     gone = fo.Dataset(library.SCRATCH_PREFIX + "red_disc-gone0000")
-    gone.info = {"conceptseg_scratch": dict(_holder(), pid=2**22 + 7)}  # no such process
+    gone.info = {"conceptseg_scratch": dict(this_process(), pid=2**22 + 7)}  # no such process
     gone.save()
     try:
         assert gone.name in library.remove_stale_scratch()

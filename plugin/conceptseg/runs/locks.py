@@ -58,7 +58,8 @@ def _process_started(pid: int) -> float | None:
         return 0.0
 
 
-def _holder() -> dict:
+def this_process() -> dict:
+    """Who holds a lock (or a scratch dataset): this process's pid, host, start time and command."""
     return dict(pid=os.getpid(), host=socket.gethostname(), process_started=_process_started(os.getpid()),
                 started_at=time.time(), command=" ".join(sys.argv[:6]))
 
@@ -117,7 +118,8 @@ def acquire(dataset_name: str, field: str, what: str, run: dict | None = None) -
     from pymongo.errors import DuplicateKeyError
 
     coll, key, token = _collection(), lock_id(dataset_name, field), uuid.uuid4().hex
-    doc = dict(_id=key, dataset=dataset_name, field=field, token=token, what=what, **(run or {}), **_holder())
+    doc = dict(_id=key, dataset=dataset_name, field=field, token=token, what=what, **(run or {}),
+               **this_process())
     try:
         coll.insert_one(doc)
         return token
@@ -148,7 +150,7 @@ def hand_to_run(dataset_name: str, field: str, run: dict) -> str:
     key = lock_id(dataset_name, field)
     mine = getattr(_held, "tokens", {}).get(key)
     doc = dict(_id=key, dataset=dataset_name, field=field, token=uuid.uuid4().hex, what="sharded run", **run,
-               **_holder())
+               **this_process())
     if mine is not None and _collection().find_one_and_replace({"_id": key, "token": mine}, doc) is not None:
         return doc["token"]
     return acquire(dataset_name, field, "sharded run", run)

@@ -60,11 +60,11 @@ def _scratch_dataset(name: str):
     """A new, non-persistent dataset for the demonstrations of an apply of ``name``, named for its process."""
     import fiftyone as fo
 
-    from conceptseg.runs.locks import _holder
+    from conceptseg.runs.locks import this_process
 
     remove_stale_scratch()
     scratch = fo.Dataset(f"{SCRATCH_PREFIX}{name}-{uuid.uuid4().hex[:8]}")
-    scratch.info = {_SCRATCH_INFO: _holder()}
+    scratch.info = {_SCRATCH_INFO: this_process()}
     scratch.save()
     return scratch
 
