@@ -230,6 +230,20 @@ def model_problem(model: str | None) -> str | None:
     return f"Unknown model {model!r}: give a bundle directory, a Hugging Face id (owner/name) or a zoo model ({zoo})."
 
 
+_NEEDS = {
+    "prototype": "The prototype route needs a model with a SAM 2 segmenter: give a bundle directory, zoo name or "
+                 "Hugging Face id (e.g. conceptseg-sam2-hiera-large).",
+    "exemplar": "The exemplar route needs a model with SAM 3: give a bundle directory, zoo name or Hugging Face id "
+                "(e.g. conceptseg-sam3).",
+    "reasoning": "The reasoning routes need a model: give a bundle directory, zoo name or Hugging Face id.",
+}
+
+
+def route_needs(route: str) -> str | None:
+    """The sentence the Model field shows when ``route`` needs a model and none is given."""
+    return _NEEDS.get(route.replace("-fast", ""))
+
+
 def model_input(inputs, ctx, description: str, required: bool = False, needed_for: str | None = None):
     """The Model field, invalid with a sentence when the model cannot be loaded or is needed but missing."""
     prop = inputs.str("model", required=required, label="Model", description=description)

@@ -3,10 +3,12 @@
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-from . import _live
-from ._forms import class_choice, field_choice, field_name_problem, masked_count, model_input
+from conceptseg.constants import ROUTE_NAMES
 
-ROUTES = ("auto", "appearance", "object", "prototype", "reasoning-fast", "reasoning")
+from . import _live
+from ._forms import class_choice, field_choice, field_name_problem, masked_count, model_input, route_needs
+
+ROUTES = ROUTE_NAMES
 DELEGATE_ABOVE = 200
 
 
@@ -50,10 +52,7 @@ class SaveConcept(foo.Operator):
         elif demos is not None and mask_field:
             class_choice(inputs, demos, mask_field, [])
         inputs.enum("route", list(ROUTES), default="auto", label="Route", view=types.DropdownView())
-        route = (ctx.params.get("route") or "auto").replace("-fast", "")
-        needed = {"reasoning": "The reasoning routes need a model: give a bundle directory, zoo name or Hugging Face id.",
-                  "prototype": "The prototype route needs a model with a SAM 2 segmenter: give a bundle directory, "
-                               "zoo name or Hugging Face id."}.get(route)
+        needed = route_needs(ctx.params.get("route") or "auto")
         model_input(inputs, ctx, "Bundle directory, zoo name or Hugging Face id (optional)", needed_for=needed)
         inputs.bool("overwrite", default=False, label="Replace a saved concept of that name")
         return types.Property(inputs, view=types.View(label="Save concept"))

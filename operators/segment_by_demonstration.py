@@ -4,14 +4,14 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 # The router's DEFAULT_THRESHOLD, from a module that imports nothing (the engine loads only inside execute).
-from conceptseg.constants import VERIFY_THRESHOLD
+from conceptseg.constants import ROUTE_NAMES, VERIFY_THRESHOLD
 
 from . import _live
 from ._forms import class_choice, concept_default, field_choice, field_name_problem, masked_count, model_input
-from ._forms import prompt_template_input
+from ._forms import prompt_template_input, route_needs
 from ._forms import selected_labels as _selected_labels
 
-ROUTES = ("auto", "appearance", "object", "prototype", "reasoning-fast", "reasoning")
+ROUTES = ROUTE_NAMES
 # Views larger than this default to delegated execution (the App would wait too long).
 DELEGATE_ABOVE = 200
 # Appearance route on a CPU, per 128-512 px target (demo: 0.04 s) and to fit + verify (demo: 2.7 s);
@@ -76,11 +76,8 @@ class SegmentByDemonstration(foo.Operator):
         name = _output_field(inputs, ctx)
         inputs.enum("route", list(ROUTES), default="auto", label="Route", view=types.DropdownView())
         route = ctx.params.get("route") or "auto"
-        needed = {"reasoning": "The reasoning routes need a model: give a bundle directory, Hugging Face id or zoo name.",
-                  "prototype": "The prototype route needs a model with a SAM 2 segmenter: give a bundle directory, "
-                               "Hugging Face id or zoo name (e.g. conceptseg-sam2-hiera-large)."}
-        model_input(inputs, ctx, "Bundle directory, Hugging Face id or zoo name; enables the prototype and "
-                                 "reasoning routes", needed_for=needed.get(route.replace("-fast", "")))
+        model_input(inputs, ctx, "Bundle directory, Hugging Face id or zoo name; enables the prototype, exemplar "
+                                 "and reasoning routes", needed_for=route_needs(route))
         prompt_template_input(ctx, inputs)
         inputs.float("threshold", default=VERIFY_THRESHOLD, min=0.0, max=1.0, label="Verification threshold (IoU)")
         inputs.str("concept", default=concept_default(demos, classes), label="Concept name",

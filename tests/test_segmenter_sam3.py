@@ -109,7 +109,7 @@ def test_tokens_after_the_padding_act_as_if_right_after_the_text(seg):
     from transformers.modeling_outputs import BaseModelOutputWithPooling
     from transformers.models.sam3.modeling_sam3 import concat_padded_sequences
 
-    feats, mask = seg._text_features("red box")
+    feats, mask = seg.text_features("red box")
     tokens = _tokens(4)[None]
     seq, seq_mask = concat_padded_sequences(feats, mask, tokens, torch.ones(1, 8, dtype=torch.bool))
     with torch.no_grad():

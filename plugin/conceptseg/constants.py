@@ -11,3 +11,8 @@ its defaults from here without loading torch, scikit-learn or the routes.
 # images; on colour concepts it verifies at 0.65 and above. The cut between lets the object
 # route take the shape concepts without being told.
 VERIFY_THRESHOLD = 0.6
+
+# Every route a user may name, cheapest first (``auto`` lets the router choose): the CLI's
+# --route choices and the operators' route lists. The model routes need a bundle: prototype
+# one with SAM 2, exemplar one with SAM 3, the reasoning routes one with a policy.
+ROUTE_NAMES = ("auto", "appearance", "object", "prototype", "exemplar", "reasoning-fast", "reasoning")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
+from conceptseg.constants import ROUTE_NAMES
 from conceptseg.cli.common import emit_json, load_dataset, progress, report_run
 
 
@@ -202,7 +203,7 @@ def add_concept_commands(sub) -> None:
     s.add_argument("--mask-field", required=True)
     s.add_argument("--classes", help="class(es) of --mask-field that are the concept (A[,B])")
     s.add_argument("--route", default="auto",
-                   choices=["auto", "appearance", "object", "prototype", "reasoning-fast", "reasoning"],
+                   choices=list(ROUTE_NAMES),
                    help="auto: the cheapest route that passes verification (as segment)")
     s.add_argument("--model", help="bundle directory, zoo name or Hugging Face id")
     s.add_argument("--threshold", type=float, help="held-out IoU the route must reach (default: segment's, "

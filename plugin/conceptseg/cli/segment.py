@@ -5,10 +5,10 @@ from __future__ import annotations
 import sys
 
 from conceptseg.cli.common import emit_json, load_dataset, progress, report_run, saved_view, warn, zoo_names
-from conceptseg.constants import VERIFY_THRESHOLD
+from conceptseg.constants import ROUTE_NAMES, VERIFY_THRESHOLD
 from conceptseg.errors import ConceptSegError
 
-ROUTES = ["auto", "appearance", "object", "prototype", "reasoning-fast", "reasoning"]
+ROUTES = list(ROUTE_NAMES)
 
 
 def cmd_demo(args) -> int:
@@ -92,7 +92,8 @@ def cmd_tiny_bundle(args) -> int:
     from conceptseg.runs.outputs import empty_or_overwrite
     from conceptseg.testing import build_tiny_bundle
 
-    print(build_tiny_bundle(empty_or_overwrite(args.out_dir, args.overwrite, "bundle directory"), seed=args.seed))
+    out_dir = empty_or_overwrite(args.out_dir, args.overwrite, "bundle directory")
+    print(build_tiny_bundle(out_dir, seed=args.seed, segmenter=args.segmenter))
     return 0
 
 
@@ -225,6 +226,9 @@ def add_data_commands(sub) -> None:
     p = sub.add_parser("tiny-bundle", help="build a tiny random bundle offline (tests, trying without a GPU)")
     p.add_argument("out_dir", help="a new or empty directory")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    p.add_argument("--segmenter", choices=["sam2", "sam3"], default="sam2",
+                   help="sam2: SAM 2 hiera-t at 256 px (the prototype route); sam3: a tiny SAM 3 (the exemplar route, "
+                        "the released model's backbone)")
     p.add_argument("--overwrite", action="store_true", help="write into a directory that holds files already")
     p.set_defaults(func=cmd_tiny_bundle)
 

@@ -27,6 +27,8 @@ ZOO = {
         "file": "sam2.1_hiera_large.pt",
         "config": "configs/sam2.1/sam2.1_hiera_l.yaml",
     },
+    # SAM 3 alone (a segmenter-only bundle): the exemplar route, no reasoning policy.
+    "conceptseg-sam3": {"sam3": OFFICIAL_SEGMENTER},
     "conceptseg-tiny-random": {"tiny": True},
 }
 # Processor files only: a base model's weights are not needed beside a release.
@@ -77,6 +79,8 @@ def download_zoo_bundle(name: str, path: str) -> str:
             build_tiny_bundle(tmp)
         elif "file" in entry:
             _download_sam2(entry, tmp)
+        elif "sam3" in entry:
+            _download_sam3(entry, tmp)
         else:
             _download_release(entry, tmp)
         if os.path.isdir(path):
@@ -162,6 +166,15 @@ def _snapshot(repo: str, out_dir: str, allow_patterns=None) -> None:
         raise BundleError(f"Could not download {repo!r} from the Hugging Face Hub: {type(e).__name__}: {e}") from e
     except Exception as e:  # the hub client raises many types; the user needs one sentence
         raise BundleError(f"Could not download {repo!r} from the Hugging Face Hub: {type(e).__name__}: {e}") from e
+
+
+def _download_sam3(entry: dict, out_dir: str) -> None:
+    """SAM 3 (gated) in ``segmenter/`` and a bundle.json naming it: no policy, no translator."""
+    _snapshot(entry["sam3"], os.path.join(out_dir, "segmenter"))
+    spec = {"format": FORMAT, "version": 1, "policy": None, "translator": None,
+            "segmenter": {"kind": "sam3", "config": {"path": "segmenter"}}}
+    with open(os.path.join(out_dir, BUNDLE_FILE), "w") as f:
+        json.dump(spec, f, indent=2)
 
 
 def _download_sam2(entry: dict, out_dir: str) -> None:

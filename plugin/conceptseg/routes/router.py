@@ -210,25 +210,42 @@ def _score(value: float | None) -> str:
     return "unavailable" if value is None else f"{value:.3f}"
 
 
+def _needs(route: str, bundle) -> str:
+    """One sentence: what the named model route needs that ``bundle`` lacks."""
+    if route == "exemplar":
+        if bundle is not None:
+            return (f"The exemplar route needs SAM 3; this bundle's segmenter is {type(bundle.segmenter).__name__}. "
+                    "Use a SAM 3 bundle: the zoo's conceptseg-sam3 or conceptseg-r1-7b, or `conceptseg tiny-bundle "
+                    "DIR --segmenter sam3` to try it.")
+        return ("The exemplar route needs a model with SAM 3: pass a bundle (--model DIR or a zoo name such as "
+                "conceptseg-sam3).")
+    need = "a SAM 2 segmenter" if route == "prototype" else "a policy"
+    return f"The {route} route needs a model with {need}: pass a bundle (--model DIR or a zoo name)."
+
+
 def make_router(route: str = "auto", threshold: float = DEFAULT_THRESHOLD, bundle=None, question: str | None = None,
                 prompt_template=None, prefix_reuse: bool = True) -> Router:
     """A router over every available route (``auto``) or over the one named route.
 
     With a bundle, routes join in order of cost: the SAM 2 prototype route (when the
-    segmenter is SAM 2), then, when the bundle has a policy, the rule-reuse route
+    segmenter is SAM 2) or the SAM 3 exemplar route (when it is SAM 3; ``question``, the
+    concept's name, is its text prompt), then, when the bundle has a policy, the rule-reuse route
     (reasoning-fast: a short answer per target) and the full reasoning route.
     ``prefix_reuse=False`` makes the policy routes encode every prompt whole
     (:mod:`conceptseg.model.prefix`; the labels are the same).
     """
+    from conceptseg.routes.exemplar import ExemplarConfig, ExemplarRoute
     from conceptseg.routes.prototype import PrototypeRoute
     from conceptseg.routes.reasoning import ReasoningConfig, ReasoningRoute
     from conceptseg.routes.reasoning_fast import ReasoningFastRoute
 
     available: dict[str, Route] = {name: cls() for name, cls in ROUTES.items()}
-    model_routes = (PrototypeRoute.name, ReasoningFastRoute.name, ReasoningRoute.name)
+    model_routes = (PrototypeRoute.name, ExemplarRoute.name, ReasoningFastRoute.name, ReasoningRoute.name)
     if bundle is not None:
         if type(bundle.segmenter).__name__ == "Sam2Segmenter":
             available[PrototypeRoute.name] = PrototypeRoute(bundle.segmenter)
+        if type(bundle.segmenter).__name__ == "Sam3Segmenter":
+            available[ExemplarRoute.name] = ExemplarRoute(bundle.segmenter, ExemplarConfig(text=question or None))
         if bundle.policy is not None:
             config = ReasoningConfig(question=question) if question else ReasoningConfig()
             config.prompt_template = prompt_template  # a PromptTemplate or None (the bundle's)
@@ -238,10 +255,7 @@ def make_router(route: str = "auto", threshold: float = DEFAULT_THRESHOLD, bundl
     if route == "auto":
         return Router(list(available.values()), threshold=threshold)
     if route in model_routes and route not in available:
-        need = "a SAM 2 segmenter" if route == PrototypeRoute.name else "a policy"
-        raise ConceptSegError(
-            f"The {route} route needs a model with {need}: pass a bundle (--model DIR or a zoo name)."
-        )
+        raise ConceptSegError(_needs(route, bundle))
     if route not in available:
         names = ", ".join(list(ROUTES) + list(model_routes))
         raise ConceptSegError(f"Unknown route {route!r}; choose auto or one of: {names}.")

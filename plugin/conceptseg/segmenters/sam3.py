@@ -116,9 +116,6 @@ class Sam3TensorPrediction:
     presence: torch.Tensor
 
 
-# ---- the text shortcut (method.md §3.2) -------------------------------------------------
-
-
 # ---- loading --------------------------------------------------------------------------
 
 
@@ -279,6 +276,10 @@ class Sam3Segmenter:
                                          fpn_position_encoding=out.fpn_position_encoding)
         self._cache.store(key, {"vision": vision, "orig_hw": tuple(image.shape[:2])})
 
+    def features(self, key: str) -> dict:
+        """The cached entry of ``key``: ``vision`` (FPN features) and ``orig_hw``."""
+        return self._cache.require(key)
+
     def cache_info(self) -> dict[str, int]:
         """Embed calls served from the cache (hits), computed (misses), and images kept."""
         return self._cache.info()
@@ -339,7 +340,7 @@ class Sam3Segmenter:
         return Sam3Shortcut(taken, tau, pred.presence, pred if taken else None,
                             f"SAM 3 presence {pred.presence:.3f} {rel} τ = {tau:g}")
 
-    def _text_features(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def text_features(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(1, L, D) projected text-encoder features and their (1, L) bool mask, L = 32.
 
         Tokenised here rather than by Sam3Processor, which pads to 32 but does not truncate,
@@ -366,7 +367,7 @@ class Sam3Segmenter:
         if not isinstance(text, str):
             raise TypeError(f"text must be a str (use \"\" for none); got {type(text).__name__}.")
         entry = self._cache.require(key)
-        feats, mask = self._text_features(text)
+        feats, mask = self.text_features(text)
         if concept_tokens is not None:
             tokens = self._check_tokens(concept_tokens)
             # method.md §1.3: tokens after the text features, language mask extended by ones.
