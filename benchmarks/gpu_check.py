@@ -26,6 +26,9 @@ Rows and columns of the printed table (every number is also in the JSON):
   the SAM 2 segmenter (embed + predict with the concept tokens) per target. Engine defaults
   ("default"), with the canvas's key/value cache reused ("prefix", conceptseg.model.prefix.PrefixStore)
   and, when the budget allows, the fastest decode option at B = 1 ("best").
+- exemplar: the SAM 3 exemplar route (benchmarks/exemplar_speed.py's exemplar_row): SAM 3 at the
+  released architecture (1008 px, random bf16 weights; the tiny 112 px model with --smoke) fitted
+  on three demonstrations, then B targets through segment_batch: fit_s, images_s, encode_ms, detect_ms.
 The JSON's "best" is the fastest B = 1 decode option and whether it reaches the goal (≥ 50% of
 the roofline); gpu_defaults(path) turns it into generate() settings for a GPU default.
 
@@ -360,7 +363,8 @@ def _table(result: dict) -> str:
     lines = []
     for section, keys in (("decode", ("step_ms", "tok_s", "roofline", "prefill_ms", "warmup_s", "compiled")),
                           ("sam2", ("image_size", "images_s", "ms_per_image")),
-                          ("e2e", ("images_s", "policy_s", "translator_s", "segmenter_s", "warmup_s", "segmenter"))):
+                          ("e2e", ("images_s", "policy_s", "translator_s", "segmenter_s", "warmup_s", "segmenter")),
+                          ("exemplar", ("fit_s", "images_s", "ms_per_image", "encode_ms", "detect_ms"))):
         lines += [f"\n{section}", "| option | B | " + " | ".join(keys) + " |", "|---" * (len(keys) + 2) + "|"]
         for r in result[section]:
             cells = [str(r.get(k, "")) for k in keys]
@@ -426,7 +430,7 @@ def main() -> None:
               "python": platform.python_version(), "smoke": smoke, "bandwidth_tbps": args.bandwidth_tbps,
               "decode_weight_gb": round(weight_bytes / 1e9, 3), "build_s": round(time.perf_counter() - start, 1),
               "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens, "budget_s": args.budget_s,
-              "decode": [], "sam2": [], "e2e": []}
+              "decode": [], "sam2": [], "e2e": [], "exemplar": []}
     print(f"model built in {result['build_s']} s; decoding reads {result['decode_weight_gb']} GB of weights", flush=True)
 
     # Most important first: every option at B = 1 (the goal), SAM 2 and e2e at B = 1, larger B last.
@@ -451,6 +455,20 @@ def main() -> None:
         result["e2e"].append({"option": option, "batch": batch, **row})
         print(result["e2e"][-1], flush=True)
 
+    def exemplar(device):
+        from conceptseg.segmenters.sam3_text import sam3_problem
+        from exemplar_speed import build_segmenter, exemplar_row
+
+        problem = sam3_problem()
+        segmenter = None if problem else budget.run(60, lambda: {"segmenter": build_segmenter(device, not smoke)})
+        for batch in (1, 2) if smoke else (1, 8):
+            if problem or "segmenter" not in segmenter:
+                row = {"skipped": problem or segmenter.get("skipped") or segmenter.get("error", "")}
+            else:
+                row = budget.run(40, exemplar_row, segmenter["segmenter"], batch, 128 if smoke else 1008)
+            result["exemplar"].append({"batch": batch, **row})
+            print(result["exemplar"][-1], flush=True)
+
     decode(batches[0])
     result["best"] = best_option(result["decode"], compile_config)
     for batch in (1, 2) if smoke else (1, 8):
@@ -465,6 +483,7 @@ def main() -> None:
     e2e("default", 2 if smoke else 8)
     e2e("prefix", 2 if smoke else 8)
     e2e("best", 1)
+    exemplar(device)
     result["best"] = best_option(result["decode"], compile_config)
     result["elapsed_s"] = round(time.perf_counter() - start, 1)
     print(_table(result))

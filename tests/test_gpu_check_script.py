@@ -51,6 +51,11 @@ def test_smoke_run_measures_every_row(smoke):
             assert row["skipped"] == "this checkout has no conceptseg.model.prefix (prefix reuse)"
             continue
         assert row["images_s"] > 0 and row["policy_s"] > 0 and row["segmenter"] == "sam2", row
+    assert [r["batch"] for r in result["exemplar"]] == [1, 2]
+    for row in result["exemplar"]:
+        if "skipped" in row and "SAM 3" in row["skipped"]:  # a transformers without SAM 3
+            continue
+        assert row["option"] == "sam3-112" and row["images_s"] > 0 and row["detect_ms"] > 0, row
     best = result["best"]
     assert best["option"] in options and best["goal"] == 0.5 and isinstance(best["goal_met"], bool)
     assert "best at B = 1: " + best["option"] in stdout and "| static-sdpa-compile | 2 |" in stdout

@@ -253,10 +253,13 @@ class TestRefusedInTheForm:
         assert refused(props(APPLY, nuclei_dataset, pred_field=name)["pred_field"]) == message
         assert refused(props(QUERY, nuclei_dataset, pred_field=name)["pred_field"]) == message
 
-    def test_the_prototype_and_reasoning_routes_without_a_model(self, plugin_installed, nuclei_dataset):
+    def test_the_prototype_exemplar_and_reasoning_routes_without_a_model(self, plugin_installed, nuclei_dataset):
         demos = nuclei_dataset.match_tags("demo").values("id")
         assert refused(form(nuclei_dataset, demos, route="prototype")["model"]).startswith(
             "The prototype route needs a model with a SAM 2 segmenter")
+        assert refused(form(nuclei_dataset, demos, route="exemplar")["model"]).startswith(
+            "The exemplar route needs a model with SAM 3")
+        assert refused(props(SAVE, nuclei_dataset, demos, route="exemplar", mask_field="ground_truth")["model"])
         for route in ("reasoning", "reasoning-fast"):
             assert refused(form(nuclei_dataset, demos, route=route)["model"]).startswith(
                 "The reasoning routes need a model")
