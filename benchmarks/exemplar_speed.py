@@ -90,7 +90,7 @@ def exemplar_row(segmenter, batch: int, size: int = 512) -> dict:
     _sync()
     encode_ms = (time.perf_counter() - start) * 1000 / batch
     start = time.perf_counter()
-    detect(segmenter, keys, route.config.text, route._tokens, route.config.min_score)
+    detect(segmenter, [segmenter.features(k) for k in keys], route.config.text, route._tokens, route.config.min_score)
     _sync()
     detect_ms = (time.perf_counter() - start) * 1000 / batch
     return {"option": f"sam3-{segmenter.image_size}", "fit_s": round(fit_s, 3), "images_s": round(batch / elapsed, 2),

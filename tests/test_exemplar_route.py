@@ -114,12 +114,13 @@ def test_boxes_become_prompt_tokens_on_their_own_image(segmenter):
     image = to_uint8(DEMOS[0].image)
     key = content_key(image)
     segmenter.embed(image, key)
-    tokens = encode_boxes(segmenter, key, [[5, 5, 25, 20], [50, 30, 80, 50]], [1, 0])
+    entry = segmenter.features(key)
+    tokens = encode_boxes(segmenter, entry, [[5, 5, 25, 20], [50, 30, 80, 50]], [1, 0])
     assert tokens.shape == (3, segmenter.token_dim)  # two boxes and the geometry encoder's CLS
-    flipped = encode_boxes(segmenter, key, [[5, 5, 25, 20], [50, 30, 80, 50]], [1, 1])
+    flipped = encode_boxes(segmenter, entry, [[5, 5, 25, 20], [50, 30, 80, 50]], [1, 1])
     assert not torch.allclose(tokens[1], flipped[1])  # the label is part of the token
     with pytest.raises(ValueError, match="one label per box"):
-        encode_boxes(segmenter, key, [[0, 0, 5, 5]], [1, 0])
+        encode_boxes(segmenter, entry, [[0, 0, 5, 5]], [1, 0])
 
 
 def test_fit_takes_every_component_and_segments_in_batches_as_one_at_a_time(segmenter):
@@ -153,6 +154,17 @@ def test_batches_larger_than_the_cache_still_match(segmenter):
     targets = [_demo(10 + s, [(4, 4, 20, 20)]).image for s in range(segmenter.config.cache_size + 2)]
     batch = route.segment_batch(targets)
     np.testing.assert_allclose(batch[-1][0], route.segment(targets[-1]), atol=1e-5)
+
+
+def test_each_demonstration_is_encoded_once_even_with_a_small_cache(sam3_bundle_dir):
+    from conceptseg.segmenters.sam3 import Sam3Segmenter, Sam3SegmenterConfig
+
+    small = Sam3Segmenter.from_config(Sam3SegmenterConfig(path=os.path.join(sam3_bundle_dir, "segmenter"),
+                                                          cache_size=1, device="cpu"))
+    route = ExemplarRoute(small)
+    route.verify(DEMOS)  # three fits on two demonstrations each, three held-out segmentations
+    route.fit(DEMOS)
+    assert small.cache_info()["misses"] == 3
 
 
 def test_verification_leaves_each_demonstration_out(segmenter):

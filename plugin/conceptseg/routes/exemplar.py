@@ -119,7 +119,10 @@ class ExemplarRoute(Route):
         self.segmenter = segmenter
         self.config = config or ExemplarConfig()
         self._tokens = None  # (T, D) torch tensor, set by fit
-        self._positive_cache: dict[str, object] = {}  # content key -> that demonstration's positive tokens
+        self._positive_cache: dict[str, object] = {}  # image and mask -> that demonstration's positive tokens
+        # The demonstrations' features, kept while the route lives: verification mines negatives on
+        # every demonstration once per held-out one, and the segmenter's LRU cache may hold fewer.
+        self._demo_features: dict[str, dict] = {}
         self._counts = (0, 0, 0)  # demonstrations, positive boxes, negative boxes
 
     # ---- fitting ----------------------------------------------------------------------
@@ -130,8 +133,6 @@ class ExemplarRoute(Route):
 
         from conceptseg.segmenters.sam3_exemplar import detect, encode_boxes
 
-        # Each image is embedded right before its features are read: the segmenter's LRU cache
-        # may hold fewer images than there are demonstrations.
         positives = [self._positives(d) for d in demonstrations]
         kept = [t for t in positives if t is not None]
         if not kept:
@@ -139,12 +140,13 @@ class ExemplarRoute(Route):
         tokens = torch.cat(kept)
         boxes_pos = sum(len(t) - 1 for t in kept)  # each encoding adds one CLS token
         negatives = []
-        for d in demonstrations if self.config.max_negatives else ():
-            key = self._embed(d.image)
-            dets = detect(self.segmenter, [key], self.config.text, tokens, self.config.min_score)[0]
-            boxes = self._false_boxes(dets, np.asarray(d.mask, bool))
-            if boxes:
-                negatives.append(encode_boxes(self.segmenter, key, boxes, [0] * len(boxes)))
+        if self.config.max_negatives:
+            entries = [self._demo_entry(d.image) for d in demonstrations]
+            found = detect(self.segmenter, entries, self.config.text, tokens, self.config.min_score)
+            for d, entry, dets in zip(demonstrations, entries, found):
+                boxes = self._false_boxes(dets, np.asarray(d.mask, bool))
+                if boxes:
+                    negatives.append(encode_boxes(self.segmenter, entry, boxes, [0] * len(boxes)))
         boxes_neg = sum(len(t) - 1 for t in negatives)
         self._tokens = torch.cat([tokens, *negatives])
         self._counts = (len(demonstrations), boxes_pos, boxes_neg)
@@ -172,8 +174,8 @@ class ExemplarRoute(Route):
         image_key = content_key(to_uint8(np.asarray(demonstration.image)))
         cache_key = f"{image_key}:{content_key(np.packbits(mask))}"
         if cache_key not in self._positive_cache:
-            key = self._embed(demonstration.image)
-            self._positive_cache[cache_key] = encode_boxes(self.segmenter, key, boxes, [1] * len(boxes))
+            entry = self._demo_entry(demonstration.image)
+            self._positive_cache[cache_key] = encode_boxes(self.segmenter, entry, boxes, [1] * len(boxes))
         return self._positive_cache[cache_key]
 
     def _false_boxes(self, dets, mask: np.ndarray) -> list[list[float]]:
@@ -207,23 +209,23 @@ class ExemplarRoute(Route):
         if self._tokens is None:
             raise RuntimeError("ExemplarRoute.fit(demonstrations) must be called before segmenting.")
         outcomes: list = [None] * len(images)
-        # As many targets per pass as the segmenter's cache holds: all their features are read at once.
+        # At most as many targets per pass as the segmenter's cache holds: memory stays what it allows.
         step = max(1, int(getattr(self.segmenter.config, "cache_size", len(images)) or 1))
         for start in range(0, len(images), step):
-            keys = {}
+            entries = {}
             for i in range(start, min(start + step, len(images))):
                 try:
-                    keys[i] = self._embed(images[i])
+                    entries[i] = self._target_entry(images[i])
                 except Exception as e:  # one bad target is that target's failure, the batch goes on
                     outcomes[i] = e
-            if not keys:
+            if not entries:
                 continue
             try:
-                found = detect(self.segmenter, list(keys.values()), self.config.text, self._tokens,
+                found = detect(self.segmenter, list(entries.values()), self.config.text, self._tokens,
                                self.config.min_score)
             except Exception as e:
-                found = [e] * len(keys)
-            for i, dets in zip(keys, found):
+                found = [e] * len(entries)
+            for i, dets in zip(entries, found):
                 outcomes[i] = dets if isinstance(dets, Exception) else (dets.probability, self._details(dets))
         return outcomes
 
@@ -233,6 +235,22 @@ class ExemplarRoute(Route):
                 "best_score": float(dets.scores.max()) if dets.scores.size else 0.0,
                 "mean_score": float(kept.mean()) if kept.size else 0.0,
                 "doubt": exemplar_doubt(dets.scores, dets.presence, self.config.min_score)}
+
+    def _target_entry(self, image: np.ndarray) -> dict:
+        """A target's features: a demonstration's kept ones (verification), else embedded (cached)."""
+        image8 = to_uint8(np.asarray(image))
+        key = content_key(image8)
+        if key in self._demo_features:
+            return self._demo_features[key]
+        self.segmenter.embed(image8, key)
+        return self.segmenter.features(key)
+
+    def _demo_entry(self, image: np.ndarray) -> dict:
+        """A demonstration's features, embedded once while the route lives."""
+        key = content_key(to_uint8(np.asarray(image)))
+        if key not in self._demo_features:
+            self._demo_features[key] = self.segmenter.features(self._embed(image))
+        return self._demo_features[key]
 
     def _embed(self, image: np.ndarray) -> str:
         image8 = to_uint8(np.asarray(image))

@@ -55,15 +55,16 @@ class Detections:
     presence: float
 
 
-def encode_boxes(segmenter, key: str, boxes: Sequence[Sequence[float]], labels: Sequence[int]) -> torch.Tensor:
-    """(T, D) prompt tokens of ``boxes`` (x0 y0 x1 y1, pixels) on the image embedded as ``key``.
+def encode_boxes(segmenter, entry: dict, boxes: Sequence[Sequence[float]], labels: Sequence[int]) -> torch.Tensor:
+    """(T, D) prompt tokens of ``boxes`` (x0 y0 x1 y1, pixels) on an embedded image.
+
+    entry: the image's features, ``segmenter.features(key)`` after ``segmenter.embed(image, key)``.
 
     labels: 1 for a positive exemplar, 0 for a negative one. T = len(boxes) + 1: the geometry
     encoder adds its CLS token. The segmenter stays frozen (no gradient).
     """
     if len(boxes) == 0 or len(boxes) != len(labels):
         raise ValueError(f"need one label per box and at least one box; got {len(boxes)} boxes, {len(labels)} labels.")
-    entry = segmenter.features(key)
     h, w = entry["orig_hw"]
     xyxy = torch.as_tensor(np.asarray(boxes, dtype=np.float32)) / torch.tensor([w, h, w, h], dtype=torch.float32)
     xyxy = xyxy.clamp(0.0, 1.0)
@@ -85,9 +86,9 @@ def encode_boxes(segmenter, key: str, boxes: Sequence[Sequence[float]], labels: 
     return tokens
 
 
-def detect(segmenter, keys: Sequence[str], text: str, tokens: torch.Tensor | None,
+def detect(segmenter, entries: Sequence[dict], text: str, tokens: torch.Tensor | None,
            min_score: float = 0.3) -> list[Detections]:
-    """SAM 3's instances on each image embedded as ``keys``, in one batched forward.
+    """SAM 3's instances on each embedded image (``segmenter.features(key)``), in one batched forward.
 
     text: the concept's name ("" or None: ``BOX_ONLY_TEXT``); tokens: (T, D) exemplar tokens
     from ``encode_boxes``, appended after the text features, or None for text alone.
@@ -95,7 +96,6 @@ def detect(segmenter, keys: Sequence[str], text: str, tokens: torch.Tensor | Non
     from transformers.modeling_outputs import BaseModelOutputWithPooling
     from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
 
-    entries = [segmenter.features(k) for k in keys]
     feats, mask = segmenter.text_features(text or BOX_ONLY_TEXT)
     if tokens is not None and len(tokens):
         tokens = tokens.to(feats.device, feats.dtype)[None]
