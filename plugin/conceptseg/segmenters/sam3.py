@@ -93,10 +93,12 @@ class Sam3SegmenterConfig:
 
 @dataclasses.dataclass(frozen=True)
 class Sam3Prediction:
-    """One SAM 3 answer: HxW float32 logits at the original image size, presence in [0, 1]."""
+    """One SAM 3 answer: HxW float32 logits at the original image size, presence in [0, 1], and
+    ``score``: the best instance's sigmoid(pred_logits) x presence (None where none was made)."""
 
     logits: np.ndarray
     presence: float
+    score: float | None = None
 
     def mask(self, threshold: float = 0.0) -> np.ndarray:
         """HxW bool mask: logits above ``threshold`` (method.md §1.3 uses 0)."""
@@ -114,10 +116,7 @@ class Sam3TensorPrediction:
 
     logits: torch.Tensor
     presence: torch.Tensor
-
-
-# ---- the text shortcut (method.md §3.2) -------------------------------------------------
-
+    score: torch.Tensor | None = None
 
 # ---- loading --------------------------------------------------------------------------
 
@@ -304,7 +303,8 @@ class Sam3Segmenter:
             out = self._forward(key, text, concept_tokens)
             check_finite_output(out.logits, "SAM 3 segmenter")
             check_finite_output(out.presence, "SAM 3 segmenter")
-        return Sam3Prediction(logits=out.logits.cpu().numpy(), presence=float(out.presence))
+        score = None if out.score is None else float(out.score)
+        return Sam3Prediction(logits=out.logits.cpu().numpy(), presence=float(out.presence), score=score)
 
     def predict_with_grad(self, key: str, text: str,
                           concept_tokens: torch.Tensor | None = None) -> Sam3TensorPrediction:
@@ -384,7 +384,8 @@ class Sam3Segmenter:
         logits = F.interpolate(out.semantic_seg.float(), size=entry["orig_hw"], mode="bilinear",
                                align_corners=False)[0, 0]
         presence = out.presence_logits.float().sigmoid().reshape(())
-        return Sam3TensorPrediction(logits=logits, presence=presence)
+        score = None if out.pred_logits is None else out.pred_logits.float().sigmoid().max() * presence
+        return Sam3TensorPrediction(logits=logits, presence=presence, score=score)
 
     def _check_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         if not isinstance(tokens, torch.Tensor):
