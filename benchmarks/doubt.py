@@ -26,7 +26,7 @@ import numpy as np
 from _review_data import concept_sets, iou
 
 
-MODEL_ROUTES = ("prototype", "exemplar", "reasoning-fast", "reasoning")  # cheapest first, as the router
+MODEL_ROUTES = ("prototype", "exemplar", "reasoning-fast", "reasoning")  # the model routes, in row order
 WRONG = 0.5  # a mask with IoU below this is wrong (the AUROC column)
 
 
@@ -51,7 +51,7 @@ def routes_for(model: str | None) -> dict:
     return factories
 
 
-def measure(make_route, items, demos: int, seed: int) -> list[tuple[float, float]]:
+def measure(make_route, items, demos: int, seed: int) -> list[tuple[float, float]] | None:
     """(doubt, 1 - IoU) per held-out target for one draw of demonstrations; None when the route
     cannot learn from the draw (reasoning-fast: the policy wrote no parseable rule)."""
     from conceptseg.errors import ConceptSegError
