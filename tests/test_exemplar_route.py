@@ -11,8 +11,10 @@ import pytest
 import torch
 
 from conceptseg.errors import ConceptSegError
-from conceptseg.routes.exemplar import ExemplarConfig, ExemplarRoute, component_boxes, exemplar_doubt
-from conceptseg.segmenters.sam3_exemplar import Detections, detect, encode_boxes
+from conceptseg.routes.doubt import exemplar_doubt
+from conceptseg.routes.exemplar import ExemplarConfig, ExemplarRoute, component_boxes
+from conceptseg.segmenters.sam3_exemplar import detect, encode_boxes
+from conceptseg.segmenters.sam3_outputs import Detections
 from conceptseg.types import Demonstration
 
 pytestmark = pytest.mark.sam3

@@ -410,6 +410,12 @@ class TestSam3Bundle:
         route.fit(_demos(nuclei_tiles))
         _, details = route.segment_with_details(nuclei_tiles[1][1])
         assert details["shortcut_taken"] is taken and (details["completion"] is None) is taken
+        # SAM 3 alone: no policy box or check to weigh. Presence ~0 (SAM 3 clamps its logit at -10) scores
+        # SAM 3's mask ~0: the segmenter doubt is ~1.
+        assert set(details["doubt_terms"]) == ({"segmenter", "boundary"} if taken else
+                                               {"check", "segmenter", "box", "boundary"})
+        if not taken:
+            assert details["doubt_terms"]["segmenter"] == pytest.approx(1.0, abs=1e-3)
         off = ReasoningRoute(bundle, ReasoningConfig(question="nucleus", shortcut=False))
         off.fit(_demos(nuclei_tiles))
         _, details = off.segment_with_details(nuclei_tiles[1][1])

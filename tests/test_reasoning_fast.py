@@ -66,6 +66,23 @@ class TestRoute:
             assert probability.shape == nuclei_tiles[1][1].shape[:2]
         assert route.induction["decoded_tokens"] == full_details["decoded_tokens"]
 
+    def test_the_doubt_checks_the_inducing_episode_and_looks_at_each_target(self, bundle, nuclei_tiles):
+        from conceptseg.model.episode import build_episode
+        from conceptseg.model.prompts import box_iou
+
+        demos = _demos(nuclei_tiles)
+        route = ReasoningFastRoute(bundle)
+        route.fit(demos)
+        induced = box_iou((0, 0, 299, 299), build_episode(demos, demos[0].image).proxy_box)
+        assert route.induction["check_iou"] == pytest.approx(induced)
+        outcomes = route.segment_batch([nuclei_tiles[i][1] for i in (1, 2)])
+        for _, details in outcomes:  # the check is the induction's; the other terms are the target's
+            assert set(details["doubt_terms"]) == {"check", "segmenter", "box", "boundary"}
+            assert details["doubt_terms"]["check"] == pytest.approx(1.0 - induced)
+        assert outcomes[0][1]["doubt"] != outcomes[1][1]["doubt"]
+        route.refit(demos, "nuclei are bright ovals")  # a worker's recorded rule: no episode, no check
+        assert set(route.segment_with_details(nuclei_tiles[1][1])[1]["doubt_terms"]) == {"segmenter", "box", "boundary"}
+
     def test_verifies_on_a_demonstration_it_never_saw(self, bundle, nuclei_tiles):
         demos = _demos(nuclei_tiles)
         route = ReasoningFastRoute(bundle)

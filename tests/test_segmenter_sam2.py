@@ -54,6 +54,11 @@ def test_box_only_matches_sam2_image_predictor(seg):
     pred.set_image(_image())
     ref, _, _ = pred.predict(box=np.array(BOX), multimask_output=False, return_logits=True)
     np.testing.assert_allclose(seg.predict("img", box=BOX), ref[0], atol=1e-5)
+    _, iou, _ = pred.predict(box=np.array(BOX), multimask_output=False, return_logits=True)
+    scored = seg.predict_scored("img", box=BOX)  # the decoder's predicted IoU beside the same logits
+    np.testing.assert_array_equal(scored.logits, seg.predict("img", box=BOX))
+    assert scored.quality == pytest.approx(float(np.clip(iou[0], 0, 1)), abs=1e-5)
+    assert 0.0 < scored.presence <= 1.0 and scored.score == pytest.approx(scored.quality * scored.presence)
 
 
 def test_tokens_only_works(seg):

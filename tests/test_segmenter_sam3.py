@@ -87,6 +87,8 @@ def test_logits_are_semantic_seg_upsampled_bilinearly(seg):
     pred = seg.predict("img", "red box")
     np.testing.assert_allclose(pred.logits, ref.numpy(), atol=1e-5)
     assert pred.presence == pytest.approx(out.presence_logits.sigmoid().item(), abs=1e-6)
+    best = out.pred_logits.sigmoid().max().item()  # the best instance, scored as transformers' post-processing
+    assert pred.score == pytest.approx(best * pred.presence, abs=1e-6) and 0.0 <= pred.score <= pred.presence
 
 
 def test_concept_tokens_change_logits_and_presence(seg):

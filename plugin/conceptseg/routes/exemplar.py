@@ -17,7 +17,7 @@ name, and SAM 3 returns every instance of the concept.
 3. verify: leave one demonstration out, fit on the others (their positive tokens are kept;
    negatives are mined again from the others alone), segment the held-out one.
 
-Doubt (``exemplar_doubt``) comes from SAM 3's own scores: how far the presence score is from
+Doubt (``routes.doubt.exemplar_doubt``) comes from SAM 3's own scores: how far the presence score is from
 undecided, times how far the kept instances' scores are above the keep threshold (or, with
 none kept, how far the best instance is below it).
 """
@@ -32,6 +32,7 @@ import numpy as np
 from conceptseg.errors import ConceptSegError
 from conceptseg.imaging import content_key, to_uint8
 from conceptseg.routes.base import Route, mask_iou
+from conceptseg.routes.doubt import exemplar_doubt
 from conceptseg.types import Demonstration
 
 
@@ -69,24 +70,6 @@ class ExemplarConfig:
             raise ValueError(f"max_positives must be at least 1; got {self.max_positives}.")
         if self.max_negatives < 0:
             raise ValueError(f"max_negatives must be 0 or more; got {self.max_negatives}.")
-
-
-def exemplar_doubt(scores: np.ndarray, presence: float, min_score: float) -> float:
-    """1 - (presence certainty x instance certainty), in [0, 1].
-
-    presence certainty = |2 p - 1|: 0 when SAM 3 cannot tell whether the concept is there.
-    instance certainty = mean over kept instances of (s - t) / (1 - t), their margin above the
-    keep threshold t; with none kept, (t - max s) / t, the best instance's margin below it.
-    """
-    scores = np.asarray(scores, dtype=np.float64)
-    kept = scores[scores > min_score]
-    if kept.size:
-        instances = float(np.mean((kept - min_score) / (1.0 - min_score)))
-    else:
-        best = float(scores.max()) if scores.size else 0.0
-        instances = (min_score - best) / min_score
-    certainty = abs(2.0 * presence - 1.0) * min(max(instances, 0.0), 1.0)
-    return float(min(max(1.0 - certainty, 0.0), 1.0))
 
 
 def component_boxes(mask: np.ndarray, limit: int) -> list[list[float]]:

@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-from conceptseg.routes.doubt import check_doubt, probability_doubt
+from conceptseg.routes.doubt import reasoning_doubt
 from conceptseg.model.episode import TARGET_SIZE, BoxMap, build_episode, build_reference_episode
 from conceptseg.errors import ConceptSegError
 from conceptseg.runs.execution import log_of
@@ -183,20 +183,24 @@ class ReasoningRoute(Route):
         box = None if box_600 is None else target_map.to_original(box_600)
         tokens = details.pop("_tokens")
         try:
-            if is_sam3(segmenter):  # SAM 3 reads the answer phrase, not a box (method.md §1.3)
-                logits = segmenter.predict(key, details["answer"] or self.config.question,
-                                           concept_tokens=tokens).logits
-            else:
-                logits = segmenter.predict(key, box=box, concept_tokens=tokens)
+            logits, score = _scored_prediction(segmenter, key, details["answer"] or self.config.question,
+                                               box, tokens)
             check_finite_output(logits, "segmenter")  # the segmenters check too; a stand-in may not
         except ConceptSegError as e:
             return e
         details["box"] = None if box is None else [int(v) for v in box]
-        # Doubt: how well this episode's <check> re-found the withheld box (see conceptseg.routes.doubt).
         probability = torch.sigmoid(torch.from_numpy(logits)).numpy().astype(np.float32)
-        details["doubt"] = (check_doubt(details["check_iou"]) if "check_iou" in details
-                            else probability_doubt(probability, self.config.threshold))
+        # Doubt: the episode's <check>, the segmenter's score, <bbox> vs the mask, its border
+        # (see conceptseg.routes.doubt); every completion was asked for a <bbox>.
+        checked, check_iou = self._check(details)
+        details["doubt"], details["doubt_terms"] = reasoning_doubt(
+            probability, self.config.threshold, checked=checked, check_iou=check_iou, score=score,
+            box_asked=True, box=details["box"])
         return probability, details
+
+    def _check(self, details: dict) -> tuple[bool, float | None]:
+        """(whether this target's doubt has a check term, its IoU): the episode's own <check>."""
+        return "check_iou" in details, details.get("check_iou")
 
     def _shortcut(self, key: str):
         """The paper's shortcut: for a short question SAM 3 alone, when it is confident.
@@ -218,7 +222,8 @@ class ReasoningRoute(Route):
                    "parse_error": None, "truncated": None, "reasoning": None, "rule": None, "check": None,
                    "box": None, "completion": None, "decoded_tokens": 0}
         probability = torch.sigmoid(logits).numpy().astype(np.float32)
-        details["doubt"] = probability_doubt(probability, self.config.threshold)
+        score = _score_of(decision.prediction)  # no policy ran: no check and no box to agree with
+        details["doubt"], details["doubt_terms"] = reasoning_doubt(probability, self.config.threshold, score=score)
         return (probability, details), decision.reason
 
     def _episode(self, image: np.ndarray):
@@ -315,6 +320,28 @@ def _embed_all(segmenter, images: list, log=None) -> dict:
         except ConceptSegError as e:
             failed[key] = e
     return failed
+
+
+def _scored_prediction(segmenter, key: str, phrase: str, box, tokens) -> tuple[np.ndarray, float | None]:
+    """The segmenter's logits for one target and its score for that mask (None if it gives none).
+
+    SAM 3 reads the answer phrase, not a box (method.md §1.3); SAM 2 reads the box. A
+    segmenter without ``predict_scored`` (a stand-in) gives logits alone.
+    """
+    if is_sam3(segmenter):
+        prediction = segmenter.predict(key, phrase, concept_tokens=tokens)
+        return prediction.logits, _score_of(prediction)
+    scored = getattr(segmenter, "predict_scored", None)
+    if scored is None:
+        return segmenter.predict(key, box=box, concept_tokens=tokens), None
+    prediction = scored(key, box=box, concept_tokens=tokens)
+    return prediction.logits, prediction.score
+
+
+def _score_of(prediction) -> float | None:
+    """SAM 3's score for its mask: the best instance's score, else the presence alone."""
+    score = getattr(prediction, "score", None)
+    return prediction.presence if score is None else score
 
 
 def _resize_600(image: np.ndarray) -> np.ndarray:

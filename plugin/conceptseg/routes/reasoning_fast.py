@@ -52,6 +52,7 @@ class ReasoningFastRoute(ReasoningRoute):
             self.fit(demonstrations)
             return
         self._rule = rule
+        self.induction = {}  # no episode of its own: the targets' doubt has no check term
         super().fit(list(demonstrations))
 
     def fit_references(self, images) -> None:
@@ -84,11 +85,21 @@ class ReasoningFastRoute(ReasoningRoute):
         details = full._ask([demonstrations[0].image])[0][0]
         self.induction = {"completion": details["completion"], "decoded_tokens": details["decoded_tokens"],
                           "parse_error": details["parse_error"]}
+        if "check_iou" in details:  # the episode withheld a box (two demonstrations or more)
+            self.induction["check_iou"] = details["check_iou"]
         if not details.get("rule"):
             raise RuleInductionError(
                 "The policy wrote no parseable rule for these demonstrations "
                 f"({details['parse_error'] or 'the rule was empty'}); use the reasoning route instead.")
         return details["rule"]
+
+    def _check(self, details: dict) -> tuple[bool, float | None]:
+        """The doubt's check term is the inducing episode's: the rule re-finding its withheld box.
+
+        The same for every target (it moves the doubt's level, not the targets' order); none
+        after ``refit`` or when the demonstrations were too few to withhold a box.
+        """
+        return "check_iou" in self.induction, self.induction.get("check_iou")
 
     def _demonstration_prompt(self, episode, template) -> tuple[str, bool]:
         return build_fast_prompt(self.config.question, self._rule, episode.reference_boxes), False

@@ -30,6 +30,8 @@ def label_attributes(choice, result, run_key: str, run_id: str | None = None) ->
         doubt=details.get("doubt"),  # in [0, 1], higher = more likely wrong (conceptseg.routes.doubt)
         run_key=run_key,
     )
+    if details.get("doubt_terms"):  # the reasoning routes: what the doubt is made of, {term: its doubt}
+        attrs["doubt_terms"] = {str(k): float(v) for k, v in details["doubt_terms"].items()}
     if details.get("decoded_tokens") is not None:  # the policy routes: tokens it wrote for this target
         attrs["decoded_tokens"] = int(details["decoded_tokens"])
     if run_id:

@@ -69,6 +69,27 @@ class Sam2SegmenterConfig:
         return cls(**d)
 
 
+@dataclasses.dataclass(frozen=True)
+class Sam2Prediction:
+    """One SAM 2 answer: HxW float32 logits at the original image size, and the decoder's
+    own opinion of that mask.
+
+    quality: the mask decoder's predicted IoU for the mask it returned (after SAM 2's
+        stability fallback), clipped to [0, 1].
+    presence: sigmoid of the decoder's object-score logit (SAM 2.1 predicts whether the
+        prompt holds an object at all); about 1 for models without that head.
+    """
+
+    logits: np.ndarray
+    quality: float
+    presence: float
+
+    @property
+    def score(self) -> float:
+        """quality x presence in [0, 1]: as SAM 3's instance score (class score x presence)."""
+        return self.quality * self.presence
+
+
 def _backbone_feature_maps(model, backbone_out: dict) -> list[torch.Tensor]:
     """Returns the decoder's feature levels, flattened to (HW, B, C), lowest resolution last.
 
@@ -231,11 +252,17 @@ class Sam2Segmenter:
 
         NaN or infinite weights or logits raise NonFiniteError (a ConceptSegError).
         """
+        return self.predict_scored(key, box, concept_tokens).logits
+
+    def predict_scored(self, key: str, box: Sequence[float] | None = None,
+                       concept_tokens: torch.Tensor | None = None) -> Sam2Prediction:
+        """As ``predict``, with the mask decoder's predicted IoU and object presence beside the logits."""
         with torch.no_grad():
             self._finite.check("SAM 2 segmenter")
-            logits = self._forward(key, box, concept_tokens)
+            logits, iou, object_logit = self._forward(key, box, concept_tokens)
             check_finite_output(logits, "SAM 2 segmenter")
-            return logits.cpu().numpy()
+            return Sam2Prediction(logits=logits.cpu().numpy(), quality=float(iou.clamp(0.0, 1.0)),
+                                  presence=float(torch.sigmoid(object_logit)))
 
     def predict_with_grad(self, key: str, box: Sequence[float] | None = None,
                           concept_tokens: torch.Tensor | None = None) -> torch.Tensor:
@@ -244,14 +271,15 @@ class Sam2Segmenter:
         SAM 2 itself stays frozen (its parameters never require grad).
         """
         with torch.enable_grad():
-            return self._forward(key, box, concept_tokens)
+            return self._forward(key, box, concept_tokens)[0]
 
     def predict_mask(self, key: str, box: Sequence[float] | None = None,
                      concept_tokens: torch.Tensor | None = None) -> np.ndarray:
         """HxW bool mask: ``predict`` logits above ``config.mask_threshold``."""
         return self.predict(key, box, concept_tokens) > self.config.mask_threshold
 
-    def _forward(self, key, box, concept_tokens) -> torch.Tensor:
+    def _forward(self, key, box, concept_tokens) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(HxW logits, predicted IoU, object-score logit); the two scores are 0-d tensors."""
         if box is None and concept_tokens is None:
             raise ValueError("predict needs a prompt: pass a box, concept_tokens, or both.")
         feats = self._cache.require(key)
@@ -275,7 +303,7 @@ class Sam2Segmenter:
         sparse = sparse.to(self.dtype)
         if concept_tokens is not None:
             sparse = torch.cat([sparse, self._check_tokens(concept_tokens)], dim=1)
-        low_res, _, _, _ = self.model.sam_mask_decoder(
+        low_res, iou, _, object_logit = self.model.sam_mask_decoder(
             image_embeddings=feats["image_embed"],
             image_pe=encoder.get_dense_pe(),
             sparse_prompt_embeddings=sparse,
@@ -283,8 +311,9 @@ class Sam2Segmenter:
             multimask_output=False,
             repeat_image=False,
             high_res_features=feats["high_res_feats"],
-        )  # 1x1x(S/4)x(S/4)
-        return self._transforms.postprocess_masks(low_res, feats["orig_hw"])[0, 0]
+        )  # 1x1x(S/4)x(S/4), 1x1, 1x1 (no object head: logit 10, presence ≈ 1)
+        logits = self._transforms.postprocess_masks(low_res, feats["orig_hw"])[0, 0]
+        return logits, iou.reshape(()).float(), object_logit.reshape(()).float()
 
     def _check_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         if not isinstance(tokens, torch.Tensor):

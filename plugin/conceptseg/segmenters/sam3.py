@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from conceptseg.errors import ConceptSegError
 from conceptseg.segmenters.cache import EmbeddingCache, FiniteWeights, check_finite_output, check_rgb_uint8
+from conceptseg.segmenters.sam3_outputs import Sam3Prediction, Sam3TensorPrediction
 from conceptseg.segmenters.sam3_text import (Sam3Shortcut, require_sam3, shortcut_threshold, shortcut_word_count,
                                              text_shortcut)
 
@@ -89,31 +90,6 @@ class Sam3SegmenterConfig:
         if unknown:
             raise ValueError(f"Unknown Sam3SegmenterConfig keys: {sorted(unknown)}.")
         return cls(**d)
-
-
-@dataclasses.dataclass(frozen=True)
-class Sam3Prediction:
-    """One SAM 3 answer: HxW float32 logits at the original image size, presence in [0, 1]."""
-
-    logits: np.ndarray
-    presence: float
-
-    def mask(self, threshold: float = 0.0) -> np.ndarray:
-        """HxW bool mask: logits above ``threshold`` (method.md §1.3 uses 0)."""
-        return self.logits > threshold
-
-    def __repr__(self) -> str:
-        h, w = self.logits.shape[:2]
-        return f"Sam3Prediction(logits={self.logits.dtype}[{h}x{w}], presence={self.presence:.4f})"
-
-
-@dataclasses.dataclass(frozen=True)
-class Sam3TensorPrediction:
-    """As ``Sam3Prediction`` but torch tensors that backpropagate into the concept tokens:
-    ``logits`` HxW float32, ``presence`` a 0-d float32 tensor (sigmoid of the presence logit)."""
-
-    logits: torch.Tensor
-    presence: torch.Tensor
 
 
 # ---- loading --------------------------------------------------------------------------
@@ -305,7 +281,8 @@ class Sam3Segmenter:
             out = self._forward(key, text, concept_tokens)
             check_finite_output(out.logits, "SAM 3 segmenter")
             check_finite_output(out.presence, "SAM 3 segmenter")
-        return Sam3Prediction(logits=out.logits.cpu().numpy(), presence=float(out.presence))
+        score = None if out.score is None else float(out.score)
+        return Sam3Prediction(logits=out.logits.cpu().numpy(), presence=float(out.presence), score=score)
 
     def predict_with_grad(self, key: str, text: str,
                           concept_tokens: torch.Tensor | None = None) -> Sam3TensorPrediction:
@@ -385,7 +362,8 @@ class Sam3Segmenter:
         logits = F.interpolate(out.semantic_seg.float(), size=entry["orig_hw"], mode="bilinear",
                                align_corners=False)[0, 0]
         presence = out.presence_logits.float().sigmoid().reshape(())
-        return Sam3TensorPrediction(logits=logits, presence=presence)
+        score = None if out.pred_logits is None else out.pred_logits.float().sigmoid().max() * presence
+        return Sam3TensorPrediction(logits=logits, presence=presence, score=score)
 
     def _check_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         if not isinstance(tokens, torch.Tensor):

@@ -22,7 +22,6 @@ sigmoid(logit) x presence; kept instances are those scoring above ``min_score``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -30,29 +29,9 @@ import torch
 import torch.nn.functional as F
 
 from conceptseg.segmenters.cache import check_finite_output
+from conceptseg.segmenters.sam3_outputs import Detections
 
 BOX_ONLY_TEXT = "visual"  # SAM 3's text prompt when only boxes are given (Sam3Processor)
-
-
-@dataclass(frozen=True)
-class Detections:
-    """SAM 3's instances on one image, at the image's own size.
-
-    probability: HxW float32, per pixel the highest sigmoid(mask logit) of the kept instances
-        (0 where none was kept); above 0.5 is SAM 3's own mask threshold
-    scores: (Q,) every query's instance score, sigmoid(logit) x presence
-    kept: (Q,) bool, scores above ``min_score``
-    boxes: (Q, 4) every query's box, x0 y0 x1 y1 in pixels
-    masks: (K, H, W) bool, the kept instances' masks (sigmoid above 0.5), best first
-    presence: sigmoid of the presence logit: is the concept in the image at all
-    """
-
-    probability: np.ndarray
-    scores: np.ndarray
-    kept: np.ndarray
-    boxes: np.ndarray
-    masks: np.ndarray
-    presence: float
 
 
 def encode_boxes(segmenter, entry: dict, boxes: Sequence[Sequence[float]], labels: Sequence[int]) -> torch.Tensor:
