@@ -28,7 +28,7 @@ ZOO = {
         "config": "configs/sam2.1/sam2.1_hiera_l.yaml",
     },
     # SAM 3 alone (a segmenter-only bundle): the exemplar route, no reasoning policy.
-    "conceptseg-sam3": {"sam3": OFFICIAL_SEGMENTER},
+    "conceptseg-sam3": {"repo": OFFICIAL_SEGMENTER, "sam3_only": True},
     "conceptseg-tiny-random": {"tiny": True},
 }
 # Processor files only: a base model's weights are not needed beside a release.
@@ -79,7 +79,7 @@ def download_zoo_bundle(name: str, path: str) -> str:
             build_tiny_bundle(tmp)
         elif "file" in entry:
             _download_sam2(entry, tmp)
-        elif "sam3" in entry:
+        elif entry.get("sam3_only"):
             _download_sam3(entry, tmp)
         else:
             _download_release(entry, tmp)
@@ -170,7 +170,7 @@ def _snapshot(repo: str, out_dir: str, allow_patterns=None) -> None:
 
 def _download_sam3(entry: dict, out_dir: str) -> None:
     """SAM 3 (gated) in ``segmenter/`` and a bundle.json naming it: no policy, no translator."""
-    _snapshot(entry["sam3"], os.path.join(out_dir, "segmenter"))
+    _snapshot(entry["repo"], os.path.join(out_dir, "segmenter"))
     spec = {"format": FORMAT, "version": 1, "policy": None, "translator": None,
             "segmenter": {"kind": "sam3", "config": {"path": "segmenter"}}}
     with open(os.path.join(out_dir, BUNDLE_FILE), "w") as f:
