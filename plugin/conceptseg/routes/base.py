@@ -74,3 +74,21 @@ class Route(abc.ABC):
     def threshold(self) -> float:
         """Probability above which a pixel belongs to the concept."""
         return self.config.threshold
+
+
+class BatchedRoute(Route):
+    """A route whose own unit is a batch (one model pass for B targets): one image is a batch of one."""
+
+    def segment(self, image: np.ndarray) -> np.ndarray:
+        """HxWx3 float image → HxW float32 probability of the concept."""
+        return self.segment_with_details(image)[0]
+
+    def segment_with_details(self, image: np.ndarray) -> tuple[np.ndarray, dict]:
+        outcome = self.segment_batch([image])[0]
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    @abc.abstractmethod
+    def segment_batch(self, images: Sequence[np.ndarray]) -> list:
+        """Per image (probability, details), or the exception that is that image's failure."""

@@ -31,7 +31,7 @@ import numpy as np
 
 from conceptseg.errors import ConceptSegError
 from conceptseg.imaging import content_key, to_uint8
-from conceptseg.routes.base import Route, mask_iou
+from conceptseg.routes.base import BatchedRoute, mask_iou
 from conceptseg.routes.doubt import exemplar_doubt
 from conceptseg.types import Demonstration
 
@@ -86,7 +86,7 @@ def component_boxes(mask: np.ndarray, limit: int) -> list[list[float]]:
             for i in order]
 
 
-class ExemplarRoute(Route):
+class ExemplarRoute(BatchedRoute):
     """Segments by SAM 3 exemplars drawn from the demonstrations."""
 
     name = "exemplar"
@@ -175,15 +175,6 @@ class ExemplarRoute(Route):
         return boxes
 
     # ---- segmenting -------------------------------------------------------------------
-
-    def segment(self, image: np.ndarray) -> np.ndarray:
-        return self.segment_with_details(image)[0]
-
-    def segment_with_details(self, image: np.ndarray) -> tuple[np.ndarray, dict]:
-        outcome = self.segment_batch([image])[0]
-        if isinstance(outcome, Exception):
-            raise outcome
-        return outcome
 
     def segment_batch(self, images: Sequence[np.ndarray]) -> list:
         """One batched SAM 3 pass for the targets that embed; a target that fails is its own failure."""

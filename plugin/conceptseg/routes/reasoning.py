@@ -24,7 +24,7 @@ from conceptseg.imaging import content_key, to_uint8
 from conceptseg.model.prefix import PrefixStore
 from conceptseg.model.prompts import CompletionParseError, box_iou, build_prompt, parse_completion
 from conceptseg.model.templates import PromptTemplate
-from conceptseg.routes.base import Route
+from conceptseg.routes.base import BatchedRoute
 from conceptseg.segmenters import is_sam3
 from conceptseg.segmenters.cache import check_finite_output
 from conceptseg.types import Demonstration
@@ -57,7 +57,7 @@ class ReasoningConfig:
     reuse_prefix: bool = True
 
 
-class ReasoningRoute(Route):
+class ReasoningRoute(BatchedRoute):
     """Segments with a loaded bundle (policy, translator, segmenter)."""
 
     name = "reasoning"
@@ -86,17 +86,6 @@ class ReasoningRoute(Route):
     def rule(self) -> str:
         """The rule the policy induced while verifying (per-target rules are on the labels)."""
         return self._rule
-
-    def segment(self, image: np.ndarray) -> np.ndarray:
-        """HxWx3 float image → HxW float32 probability of the concept."""
-        return self.segment_with_details(image)[0]
-
-    def segment_with_details(self, image: np.ndarray) -> tuple[np.ndarray, dict]:
-        """The probability map and what the policy wrote (think, rule, answer, box, parse error)."""
-        outcome = self.segment_batch([image])[0]
-        if isinstance(outcome, Exception):
-            raise outcome
-        return outcome
 
     def segment_batch(self, images: Sequence[np.ndarray]) -> list:
         """B targets in one policy call: one ``generate`` (the rows share the prompt's length,
