@@ -251,3 +251,54 @@ class TestOperator:
         assert result.error is None, result.error
         assert result.result["promoted"] == [fixed] and list(result.result["skipped"]) == [sent["ids"][0]]
         assert np.array_equal(dataset[fixed].gt.get_mask() == 1, truth[fixed]["red"])
+
+
+class TestEditor:
+    def test_the_task_opens_in_label_studio_with_the_prediction_drawn(self, server, key, loop, capsys):
+        """Label Studio's own page in Chromium (as tests/test_browser.py drives the App): log in, open the task."""
+        browser_test = _browser_helpers()
+        from playwright.sync_api import expect, sync_playwright
+
+        dataset, _ = loop
+        out, task_of = _send(capsys, dataset, top=2)
+        most_doubtful = out["ids"][0]
+        regions = len(_tasks(server, out["project_id"])[task_of[most_doubtful]]["predictions"][0]["result"])
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=browser_test.CHROMIUM, headless=True,
+                                        args=browser_test.CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1600, "height": 1000})
+            page.set_default_timeout(60_000)
+            page.goto(f"{server.url}/user/login/")
+            page.fill("input[name=email]", ls.USER)
+            page.fill("input[name=password]", ls.PASSWORD)
+            page.locator("button[type=submit]").first.click()
+            expect(page).not_to_have_url(f"{server.url}/user/login/")
+            page.goto(f"{server.url}/projects/{out['project_id']}/data?task={task_of[most_doubtful]}")
+            submit = page.get_by_role("button", name="Submit")
+            expect(submit).to_be_visible(timeout=60_000)
+            # The prediction's regions are listed (one per connected region of the mask), labelled with the class.
+            listed = page.locator(".lsf-tree__node, [class*=outliner] [class*=item]").filter(has_text="red")
+            expect(listed.first).to_be_visible()
+            listed.first.click()  # selected: the editor outlines the pre-annotated mask
+            page.wait_for_load_state("networkidle")
+            browser_test.SHOTS.mkdir(parents=True, exist_ok=True)
+            shot = browser_test.SHOTS / "annotate-labelstudio-task.png"
+            page.screenshot(path=str(shot))
+            print(f"screenshot: {shot}")
+            text = page.locator("body").inner_text()
+            assert text.count("red") >= regions and "Traceback" not in text
+            browser.close()
+
+
+def _browser_helpers():
+    """tests/test_browser.py's Chromium settings, loaded by path (test modules are not a package here)."""
+    import importlib.util
+    from pathlib import Path
+
+    chromium = "/usr/bin/chromium"
+    if not os.path.exists(chromium) and not os.environ.get("CI"):
+        pytest.skip(f"no Debian chromium at {chromium} (apt-get install -y chromium); CI runs this test")
+    spec = importlib.util.spec_from_file_location("conceptseg_browser_test", Path(__file__).with_name("test_browser.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
