@@ -109,6 +109,26 @@ class TestSend:
             assert np.array_equal(shown, sample.pred.get_mask() > 0)
         assert dataset.select(expected).count("pred_corrections.detections") >= 3
 
+    def test_where_the_sdk_creates_no_prediction_ours_are_uploaded(self, server, key, loop, capsys, monkeypatch):
+        """label-studio-sdk 2.1.2 and 1.0.20 leave every task without its prediction; 2.0.19 does not.
+
+        Their FiftyOne upload is played here by making the SDK's bulk prediction call do nothing.
+        """
+        from label_studio_sdk._legacy.project import Project
+
+        monkeypatch.setattr(Project, "create_predictions", lambda self, predictions: None)
+        dataset, _ = loop
+        out, task_of = _send(capsys, dataset, top=2)
+        assert out["predictions_uploaded"] == 2
+        tasks = _tasks(server, out["project_id"])
+        for sample in dataset.select(out["ids"]):
+            (prediction,) = tasks[task_of[sample.id]]["predictions"]
+            assert prediction["model_version"] == "conceptseg"
+            assert np.isclose(prediction["score"], 1 - sample.pred["doubt"], atol=1e-3)
+            (region,) = prediction["result"]
+            assert region["value"]["brushlabels"] == ["red"]
+            assert np.array_equal(result_mask(region), sample.pred.get_mask() > 0)
+
     def test_a_second_send_waits_for_the_first_to_come_home(self, key, loop, capsys):
         dataset, _ = loop
         out, _ = _send(capsys, dataset, top=2)
