@@ -6,6 +6,8 @@ FIFTYONE_LABELSTUDIO_URL and FIFTYONE_LABELSTUDIO_API_KEY (declared in fiftyone.
 environment in FiftyOne OSS), else FiftyOne's annotation config; never shown or logged.
 """
 
+import os
+
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
@@ -41,7 +43,7 @@ def _key_problem(ctx) -> str | None:
     import fiftyone as fo
 
     configured = (fo.annotation_config.backends.get("labelstudio") or {}).get("api_key")
-    if secret(ctx, KEY_SECRET) or configured:
+    if secret(ctx, KEY_SECRET) or os.environ.get(KEY_SECRET) or configured:
         return None
     return (f"No Label Studio API key: set the plugin secret {KEY_SECRET} (in FiftyOne OSS, the environment "
             "variable of that name where the App runs), or api_key in FiftyOne's annotation config.")

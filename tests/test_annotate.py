@@ -9,6 +9,7 @@ import json
 import os
 
 import fiftyone as fo
+import fiftyone.operators as foo
 import numpy as np
 import pytest
 import requests
@@ -94,6 +95,8 @@ class TestSend:
         assert out["ids"] == expected and out["class"] == "red" and out["tasks"] == 3
         assert out["anno_key"] in dataset.list_annotation_runs()
         assert review.state(dataset, "pred")["annotations"][-1]["anno_key"] == out["anno_key"]
+        stored = json.dumps(dataset.get_annotation_info(out["anno_key"]).serialize()) + json.dumps(dataset.info)
+        assert key not in stored  # the key stays in the environment
         project = _api(server, "GET", f"/api/projects/{out['project_id']}")
         assert 'value="red"' in project["label_config"] and "BrushLabels" in project["label_config"]
         tasks = _tasks(server, out["project_id"])
@@ -256,8 +259,6 @@ def _assert_unchanged(dataset, before):
 
 class TestOperator:
     def test_send_then_load_from_the_app(self, plugin_installed, server, key, loop):
-        import fiftyone.operators as foo
-
         dataset, truth = loop
         uri = f"{PLUGIN}/correct_most_doubtful"
         result = foo.execute_operator(uri, dataset=dataset, params={"pred_field": "pred", "step": "send", "top": 2})
@@ -271,6 +272,38 @@ class TestOperator:
         assert result.error is None, result.error
         assert result.result["promoted"] == [fixed] and list(result.result["skipped"]) == [sent["ids"][0]]
         assert np.array_equal(dataset[fixed].gt.get_mask() == 1, truth[fixed]["red"])
+
+
+def _form(dataset, **params):
+    from fiftyone.operators.executor import ExecutionContext
+
+    request = {"dataset_name": dataset.name, "params": {"pred_field": "pred", **params}}
+    return foo.get_operator(f"{PLUGIN}/correct_most_doubtful").resolve_input(
+        ExecutionContext(request_params=request)).type.properties
+
+
+def _refused(prop) -> str:
+    assert prop.invalid, "the form lets it through"
+    return prop.error_message or prop.view.label
+
+
+class TestForm:
+    def test_the_form_refuses_what_it_can_know(self, plugin_installed, loop, monkeypatch):
+        dataset, _ = loop
+        monkeypatch.delenv("FIFTYONE_LABELSTUDIO_API_KEY", raising=False)
+        assert "FIFTYONE_LABELSTUDIO_API_KEY" in _refused(_form(dataset)["no_key"])
+        monkeypatch.setenv("FIFTYONE_LABELSTUDIO_API_KEY", "some-key")
+        form = _form(dataset)
+        assert "no_key" not in form and form["step"].default == "send"
+        assert _refused(_form(dataset, step="send", top=0)["top"]) == "Send at least one target."
+        assert _refused(_form(dataset, step="load")["nothing_out"]).startswith("Nothing of this run is out")
+
+    def test_with_a_run_out_the_form_offers_to_bring_it_home(self, plugin_installed, key, loop, capsys):
+        dataset, _ = loop
+        out, _ = _send(capsys, dataset, top=2)
+        form = _form(dataset)
+        assert form["step"].default == "load" and out["anno_key"] in form["out"].view.label
+        assert "in Label Studio already" in _refused(_form(dataset, step="send")["pending"])
 
 
 class TestEditor:
