@@ -95,7 +95,8 @@ class TestSend:
         assert out["ids"] == expected and out["class"] == "red" and out["tasks"] == 3
         assert out["anno_key"] in dataset.list_annotation_runs()
         assert review.state(dataset, "pred")["annotations"][-1]["anno_key"] == out["anno_key"]
-        stored = json.dumps(dataset.get_annotation_info(out["anno_key"]).serialize()) + json.dumps(dataset.info)
+        stored = json.dumps(dataset.get_annotation_info(out["anno_key"]).serialize(), default=str) + json.dumps(
+            dataset.info, default=str)
         assert key not in stored  # the key stays in the environment
         project = _api(server, "GET", f"/api/projects/{out['project_id']}")
         assert 'value="red"' in project["label_config"] and "BrushLabels" in project["label_config"]
