@@ -20,6 +20,7 @@ def components() -> tuple[tuple, tuple]:
 
     use_plugin_engine()
     from .operators.concept_library import ApplyConcept, SaveConcept
+    from .operators.correct_most_doubtful import CorrectMostDoubtful
     from .operators.delete_concept_run import DeleteConceptRun
     from .operators.evaluate_concept_segmentation import EvaluateConceptSegmentation
     from .operators.evaluation_metrics import ConceptDice, ConceptIoU, SMeasure, WeightedFMeasure
@@ -46,6 +47,7 @@ def components() -> tuple[tuple, tuple]:
         RejectTargets,
         PromoteCorrections,
         RerunReview,
+        CorrectMostDoubtful,
         SaveConcept,
         ApplyConcept,
         UpdateConcept,

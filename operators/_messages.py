@@ -30,3 +30,19 @@ def rerun_sentence(out: dict) -> str:
     return (f"Round {out['round']}: {out['segmented']} targets segmented again into {out['pred_field']!r} with "
             f"{out['demonstrations']} demonstrations ({out['route']} route, verification "
             f"{'unavailable' if v is None else f'{v:.3f}'}).")
+
+
+def annotation_sent_sentence(out: dict) -> str:
+    n = len(out["ids"])
+    return (f"Sent the {n} most doubtful target{'s' * (n != 1)} to Label Studio, pre-annotated with "
+            f"{'its' if n == 1 else 'their'} prediction as {out['class']!r}: correct them at {out['url']}, then "
+            "bring them home with this operator's second step.")
+
+
+def corrections_loaded_sentence(out: dict) -> str:
+    n, skipped = len(out["promoted"]), len(out["skipped"])
+    return (f"Loaded {n} corrected mask{'s' * (n != 1)} from Label Studio into {out['mask_field']!r} as "
+            f"{out['class']!r}" + _replaced(out)
+            + (f"; {skipped} not promoted: " + "; ".join(f"{i} {w}" for i, w in out["skipped"].items())
+               if skipped else "")
+            + ("; the Label Studio project was deleted" if out.get("cleaned") else "") + ".")

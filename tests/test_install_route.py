@@ -125,7 +125,7 @@ class TestMetadata:
         spec = SpecifierSet(meta["fiftyone"]["version"])
         assert all(s.operator in (">=", ">") for s in spec), spec
         assert "1.22.1" in spec and "1.23.0" in spec and "2.0.0" in spec and "1.21.0" not in spec
-        assert meta["secrets"] == ["HF_TOKEN"]
+        assert meta["secrets"] == ["HF_TOKEN", "FIFTYONE_LABELSTUDIO_URL", "FIFTYONE_LABELSTUDIO_API_KEY"]
         assert "url" not in meta and not re.search(r"https?://", text)
 
     def test_manifest_urls_are_only_the_models_hub_pages(self):

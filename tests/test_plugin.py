@@ -54,7 +54,7 @@ class TestRegistry:
         metrics = {f"{PLUGIN_NAME}/concept_{m}" for m in ("iou", "dice", "wfm", "sm")}
         loop = {f"{PLUGIN_NAME}/{n}" for n in ("accept_targets", "reject_targets", "promote_corrections",
                                                "rerun_review", "save_concept", "apply_concept",
-                                               "update_concept")}
+                                               "update_concept", "correct_most_doubtful")}
         assert uris == {SEGMENT, EVALUATE, TRAIN, f"{PLUGIN_NAME}/segment_by_query",
                         f"{PLUGIN_NAME}/delete_concept_run", f"{PLUGIN_NAME}/segment_shard"} | metrics | loop
         assert registry.list_errors() == []

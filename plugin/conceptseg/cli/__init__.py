@@ -28,6 +28,7 @@ _AFTER_INTERRUPT = {
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (kept separate so tests can read its contract)."""
+    from conceptseg.cli.annotate import add_annotate_command
     from conceptseg.cli.review import add_concept_commands, add_review_commands
     from conceptseg.cli.runs import add_run_commands, add_setup_commands
     from conceptseg.cli.segment import add_data_commands, add_segment_commands
@@ -40,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = argparse.Namespace(add_parser=functools.partial(
         subparsers.add_parser, formatter_class=common.DefaultsFormatter))
     for add in (add_segment_commands, add_data_commands, add_train_command, add_setup_commands, add_run_commands,
-                add_review_commands, add_concept_commands, add_shards_command):
+                add_review_commands, add_annotate_command, add_concept_commands, add_shards_command):
         add(sub)
     return parser
 

@@ -93,7 +93,7 @@ def add_review_commands(sub) -> None:
                            help="the concept is not in these images: they become negative demonstrations")
         else:
             p.add_argument("--replace", action="store_true", help=REPLACE_HELP)
-        _mask_field_option(p)
+        mask_field_option(p)
         p.add_argument("--json", action="store_true")
         p.set_defaults(func=func)
     p = sub.add_parser("promote", help="corrected masks from a field become ground truth and demonstrations")
@@ -102,7 +102,7 @@ def add_review_commands(sub) -> None:
     p.add_argument("--ids", required=True, help="sample ids, comma-separated")
     p.add_argument("--pred-field", required=True)
     p.add_argument("--replace", action="store_true", help=REPLACE_HELP)
-    _mask_field_option(p)
+    mask_field_option(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_promote)
     p = sub.add_parser("rerun", help="segment the targets not yet accepted with the enlarged demonstrations")
@@ -115,7 +115,7 @@ def add_review_commands(sub) -> None:
 OVERWRITE_HELP = "replace a saved concept of that name (as its new version; earlier ones stay applicable as NAME@N)"
 
 
-def _mask_field_option(p) -> None:
+def mask_field_option(p) -> None:
     p.add_argument("--mask-field", help="on a run made by `concepts apply`: the field accepted masks go into (needed "
                    "when the concept's own field is not on this dataset; created as the concept's label type)")
 
