@@ -33,6 +33,27 @@ def nuclei_tiles(files: demo_data.DemoFiles, tile: int = 128) -> dict[str, tuple
     return out
 
 
+def large_nuclei_tiles(files: demo_data.DemoFiles, offset: int = 0, tile: int = 128) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """The size concept "nuclei larger than the median": (name, HxWx3 float tile, bool mask) per tile.
+
+    The image is normalised once as a whole and cut into tiles starting ``offset`` px in;
+    the median is the whole image's nucleus area, and a nucleus cut by a tile border counts
+    by its visible part (its pixels inside the tile).
+    """
+    image, labels = demo_data.nuclei(files)
+    image8 = to_uint8(to_rgb_float(image))
+    areas = np.bincount(labels.ravel())[1:]
+    median = float(np.median(areas[areas > 0]))
+    out = []
+    for r in range(offset, image.shape[0] - tile + 1, tile):
+        for c in range(offset, image.shape[1] - tile + 1, tile):
+            tile_labels = labels[r : r + tile, c : c + tile]
+            large = np.flatnonzero(np.bincount(tile_labels.ravel()) > median)
+            mask = np.isin(tile_labels, large[large > 0])
+            out.append((f"nuclei_r{r:03d}_c{c:03d}", to_rgb_float(image8[r : r + tile, c : c + tile]), mask))
+    return out
+
+
 def quokka_small(files: demo_data.DemoFiles, width: int = 480) -> tuple[np.ndarray, np.ndarray]:
     """The quokka shrunk to ``width`` (fast to segment): HxWx3 uint8 BGR and its bool mask."""
     photo, mask = demo_data.quokka(files)

@@ -95,8 +95,17 @@ class AppearanceRoute(Route):
             num_workers=budget(),  # its default, every core, oversubscribes workers sharing a machine
         ).astype(np.float32, copy=False)
 
+    def prepare(self, images) -> None:
+        """Chooses the feature stack for these images: one grey stack when every image is grey."""
+        self._gray = all(_is_gray(image) for image in images)
+
     def fit_features(self, pairs: list[tuple[np.ndarray, np.ndarray]]) -> None:
-        """Trains the forest on (features, full-size bool mask) pairs."""
+        """Trains the forest on (features, full-size mask) pairs.
+
+        A mask is bool (any other dtype is read as bool), or int8 with 1 for the concept,
+        0 for background and -1 for pixels no class is drawn from (the object route leaves
+        out the objects a mask does not decide).
+        """
         from sklearn.ensemble import RandomForestClassifier
 
         from conceptseg.threads import budget
@@ -142,7 +151,7 @@ class AppearanceRoute(Route):
 
     def fit(self, demonstrations) -> None:
         """Learns the concept from all demonstrations."""
-        self._gray = all(_is_gray(d.image) for d in demonstrations)
+        self.prepare([d.image for d in demonstrations])
         self.fit_features([(self.features(d.image), d.mask) for d in demonstrations])
 
     def segment(self, image: np.ndarray) -> np.ndarray:
@@ -169,7 +178,7 @@ class AppearanceRoute(Route):
         """Leave-one-out IoU per demonstration; features are computed once per image."""
         from conceptseg.routes.base import mask_iou
 
-        self._gray = all(_is_gray(d.image) for d in demonstrations)
+        self.prepare([d.image for d in demonstrations])
         feats = [self.features(d.image) for d in demonstrations]
         scores = {}
         for i, held_out in enumerate(demonstrations):
@@ -189,6 +198,10 @@ class AppearanceRoute(Route):
 def _resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     import cv2
 
+    if mask.dtype == np.int8:  # 1 / 0 / -1 labels keep their values
+        if mask.shape == tuple(size):
+            return mask
+        return cv2.resize(mask.astype(np.int16), (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
     if mask.shape == tuple(size):
         return mask.astype(bool)
     resized = cv2.resize(mask.astype(np.uint8), (size[1], size[0]), interpolation=cv2.INTER_NEAREST)

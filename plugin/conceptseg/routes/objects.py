@@ -79,7 +79,7 @@ def propose(image: np.ndarray, config: CandidateConfig) -> np.ndarray:
         labels = felzenszwalb(image, scale=100, sigma=0.5, min_size=config.min_area) + 1
     else:
         labels = _slic_merged(image)
-    return _keep(labels, config.min_area, config.max_objects)
+    return keep_objects(labels, config.min_area, config.max_objects)
 
 
 def foreground(image: np.ndarray, config: CandidateConfig) -> np.ndarray:
@@ -113,11 +113,11 @@ def _background_objects(image: np.ndarray, config: CandidateConfig) -> np.ndarra
     mask = foreground(image, config)
     labels, count = ndi.label(mask, structure=np.ones((3, 3)))
     if count and config.split_touching:
-        labels = _split(mask, labels, config.split_h)
+        labels = split_at_necks(mask, labels, config.split_h)
     return labels.astype(np.int32)
 
 
-def _split(mask: np.ndarray, labels: np.ndarray, h: float) -> np.ndarray:
+def split_at_necks(mask: np.ndarray, labels: np.ndarray, h: float) -> np.ndarray:
     """Watershed on the distance transform, seeded by its h-maxima: narrow necks separate."""
     from scipy import ndimage as ndi
     from skimage.morphology import local_maxima, reconstruction
@@ -146,7 +146,7 @@ def _slic_merged(image: np.ndarray) -> np.ndarray:
     return graph.cut_threshold(segments, rag, 0.08) + 1
 
 
-def _keep(labels: np.ndarray, min_area: int, max_objects: int) -> np.ndarray:
+def keep_objects(labels: np.ndarray, min_area: int, max_objects: int) -> np.ndarray:
     """Relabels 1..N, dropping objects under ``min_area`` and all but the ``max_objects`` largest."""
     areas = np.bincount(labels.ravel())
     areas[0] = 0
