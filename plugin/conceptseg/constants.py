@@ -16,3 +16,9 @@ VERIFY_THRESHOLD = 0.6
 # --route choices and the operators' route lists. The model routes need a bundle: prototype
 # one with SAM 2, exemplar one with SAM 3, the reasoning routes one with a policy.
 ROUTE_NAMES = ("auto", "appearance", "object", "prototype", "exemplar", "reasoning-fast", "reasoning")
+
+# `conceptseg annotate` and the operator "Correct the most doubtful": the annotation tools and
+# how many of a run's most doubtful targets go to one by default. Here, not in the engine, so
+# the CLI's parser is built without importing FiftyOne (its notice would reach --json's stdout).
+ANNOTATION_BACKENDS = ("labelstudio", "cvat")
+ANNOTATE_TOP = 10

@@ -48,7 +48,7 @@ def _print_loaded(out: dict) -> int:
 def add_annotate_command(sub) -> None:
     """Adds ``annotate`` to the ``conceptseg`` parser."""
     from conceptseg.cli.review import REPLACE_HELP, mask_field_option
-    from conceptseg.runs.review.annotate import BACKENDS, DEFAULT_TOP
+    from conceptseg.constants import ANNOTATE_TOP as DEFAULT_TOP, ANNOTATION_BACKENDS as BACKENDS
 
     p = sub.add_parser("annotate", help="correct the most doubtful targets in Label Studio; --load brings the "
                                         "corrections home as demonstrations")

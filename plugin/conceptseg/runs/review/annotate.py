@@ -28,8 +28,8 @@ from conceptseg.runs.review.record import (applied_source, check_predictions_her
                                            update_record)
 from conceptseg.runs.review.truth import applied_truth_class, mask_file_missing, truth_class, truth_field
 
-BACKENDS = ("labelstudio", "cvat")
-DEFAULT_TOP = 10
+from conceptseg.constants import ANNOTATE_TOP as DEFAULT_TOP, ANNOTATION_BACKENDS as BACKENDS
+
 SKIPPED = {
     "skipped": "its task was skipped in Label Studio, or not submitted (its prediction stays a prediction)",
     "empty": ("its task was submitted with an empty mask (if the concept is not in the image, reject it with "
