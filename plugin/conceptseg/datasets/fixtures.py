@@ -33,7 +33,8 @@ def nuclei_tiles(files: demo_data.DemoFiles, tile: int = 128) -> dict[str, tuple
     return out
 
 
-def large_nuclei_tiles(files: demo_data.DemoFiles, offset: int = 0, tile: int = 128) -> list[tuple[str, np.ndarray, np.ndarray]]:
+def large_nuclei_tiles(files: demo_data.DemoFiles, offset: int = 0,
+                       tile: int = 128) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """The size concept "nuclei larger than the median": (name, HxWx3 float tile, bool mask) per tile.
 
     The image is normalised once as a whole and cut into tiles starting ``offset`` px in;

@@ -31,12 +31,13 @@ nuclei", "the odd one out"), which a per-pixel classifier cannot see:
 4. a target's probability map paints each candidate object with the forest's probability;
    pixels outside every object are 0. A target with no candidate object gets an empty mask.
 
-No weights, CPU only. The router tries it after the appearance route: per 128 px target
-it costs more (0.08-0.15 s against 0.06 s with the rule's objects, measured on a loaded
-2-core machine; the pixel forest adds its features); verifying compares the three sources
-(one pixel forest per held-out demonstration), and fit reuses that choice when it is made
-on the same demonstrations; and on colour concepts the appearance route is the better one
-(benchmarks/concepts.py), so it must be asked first.
+No weights, CPU only. The router tries it after the appearance route: verifying compares
+the three sources (one pixel forest per held-out demonstration) and costs 2.4-3.5 s on 3
+demonstrations of 128 px (0.35 s with the rule alone; the appearance route 1.2 s, measured
+on a quiet 2-core machine); fit reuses that choice when verify made it on the same
+demonstrations. Per 128 px target 0.02 s with the rule's objects, 0.05 s with the pixel
+forest's (appearance 0.02-0.03 s). On colour concepts the appearance route is the better
+one (benchmarks/concepts.py), so it must be asked first.
 """
 
 from __future__ import annotations
@@ -152,7 +153,7 @@ class ObjectRoute(Route):
         self._fit([(self.objects(im), m) for im, m in zip(images, masks)])
 
     def _pick_source(self, demonstrations: Sequence[Demonstration]) -> str:
-        """The source with the best leave-one-out IoU (measured now unless verify did on these)."""
+        """The source ``_best`` picks by leave-one-out IoU (measured now unless verify did on these)."""
         sources = self.config.sources
         self._source_scores = {}
         if len(sources) == 1 or len(demonstrations) < 2:
@@ -222,14 +223,15 @@ class ObjectRoute(Route):
             targets = [pixel_target(im, m, c.candidates) for im, m in zip(images, masks)]
         scores: dict[str, dict[str, float]] = {s: {} for s in sources}
         for i, held_out in enumerate(demonstrations):
-            found = {"proposal": fixed} if fixed else {}
+            found = {"proposal": fixed} if fixed is not None else {}
             if learned:
                 self._pixels.fit([(f, t) for j, (f, t) in enumerate(zip(feats, targets)) if j != i])
                 labels = [self._pixels.objects(im, f) for im, f in zip(images, feats)]
                 if "pixels" in learned:
                     found["pixels"] = [self._objects(im, lab) for im, lab in zip(images, labels)]
                 if "refined" in learned:
-                    found["refined"] = [self._objects(im, self._pixels.refine(lab, im)) for im, lab in zip(images, labels)]
+                    refined = [self._pixels.refine(lab, im) for im, lab in zip(images, labels)]
+                    found["refined"] = [self._objects(im, lab) for im, lab in zip(images, refined)]
             for source, objects in found.items():
                 self._fit([(o, m) for j, (o, m) in enumerate(zip(objects, masks)) if j != i])
                 proba = self._paint(objects[i])

@@ -14,14 +14,14 @@ classifier could reach with its candidates, "oracle IoU"; the route uses ``backg
 - ``felzenszwalb``: scikit-image's graph-based regions; the background is a region too.
 - ``slic``: SLIC superpixels merged by mean colour on a region adjacency graph.
 
-Why ``background``, measured (benchmarks/results/concepts_cpu.md, oracle IoU): it is
-exact (1.000) on the shape, colour, texture and odd-one-out concepts and best on the nuclei
-(0.742); ``felzenszwalb`` breaks striped and checkered objects into regions (texture
+Why ``background``, measured (benchmarks/concepts.py, oracle IoU, the demo's nuclei tiles):
+it is exact (1.000) on the shape, colour, texture and odd-one-out concepts and best on the
+nuclei (0.742); ``felzenszwalb`` breaks striped and checkered objects into regions (texture
 0.925) and nuclei into pieces (0.658); ``slic`` is worse still (0.692, 0.487) and four
-times slower. ``felzenszwalb`` wins only on the camouflaged blob (0.858 vs 0.652), which
-neither weight-free route learns anyway. The issue's other idea, the appearance route
-trained on "any labelled object vs background", needs a field with other classes; a
-demonstration here carries one mask. Within ``background``, measured the same way on the
+times slower. ``felzenszwalb`` wins only on the camouflaged blob (0.858 vs 0.652). The
+learned alternative, objects from a pixel forest fitted on the demonstrations, is
+``routes/pixel_objects.py`` (better on the nuclei and the camouflaged blob); the object
+route chooses between them. Within ``background``, measured the same way on the
 nuclei: the mode rather than the median as the background colour (a crowded tile's nuclei
 may cover half of it; 0.781 vs 0.759 oracle IoU on all nuclei), Li's threshold rather
 than Otsu's (Otsu drops dim nuclei: 0.742 vs 0.552 on the size concept), no smoothing of
