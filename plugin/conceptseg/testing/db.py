@@ -90,13 +90,7 @@ class MongoServer:
 
     def stop(self) -> None:
         """Terminates the server (it flushes its files first); idempotent."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process)
         self.process = None
 
 
@@ -127,3 +121,14 @@ def private_database_for_script(prefix: str = "conceptseg-bench-db-") -> MongoSe
     # atexit runs in reverse order: the server (registered in start) stops before this removal.
     atexit.register(shutil.rmtree, root, True)
     return server
+
+
+def terminate(process) -> None:
+    """Asks a server process to stop, kills it after 30 s; a process already gone (or None) is fine."""
+    if process is not None and process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -106,13 +106,9 @@ class LabelStudioServer:
 
     def stop(self) -> None:
         """Terminates the server and removes its data; idempotent."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        from conceptseg.testing.db import terminate
+
+        terminate(self.process)
         self.process = None
         if self.data_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)
