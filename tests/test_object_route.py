@@ -340,3 +340,39 @@ class TestFromTheCommandLine:
             assert sample["pred"].route == "object" and sample["pred"].rule == info.config.rule
             ious.append(score_sample(sample["pred"].get_mask(), sample["ground_truth"].get_mask() > 0)["iou"])
         assert np.mean(ious) >= 0.6  # every nucleus is the concept: the candidates' own quality
+
+
+def _blurred_disks(centres, radius=14, size=128, sigma=3.0):
+    """Bright disks on a dark canvas, blurred so their edges ramp over several pixels, and the disks."""
+    from scipy.ndimage import gaussian_filter
+
+    yy, xx = np.mgrid[:size, :size]
+    disk = np.zeros((size, size), bool)
+    for r, c in centres:
+        disk |= (yy - r) ** 2 + (xx - c) ** 2 <= radius**2
+    image = np.full((size, size, 3), 0.2, np.float32)
+    image[disk] = 0.9
+    return gaussian_filter(image, (sigma, sigma, 0)), disk
+
+
+@pytest.mark.parametrize("level", [0.3, 0.7])
+def test_refine_learns_where_the_masks_draw_boundaries(level):
+    """A mask drawn at 30% (or 70%) of the blurred disks' peak contrast: the learned fraction
+    is that level, and refined objects take the mask's area; the fixed half maximum does not."""
+    from scipy.ndimage import binary_dilation
+    from conceptseg.routes.pixel_objects import boundary_fraction, contrast
+
+    image, disk = _blurred_disks([(40, 40), (80, 90)])
+    strength = contrast(image)
+    mask = strength >= level * strength.max()
+    assert boundary_fraction([image], [mask]) == pytest.approx(level, abs=0.03)
+    assert boundary_fraction([image], [np.zeros_like(mask)]) is None
+
+    loose = ndi_label(binary_dilation(disk, iterations=2))[0].astype(np.int32)  # a forest's blurred objects
+    learned = PixelObjects(PixelConfig(refine_fraction=None), CandidateConfig())
+    learned.learn_boundary([image], [mask])
+    fixed = PixelObjects(PixelConfig(), CandidateConfig())
+    assert learned.fraction == pytest.approx(level, abs=0.03) and fixed.fraction == 0.5
+    refined_area = int((learned.refine(loose, image) > 0).sum())
+    assert refined_area == pytest.approx(int(mask.sum()), rel=0.03)
+    assert abs(int((fixed.refine(loose, image) > 0).sum()) - mask.sum()) > 0.15 * mask.sum()

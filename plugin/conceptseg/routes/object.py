@@ -150,6 +150,7 @@ class ObjectRoute(Route):
             self._pixels.prepare(images)
             self._pixels.fit([(self._pixels.features(im), pixel_target(im, m, self.config.candidates))
                               for im, m in zip(images, masks)])
+            self._pixels.learn_boundary(images, masks)
         self._fit([(self.objects(im), m) for im, m in zip(images, masks)])
 
     def _pick_source(self, demonstrations: Sequence[Demonstration]) -> str:
@@ -226,6 +227,8 @@ class ObjectRoute(Route):
             found = {"proposal": fixed} if fixed is not None else {}
             if learned:
                 self._pixels.fit([(f, t) for j, (f, t) in enumerate(zip(feats, targets)) if j != i])
+                self._pixels.learn_boundary([im for j, im in enumerate(images) if j != i],
+                                            [m for j, m in enumerate(masks) if j != i])
                 labels = [self._pixels.objects(im, f) for im, f in zip(images, feats)]
                 if "pixels" in learned:
                     found["pixels"] = [self._objects(im, lab) for im, lab in zip(images, labels)]
