@@ -50,12 +50,14 @@ class ConceptRules(foo.Panel):
         self.on_load(ctx)
 
     def on_change_current_sample(self, ctx):
-        # The whole run again, not only the sample: this event may carry the panel's state from before the
-        # action that opened the sample (Accept moving on), and what it renders is what the panel shows.
-        self._load_run(ctx)
+        # The run's choice and the whole run again, not only the sample: this event may carry the panel's
+        # state from before the action that opened the sample (Accept moving on), or from before on_load
+        # chose a run at all (a modal opened by Review races its own on_load: no run key yet, and whichever
+        # reply lands last is what the panel shows), and what it renders is what the panel shows.
+        self.on_load(ctx)
 
     def on_change_selected(self, ctx):
-        self._load_run(ctx)
+        self.on_load(ctx)
 
     def check_fresh(self, ctx):
         """Every REFRESH_MS: reloads when a run, evaluation or review step changed the dataset (any process)."""

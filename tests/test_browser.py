@@ -380,10 +380,6 @@ def private_library(tmp_path, monkeypatch):
     return tmp_path / "library"
 
 
-# Known flaky (about 1 run in 3, here and in CI): after Review by doubt the modal's Concept Rules panel can
-# still show "No ConceptSeg run on this dataset yet", so "Review: 1 of 16" never appears. Skipped in CI until
-# that stale modal panel is fixed (issue 22's note); it runs everywhere else.
-@pytest.mark.skipif(os.environ.get("CI") == "true", reason="flaky stale modal panel after Review by doubt")
 def test_bad_input_is_refused_in_the_form_then_save_apply_review_update_and_delete(private_library, app_url, page, nuclei_dataset,
                                                                      tmp_path):
     page.goto(f"{app_url}/datasets/{nuclei_dataset.name}?view=nuclei")

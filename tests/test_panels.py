@@ -131,6 +131,16 @@ class TestConceptRulesPanel:
         assert "**This sample**" in rendered and "**Reasoning:**" in rendered and "**Answer:**" in rendered
         assert f"**Cost:** {target.pred.cost:.3f} s" in rendered
 
+    def test_a_sample_event_before_the_modals_on_load_answered_still_shows_the_run(self, evaluated):
+        # Review opens a modal whose panel mounts and gets the open sample at once: the sample event can carry
+        # the state from before on_load chose a run (none), and land last. It must choose the run itself, or
+        # the modal says "No ConceptSeg run" and its fingerprint keeps the timer from ever correcting it.
+        target = evaluated.exists("pred").first()
+        state, _, schema, _ = call_panel(RULES, evaluated, "on_change_current_sample", {}, target.id)
+        assert state["run_key"] == evaluated.list_runs()[0] and state["notice"] is None
+        assert state["sample"]["route"] == "appearance"
+        assert "No ConceptSeg run" not in texts(schema) and "**This sample**" in texts(schema)
+
     def test_reasoning_words_on_a_label_are_shown(self, evaluated):
         state, *_ = call_panel(RULES, evaluated)
         target = evaluated.exists("pred").first()
