@@ -50,10 +50,12 @@ class ConceptRules(foo.Panel):
         self.on_load(ctx)
 
     def on_change_current_sample(self, ctx):
-        # The run's choice and the whole run again, not only the sample: this event may carry the panel's
-        # state from before the action that opened the sample (Accept moving on), or from before on_load
-        # chose a run at all (a modal opened by Review races its own on_load: no run key yet, and whichever
-        # reply lands last is what the panel shows), and what it renders is what the panel shows.
+        # The run's choice and the whole run again, never what the event's state says. FiftyOne 1.22.1's App
+        # marks a panel loaded as soon as on_load's reply arrives, but only queues the state patches in it, so
+        # an event in between carries the state from before on_load: no run key, no runs. The modal opened
+        # by Review gets one (its selection or sample settling a moment after it opens) while its on_load's
+        # patches wait, more often the busier the browser. Read as "no run", that event rendered "No
+        # ConceptSeg run", landed last, and stamped the dataset's fingerprint, so check_fresh never redrew it.
         self.on_load(ctx)
 
     def on_change_selected(self, ctx):
@@ -78,19 +80,25 @@ class ConceptRules(foo.Panel):
 
     def show_prediction_vs_gt(self, ctx):
         """Turns on exactly the prediction and its ground truth in the grid and modal."""
-        run = ctx.panel.state.run
+        run = self._run(ctx)
+        if run is None:
+            return
         fields = [f for f in (run["pred_field"], ctx.panel.state.gt_field) if f]
         ctx.ops.set_active_fields(fields=fields)
 
     def open_worst(self, ctx):
         """Shows the evaluated samples, lowest IoU first."""
+        if self._run(ctx) is None or not ctx.panel.state.eval_key:
+            return
         iou = metric_field(ctx.panel.state.eval_key, "iou")
         ctx.ops.set_view(view=ctx.dataset.exists(iou).sort_by(iou))
 
     @friendly
     def open_review(self, ctx):
         """Shows the round's targets most doubtful first and opens the first one not yet decided, on the run's field."""
-        run = ctx.panel.state.run
+        run = self._run(ctx)
+        if run is None:
+            return
         walk = review_walk(ctx.dataset, run["pred_field"])
         if not walk:
             ctx.ops.notify("This run has no target left to review: every one is a demonstration now.")
@@ -115,7 +123,10 @@ class ConceptRules(foo.Panel):
         self._walk_to(ctx, +1)
 
     def _walk_to(self, ctx, step: int) -> None:
-        walk = [r["id"] for r in review_walk(ctx.dataset, ctx.panel.state.run["pred_field"])]
+        run = self._run(ctx)
+        if run is None:
+            return
+        walk = [r["id"] for r in review_walk(ctx.dataset, run["pred_field"])]
         if ctx.current_sample not in walk:
             return
         k = walk.index(ctx.current_sample) + step
@@ -143,7 +154,10 @@ class ConceptRules(foo.Panel):
 
         from ..operators._messages import accepted_sentence
 
-        out = accept(ctx.dataset, ctx.panel.state.run["pred_field"], _acted_on(ctx), replace=replace)
+        run = self._run(ctx)
+        if run is None:
+            return
+        out = accept(ctx.dataset, run["pred_field"], _acted_on(ctx), replace=replace)
         ctx.ops.notify(accepted_sentence(out), variant="success")
         self._after_decision(ctx)
 
@@ -154,7 +168,10 @@ class ConceptRules(foo.Panel):
 
         from ..operators._messages import rejected_sentence
 
-        out = reject(ctx.dataset, ctx.panel.state.run["pred_field"], _acted_on(ctx))
+        run = self._run(ctx)
+        if run is None:
+            return
+        out = reject(ctx.dataset, run["pred_field"], _acted_on(ctx))
         ctx.ops.notify(rejected_sentence(out), variant="success")
         self._after_decision(ctx)
 
@@ -165,7 +182,10 @@ class ConceptRules(foo.Panel):
         From the App it runs as the Re-run operator (its progress dialog and sentence); the
         panel picks up the new round when the dataset changes.
         """
-        pred_field = ctx.panel.state.run["pred_field"]
+        run = self._run(ctx)
+        if run is None:
+            return
+        pred_field = run["pred_field"]
         if _from_app(ctx):
             ctx.trigger(self.uri.rsplit("/", 1)[0] + "/rerun_review", params={"pred_field": pred_field})
             return
@@ -194,6 +214,20 @@ class ConceptRules(foo.Panel):
             ctx.ops.notify(f"All {len(walk)} targets of this round are decided: Re-run with accepted learns from them.")
             return
         self._open(ctx, [r["id"] for r in walk], following)
+
+    def _run(self, ctx) -> dict | None:
+        """The run an action works on, read again from the dataset; None when there is none to act on.
+
+        Only the run's key is taken from the state the App sent, which can predate on_load's reply (see
+        on_change_current_sample); without a key the run is chosen as on_load chooses it. A run deleted
+        since the panel showed it is acted on by nobody: the panel shows what is there now.
+        """
+        key = ctx.panel.state.run_key
+        if key is not None and key in segmentation_runs(ctx.dataset):
+            self._load_run(ctx)
+            return ctx.panel.state.run
+        self.on_load(ctx)
+        return ctx.panel.state.run if key is None else None
 
     def _load_run(self, ctx) -> None:
         ctx.panel.state.fingerprint = fingerprint(ctx.dataset)

@@ -131,15 +131,26 @@ class TestConceptRulesPanel:
         assert "**This sample**" in rendered and "**Reasoning:**" in rendered and "**Answer:**" in rendered
         assert f"**Cost:** {target.pred.cost:.3f} s" in rendered
 
-    def test_a_sample_event_before_the_modals_on_load_answered_still_shows_the_run(self, evaluated):
-        # Review opens a modal whose panel mounts and gets the open sample at once: the sample event can carry
-        # the state from before on_load chose a run (none), and land last. It must choose the run itself, or
-        # the modal says "No ConceptSeg run" and its fingerprint keeps the timer from ever correcting it.
+    @pytest.mark.parametrize("event", ["on_change_current_sample", "on_change_selected"])
+    def test_an_event_before_the_modals_on_load_state_landed_still_shows_the_run(self, evaluated, event):
+        # The App marks the modal's panel loaded when on_load's reply arrives but applies its state patches
+        # later, so the selection or sample event of a modal opened by Review can carry the empty state from
+        # before on_load (the browser journey saw on_change_selected so, about 1 run in 3), and land last.
+        # It must choose the run itself, or the modal says "No ConceptSeg run" and its fingerprint keeps the
+        # timer from ever correcting it.
         target = evaluated.exists("pred").first()
-        state, _, schema, _ = call_panel(RULES, evaluated, "on_change_current_sample", {}, target.id)
-        assert state["run_key"] == evaluated.list_runs()[0] and state["notice"] is None
+        state, _, schema, _ = call_panel(RULES, evaluated, event, {}, target.id, value=[target.id])
+        assert state["run_key"] == "conceptseg_pred" and state["runs"] == ["conceptseg_pred"]
+        assert state["notice"] is None and state["fingerprint"]
         assert state["sample"]["route"] == "appearance"
         assert "No ConceptSeg run" not in texts(schema) and "**This sample**" in texts(schema)
+
+    def test_an_action_sent_with_the_state_from_before_on_load_acts_on_the_run(self, evaluated):
+        # The same window: a button event whose state has no run yet reads the run from the dataset.
+        target = evaluated.exists("pred").first()
+        state, _, schema, requests = call_panel(RULES, evaluated, "show_prediction_vs_gt", {}, target.id)
+        assert request_named(requests, "set_active_fields")["params"]["fields"] == ["pred", "ground_truth"]
+        assert state["run_key"] == "conceptseg_pred" and "**This sample**" in texts(schema)
 
     def test_reasoning_words_on_a_label_are_shown(self, evaluated):
         state, *_ = call_panel(RULES, evaluated)
