@@ -11,6 +11,7 @@ from bson import ObjectId
 from .concept_evaluation import REFRESH_MS, fingerprint, friendly, metric_field
 from ._facts import (MAX_THUMBNAILS, evaluation_for, media_url, next_open, review_facts, review_walk, run_facts,
                      sample_facts, segmentation_runs, walk_position)
+from . import _context as app
 from ._markdown import review_markdown, run_markdown, sample_markdown, walk_markdown
 
 
@@ -19,8 +20,6 @@ NO_RUNS = (
     "**Segment by demonstration** (or **Segment by text query**) from the operator browser; "
     "the rule it induces will show here."
 )
-# The dataset-scoped store where the grid's panel leaves the run it shows, for the modal's to follow.
-STORE, FOCUS = "conceptseg_panels", "focus_run"
 
 
 class ConceptRules(foo.Panel):
@@ -39,7 +38,7 @@ class ConceptRules(foo.Panel):
         runs = segmentation_runs(ctx.dataset)
         chosen, known = ctx.panel.state.run_key, ctx.panel.state.runs
         new = [key for key in runs if known is not None and key not in known]
-        focus = _focus(ctx) if ctx.current_sample and not chosen else None  # the modal follows the grid's run
+        focus = app.focus(ctx) if ctx.current_sample and not chosen else None  # the modal follows the grid's run
         ctx.panel.state.runs = runs
         ctx.panel.state.run_key = next((k for k in (*new, focus, chosen) if k in runs), runs[0] if runs else None)
         self._load_run(ctx)
@@ -75,7 +74,7 @@ class ConceptRules(foo.Panel):
     def on_change_run(self, ctx):
         ctx.panel.state.run_key = ctx.params.get("value")
         if not ctx.current_sample:
-            _set_focus(ctx, ctx.panel.state.run_key)
+            app.set_focus(ctx, ctx.panel.state.run_key)
         self._load_run(ctx)
 
     def show_prediction_vs_gt(self, ctx):
@@ -104,9 +103,9 @@ class ConceptRules(foo.Panel):
             ctx.ops.notify("This run has no target left to review: every one is a demonstration now.")
             return
         first = next_open(walk, None) or walk[0]["id"]
-        _set_focus(ctx, run["key"])
+        app.set_focus(ctx, run["key"])
         fields = [f for f in (run["pred_field"], ctx.panel.state.gt_field) if f]
-        if _show_by_default(ctx.dataset, fields):
+        if app.show_by_default(ctx.dataset, fields):
             ctx.ops.reload_dataset()
         ctx.ops.set_active_fields(fields=fields)
         ctx.ops.set_view(view=ctx.dataset.select([r["id"] for r in walk], ordered=True))
@@ -157,7 +156,7 @@ class ConceptRules(foo.Panel):
         run = self._run(ctx)
         if run is None:
             return
-        out = accept(ctx.dataset, run["pred_field"], _acted_on(ctx), replace=replace)
+        out = accept(ctx.dataset, run["pred_field"], app.acted_on(ctx), replace=replace)
         ctx.ops.notify(accepted_sentence(out), variant="success")
         self._after_decision(ctx)
 
@@ -171,7 +170,7 @@ class ConceptRules(foo.Panel):
         run = self._run(ctx)
         if run is None:
             return
-        out = reject(ctx.dataset, run["pred_field"], _acted_on(ctx))
+        out = reject(ctx.dataset, run["pred_field"], app.acted_on(ctx))
         ctx.ops.notify(rejected_sentence(out), variant="success")
         self._after_decision(ctx)
 
@@ -186,7 +185,7 @@ class ConceptRules(foo.Panel):
         if run is None:
             return
         pred_field = run["pred_field"]
-        if _from_app(ctx):
+        if app.from_app(ctx):
             ctx.trigger(self.uri.rsplit("/", 1)[0] + "/rerun_review", params={"pred_field": pred_field})
             return
         from conceptseg.runs.review import rerun
@@ -278,7 +277,7 @@ class ConceptRules(foo.Panel):
         ctx.panel.data.set("judge_img", picture)  # a data URL, only drawn: it travels as panel data
         ctx.panel.state.sample = sample
         # Why the open sample (or the selection) cannot be accepted or rejected, said on the buttons.
-        ids = _acted_on(ctx)
+        ids = app.acted_on(ctx)
         ctx.panel.state.decision = None
         if review is not None and ids:
             from conceptseg.runs.review import holding_truth
@@ -378,51 +377,3 @@ class ConceptRules(foo.Panel):
                  title=why_not)
         if decision is not None and decision.get("why"):
             panel.md(decision["why"], name="decision_md")
-
-
-def _show_by_default(dataset, fields: list[str]) -> bool:
-    """Makes ``fields`` the dataset's default sidebar fields (App config); True if that changed anything.
-
-    The modal's sidebar shows the dataset's default fields until the user ticks its boxes:
-    FiftyOne 1.22's ``set_active_fields`` reaches only the grid's, and its own default shows
-    every non-mask label field (another run's ``_instances`` included, this run's mask not).
-    So reviewing a run makes its prediction and ground truth the default.
-    """
-    import fiftyone as fo
-
-    current = dataset.app_config.active_fields
-    if current is not None and not current.exclude and list(current.paths) == fields:
-        return False
-    dataset.app_config.active_fields = fo.core.odm.dataset.ActiveFields(paths=fields)
-    dataset.save()
-    return True
-
-
-def _from_app(ctx) -> bool:
-    """Whether the event came from the App (which sends its whole session context), not an SDK call."""
-    return "sample_selection_style" in ctx.request_params
-
-
-def _acted_on(ctx) -> list[str]:
-    """The samples Accept and Reject act on: the open sample in the modal, else the grid's selection."""
-    return [ctx.current_sample] if ctx.current_sample else list(ctx.selected or [])
-
-
-def _focus(ctx) -> str | None:
-    try:
-        return ctx.store(STORE).get(FOCUS)
-    except Exception:  # a store that cannot be read only loses the modal's hint
-        return None
-
-
-def _set_focus(ctx, key: str | None) -> None:
-    try:
-        ctx.store(STORE).set(FOCUS, key)
-    except Exception:
-        pass
-
-
-
-
-
-
