@@ -15,12 +15,10 @@ import pytest
 import requests
 
 from conceptseg.cli import main
-from conceptseg.datasets import two_classes as two_class_dataset
-from conceptseg.errors import ConceptSegError
-from conceptseg.runs import jobs
 from conceptseg.runs import review
 from conceptseg.runs.review import annotate
 from conceptseg.runs.review.labelstudio import result_mask
+from conceptseg.testing.review_round import red_review_round
 from conceptseg.testing import labelstudio as ls
 
 PLUGIN = "@conceptseg/conceptseg-r1"
@@ -47,14 +45,7 @@ def key(server, monkeypatch):
 @pytest.fixture
 def loop(name, tmp_path):
     """Two-class scenes with blue squares as ground truth; "red" segmented into pred (the appearance route)."""
-    dataset, truth = two_class_dataset.build(name, str(tmp_path / "media"))
-    for sample in dataset.match_tags("demo", bool=False):
-        seg = np.zeros((128, 128), np.uint8)
-        seg[truth[sample.id]["blue"]] = 2
-        sample.gt = fo.Segmentation(mask=seg)
-        sample.save()
-    jobs.segment_by_demonstration(dataset.match_tags("demo"), dataset, "gt", "pred", classes=["red"], route="appearance")
-    return dataset, truth
+    return red_review_round(name, str(tmp_path / "media"), detections=False)
 
 
 def _cli(capsys, *argv, code=0):

@@ -28,6 +28,7 @@ from conceptseg.runs import review
 from conceptseg.runs.review.record import update_record
 from conceptseg.datasets import two_classes as two_class_dataset
 from conceptseg.errors import ConceptSegError
+from conceptseg.testing.review_round import red_review_round
 
 CLI = [sys.executable, "-m", "conceptseg.cli"]
 PLUGIN = "@conceptseg/conceptseg-r1"
@@ -36,15 +37,7 @@ PLUGIN = "@conceptseg/conceptseg-r1"
 @pytest.fixture
 def loop(name, tmp_path):
     """Two-class scenes; targets have blue squares labelled (gt value 2) but red discs not; "red" segmented into pred."""
-    dataset, truth = two_class_dataset.build(name, str(tmp_path / "media"))
-    for sample in dataset.match_tags("demo", bool=False):
-        seg = np.zeros((128, 128), np.uint8)
-        seg[truth[sample.id]["blue"]] = 2
-        sample.gt = fo.Segmentation(mask=seg)
-        sample.dets = two_class_dataset.detections({"blue": truth[sample.id]["blue"]})
-        sample.save()
-    jobs.segment_by_demonstration(dataset.match_tags("demo"), dataset, "gt", "pred", classes=["red"], route="appearance")
-    return dataset, truth
+    return red_review_round(name, str(tmp_path / "media"))
 
 
 def _targets(dataset) -> list[str]:
