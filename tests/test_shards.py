@@ -14,6 +14,7 @@ import pytest
 from bson import ObjectId
 from fiftyone.operators.delegated import DelegatedOperationService
 
+from conceptseg.testing.db import terminate
 from conceptseg.runs.shards import queue as sh
 from conceptseg.runs.shards import worker as shard_worker
 from conceptseg.runs.shards import store as shard_store
@@ -202,16 +203,6 @@ def launch_worker(log_path, dataset_name):
                             stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
 
 
-def stop(proc):
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 class TestWorkers:
     @pytest.fixture
     def many(self, nuclei):
@@ -254,7 +245,7 @@ class TestWorkers:
             assert survivor.poll() is None
         finally:
             for w in workers:
-                stop(w)
+                terminate(w)
         records = {r["index"]: r for r in shard_store.shard_records(dataset, queued["run_id"])}
         assert records[0]["attempt"] == 2 and records[0]["resumed"] == kept >= 5  # finished targets not redone
         assert records[0]["segmented"] + records[0]["resumed"] == records[0]["targets"] == 65
