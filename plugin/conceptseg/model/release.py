@@ -13,6 +13,7 @@ then comes from the base model the config names. No code from the checkpoint is 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -121,12 +122,37 @@ def processor_source(path: str) -> str:
     )
 
 
+# Loading Qwen's processor parses a 7 MB tokenizer.json into a 151k-token vocabulary: about
+# 1.5 s of CPU each time. A process that loads several bundles made from one base (each
+# training stage, a saved concept applied again, the App server's runs) loads it once. The key
+# is the files' bytes, so an edited tokenizer is read again. Shared between policies: nothing
+# changes a processor after loading (Policy sets the tokenizer's padding side, the same for all).
+_processors: dict[tuple, object] = {}
+_WEIGHTS = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+
+
+def _processor_key(source: str, token: str | None) -> tuple:
+    if not os.path.isdir(source):
+        return (source, token)  # a hub id: its files in the cache do not change under one revision
+    h = hashlib.blake2b(digest_size=20)
+    for name in sorted(os.listdir(source)):
+        file = os.path.join(source, name)
+        if os.path.isfile(file) and not name.endswith(_WEIGHTS):
+            with open(file, "rb") as f:
+                h.update(name.encode() + b"\0" + f.read())
+    return ("dir", h.hexdigest())
+
+
 def load_processor(source: str, checkpoint: str, token: str | None = None):
     """The processor from ``source``; a clear error when it cannot be had (offline, not cached)."""
     from transformers import AutoProcessor
 
+    key = _processor_key(source, token)
+    if key in _processors:
+        return _processors[key]
     try:
-        return AutoProcessor.from_pretrained(source, token=token)
+        _processors[key] = AutoProcessor.from_pretrained(source, token=token)
+        return _processors[key]
     except (OSError, ValueError) as e:
         if source == checkpoint:
             raise

@@ -6,10 +6,11 @@ on whole objects; it costs more). The model routes (prototype on SAM 2, reasonin
 the policy) join them in ``router.make_router`` when a bundle is given.
 """
 
+from conceptseg.routes import memo
 from conceptseg.routes.appearance import AppearanceConfig, AppearanceRoute
 from conceptseg.routes.base import Route, mask_iou
 from conceptseg.routes.object import ObjectConfig, ObjectRoute
 
 ROUTES: dict[str, type[Route]] = {AppearanceRoute.name: AppearanceRoute, ObjectRoute.name: ObjectRoute}
 
-__all__ = ["ROUTES", "AppearanceConfig", "AppearanceRoute", "ObjectConfig", "ObjectRoute", "Route", "mask_iou"]
+__all__ = ["ROUTES", "memo", "AppearanceConfig", "AppearanceRoute", "ObjectConfig", "ObjectRoute", "Route", "mask_iou"]

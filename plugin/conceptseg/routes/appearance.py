@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from conceptseg.routes import memo
 from conceptseg.routes.base import Route
 
 
@@ -73,8 +74,12 @@ class AppearanceRoute(Route):
         # three identical ones: a third of the features, the same information.
         self._gray = False
 
-    def features(self, image: np.ndarray) -> np.ndarray:
-        """HxWx3 float image → hxwxF float32 features (h, w after shrinking)."""
+    def features(self, image: np.ndarray, remember: bool = False) -> np.ndarray:
+        """HxWx3 float image → hxwxF float32 features (h, w after shrinking).
+
+        ``remember``: a demonstration's, kept for the next fit or run on it (routes/memo.py);
+        a target's are computed once per run and not kept.
+        """
         from skimage.feature import multiscale_basic_features
 
         from conceptseg.threads import budget
@@ -83,7 +88,8 @@ class AppearanceRoute(Route):
         image = _shrink(image, c.max_side)
         if self._gray:
             image = image.mean(axis=2)
-        return multiscale_basic_features(
+        key = memo.digest(image, sigma=(c.sigma_min, c.sigma_max, c.num_sigma)) if remember else None
+        return memo.features(key, lambda: multiscale_basic_features(
             image,
             intensity=True,
             edges=True,
@@ -93,7 +99,7 @@ class AppearanceRoute(Route):
             num_sigma=c.num_sigma,
             channel_axis=None if self._gray else -1,
             num_workers=budget(),  # its default, every core, oversubscribes workers sharing a machine
-        ).astype(np.float32, copy=False)
+        ).astype(np.float32, copy=False))
 
     def prepare(self, images) -> None:
         """Chooses the feature stack for these images: one grey stack when every image is grey."""
@@ -122,14 +128,19 @@ class AppearanceRoute(Route):
                     idx = rng.choice(idx, c.pixels_per_class, replace=False)
                 xs.append(flat[idx])
                 ys.append(np.full(idx.size, value))
-        forest = RandomForestClassifier(
-            n_estimators=c.n_estimators,
-            max_depth=c.max_depth,
-            n_jobs=budget() if c.n_jobs is None else c.n_jobs,
-            random_state=c.seed,
-        )
-        forest.fit(np.concatenate(xs), np.concatenate(ys))
-        self._forest = forest
+        x, y = np.concatenate(xs), np.concatenate(ys)
+
+        def fit():
+            forest = RandomForestClassifier(
+                n_estimators=c.n_estimators,
+                max_depth=c.max_depth,
+                n_jobs=budget() if c.n_jobs is None else c.n_jobs,
+                random_state=c.seed,
+            )
+            return forest.fit(x, y)
+
+        # The same pixels and seed give the same forest, whatever the thread count.
+        self._forest = memo.forest(memo.digest(x, y, trees=c.n_estimators, depth=c.max_depth, seed=c.seed), fit)
 
     def predict_features(self, feats: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         """Features → HxW float32 probability of the concept at ``size`` (H, W)."""
@@ -152,7 +163,7 @@ class AppearanceRoute(Route):
     def fit(self, demonstrations) -> None:
         """Learns the concept from all demonstrations."""
         self.prepare([d.image for d in demonstrations])
-        self.fit_features([(self.features(d.image), d.mask) for d in demonstrations])
+        self.fit_features([(self.features(d.image, remember=True), d.mask) for d in demonstrations])
 
     def segment(self, image: np.ndarray) -> np.ndarray:
         """HxWx3 float image → HxW float32 probability of the concept."""
@@ -179,7 +190,7 @@ class AppearanceRoute(Route):
         from conceptseg.routes.base import mask_iou
 
         self.prepare([d.image for d in demonstrations])
-        feats = [self.features(d.image) for d in demonstrations]
+        feats = [self.features(d.image, remember=True) for d in demonstrations]
         scores = {}
         for i, held_out in enumerate(demonstrations):
             self.fit_features(

@@ -157,8 +157,9 @@ class ObjectRoute(Route):
         self._source = self._pick_source(demonstrations)
         if self._source != "proposal":
             self._pixels.prepare(images)
-            self._pixels.fit([(self._pixels.features(im), pixel_target(im, m, self.config.candidates))
-                              for im, m in zip(images, masks)])
+            feats = [self._pixels.features(im, remember=True) for im in images]
+            targets = [pixel_target(im, m, self.config.candidates) for im, m in zip(images, masks)]
+            self._pixels.fit(list(zip(feats, targets)))
             self._pixels.learn_boundary(images, masks)
         self._fit([(self.objects(im), m) for im, m in zip(images, masks)])
 
@@ -234,7 +235,7 @@ class ObjectRoute(Route):
         learned = [s for s in sources if s != "proposal"]
         if learned:
             self._pixels.prepare(images)
-            feats = [self._pixels.features(im) for im in images]
+            feats = [self._pixels.features(im, remember=True) for im in images]
             targets = [pixel_target(im, m, c.candidates) for im, m in zip(images, masks)]
             self._pixels.learn_boundary(images, masks)
         scores: dict[str, dict[str, float]] = {s: {} for s in sources}

@@ -148,9 +148,10 @@ class PixelObjects:
         """Chooses the feature stack (one grey stack when every image is grey)."""
         self._forest.prepare(images)
 
-    def features(self, image: np.ndarray) -> np.ndarray:
-        """The pixel forest's features of an image (of its colours relative to its background)."""
-        return self._forest.features(relative(image))
+    def features(self, image: np.ndarray, remember: bool = False) -> np.ndarray:
+        """The pixel forest's features of an image (of its colours relative to its background);
+        ``remember`` as ``AppearanceRoute.features``: a demonstration's."""
+        return self._forest.features(relative(image), remember)
 
     def fit(self, examples: list[tuple[np.ndarray, np.ndarray]]) -> None:
         """Trains the forest on (features, ``pixel_target``) pairs."""

@@ -69,14 +69,16 @@ def declare_label_attributes(dataset: fo.Dataset, fields) -> None:
     """Declares route, verified, verification and cost on the labels of ``fields`` (sidebar filters)."""
     schema = dataset.get_field_schema()
     flat = dataset.get_field_schema(flat=True)
+    missing = {}
     for field in fields:
         if not field or field not in schema:
             continue
         doc_type = getattr(schema[field], "document_type", None)
         prefix = f"{field}.detections" if doc_type is fo.Detections else field
-        for name, kind in LABEL_ATTRIBUTES.items():
-            if f"{prefix}.{name}" not in flat:
-                dataset.add_sample_field(f"{prefix}.{name}", kind)
+        missing.update({f"{prefix}.{name}": kind() for name, kind in LABEL_ATTRIBUTES.items()
+                        if f"{prefix}.{name}" not in flat})
+    if missing:  # one schema update: a call per attribute reloads the dataset each time
+        dataset.add_dynamic_sample_fields(missing)
 
 
 def _iso(timestamp) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 
@@ -65,9 +66,9 @@ def qwen25vl_processor_and_config(tokenizer_dir: str, text: dict, vision: dict, 
     ``tie`` shares the input embeddings with the output head; by default it does as the
     released models do (the small ones tie, 7B does not).
     """
-    from transformers import AutoTokenizer, Qwen2_5_VLConfig, Qwen2_5_VLProcessor, Qwen2VLImageProcessor
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLProcessor, Qwen2VLImageProcessor
 
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tokenizer = _tokenizer(tokenizer_dir)
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in
            ("<|im_end|>", "<|endoftext|>", "<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")}
     image_processor = Qwen2VLImageProcessor(min_pixels=28 * 28, max_pixels=max_pixels, patch_size=14, merge_size=2, temporal_patch_size=2)
@@ -91,6 +92,14 @@ def qwen25vl_processor_and_config(tokenizer_dir: str, text: dict, vision: dict, 
     else:  # transformers before 4.52: one flat config, as the release's
         config = Qwen2_5_VLConfig(**_rope_kwargs(Qwen2_5_VLConfig, text), vision_config=dict(vision), **tokens)
     return processor, config
+
+
+@functools.lru_cache(maxsize=2)
+def _tokenizer(tokenizer_dir: str):
+    """Qwen's tokenizer, read once per process (1.5 s each time; bundles are built often in tests)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tokenizer_dir)
 
 
 def _accepts(function, name: str) -> bool:

@@ -1,0 +1,80 @@
+"""A second run on the same demonstrations reuses their features and forests (routes/memo.py),
+and gives exactly what a first run gives."""
+
+import numpy as np
+import pytest
+
+from conceptseg.routes import AppearanceConfig, AppearanceRoute, memo
+from conceptseg.types import Demonstration
+
+
+@pytest.fixture
+def demos(nuclei_tiles):
+    memo.clear()
+    yield [Demonstration(image=image, mask=mask, id=name) for name, image, mask in nuclei_tiles[:3]]
+    memo.clear()
+
+
+def _run(demos, target, **config):
+    route = AppearanceRoute(AppearanceConfig(**config))
+    scores = route.verify(demos)
+    route.fit(demos)
+    return route, scores, route.segment(target)
+
+
+def test_a_second_run_reuses_the_forests_and_gives_the_same_masks(demos, nuclei_tiles):
+    target = nuclei_tiles[5][1]
+    first, scores, probability = _run(demos, target)
+    assert memo.kept() == (3, 4)  # the demonstrations' features; three leave-one-out forests and the full one
+    second, again, same = _run(demos, target)
+    assert second._forest is first._forest and again == scores
+    np.testing.assert_array_equal(same, probability)
+    assert memo.kept() == (3, 4)  # nothing computed twice; the target's features are not kept
+
+
+def test_other_settings_or_demonstrations_fit_again(demos, nuclei_tiles):
+    target = nuclei_tiles[5][1]
+    first, _, probability = _run(demos, target)
+    reseeded, _, other = _run(demos, target, seed=1)
+    assert reseeded._forest is not first._forest and not np.array_equal(other, probability)
+    changed = [demos[0], demos[1], Demonstration(image=nuclei_tiles[4][1], mask=nuclei_tiles[4][2], id="x")]
+    moved, _, _ = _run(changed, target)
+    assert moved._forest is not first._forest
+    # One more image kept; 4 + 4 + 3 forests fitted (the new set's fold without "x" is the first
+    # set's), the oldest dropped beyond FORESTS.
+    assert memo.kept() == (4, memo.FORESTS) and memo.FORESTS < 11
+
+
+def test_kept_features_are_read_only(demos):
+    route = AppearanceRoute()
+    route.prepare([demos[0].image])
+    feats = route.features(demos[0].image, remember=True)
+    with pytest.raises(ValueError, match="read-only"):
+        feats[0, 0, 0] = 1.0
+    assert route.features(demos[0].image, remember=True) is feats
+    assert route.features(demos[0].image).flags.writeable  # a target's: computed, not kept
+
+
+def test_features_over_the_budget_are_not_kept(demos, monkeypatch):
+    monkeypatch.setattr(memo, "FEATURE_BYTES", 1000)
+    route = AppearanceRoute()
+    route.features(demos[0].image, remember=True)
+    assert memo.kept()[0] == 0
+
+
+def test_bundles_of_one_base_share_its_processor_until_its_files_change(tiny_bundle_dir, tmp_path):
+    import json
+    import os
+    import shutil
+
+    from conceptseg.model.release import load_processor
+
+    source = os.path.join(tiny_bundle_dir, "policy")
+    copy = shutil.copytree(source, tmp_path / "policy", ignore=shutil.ignore_patterns("*.safetensors"))
+    first = load_processor(source, source)
+    assert load_processor(str(copy), str(copy)) is first  # the same files: read once
+    config = copy / "tokenizer_config.json"
+    edited = dict(json.loads(config.read_text()), model_max_length=77)
+    config.write_text(json.dumps(edited))
+    again = load_processor(str(copy), str(copy))
+    assert again is not first and again.tokenizer.model_max_length == 77
