@@ -30,18 +30,33 @@ _ENV = {
 os.environ.update(_ENV)
 
 
-def _threads_per_worker() -> str:
+_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+_USER_THREADS = {var for var in _THREAD_VARS if var in os.environ}
+
+
+def _threads_per_worker(workers: int) -> str:
     """Cores divided among pytest-xdist's workers (every core when the suite runs serially)."""
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    return str(max(1, len(os.sched_getaffinity(0)) // workers))
+    return str(max(1, len(os.sched_getaffinity(0)) // max(1, workers)))
 
 
-# Each worker's OpenMP/BLAS pools (torch, numpy) default to every core: three workers on two
-# cores then run six spinning threads, which halved the suite's speed (measured: a torch-heavy
-# subset took 209 s, 121 s with one thread per worker). Set before torch loads; subprocesses
-# inherit it; a value the user exported wins.
-for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-    os.environ.setdefault(_var, _threads_per_worker())
+def _set_threads(workers: int) -> None:
+    """Each worker's OpenMP/BLAS pools (torch, numpy) default to every core: three workers on
+    two cores then run six threads that spin while they wait for each other. A value the
+    user exported wins; subprocesses inherit it."""
+    for var in _THREAD_VARS:
+        if var not in _USER_THREADS:
+            os.environ[var] = _threads_per_worker(workers)
+
+
+# Set before torch loads. A worker knows the count; the controlling process learns it in
+# pytest_configure, before it starts the workers, which inherit its environment.
+_set_threads(int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+
+
+def pytest_configure(config):
+    workers = getattr(config.option, "numprocesses", None)
+    if isinstance(workers, int) and workers > 0 and "PYTEST_XDIST_WORKER" not in os.environ:
+        _set_threads(workers)
 
 # At exit, FiftyOne's own hook (registered when it connects, so it runs first) deletes the
 # non-persistent datasets: our mongod must still answer then, or every pytest process waits 30 s
