@@ -152,3 +152,9 @@ def tiny_bundle_dir(tmp_path_factory):
     from conceptseg.testing import build_tiny_bundle
 
     return build_tiny_bundle(str(tmp_path_factory.mktemp("bundle")), seed=0)
+
+
+@pytest.fixture(scope="session")
+def user_thread_vars():
+    """The thread variables the user exported (their values win over the workers' share)."""
+    return set(_USER_THREADS)

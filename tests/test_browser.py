@@ -58,19 +58,30 @@ def _wait_for_server(url: str, server: subprocess.Popen, log_path) -> None:
             raise TimeoutError(f"the App server did not answer within {SERVER_START_S} s:\n{log_path.read_text()}")
 
 
-@pytest.fixture
-def app_url(plugin_installed, nuclei_dataset, tmp_path):
-    """A FiftyOne App server on a free loopback port, sharing this process's private database."""
+@pytest.fixture(scope="module")
+def server_library(tmp_path_factory):
+    """The concept library the App server of this module uses (never the user's)."""
+    return tmp_path_factory.mktemp("library")
+
+
+@pytest.fixture(scope="module")
+def app_server(plugin_installed, server_library, tmp_path_factory):
+    """A FiftyOne App server on a free loopback port, sharing this process's private database.
+
+    One per module: each journey opens its own browser (its own App session) on its own
+    datasets, and a server start costs about 10 s of CPU.
+    """
     # os.environ carries FIFTYONE_DATABASE_URI of the session's own mongod (tests/conftest.py,
     # conceptseg.testing.db): the server joins it, never a FiftyOne database of the user's.
     assert os.environ["FIFTYONE_DATABASE_URI"].startswith("mongodb://127.0.0.1:")
     port = _free_port()
     main = os.path.join(os.path.dirname(fo.__file__), "server", "main.py")
-    log_path = tmp_path / "server.log"
+    log_path = tmp_path_factory.mktemp("app") / "server.log"
     with open(log_path, "w") as log:
         # Never --clean_start: it deletes every dataset in the database.
         server = subprocess.Popen([sys.executable, main, "--address", "127.0.0.1", "--port", str(port)],
-                                  env=dict(os.environ), stdout=log, stderr=subprocess.STDOUT)
+                                  env=dict(os.environ, CONCEPTSEG_LIBRARY_DIR=str(server_library)),
+                                  stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_for_server(url, server, log_path)
@@ -81,6 +92,12 @@ def app_url(plugin_installed, nuclei_dataset, tmp_path):
             server.wait(timeout=30)
         except subprocess.TimeoutExpired:
             server.kill()
+
+
+@pytest.fixture
+def app_url(app_server, nuclei_dataset):
+    """The App server's URL, once this journey's demo dataset exists."""
+    return app_server
 
 
 @pytest.fixture
@@ -374,10 +391,10 @@ def test_review_by_doubt_walks_k_of_n_accept_and_reject_move_on_then_rerun(app_u
 
 
 @pytest.fixture
-def private_library(tmp_path, monkeypatch):
-    """The concept library in tmp_path; requested before app_url, so the App's server uses it too."""
-    monkeypatch.setenv("CONCEPTSEG_LIBRARY_DIR", str(tmp_path / "library"))
-    return tmp_path / "library"
+def private_library(server_library, monkeypatch):
+    """The App server's concept library, for this process too."""
+    monkeypatch.setenv("CONCEPTSEG_LIBRARY_DIR", str(server_library))
+    return server_library
 
 
 def test_bad_input_is_refused_in_the_form_then_save_apply_review_update_and_delete(private_library, app_url, page, nuclei_dataset,
