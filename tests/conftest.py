@@ -31,7 +31,9 @@ os.environ.update(_ENV)
 
 
 _THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
-_USER_THREADS = {var for var in _THREAD_VARS if var in os.environ}
+# Which of them the user exported, as the first pytest process saw it (workers inherit what it set).
+os.environ.setdefault("CONCEPTSEG_TEST_USER_THREADS", ",".join(v for v in _THREAD_VARS if v in os.environ))
+_USER_THREADS = set(filter(None, os.environ["CONCEPTSEG_TEST_USER_THREADS"].split(",")))
 
 
 def _threads_per_worker(workers: int) -> str:
