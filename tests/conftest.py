@@ -54,12 +54,6 @@ def _set_threads(workers: int) -> None:
 # pytest_configure, before it starts the workers, which inherit its environment.
 _set_threads(int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
 
-
-def pytest_configure(config):
-    workers = getattr(config.option, "numprocesses", None)
-    if isinstance(workers, int) and workers > 0 and "PYTEST_XDIST_WORKER" not in os.environ:
-        _set_threads(workers)
-
 # At exit, FiftyOne's own hook (registered when it connects, so it runs first) deletes the
 # non-persistent datasets: our mongod must still answer then, or every pytest process waits 30 s
 # for a server that is gone. So the server stops (MongoServer.start's atexit) and then its
@@ -75,8 +69,34 @@ else:
     raise RuntimeError("No mongod for the tests: run `conceptseg setup-db` (or set FIFTYONE_DATABASE_URI).")
 
 
+# The files that take longest from start to end (40-140 s each on 2 cores with 3 workers, much
+# of it waiting on an App server, a browser or subprocesses), started first: a worker that
+# picks one of them up last ends the suite a minute or two after the others.
+LONGEST_FIRST = ("test_readme.py", "test_browser.py", "test_object_route.py", "test_nothing_lost_runs.py",
+                 "test_concept_versions.py", "test_nothing_lost_review.py", "test_nothing_lost_library.py",
+                 "test_training.py", "test_nothing_lost_inputs.py", "test_gpu_check_script.py",
+                 "test_hostile.py", "test_isolation.py")
+
+
+def pytest_configure(config):
+    workers = getattr(config.option, "numprocesses", None)
+    if isinstance(workers, int) and workers > 0 and "PYTEST_XDIST_WORKER" not in os.environ:
+        _set_threads(workers)
+    # pytest-xdist >= 3.7 sends a file's tests in order of how many there are, most first: a
+    # long file of few tests (the browser's four journeys) then starts last. Keep ours.
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
+
+
+def _order(item) -> int:
+    name = os.path.basename(str(item.path))
+    return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+
 def pytest_collection_modifyitems(config, items):
-    """Tests marked ``sam3`` skip on a transformers without SAM 3 (scripts/test_lowest.sh's)."""
+    """The longest files first (a stable sort: tests keep their order within a file); tests
+    marked ``sam3`` skip on a transformers without SAM 3 (scripts/test_lowest.sh's)."""
+    items.sort(key=_order)
     if not any(item.get_closest_marker("sam3") for item in items):
         return
     from conceptseg.segmenters.sam3_text import sam3_problem
