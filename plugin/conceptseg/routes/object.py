@@ -136,12 +136,15 @@ class ObjectRoute(Route):
         """Where the fitted route takes its candidates from (one of ``SOURCES``)."""
         return self._source
 
-    def objects(self, image: np.ndarray) -> _Objects:
-        """The candidate objects of an image, from the fitted source, and their features."""
+    def objects(self, image: np.ndarray, pixel_features: np.ndarray | None = None) -> _Objects:
+        """The candidate objects of an image, from the fitted source, and their features
+        (``pixel_features``: the pixel forest's features of the image, when already computed)."""
         image = np.asarray(image, np.float32)
         if self._source == "proposal":
             return self._objects(image, propose(image, self.config.candidates))
-        labels = self._pixels.objects(image, self._pixels.features(image))
+        if pixel_features is None:
+            pixel_features = self._pixels.features(image)
+        labels = self._pixels.objects(image, pixel_features)
         if self._source == "refined":
             labels = self._pixels.refine(labels, image)
         return self._objects(image, labels)
@@ -155,13 +158,14 @@ class ObjectRoute(Route):
         images = [np.asarray(d.image, np.float32) for d in demonstrations]
         masks = [np.asarray(d.mask, bool) for d in demonstrations]
         self._source = self._pick_source(demonstrations)
+        feats = [None] * len(images)
         if self._source != "proposal":
             self._pixels.prepare(images)
             feats = [self._pixels.features(im, remember=True) for im in images]
             targets = [pixel_target(im, m, self.config.candidates) for im, m in zip(images, masks)]
             self._pixels.fit(list(zip(feats, targets)))
             self._pixels.learn_boundary(images, masks)
-        self._fit([(self.objects(im), m) for im, m in zip(images, masks)])
+        self._fit([(self.objects(im, f), m) for im, f, m in zip(images, feats, masks)])
 
     def _pick_source(self, demonstrations: Sequence[Demonstration]) -> str:
         """The source ``_best`` picks by leave-one-out IoU (measured now unless verify did on these)."""
