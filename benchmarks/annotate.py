@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import tempfile
 import time
 
 import cv2
@@ -75,12 +74,13 @@ def main() -> None:
     from conceptseg.runs import jobs
     from conceptseg.runs.review import annotate
     from conceptseg.testing import labelstudio as ls
+    from conceptseg.testing.scratch import scratch_dir
 
     if ls.label_studio_binary() is None:
         raise SystemExit(ls.missing_reason())
     server = ls.LabelStudioServer().start()
     try:
-        dataset, truth = build("bench-annotate", tempfile.mkdtemp(prefix="bench-annotate-"), 3 + 2 * sum(ks))
+        dataset, truth = build("bench-annotate", scratch_dir("bench-annotate-"), 3 + 2 * sum(ks))
         started = time.perf_counter()
         jobs.segment_by_demonstration(dataset.match_tags("demo"), dataset, "gt", "pred", classes=["red"],
                                       route="appearance")

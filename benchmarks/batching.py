@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import tempfile
 import time
 
 import numpy as np
@@ -156,10 +155,11 @@ def main() -> None:
 
     from conceptseg.model.checkpoint import load_bundle
     from conceptseg.testing import RELEASED_MAX_PIXELS, build_tiny_bundle
+    from conceptseg.testing.scratch import scratch_dir
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    path = args.bundle or build_tiny_bundle(tempfile.mkdtemp(prefix="tiny-bundle-"), tie_embeddings=False,
+    path = args.bundle or build_tiny_bundle(scratch_dir("tiny-bundle-"), tie_embeddings=False,
                                             max_pixels=RELEASED_MAX_PIXELS)
     bundle = load_bundle(path)
     demos, targets = _tiles(args.targets)

@@ -17,7 +17,6 @@ Usage: PYTHONPATH=plugin python benchmarks/exemplar_speed.py [--real-shape] [--b
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
 
 import numpy as np
@@ -36,9 +35,10 @@ def build_segmenter(device: torch.device, real_shape: bool):
 
     from conceptseg.segmenters.sam3 import Sam3Segmenter, Sam3SegmenterConfig
     from conceptseg.testing import build_tiny_sam3, tiny_clip_tokenizer
+    from conceptseg.testing.scratch import scratch_dir
 
     if not real_shape:
-        path = build_tiny_sam3(tempfile.mkdtemp(prefix="sam3-tiny-"))
+        path = build_tiny_sam3(scratch_dir("sam3-tiny-"))
         return Sam3Segmenter.from_config(Sam3SegmenterConfig(path=path, device=str(device)))
     processor_class = getattr(transformers, "Sam3ImageProcessor", None) or transformers.Sam3ImageProcessorFast
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 import time
 
 import numpy as np
@@ -131,6 +130,7 @@ def main() -> None:
     from conceptseg.model.checkpoint import load_bundle
     from conceptseg.model.policy import PolicyRequest
     from conceptseg.testing import build_tiny_bundle
+    from conceptseg.testing.scratch import scratch_dir
     from conceptseg.training import stage2
     from conceptseg.training.episodes import materialise
     from conceptseg.training.loop import StepContext, _trainable_policy
@@ -144,8 +144,8 @@ def main() -> None:
     # 8 samples per held-out concept: every target gets the full four-demonstration mosaic.
     held_specs = _specs(HELD_OUT, 8, args.size, args.seed + 1)
     held_eps = [materialise(s) for s in held_specs[:: max(1, len(held_specs) // args.held_out)]][: args.held_out]
-    bundle = load_bundle(build_tiny_bundle(tempfile.mkdtemp(), seed=args.seed, max_new_tokens=args.max_new_tokens,
-                                         tie_embeddings=False), device="cpu")
+    bundle = load_bundle(build_tiny_bundle(scratch_dir("tiny-bundle-"), seed=args.seed,
+                                           max_new_tokens=args.max_new_tokens, tie_embeddings=False), device="cpu")
     policy = bundle.policy
     config = TrainConfig(stage=2, group_size=args.group_size, lora=False, learning_rate=args.lr, beta=0.04)
     model, reference = _trainable_policy(bundle, config)

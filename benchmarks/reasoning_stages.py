@@ -10,7 +10,6 @@ around the models. Usage: python benchmarks/reasoning_stages.py [--bundle DIR] [
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
 
 import numpy as np
@@ -38,9 +37,10 @@ def main() -> None:
     from conceptseg.model.policy import PolicyRequest
     from conceptseg.model.prompts import build_prompt
     from conceptseg.testing import build_tiny_bundle
+    from conceptseg.testing.scratch import scratch_dir
     from conceptseg.types import Demonstration
 
-    path = args.bundle or build_tiny_bundle(tempfile.mkdtemp(prefix="tiny-bundle-"))
+    path = args.bundle or build_tiny_bundle(scratch_dir("tiny-bundle-"))
     bundle = load_bundle(path)
     files = demo_data.fetch_demo_files()
     image, labels = demo_data.nuclei(files)

@@ -30,7 +30,9 @@ _ENV = {
 os.environ.update(_ENV)
 
 
-_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+# The OpenMP and BLAS pools (torch, numpy) and our own budget (conceptseg.threads: the forests'
+# joblib threads, scikit-image's feature pool, OpenCV).
+_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "CONCEPTSEG_THREADS")
 # Which of them the user exported, as the first pytest process saw it (workers inherit what it set).
 os.environ.setdefault("CONCEPTSEG_TEST_USER_THREADS", ",".join(v for v in _THREAD_VARS if v in os.environ))
 _USER_THREADS = set(filter(None, os.environ["CONCEPTSEG_TEST_USER_THREADS"].split(",")))
@@ -42,9 +44,9 @@ def _threads_per_worker(workers: int) -> str:
 
 
 def _set_threads(workers: int) -> None:
-    """Each worker's OpenMP/BLAS pools (torch, numpy) default to every core: three workers on
-    two cores then run six threads that spin while they wait for each other. A value the
-    user exported wins; subprocesses inherit it."""
+    """Each worker's thread pools default to every core: three workers on two cores then run
+    six threads that spin while they wait for each other. A value the user exported wins;
+    subprocesses inherit it."""
     for var in _THREAD_VARS:
         if var not in _USER_THREADS:
             os.environ[var] = _threads_per_worker(workers)

@@ -212,10 +212,11 @@ def _as_a_new_process_sees_them():
 
 
 @pytest.mark.parametrize("page", PAGES)
-def test_blocks_run_in_order(page, newcomer_dir):
+def test_blocks_run_in_order(page, request):
     blocks = runnable(page_blocks(page))
     if not blocks:
         pytest.skip(f"{page} has no block the rule runs")
+    newcomer_dir = request.getfixturevalue("newcomer_dir")  # only for a page with blocks to run
     for language, code, line, _ in blocks:
         if language == "python":
             _as_a_new_process_sees_them()

@@ -14,3 +14,12 @@ def test_each_worker_runs_torch_on_its_share_of_the_cores(user_thread_vars):
     share = max(1, len(os.sched_getaffinity(0)) // workers)
     assert os.environ["OMP_NUM_THREADS"] == str(share)
     assert torch.get_num_threads() == share
+
+
+def test_each_worker_fits_forests_on_its_share_of_the_cores(user_thread_vars):
+    if "CONCEPTSEG_THREADS" in user_thread_vars:
+        pytest.skip("CONCEPTSEG_THREADS was exported: the user's value wins")
+    from conceptseg import threads
+
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    assert threads.budget() == max(1, len(os.sched_getaffinity(0)) // workers)

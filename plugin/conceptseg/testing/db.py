@@ -21,6 +21,7 @@ import subprocess
 import time
 
 from conceptseg.errors import SetupError
+from conceptseg.testing.scratch import scratch_dir
 
 START_TIMEOUT_S = 60  # a cold mongod creates its files in 1-3 s here
 
@@ -108,18 +109,15 @@ def private_database_for_script(prefix: str = "conceptseg-bench-db-") -> MongoSe
     Does nothing when ``CONCEPTSEG_PRIVATE_DB_URI`` says a parent script started one
     already (its children reuse it). Stopped and deleted when the process exits.
     """
-    import tempfile
-
     if os.environ.get("CONCEPTSEG_PRIVATE_DB_URI"):
         os.environ["FIFTYONE_DATABASE_URI"] = os.environ["CONCEPTSEG_PRIVATE_DB_URI"]
         return None
-    root = tempfile.mkdtemp(prefix=prefix)
+    # Registered before the server, so removed after it stops (atexit runs in reverse order).
+    root = scratch_dir(prefix)
     server = start_private_database(root)
     os.environ["CONCEPTSEG_PRIVATE_DB_URI"] = server.uri
     os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
     os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
-    # atexit runs in reverse order: the server (registered in start) stops before this removal.
-    atexit.register(shutil.rmtree, root, True)
     return server
 
 
