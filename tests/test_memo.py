@@ -40,9 +40,22 @@ def test_other_settings_or_demonstrations_fit_again(demos, nuclei_tiles):
     changed = [demos[0], demos[1], Demonstration(image=nuclei_tiles[4][1], mask=nuclei_tiles[4][2], id="x")]
     moved, _, _ = _run(changed, target)
     assert moved._forest is not first._forest
-    # One more image kept; 4 + 4 + 3 forests fitted (the new set's fold without "x" is the first
-    # set's), the oldest dropped beyond FORESTS.
-    assert memo.kept() == (4, memo.FORESTS) and memo.FORESTS < 11
+    # One more image kept; 4 + 4 + 3 forests fitted (the new set's fold without "x" is the first set's), all kept.
+    assert memo.kept() == (4, 11)
+
+
+def test_forests_over_the_budget_drop_the_oldest(demos, nuclei_tiles, monkeypatch):
+    target = nuclei_tiles[5][1]
+    first, _, _ = _run(demos, target, n_estimators=4)  # small forests: this is about the bookkeeping
+    sizes = [memo.forest_bytes(f) for f in memo._forests.values()]
+    nodes = sum(tree.tree_.node_count for tree in first._forest.estimators_)
+    assert len(sizes) == 4 and sizes[-1] == nodes * memo.NODE_BYTES > 0
+    monkeypatch.setattr(memo, "FOREST_BYTES", sum(sizes[-2:]))
+    _run(demos, target, n_estimators=4, seed=1)  # four new forests: only the newest that fit the budget stay
+    assert 1 <= memo.kept()[1] <= 2 and first._forest not in memo._forests.values()
+    monkeypatch.setattr(memo, "FOREST_BYTES", 1)
+    again, _, _ = _run(demos, target, n_estimators=4, seed=2)
+    assert memo.kept()[1] <= 2 and again._forest not in memo._forests.values()  # over the budget alone: not kept
 
 
 def test_kept_features_are_read_only(demos):

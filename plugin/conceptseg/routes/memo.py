@@ -10,7 +10,9 @@ them is most of the route's cost (3 nuclei tiles of 128²: features 0.25 s per i
 - the demonstrations' features by the image's bytes and the feature settings, up to
   ``FEATURE_BYTES`` in all (an image whose features alone exceed it is not kept; targets'
   are never kept: a run visits each once);
-- fitted forests by their training pixels, labels and settings, the last ``FORESTS``.
+- fitted forests by their training pixels, labels and settings, the most recent up to
+  ``FOREST_BYTES`` in all (a forest of 32 trees takes 0.1-1 MB: hundreds fit, so a re-run
+  still finds its forests after other runs in the same process).
 
 What is returned is shared: feature arrays are read-only, and a forest is only read after
 it is fitted (predict; the route sets its thread count per call, which changes no result).
@@ -26,7 +28,8 @@ from typing import Callable
 import numpy as np
 
 FEATURE_BYTES = 128 * 2**20
-FORESTS = 8
+FOREST_BYTES = 64 * 2**20
+NODE_BYTES = 80  # a fitted tree node's arrays (children, feature, threshold, impurity, counts, value)
 
 _lock = threading.Lock()
 _features: OrderedDict[str, np.ndarray] = OrderedDict()
@@ -63,17 +66,23 @@ def features(key: str | None, compute: Callable[[], np.ndarray]) -> np.ndarray:
 
 
 def forest(key: str, fit: Callable[[], object]):
-    """The fitted forest under ``key``, fitted (and kept) when missing."""
+    """The fitted forest under ``key``, fitted (and kept, within ``FOREST_BYTES``) when missing."""
     with _lock:
         if key in _forests:
             _forests.move_to_end(key)
             return _forests[key]
     value = fit()
-    with _lock:
-        _forests[key] = value
-        while len(_forests) > FORESTS:
-            _forests.popitem(last=False)
+    if forest_bytes(value) <= FOREST_BYTES:
+        with _lock:
+            _forests[key] = value
+            while sum(forest_bytes(v) for v in _forests.values()) > FOREST_BYTES:
+                _forests.popitem(last=False)
     return value
+
+
+def forest_bytes(forest) -> int:
+    """Memory a fitted scikit-learn forest's trees take, from their node counts."""
+    return sum(tree.tree_.node_count for tree in getattr(forest, "estimators_", ())) * NODE_BYTES
 
 
 def clear() -> None:
