@@ -44,8 +44,8 @@ def _threads_per_worker(workers: int) -> str:
 
 
 def _set_threads(workers: int) -> None:
-    """Each worker's thread pools default to every core: three workers on two cores then run
-    six threads that spin while they wait for each other. A value the user exported wins;
+    """Each worker's thread pools default to every core: two workers on two cores then run
+    four threads that spin while they wait for each other. A value the user exported wins;
     subprocesses inherit it."""
     for var in _THREAD_VARS:
         if var not in _USER_THREADS:
@@ -71,7 +71,7 @@ else:
     raise RuntimeError("No mongod for the tests: run `conceptseg setup-db` (or set FIFTYONE_DATABASE_URI).")
 
 
-# The files that take longest from start to end (40-140 s each on 2 cores with 3 workers, much
+# The files that take longest from start to end (40-180 s each on 2 cores with 2 workers, much
 # of it waiting on an App server, a browser or subprocesses), started first: a worker that
 # picks one of them up last ends the suite a minute or two after the others.
 LONGEST_FIRST = ("test_readme.py", "test_browser.py", "test_object_route.py", "test_nothing_lost_runs.py",
