@@ -70,4 +70,4 @@ if [ "$paths" -eq 0 ]; then
   mapfile -t files < <(grep -v '^#' tests/lowest.txt | grep .)
   set -- "$@" "${files[@]}"
 fi
-exec "$low/bin/python" -m pytest -n "${CONCEPTSEG_TEST_WORKERS:-3}" --dist loadfile "$@"
+exec "$low/bin/python" -m pytest -n "${CONCEPTSEG_TEST_WORKERS:-$(nproc)}" --dist loadfile "$@"
