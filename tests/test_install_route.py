@@ -270,13 +270,13 @@ def _download_in_child(endpoint: str, home: str) -> dict:
     from conceptseg.model.hub import hf_token
 
     code = (
-        "import json, os, sys, tempfile\n"
+        "import json, os, sys\n"
         "from conceptseg.model.hub import using_hf_token\n"
         "from conceptseg.model.checkpoint import download\n"
         "from conceptseg.model.zoo import download_zoo_bundle\n"
         "errors = []\n"
         "with using_hf_token(sys.stdin.read()):\n"
-        "    for job in (lambda: download_zoo_bundle('conceptseg-r1-7b', os.path.join(tempfile.mkdtemp(), 'm')),\n"
+        "    for job in (lambda: download_zoo_bundle('conceptseg-r1-7b', os.path.join(os.environ['HF_HOME'], 'm')),\n"
         "                lambda: download('someone/some-bundle')):\n"
         "        try:\n"
         "            job()\n"
