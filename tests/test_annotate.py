@@ -48,6 +48,13 @@ def loop(name, tmp_path):
     return red_review_round(name, str(tmp_path / "media"), detections=False)
 
 
+def test_the_server_starts_from_the_migrated_template(server):
+    """scripts/labelstudio_env.sh keeps a migrated database; a server that migrated its own paid ~25 s."""
+    assert os.path.isfile(os.path.join(ls.repo_root(), ls.ENV_DIR, ls.TEMPLATE_DB))
+    assert "Initializing database" not in server.log()
+    assert _api(server, "GET", "/api/current-user/whoami")["email"] == ls.USER
+
+
 def _cli(capsys, *argv, code=0):
     assert main(list(argv)) == code, capsys.readouterr().err
     out = capsys.readouterr()
