@@ -29,6 +29,13 @@ _ENV = {
 }
 os.environ.update(_ENV)
 
+# Fitted forests (routes/memo.py) shared by the workers and every process the tests start: the
+# same demonstrations are segmented in many tests and subprocesses, and a forest loaded is the
+# forest fitted. The first pytest process names the folder (in its own root, removed when it
+# exits, after its workers); workers and nested runs inherit it. Never the user's own folder.
+os.environ.setdefault("CONCEPTSEG_TEST_FOREST_CACHE_DIR", os.path.join(_ROOT, "forests"))
+os.environ["CONCEPTSEG_FOREST_CACHE_DIR"] = os.environ["CONCEPTSEG_TEST_FOREST_CACHE_DIR"]
+
 
 # The OpenMP and BLAS pools (torch, numpy) and our own budget (conceptseg.threads: the forests'
 # joblib threads, scikit-image's feature pool, OpenCV).

@@ -1,6 +1,8 @@
 """A second run on the same demonstrations reuses their features and forests (routes/memo.py),
 and gives exactly what a first run gives."""
 
+import pickle
+
 import numpy as np
 import pytest
 
@@ -58,6 +60,73 @@ def test_forests_over_the_budget_drop_the_oldest(demos, nuclei_tiles, monkeypatc
     monkeypatch.setattr(memo, "FOREST_BYTES", 1)
     again, _, _ = _run(demos, target, n_estimators=4, seed=2)
     assert list(memo._forests.values()) == kept  # over the budget alone: not kept, and nothing else dropped
+
+
+class TestForestCacheDirectory:
+    """CONCEPTSEG_FOREST_CACHE_DIR: forests fitted in one process are loaded, not fitted, in the next."""
+
+    @pytest.fixture
+    def folder(self, tmp_path, monkeypatch):
+        monkeypatch.setenv(memo.CACHE_DIR_VAR, str(tmp_path / "forests"))
+        return tmp_path / "forests"
+
+    @staticmethod
+    def _never_fit(monkeypatch):
+        from sklearn.ensemble import RandomForestClassifier
+
+        def refuse(self, *args, **kwargs):
+            raise AssertionError("fitted although the cache directory holds this forest")
+
+        monkeypatch.setattr(RandomForestClassifier, "fit", refuse)
+
+    def test_a_new_process_loads_the_forests_and_gives_the_same_masks(self, folder, demos, nuclei_tiles,
+                                                                      monkeypatch):
+        target = nuclei_tiles[5][1]
+        _, scores, probability = _run(demos, target)
+        files = sorted(p.name for p in folder.glob("sklearn-*/*.pkl"))
+        assert len(files) == 4  # three leave-one-out forests and the full one
+        memo.clear()  # what a new process starts with
+        self._never_fit(monkeypatch)
+        _, again, same = _run(demos, target)
+        assert again == scores
+        np.testing.assert_array_equal(same, probability)
+        assert memo.kept()[1] == 4
+
+    def test_an_unreadable_file_is_fitted_again_and_replaced(self, folder, demos, nuclei_tiles, caplog):
+        target = nuclei_tiles[5][1]
+        _, _, probability = _run(demos, target)
+        torn = sorted(folder.glob("sklearn-*/*.pkl"))[0]
+        torn.write_bytes(b"\x80\x05 not a whole pickle")
+        memo.clear()
+        _, _, same = _run(demos, target)
+        np.testing.assert_array_equal(same, probability)
+        assert "Ignoring unreadable cached forest" in caplog.text
+        with open(torn, "rb") as f:
+            assert pickle.load(f).n_estimators == AppearanceConfig().n_estimators
+
+    def test_the_folder_keeps_the_most_recently_used_within_its_budget(self, folder, demos, nuclei_tiles,
+                                                                         monkeypatch):
+        target = nuclei_tiles[5][1]
+        _run(demos, target, n_estimators=4)
+        sizes = sorted(p.stat().st_size for p in folder.glob("sklearn-*/*.pkl"))
+        monkeypatch.setattr(memo, "FOREST_DISK_BYTES", sum(sizes[-2:]))
+        _run(demos, target, n_estimators=4, seed=1)  # four more: the oldest go first
+        left = list(folder.glob("sklearn-*/*.pkl"))
+        assert 0 < len(left) < 8 and sum(p.stat().st_size for p in left) <= memo.FOREST_DISK_BYTES
+        assert max(left, key=lambda p: p.stat().st_mtime_ns).stem in memo._forests
+
+    def test_a_folder_that_cannot_be_written_costs_the_speed_up_not_the_run(self, tmp_path, demos,
+                                                                            nuclei_tiles, monkeypatch, caplog):
+        (tmp_path / "a-file").write_text("")
+        monkeypatch.setenv(memo.CACHE_DIR_VAR, str(tmp_path / "a-file"))
+        _, scores, _ = _run(demos, nuclei_tiles[5][1])
+        assert len(scores) == 3 and "Could not cache the fitted forest" in caplog.text
+
+    def test_without_the_variable_nothing_is_written(self, tmp_path, demos, nuclei_tiles, monkeypatch):
+        monkeypatch.delenv(memo.CACHE_DIR_VAR)
+        monkeypatch.chdir(tmp_path)
+        _run(demos, nuclei_tiles[5][1])
+        assert memo.forest_cache_dir() is None and not list(tmp_path.iterdir())
 
 
 def test_kept_features_are_read_only(demos):

@@ -1,4 +1,4 @@
-"""What tests/conftest.py promises every test: its share of the cores."""
+"""What tests/conftest.py promises every test: its share of the cores, and one forest cache for the session."""
 
 import os
 
@@ -23,3 +23,13 @@ def test_each_worker_fits_forests_on_its_share_of_the_cores(user_thread_vars):
 
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     assert threads.budget() == max(1, len(os.sched_getaffinity(0)) // workers)
+
+
+def test_the_session_shares_one_forest_cache_that_is_not_the_users():
+    from conceptseg.routes import memo
+
+    folder = os.environ[memo.CACHE_DIR_VAR]
+    assert folder == os.environ["CONCEPTSEG_TEST_FOREST_CACHE_DIR"]
+    # Under the first pytest process's private root (conftest's _ROOT): removed when the session ends.
+    assert os.path.basename(os.path.dirname(folder)).startswith("conceptseg-tests-")
+    assert memo.forest_cache_dir().startswith(folder + os.sep)
