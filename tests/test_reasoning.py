@@ -348,14 +348,16 @@ class TestThroughTheCliAndOperators:
         assert quokka.first().op_q.route == "reasoning"
 
 
+@pytest.fixture(scope="module")
+def sam3_bundle(tmp_path_factory):
+    """A tiny bundle on SAM 3, for TestSam3Bundle (skipped, so never built, without SAM 3)."""
+    from conceptseg.testing import build_tiny_bundle
+
+    return load_bundle(build_tiny_bundle(str(tmp_path_factory.mktemp("sam3")), segmenter="sam3"))
+
+
 @pytest.mark.sam3
 class TestSam3Bundle:
-    @pytest.fixture(scope="class")
-    def sam3_bundle(self, tmp_path_factory):
-        from conceptseg.testing import build_tiny_bundle
-
-        return load_bundle(build_tiny_bundle(str(tmp_path_factory.mktemp("sam3")), segmenter="sam3"))
-
     def test_bundle_round_trip_keeps_sam3(self, sam3_bundle):
         assert sam3_bundle.spec["segmenter"]["kind"] == "sam3"
         assert type(sam3_bundle.segmenter).__name__ == "Sam3Segmenter"
