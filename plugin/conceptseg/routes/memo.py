@@ -119,13 +119,14 @@ def _load(key: str):
     try:
         with open(path, "rb") as f:
             value = pickle.load(f)
-        os.utime(path)  # recently used: the budget removes the others first
-        return value
     except FileNotFoundError:
         return None
     except Exception as e:  # torn or foreign: fit again, and _store replaces it
         logger.warning("Ignoring unreadable cached forest %s (%s); fitting it again.", path, e)
         return None
+    with contextlib.suppress(OSError):  # recently used: the budget removes the others first (best effort)
+        os.utime(path)
+    return value
 
 
 def _store(key: str, value) -> None:

@@ -4,7 +4,8 @@
 out of .venv). The server gets a throw-away data directory, its user and API token from the
 command line (no prompt), and accepts that legacy token because of
 ``LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN``. The data directory starts from the migrated, empty
-database that the script keeps in the environment (migrating a fresh one costs ~25 s). Readiness is a poll of ``/health`` with a deadline.
+database that the script keeps in the environment (migrating a fresh one costs ~25 s).
+Readiness is a poll of ``/health`` with a deadline.
 
 It also acts as the editor would: :func:`submit_mask` saves an annotation with a brush region,
 :func:`skip_task` the editor's Skip.
