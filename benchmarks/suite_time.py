@@ -37,11 +37,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # ---- the pytest plugin (loaded in every worker as ``-p suite_time``) ------------------------
 
 _started: dict[str, tuple] = {}
-_records = [False]  # in a worker, or in the one pytest process of a run without workers
+_records = False  # in a worker, or in the one pytest process of a run without workers (not xdist's controller)
 
 
 def pytest_configure(config):
-    _records[0] = "PYTEST_XDIST_WORKER" in os.environ or not getattr(config.option, "numprocesses", None)
+    global _records
+    _records = "PYTEST_XDIST_WORKER" in os.environ or not getattr(config.option, "numprocesses", None)
 
 
 def _cpu(who) -> float:
@@ -55,7 +56,7 @@ def pytest_runtest_logstart(nodeid, location):
 
 def pytest_runtest_logfinish(nodeid, location):
     folder = os.environ.get(LOG_VAR)
-    if not folder or not _records[0] or nodeid not in _started:
+    if not folder or not _records or nodeid not in _started:
         return
     start, own, children = _started.pop(nodeid)
     worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
@@ -130,7 +131,8 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="suite-time-") as folder:
         env = dict(os.environ, **{LOG_VAR: folder})
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.path.dirname(__file__), env.get("PYTHONPATH")]))
+        here = os.path.dirname(os.path.abspath(__file__))  # so that the workers find ``-p suite_time``
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [here, env.get("PYTHONPATH")]))
         command = [sys.executable, "-m", "pytest", "-p", "suite_time", "-q", "-n", str(args.workers),
                    "--dist", "loadfile", *args.pytest_args]
         cpu, started = machine_cpu_s(), time.time()
