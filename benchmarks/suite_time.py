@@ -118,7 +118,7 @@ def report(rows: list[dict], wall: float, machine_cpu: float, started: float, to
         lines.append(f"{f['file']:<44}{f['wall']:>8.1f}{f['own']:>9.1f}{f['children']:>9.1f}{f['tests']:>7}  "
                      f"{f['workers']}")
     lines += ["", "slowest tests (wall s, own cpu s, sub cpu s):"]
-    for r in sorted(rows, key=lambda r: r["start"] - r["end"])[:top]:
+    for r in sorted(rows, key=lambda r: r["end"] - r["start"], reverse=True)[:top]:
         lines.append(f"  {r['end'] - r['start']:7.1f} {r['own']:7.1f} {r['children']:7.1f}  {r['test']}")
     return "\n".join(lines)
 
