@@ -20,12 +20,14 @@ import fiftyone as fo
 import numpy as np
 import pytest
 
+import conceptseg
 from conceptseg import cli
 from conceptseg.runs import jobs
 from conceptseg.runs import review
 from conceptseg.runs import records as runs
 from conceptseg.runs.delete import RunBusyError, delete_run
 from conceptseg.datasets import two_classes
+from conceptseg.errors import FieldError
 from conceptseg.runs.outputs import KINDS, PREDICTIONS, REVIEWED, conceptseg_root, mask_dir, path_component
 
 CLI = [sys.executable, "-m", "conceptseg.cli"]
@@ -502,3 +504,75 @@ class TestLabelsTheSchemaLost:
         assert {s.pred.mask_path for s in nuclei_dataset.exists("pred")} == {v[0] for v in mine.values()}
         with pytest.raises(runs.RunNotFoundError):  # nothing of a run is left: the user's labels are theirs
             delete_run(nuclei_dataset, "pred")
+
+
+def _masks_in_the_database(dataset, field):
+    """sample id -> (mask file, its bytes' digest) of ``field``'s labels, read from MongoDB itself
+    (this process's dataset object may not know the field)."""
+    from fiftyone.core.odm import get_db_conn
+
+    out = {}
+    for doc in get_db_conn()[dataset._sample_collection_name].find({field: {"$ne": None}}, {field: 1}):
+        with open(doc[field]["mask_path"], "rb") as f:
+            out[str(doc["_id"])] = (doc[field]["mask_path"], hashlib.sha256(f.read()).hexdigest())
+    return out
+
+
+# --- a dataset object loaded before another process wrote (a notebook beside a terminal) -------
+
+
+class TestAnotherProcessWroteSinceTheDatasetWasLoaded:
+    """The user's ``dataset`` was loaded before a command in another process (a terminal, a delegated
+    worker, a killed run) added ``pred`` and its record; a run from that object must see them."""
+
+    def _segment_elsewhere(self, dataset):
+        done = _cli_subprocess("segment", "--dataset", dataset.name, "--view", "nuclei", "--demo-tag", "demo",
+                               "--mask-field", "ground_truth", "--pred-field", "pred", "--route", "appearance")
+        assert done.returncode == 0, done.stderr
+        assert "pred" not in dataset.get_field_schema()  # this object has not seen it yet
+        written = _masks_in_the_database(dataset, "pred")
+        assert len(written) == 13
+        return written
+
+    def test_a_new_run_into_the_field_is_refused_and_nothing_is_overwritten(self, nuclei_dataset):
+        before = self._segment_elsewhere(nuclei_dataset)
+        with pytest.raises(FieldError, match=r"'pred' already has labels on 13 target"):
+            _segment(nuclei_dataset)
+        assert _masks_in_the_database(nuclei_dataset, "pred") == before
+
+    def test_resume_skips_what_the_other_process_wrote(self, nuclei_dataset):
+        before = self._segment_elsewhere(nuclei_dataset)
+        summary = _segment(nuclei_dataset, resume=True)
+        assert (summary["skipped"], summary["segmented"]) == (13, 0)
+        assert _masks_in_the_database(nuclei_dataset, "pred") == before
+
+    def test_review_verbs_see_the_run_the_other_process_recorded(self, nuclei_dataset):
+        written = self._segment_elsewhere(nuclei_dataset)
+        target = sorted(written)[0]
+        assert sorted(t["id"] for t in review.review(nuclei_dataset, "pred")["targets"]) == sorted(written)
+        assert review.accept(nuclei_dataset, "pred", [target], replace=True)["accepted"] == [target]
+        sample = nuclei_dataset[target]
+        assert review.ACCEPTED_TAG in sample.tags and sample.pred.review == "accepted"
+        assert np.array_equal(sample.ground_truth.get_mask() > 0, cv2.imread(written[target][0], 0) > 0)
+
+    def test_evaluate_scores_what_the_other_process_wrote(self, nuclei_dataset):
+        written = self._segment_elsewhere(nuclei_dataset)
+        nuclei = nuclei_dataset.load_saved_view("nuclei")
+        result = conceptseg.evaluate(nuclei, "pred", "ground_truth")
+        assert sorted(result["samples"]) == sorted(written)
+        assert sorted(result["missing_pred"]) == sorted(nuclei.match_tags("demo").values("id"))  # not segmented
+        assert result["metrics"]["iou"] > 0.5
+
+    def test_the_run_list_shows_the_run_the_other_process_recorded(self, nuclei_dataset):
+        self._segment_elsewhere(nuclei_dataset)
+        (run,) = runs.list_runs(nuclei_dataset)
+        assert run["pred_field"] == "pred" and run["finished"]
+
+    def test_without_another_process_the_callers_samples_keep_their_unsaved_edits(self, nuclei_dataset):
+        _segment(nuclei_dataset, pred_field="first")  # this process's own changes: fields and a record
+        sample = nuclei_dataset.first()  # a Sample: FiftyOne keeps it, and a reload would reset it
+        sample["concept"] = "edited, not saved"
+        _segment(nuclei_dataset, pred_field="second")
+        result = conceptseg.evaluate(nuclei_dataset.load_saved_view("nuclei"), "second", "ground_truth")
+        assert result["metrics"]["iou"] > 0.5 and len(runs.list_runs(nuclei_dataset)) == 2
+        assert sample["concept"] == "edited, not saved"  # nothing was reloaded under it

@@ -9,6 +9,7 @@ import fiftyone as fo
 from conceptseg.runs import fiftyone_io as fio
 from conceptseg.errors import ConceptSegError, EmptyViewError, FieldError
 from conceptseg.runs.jobs import Progress
+from conceptseg.runs.records import fresh
 
 METRIC_NAMES = ("iou", "wfm", "sm", "em", "mae", "dice", "ber", "miou")
 
@@ -121,6 +122,7 @@ def evaluate(
 
     if size is not None and size < 1:
         raise ConceptSegError(f"size must be a positive number of pixels (600 for the paper's protocol), got {size}.")
+    fresh(collection._root_dataset)  # predictions another process wrote since the dataset was loaded
     fio.check_mask_field(collection, pred_field, "prediction")
     fio.check_mask_field(collection, gt_field, "ground-truth")
     if len(collection) == 0:

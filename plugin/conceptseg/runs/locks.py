@@ -193,6 +193,9 @@ def locks_output_field(func):
         bound = signature.bind(*args, **kwargs)
         dataset = bound.arguments["targets"]._root_dataset  # a frames view writes its videos
         with field_lock(dataset.name, bound.arguments["pred_field"], func.__name__):
+            from conceptseg.runs.records import fresh  # here: this module stays free of FiftyOne
+
+            fresh(dataset)  # what another process wrote into the field before the lock was ours
             return func(*args, **kwargs)
 
     return wrapper

@@ -34,6 +34,27 @@ class RunNotFoundError(ConceptSegError):
     """No conceptseg segmentation run writes the given field."""
 
 
+def fresh(dataset: fo.Dataset) -> None:
+    """Reloads ``dataset`` when another process changed its fields, runs or saved views since it was loaded.
+
+    FiftyOne keeps one object per dataset in a process and does not notice what a terminal, a
+    delegated worker or a killed run wrote meanwhile: a run or a review from that stale object
+    would miss those labels and records, and loading the samples that hold them fails. The check
+    is one small query; only a changed dataset is reloaded, as ``dataset.reload()`` does (and
+    FiftyOne's operators before each execution).
+    """
+    from fiftyone.core.odm import get_db_conn
+
+    stored = get_db_conn().datasets.find_one({"_id": dataset._doc.id}, {"last_modified_at": 1}) or {}
+    if _to_ms(stored.get("last_modified_at")) != _to_ms(dataset._doc.last_modified_at):
+        dataset.reload()
+
+
+def _to_ms(when: datetime.datetime | None) -> datetime.datetime | None:
+    """MongoDB keeps milliseconds; the object in memory may hold microseconds."""
+    return when and when.replace(microsecond=when.microsecond // 1000 * 1000, tzinfo=None)
+
+
 def new_run_id() -> str:
     """A run's stable identity: it survives a renamed run key."""
     return uuid.uuid4().hex
@@ -122,6 +143,7 @@ def describe_run(dataset: fo.Dataset, key: str) -> dict:
 
 def list_runs(dataset: fo.Dataset) -> list[dict]:
     """Every conceptseg segmentation run of the dataset, newest first."""
+    fresh(dataset)
     runs = sorted(segment_runs(dataset).items(), key=lambda kv: kv[1].timestamp, reverse=True)
     return [describe_run(dataset, key) for key, _ in runs]
 

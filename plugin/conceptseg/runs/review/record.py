@@ -14,6 +14,7 @@ import time
 import fiftyone as fo
 
 from conceptseg.runs import names
+from conceptseg.runs.records import fresh
 from conceptseg.errors import ConceptSegError
 
 
@@ -47,6 +48,9 @@ def run_config(dataset, pred_field: str):
     """The config of the demonstration run that wrote ``pred_field`` (ReviewError if none)."""
     names.check_field_name(pred_field, "prediction")
     run_key = names.run_key_for(pred_field)
+    if run_key not in dataset.list_runs() or not (dataset.has_sample_field(pred_field)
+                                                  or dataset.has_frame_field(pred_field)):
+        fresh(dataset)  # the run may have been recorded, or its labels written, by another process
     if run_key not in dataset.list_runs():
         raise ReviewError(
             f"No ConceptSeg run wrote {pred_field!r} on dataset {dataset.name!r}: segment by demonstration "

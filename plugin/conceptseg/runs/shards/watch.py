@@ -23,8 +23,9 @@ from conceptseg.runs.shards.store import (PENDING, REQUEUEING, STALE_AFTER, db_t
 def _judge(dataset, pred_field: str, stale_after: float):
     """(run key, run id, [(record, its operation, dead reason, database time)]) of the newest sharded run
     writing the field."""
-    from conceptseg.runs.records import RunNotFoundError, keys_for_field
+    from conceptseg.runs.records import RunNotFoundError, fresh, keys_for_field
 
+    fresh(dataset)  # the run was most likely queued from another process
     for key in keys_for_field(dataset, pred_field):
         config = dataset.get_run_info(key).config
         if getattr(config, "shards", None):
