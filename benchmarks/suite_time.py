@@ -76,6 +76,27 @@ def machine_cpu_s() -> float:
     return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
+def reference_cpu_s() -> float:
+    """CPU seconds of a fixed piece of the suite's kind of work: a Python loop and a small forest.
+
+    The machine's speed in one number. The suite's time scales with it from one machine, or one
+    day, to the next (the same code took 926 and 1548 machine CPU seconds on two days), so
+    tables are compared through it.
+    """
+    import numpy as np
+    from sklearn.ensemble import RandomForestClassifier
+
+    start = time.process_time()
+    total = 0
+    for i in range(3_000_000):
+        total += i
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(8000, 20)).astype(np.float32)
+    y = x[:, 0] + 0.5 * rng.normal(size=8000) > 0
+    RandomForestClassifier(n_estimators=16, max_depth=12, n_jobs=1, random_state=0).fit(x, y).predict_proba(x)
+    return time.process_time() - start
+
+
 def read_rows(folder: str) -> list[dict]:
     rows = []
     for name in sorted(os.listdir(folder)):
@@ -98,10 +119,13 @@ def by_file(rows: list[dict]) -> list[dict]:
     return sorted(out, key=lambda f: -f["wall"])
 
 
-def report(rows: list[dict], wall: float, machine_cpu: float, started: float, top: int, returncode: int) -> str:
+def report(rows: list[dict], wall: float, machine_cpu: float, started: float, top: int, returncode: int,
+           reference: float | None = None) -> str:
     lines = [f"suite: {len(rows)} tests (run or skipped) in {wall:.1f} s wall (goal {GOAL_S} s: "
              f"{'met' if wall < GOAL_S else 'missed'}), pytest exit {returncode}; "
              f"machine CPU {machine_cpu:.0f} s on {os.cpu_count()} CPUs"]
+    if reference is not None:
+        lines.append(f"machine speed: the reference work took {reference:.2f} CPU s (less is faster)")
     if not rows:
         return "\n".join(lines)
     own, children = sum(r["own"] for r in rows), sum(r["children"] for r in rows)
@@ -135,10 +159,11 @@ def main() -> None:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [here, env.get("PYTHONPATH")]))
         command = [sys.executable, "-m", "pytest", "-p", "suite_time", "-q", "-n", str(args.workers),
                    "--dist", "loadfile", *args.pytest_args]
+        reference = reference_cpu_s()
         cpu, started = machine_cpu_s(), time.time()
         returncode = subprocess.run(command, cwd=ROOT, env=env).returncode
         wall, cpu = time.time() - started, machine_cpu_s() - cpu
-        print("\n" + report(read_rows(folder), wall, cpu, started, args.top, returncode))
+        print("\n" + report(read_rows(folder), wall, cpu, started, args.top, returncode, reference))
     sys.exit(returncode)
 
 
