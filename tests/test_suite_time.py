@@ -85,4 +85,3 @@ def test_the_machine_speed_is_measured_and_reported(rows):
     assert 0.05 < reference < 60
     table = suite_time.report(list(rows.values()), 500.0, 3.0, min(r["start"] for r in rows.values()), 5, 0, reference)
     assert table.splitlines()[1] == f"machine speed: the reference work took {reference:.2f} CPU s (less is faster)"
-
