@@ -79,9 +79,9 @@ def machine_cpu_s() -> float:
 def reference_cpu_s() -> float:
     """CPU seconds of a fixed piece of the suite's kind of work: a Python loop and a small forest.
 
-    The machine's speed in one number. The suite's time scales with it from one machine, or one
-    day, to the next (the same code took 926 and 1548 machine CPU seconds on two days), so
-    tables are compared through it.
+    The machine's speed in one number, taken before and after the run. The suite's time follows
+    it (the same code took 926 and 1548 machine CPU seconds on two days), and it moves within an
+    hour too (0.81 s, then 0.58 s): two readings far apart say the run's own speed changed.
     """
     import numpy as np
     from sklearn.ensemble import RandomForestClassifier
@@ -120,12 +120,13 @@ def by_file(rows: list[dict]) -> list[dict]:
 
 
 def report(rows: list[dict], wall: float, machine_cpu: float, started: float, top: int, returncode: int,
-           reference: float | None = None) -> str:
+           reference: tuple[float, float] | None = None) -> str:
     lines = [f"suite: {len(rows)} tests (run or skipped) in {wall:.1f} s wall (goal {GOAL_S} s: "
              f"{'met' if wall < GOAL_S else 'missed'}), pytest exit {returncode}; "
              f"machine CPU {machine_cpu:.0f} s on {os.cpu_count()} CPUs"]
     if reference is not None:
-        lines.append(f"machine speed: the reference work took {reference:.2f} CPU s (less is faster)")
+        lines.append(f"machine speed: the reference work took {reference[0]:.2f} CPU s before the run and "
+                     f"{reference[1]:.2f} s after (less is faster)")
     if not rows:
         return "\n".join(lines)
     own, children = sum(r["own"] for r in rows), sum(r["children"] for r in rows)
@@ -159,10 +160,11 @@ def main() -> None:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [here, env.get("PYTHONPATH")]))
         command = [sys.executable, "-m", "pytest", "-p", "suite_time", "-q", "-n", str(args.workers),
                    "--dist", "loadfile", *args.pytest_args]
-        reference = reference_cpu_s()
+        before = reference_cpu_s()
         cpu, started = machine_cpu_s(), time.time()
         returncode = subprocess.run(command, cwd=ROOT, env=env).returncode
         wall, cpu = time.time() - started, machine_cpu_s() - cpu
+        reference = (before, reference_cpu_s())
         print("\n" + report(read_rows(folder), wall, cpu, started, args.top, returncode, reference))
     sys.exit(returncode)
 
